@@ -1,0 +1,35 @@
+//! xme: many processes working together on one job.
+//!
+//! A Rust re-creation of the Python XME 4.2 (Xenon Multiprocessing Engine),
+//! built from small crates, each usable alone:
+//!
+//! | module | crate | what |
+//! | --- | --- | --- |
+//! | [`exec`] | `xme-exec` | the standard interface: a table of functions run over forked processes |
+//! | [`array`] | `xme-array` | `Array` arguments and the split plan |
+//! | [`log`] | `xme-log` | the pid-stamped logger (`print` / `logobj`) |
+//! | [`core`] | `xme-core` | operators, errors, shared regions, process helpers |
+//!
+//! ```
+//! use xme::{Array, Xme};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let sums = Xme::new().pnum(2).fun(|v: u64| (v + 1..v + 11).sum::<u64>(), Array::new((0..10).map(|v| v * 10)))?;
+//! assert_eq!(sums.into_result()?.iter().sum::<u64>(), 5050);
+//! # Ok(())
+//! # }
+//! ```
+
+#[doc(inline)]
+pub use xme_array as array;
+#[doc(inline)]
+pub use xme_core as core;
+#[doc(inline)]
+pub use xme_exec as exec;
+#[doc(inline)]
+pub use xme_log as log;
+
+pub use xme_array::{Array, Same};
+pub use xme_core::Operator;
+pub use xme_exec::{Context, ExecError, Job, Outcomes, TaskError, TaskFailure, Xme};
+pub use xme_log::Logger;

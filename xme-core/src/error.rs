@@ -1,0 +1,185 @@
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The error vocabulary shared by the xme crates.
+///
+/// Higher crates wrap it in their own error enums; every variant says what
+/// happened and, where it helps, what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// `fork(2)` failed.
+    #[error("could not fork a child process: {0} (the system may be out of processes or memory; lower pnum)")]
+    Fork(#[source] nix::Error),
+    /// A pipe could not be created or used.
+    #[error("pipe failure while {doing}: {source}")]
+    Pipe {
+        /// What xme was doing.
+        doing: &'static str,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// Waiting for a child process failed.
+    #[error("could not wait for child process {pid}: {source}")]
+    Wait {
+        /// The child.
+        pid: i32,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// Sending a signal failed.
+    #[error("could not send a signal to process {pid}: {source}")]
+    Signal {
+        /// The target process.
+        pid: i32,
+        /// The system error.
+        #[source]
+        source: nix::Error,
+    },
+    /// A shared-memory region could not be created or mapped.
+    #[error("could not create a shared-memory region of {size} bytes: {source}")]
+    RegionCreate {
+        /// Requested size in bytes.
+        size: usize,
+        /// The system error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A region's header does not describe what the caller expected.
+    #[error("shared-memory region header mismatch: {what} (the region was made by another program or another xme layout version)")]
+    HeaderMismatch {
+        /// Which field did not match, with both values.
+        what: String,
+    },
+    /// An access fell outside a region or was misaligned.
+    #[error("shared-memory access out of bounds: offset {offset} + {len} bytes in a region of {size} bytes (align {align})")]
+    OutOfRegion {
+        /// Requested offset.
+        offset: usize,
+        /// Requested length.
+        len: usize,
+        /// Region size.
+        size: usize,
+        /// Required alignment.
+        align: usize,
+    },
+    /// A value could not be encoded with postcard.
+    #[error("could not encode {what}: {source}")]
+    Encode {
+        /// What was being encoded.
+        what: &'static str,
+        /// The codec error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// Bytes could not be decoded as the expected type.
+    #[error("could not decode {what}: {source} (the bytes are not a {what}: wrong type or corrupted)")]
+    Decode {
+        /// What was being decoded.
+        what: &'static str,
+        /// The codec error.
+        #[source]
+        source: postcard::Error,
+    },
+    /// A frame announced a length above the allowed maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max} bytes (garbage on the channel, or raise the limit)")]
+    FrameTooLarge {
+        /// Announced length.
+        len: usize,
+        /// Allowed maximum.
+        max: usize,
+    },
+    /// A frame ended before its announced length.
+    #[error("truncated frame: {got} of {expected} bytes arrived before the channel closed")]
+    FrameTruncated {
+        /// Announced length.
+        expected: usize,
+        /// Bytes received.
+        got: usize,
+    },
+    /// A wait ran past its limit.
+    #[error("timed out after {after:?} while {doing}")]
+    Timeout {
+        /// What was being waited for.
+        doing: &'static str,
+        /// The limit.
+        after: std::time::Duration,
+    },
+    /// Other I/O failure.
+    #[error("I/O error while {doing}: {source}")]
+    Io {
+        /// What xme was doing.
+        doing: &'static str,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Fate {
+    /// It called `exit` / `_exit` with this status.
+    Exited(i32),
+    /// A signal ended it.
+    Signaled {
+        /// The signal number.
+        signal: i32,
+        /// Whether a core file was written.
+        core_dumped: bool,
+    },
+}
+
+impl Fate {
+    /// True for a clean `exit(0)`.
+    pub fn is_success(&self) -> bool {
+        matches!(self, Fate::Exited(0))
+    }
+
+    /// The signal that ended the process, if a signal did.
+    pub fn signal(&self) -> Option<i32> {
+        match self {
+            Fate::Signaled { signal, .. } => Some(*signal),
+            Fate::Exited(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for Fate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Fate::Exited(code) => write!(f, "exited with status {code}"),
+            Fate::Signaled { signal, core_dumped } => {
+                let name = nix::sys::signal::Signal::try_from(*signal)
+                    .map(|s| s.as_str())
+                    .unwrap_or("unknown signal");
+                write!(f, "was killed by signal {signal} ({name})")?;
+                if *core_dumped {
+                    write!(f, ", core dumped")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// A panic that happened in another process, carried back across the boundary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PanicReport {
+    /// The panic message (`"Box<dyn Any>"` when the payload was not a string).
+    pub message: String,
+    /// `file:line:column` of the panic, when known.
+    pub location: Option<String>,
+}
+
+impl fmt::Display for PanicReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.location {
+            Some(loc) => write!(f, "'{}' at {loc}", self.message),
+            None => write!(f, "'{}'", self.message),
+        }
+    }
+}

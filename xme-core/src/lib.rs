@@ -1,0 +1,39 @@
+//! The foundation every xme crate stands on.
+//!
+//! - [`Operator`]: unguessable ids of the processes or threads that act on shared state.
+//! - [`Error`]: the error vocabulary shared by the xme crates.
+//! - [`process`]: forking children that die with their parent and are always reaped.
+//! - [`SharedRegion`]: memory shared between a process and its forked children.
+//! - [`frame`]: length-prefixed postcard frames for results crossing a pipe.
+//!
+//! ```
+//! use xme_core::{process, SharedRegion};
+//! use std::sync::atomic::{AtomicU64, Ordering};
+//!
+//! # fn main() -> Result<(), xme_core::Error> {
+//! let region = SharedRegion::anonymous(4096)?;
+//! let counter: &AtomicU64 = region.place(0)?;
+//! let child = process::fork_child(|| {
+//!     counter.fetch_add(41, Ordering::SeqCst);
+//!     0
+//! })?;
+//! assert!(child.wait()?.is_success());
+//! assert_eq!(counter.load(Ordering::SeqCst), 41);
+//! # Ok(())
+//! # }
+//! ```
+
+mod error;
+pub mod frame;
+mod operator;
+pub mod process;
+mod region;
+mod time;
+
+pub use error::{Error, Fate, PanicReport};
+pub use operator::Operator;
+pub use region::{InRegion, RegionHeader, SharedRegion};
+pub use time::monotonic_ns;
+
+/// The crate version, as shown by `show_version_info`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,261 @@
+//! Forking children that die with their parent and are always reaped.
+//!
+//! # Fork before threads
+//!
+//! `fork(2)` copies only the calling thread. A lock held by another thread at
+//! that moment stays locked forever in the child. xme's own child paths take no
+//! such lock (the logger writes with one `write(2)`, results leave through a
+//! pipe), but a task that locks a `Mutex` shared with a parent thread, or prints
+//! with `println!` while a parent thread holds stdout, can deadlock in the
+//! child. Start worker processes before starting threads, or keep the tasks
+//! free of locks that other threads take.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::io::Write;
+use std::panic::{self, AssertUnwindSafe};
+
+use nix::errno::Errno;
+use nix::sys::signal::{self, Signal};
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid};
+
+use crate::{Error, Fate, PanicReport};
+
+/// Exit status of a child whose parent died before it could start.
+pub const EXIT_ORPHANED: i32 = 125;
+/// Exit status of a child whose body panicked.
+pub const EXIT_PANICKED: i32 = 101;
+
+/// A forked child process. Dropping it without waiting kills it (`SIGKILL`) and
+/// reaps it, so no zombie and no orphan is left behind.
+#[derive(Debug)]
+pub struct Child {
+    pid: Pid,
+    fate: Option<Fate>,
+}
+
+impl Child {
+    /// The child's process id.
+    pub fn pid(&self) -> i32 {
+        self.pid.as_raw()
+    }
+
+    /// Waits for the child to end and reaps it.
+    pub fn wait(mut self) -> Result<Fate, Error> {
+        self.wait_mut()
+    }
+
+    /// Waits for the child to end and reaps it, keeping the handle.
+    pub fn wait_mut(&mut self) -> Result<Fate, Error> {
+        if let Some(fate) = self.fate {
+            return Ok(fate);
+        }
+        let fate = reap(self.pid.as_raw(), true)?.expect("blocking waitpid returns a status");
+        self.fate = Some(fate);
+        Ok(fate)
+    }
+
+    /// Reaps the child if it has ended; `None` while it still runs.
+    pub fn try_wait(&mut self) -> Result<Option<Fate>, Error> {
+        if self.fate.is_none() {
+            self.fate = reap(self.pid.as_raw(), false)?;
+        }
+        Ok(self.fate)
+    }
+
+    /// Sends `signal` to the child (no-op once it has been reaped).
+    pub fn signal(&self, signal: Signal) -> Result<(), Error> {
+        if self.fate.is_some() {
+            return Ok(());
+        }
+        signal::kill(self.pid, signal).map_err(|source| Error::Signal {
+            pid: self.pid.as_raw(),
+            source,
+        })
+    }
+
+    /// Kills the child with `SIGKILL` and reaps it.
+    pub fn kill(mut self) -> Result<Fate, Error> {
+        self.kill_mut()
+    }
+
+    /// Kills the child with `SIGKILL` and reaps it, keeping the handle.
+    pub fn kill_mut(&mut self) -> Result<Fate, Error> {
+        if let Some(fate) = self.fate {
+            return Ok(fate);
+        }
+        // ESRCH cannot happen for an unreaped child; a zombie accepts signals.
+        let _ = signal::kill(self.pid, Signal::SIGKILL);
+        self.wait_mut()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.fate.is_none() {
+            let _ = self.kill_mut();
+        }
+    }
+}
+
+/// Forks a child that runs `body` and exits with the status it returns.
+///
+/// Before forking, the parent's stdout and stderr are flushed, so text buffered
+/// before the fork is not printed twice. In the child:
+/// - `PR_SET_PDEATHSIG` is set to `SIGKILL` and the parent is re-checked, so the
+///   child dies with the parent (note: with the *thread* that forked it);
+/// - a panic in `body` ends the child with [`EXIT_PANICKED`];
+/// - stdout and stderr are flushed and the child leaves with `_exit`, so the
+///   parent's destructors and `atexit` handlers do not run twice.
+///
+/// See the module docs for the "fork before threads" rule.
+pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
+    let parent = nix::unistd::getpid();
+    flush_std_streams();
+    // SAFETY: after fork the child is single-threaded and owns a full copy of the
+    // parent's memory, so every Rust reference it uses stays valid. The child
+    // runs `body` and leaves with `_exit` without returning into the caller's
+    // frames. Locks held by other parent threads could only deadlock the child,
+    // never break memory safety (documented in the module docs).
+    match unsafe { nix::unistd::fork() }.map_err(Error::Fork)? {
+        ForkResult::Parent { child } => Ok(Child {
+            pid: child,
+            fate: None,
+        }),
+        ForkResult::Child => {
+            let code = run_child(parent, body);
+            exit_now(code)
+        }
+    }
+}
+
+fn run_child<F: FnOnce() -> i32>(parent: Pid, body: F) -> i32 {
+    if die_with_parent(parent).is_err() {
+        return EXIT_ORPHANED;
+    }
+    panic::catch_unwind(AssertUnwindSafe(body)).unwrap_or(EXIT_PANICKED)
+}
+
+/// Sets `PR_SET_PDEATHSIG` to `SIGKILL` and checks that `parent` is still our
+/// parent (it may have died between `fork` and `prctl`).
+pub fn die_with_parent(parent: Pid) -> Result<(), Errno> {
+    nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)?;
+    if nix::unistd::getppid() != parent {
+        return Err(Errno::ESRCH);
+    }
+    Ok(())
+}
+
+/// Flushes stdout and stderr and leaves the process at once with `_exit(code)`.
+pub fn exit_now(code: i32) -> ! {
+    flush_std_streams();
+    // SAFETY: `_exit` is async-signal-safe and never returns; skipping destructors
+    // and atexit handlers is the point (they belong to the parent).
+    unsafe { libc::_exit(code) }
+}
+
+fn flush_std_streams() {
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+}
+
+/// Reaps `pid`: blocking, or with `WNOHANG` when `block` is false (then `None`
+/// means it still runs). Retries on `EINTR`; stop/continue reports are skipped.
+pub fn reap(pid: i32, block: bool) -> Result<Option<Fate>, Error> {
+    let flags = if block { None } else { Some(WaitPidFlag::WNOHANG) };
+    loop {
+        match waitpid(Pid::from_raw(pid), flags) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(Some(Fate::Exited(code))),
+            Ok(WaitStatus::Signaled(_, sig, core_dumped)) => {
+                return Ok(Some(Fate::Signaled {
+                    signal: sig as i32,
+                    core_dumped,
+                }));
+            }
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            Ok(_) => continue,
+            Err(Errno::EINTR) => continue,
+            Err(source) => return Err(Error::Wait { pid, source }),
+        }
+    }
+}
+
+/// Whether a process with this pid exists and has not ended (a zombie counts as
+/// ended). Works for any process, not only children.
+pub fn is_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    match signal::kill(Pid::from_raw(pid), None) {
+        Ok(()) | Err(Errno::EPERM) => !is_zombie(pid),
+        Err(_) => false,
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    // /proc/<pid>/stat: "pid (comm) S ..."; comm may hold spaces or parentheses,
+    // so the state is the first field after the last ')'.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+        Err(_) => true,
+    }
+}
+
+/// The pids of this process's direct children, zombies included, read from `/proc`.
+pub fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 1..];
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
+thread_local! {
+    static LAST_PANIC_LOCATION: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// Replaces the panic hook with one that records the panic's location for
+/// [`catch_panic`] and prints nothing (the report travels to the parent instead).
+/// Meant for worker processes; call it once, in the child.
+pub fn install_quiet_panic_hook() {
+    panic::set_hook(Box::new(|info| {
+        let loc = info
+            .location()
+            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
+        LAST_PANIC_LOCATION.with(|cell| *cell.borrow_mut() = loc);
+    }));
+}
+
+/// Runs `f`, turning a panic into a [`PanicReport`] (message and, when the quiet
+/// hook is installed, location).
+pub fn catch_panic<R>(f: impl FnOnce() -> R) -> Result<R, PanicReport> {
+    LAST_PANIC_LOCATION.with(|cell| cell.borrow_mut().take());
+    panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| PanicReport {
+        message: panic_message(&*payload),
+        location: LAST_PANIC_LOCATION.with(|cell| cell.borrow_mut().take()),
+    })
+}
+
+/// The text of a panic payload.
+pub fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "Box<dyn Any>".to_string()
+    }
+}

@@ -1,0 +1,145 @@
+//! The claim board: shared memory through which workers take calls.
+//!
+//! - `cursor`: the lowest call that may still be free.
+//! - `claims[g]`: 0 while call `g` is free, else the serial of the worker that
+//!   took it. A worker claims with one compare-and-swap, so each call is taken
+//!   by exactly one worker, however many race for it.
+//! - `slots[w]`: what worker slot `w` runs now (`call + 1`, 0 when idle) and
+//!   since when. A worker writes its slot *before* the claim CAS, so a worker
+//!   killed right after the CAS still names its call; the parent trusts a slot
+//!   only when `claims[call]` holds that worker's serial.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use xme_core::{Error, SharedRegion, monotonic_ns};
+
+/// Layout version of the board region.
+const VERSION: u32 = 1;
+
+pub(crate) struct Board {
+    region: SharedRegion,
+    workers: usize,
+    calls: usize,
+}
+
+/// A worker slot as the parent sees it.
+pub(crate) struct Running {
+    pub call: usize,
+    pub started_ns: u64,
+}
+
+impl Board {
+    pub fn new(workers: usize, calls: usize) -> Result<Board, Error> {
+        let bytes = 8 + workers * 16 + calls * 4;
+        let region = SharedRegion::anonymous_versioned(bytes, VERSION)?;
+        Ok(Board {
+            region,
+            workers,
+            calls,
+        })
+    }
+
+    fn cursor(&self) -> &AtomicU64 {
+        self.region.place(0).expect("board layout: cursor at 0")
+    }
+
+    fn slot(&self, w: usize) -> (&AtomicU64, &AtomicU64) {
+        let s: &[AtomicU64] = self
+            .region
+            .slice(8 + w * 16, 2)
+            .expect("board layout: slots after the cursor");
+        (&s[0], &s[1])
+    }
+
+    fn claims(&self) -> &[AtomicU32] {
+        self.region
+            .slice(8 + self.workers * 16, self.calls)
+            .expect("board layout: claims after the slots")
+    }
+
+    /// In a worker: takes the next free call for worker `serial` in slot `w`.
+    pub fn claim(&self, w: usize, serial: u32) -> Option<usize> {
+        let (current, started) = self.slot(w);
+        let claims = self.claims();
+        let cursor = self.cursor();
+        loop {
+            let g = cursor.load(Ordering::Acquire) as usize;
+            if g >= self.calls {
+                return None;
+            }
+            // Announce before claiming (see the module docs). Release pairs with
+            // the parent's Acquire load of `current`.
+            started.store(monotonic_ns(), Ordering::Relaxed);
+            current.store(g as u64 + 1, Ordering::Release);
+            let won = claims[g]
+                .compare_exchange(0, serial, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+            // Whoever sees `g` taken helps move the cursor past it.
+            let _ = cursor.compare_exchange(
+                g as u64,
+                g as u64 + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            if won {
+                return Some(g);
+            }
+        }
+    }
+
+    /// In a worker: marks slot `w` idle after its reply was written.
+    pub fn finish(&self, w: usize) {
+        self.slot(w).0.store(0, Ordering::Release);
+    }
+
+    /// In the parent: the call worker `serial` in slot `w` has claimed and runs
+    /// (or ran until it died), if any.
+    pub fn running(&self, w: usize, serial: u32) -> Option<Running> {
+        let (current, started) = self.slot(w);
+        let g = current.load(Ordering::Acquire).checked_sub(1)? as usize;
+        let started_ns = started.load(Ordering::Relaxed);
+        (g < self.calls && self.claims()[g].load(Ordering::Acquire) == serial)
+            .then_some(Running { call: g, started_ns })
+    }
+
+    /// In the parent: resets slot `w` before a replacement worker uses it.
+    pub fn clear_slot(&self, w: usize) {
+        self.slot(w).0.store(0, Ordering::Release);
+    }
+
+    /// True while some call has not been claimed yet.
+    pub fn has_unclaimed(&self) -> bool {
+        (self.cursor().load(Ordering::Acquire) as usize) < self.calls
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_call_is_claimed_exactly_once_across_processes() {
+        const CALLS: usize = 20_000;
+        const WORKERS: usize = 4;
+        let board = Board::new(WORKERS, CALLS).unwrap();
+        let children: Vec<_> = (0..WORKERS)
+            .map(|w| {
+                let board = &board;
+                xme_core::process::fork_child(move || {
+                    while let Some(g) = board.claim(w, w as u32 + 1) {
+                        assert!(board.running(w, w as u32 + 1).is_some_and(|r| r.call == g));
+                        board.finish(w);
+                    }
+                    0
+                })
+                .unwrap()
+            })
+            .collect();
+        for c in children {
+            assert!(c.wait().unwrap().is_success());
+        }
+        let claims = board.claims();
+        assert!(claims.iter().all(|c| (1..=WORKERS as u32).contains(&c.load(Ordering::Relaxed))));
+        assert!(!board.has_unclaimed());
+    }
+}

@@ -1,0 +1,149 @@
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use xme_core::{Fate, PanicReport};
+
+/// Why a run could not start or go on. Failures of single calls are not
+/// `ExecError`s: they are [`TaskError`]s inside the run's [`Outcomes`](crate::Outcomes).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExecError {
+    /// A function's arguments cannot be split.
+    #[error("function {job} (`{function}`) has unusable arguments: {source}")]
+    Arguments {
+        /// Index of the function in the table.
+        job: usize,
+        /// Its name.
+        function: String,
+        /// Why.
+        #[source]
+        source: xme_array::ArrayError,
+    },
+    /// No worker process could be started.
+    #[error("no worker process could be started: {0}")]
+    NoWorker(#[source] xme_core::Error),
+    /// The run's shared memory or pipes could not be set up or used.
+    #[error("the run could not be set up: {0}")]
+    Setup(#[from] xme_core::Error),
+    /// The log file could not be opened.
+    #[error(transparent)]
+    Log(#[from] xme_log::LogError),
+}
+
+/// What happened to a call that gave no result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum TaskFailure {
+    /// The function panicked.
+    Panicked(PanicReport),
+    /// The worker process running the call was killed by a signal.
+    Killed {
+        /// The signal number (9 for `SIGKILL`, 6 for `SIGABRT`, …).
+        signal: i32,
+    },
+    /// The worker process exited (`std::process::exit`) during the call.
+    Exited {
+        /// Its exit status.
+        code: i32,
+    },
+    /// The call ran past its time limit and its worker was killed.
+    TimedOut {
+        /// The limit.
+        after: Duration,
+    },
+    /// The result could not be encoded in the worker.
+    Encode(String),
+    /// The result could not be decoded in the parent.
+    Decode(String),
+    /// The worker closed or corrupted its result channel during the call.
+    ChannelClosed,
+    /// The call was never started: no worker process could be started for it.
+    NotRun(String),
+}
+
+impl fmt::Display for TaskFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskFailure::Panicked(p) => write!(f, "panicked: {p}"),
+            TaskFailure::Killed { signal } => {
+                let fate = Fate::Signaled {
+                    signal: *signal,
+                    core_dumped: false,
+                };
+                write!(f, "failed: its worker {fate}")
+            }
+            TaskFailure::Exited { code } => {
+                write!(f, "its worker exited with status {code} before returning")
+            }
+            TaskFailure::TimedOut { after } => {
+                write!(f, "timed out after {after:?}; its worker was killed")
+            }
+            TaskFailure::Encode(e) => write!(f, "its result could not be encoded: {e}"),
+            TaskFailure::Decode(e) => write!(f, "its result could not be decoded: {e}"),
+            TaskFailure::ChannelClosed => {
+                write!(f, "failed: its worker closed or corrupted the result channel")
+            }
+            TaskFailure::NotRun(why) => write!(f, "was never run: {why}"),
+        }
+    }
+}
+
+impl TaskFailure {
+    pub(crate) fn from_fate(fate: Fate) -> TaskFailure {
+        match fate {
+            Fate::Signaled { signal, .. } => TaskFailure::Killed { signal },
+            Fate::Exited(code) => TaskFailure::Exited { code },
+        }
+    }
+}
+
+/// A call that gave no result: which call, of which function, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("call {call} of function {job} (`{function}`) {failure}")]
+pub struct TaskError {
+    /// The call's index among its function's calls.
+    pub call: usize,
+    /// The function's index in the table.
+    pub job: usize,
+    /// The function's name.
+    pub function: String,
+    /// What happened.
+    pub failure: TaskFailure,
+}
+
+impl TaskError {
+    /// True if the function panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.failure, TaskFailure::Panicked(_))
+    }
+
+    /// The panic message, if the function panicked.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.failure {
+            TaskFailure::Panicked(p) => Some(&p.message),
+            _ => None,
+        }
+    }
+
+    /// True if the call ran past its time limit.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.failure, TaskFailure::TimedOut { .. })
+    }
+
+    /// The signal that killed the worker during the call, if one did.
+    pub fn signal(&self) -> Option<i32> {
+        match self.failure {
+            TaskFailure::Killed { signal } => Some(signal),
+            _ => None,
+        }
+    }
+
+    /// The worker's exit status, if it exited during the call.
+    pub fn exit_code(&self) -> Option<i32> {
+        match self.failure {
+            TaskFailure::Exited { code } => Some(code),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The XME standard interface (XMESI): run a table of functions over forked
+//! worker processes, with `Array` arguments split across calls.
+//!
+//! ```
+//! use xme_exec::{Array, Xme};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let xme = Xme::new().pnum(2);
+//! let squares = xme.fun(|x: u64| x * x, Array::new(1..=5))?.into_result()?;
+//! assert_eq!(squares, [1, 4, 9, 16, 25]);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How a run works
+//! - `calnum` calls per function ([`xme_array`]'s split plan); at most `pnum`
+//!   worker processes live at once, each forked from the caller and reused for
+//!   many calls. Workers take calls top to bottom through a shared counter, so
+//!   one slow call never holds back others.
+//! - Tasks are closures run in the worker as they are: they may capture
+//!   anything, even what is neither `Send` nor serializable. Each call's result
+//!   crosses back over a pipe, postcard-encoded.
+//! - A call that panics, whose worker is killed or exits, or that runs past its
+//!   [`timeout`](Xme::timeout) yields a [`TaskError`] naming the call, the
+//!   function and what happened; a replacement worker takes the remaining
+//!   calls, and every other result is kept.
+//! - Every worker is reaped before the run returns; workers die with their
+//!   parent (`PR_SET_PDEATHSIG`).
+//!
+//! # Fork before threads
+//! A worker is a fork of the calling process, which copies only the calling
+//! thread. Tasks must not take locks another thread of the parent might have
+//! held at fork time (see [`xme_core::process`]). Start runs before threads, or
+//! keep tasks free of such locks; the xme logger takes none.
+//!
+//! # Features
+//! - `progress`: [`Xme::progress`] shows a progress bar (calls done / total).
+
+mod board;
+mod context;
+mod error;
+mod job;
+mod outcomes;
+mod runner;
+mod worker;
+mod xme;
+
+pub use context::Context;
+pub use error::{ExecError, TaskError, TaskFailure};
+#[doc(hidden)]
+pub use job::ErasedJob;
+pub use job::{CallWith, Job, JobTable, Plain, WithContext};
+pub use outcomes::Outcomes;
+pub use xme::{Xme, cpus};
+pub use xme_array::{Array, Same};
+pub use xme_core::Fate;

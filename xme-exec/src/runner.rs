@@ -1,0 +1,369 @@
+//! The parent side of a run: forks workers, reads their replies, and accounts
+//! for every call: a result, or a failure naming what happened.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+use nix::sys::signal::Signal;
+use xme_core::frame::FrameReader;
+use xme_core::process::{self, Child};
+use xme_core::{Error, Fate, monotonic_ns};
+
+use crate::board::Board;
+use crate::job::ErasedJob;
+use crate::worker::WorkerPlan;
+use crate::{ExecError, TaskFailure};
+
+/// How long a worker may live on after closing its pipe before it is killed.
+const LINGER: Duration = Duration::from_secs(1);
+/// Longest sleep of the parent between liveness checks of every worker.
+const TICK: Duration = Duration::from_millis(100);
+/// Bytes before a reply body: the global call index.
+const CALL_BYTES: usize = 8;
+
+/// Called once per settled call (progress display).
+
+pub(crate) struct RunSpec<'a> {
+    pub pnum: usize,
+    pub default_timeout: Option<Duration>,
+    pub logger: &'a xme_log::Logger,
+}
+
+struct Worker {
+    slot: usize,
+    serial: u32,
+    child: Child,
+    pipe: Option<OwnedFd>,
+    reader: FrameReader,
+    /// When the pipe reached EOF (or was dropped as corrupt).
+    closed_at: Option<Instant>,
+    /// The call this worker was killed for running too long.
+    timed_out: Option<(usize, Duration)>,
+}
+
+/// Every call's fate, settled exactly once.
+struct Ledger<'s, 't, D> {
+    jobs: &'s mut [&'t mut dyn ErasedJob<D>],
+    offsets: Vec<usize>,
+    done: Vec<bool>,
+    remaining: usize,
+    /// Called once per settled call (progress display).
+    on_settled: &'s mut dyn FnMut(),
+}
+
+impl<D> Ledger<'_, '_, D> {
+    fn locate(&self, g: usize) -> (usize, usize) {
+        let job = self.offsets.partition_point(|&o| o <= g) - 1;
+        (job, g - self.offsets[job])
+    }
+
+    fn settle(&mut self, g: usize, reply: Result<&[u8], TaskFailure>) {
+        if g >= self.done.len() || self.done[g] {
+            return;
+        }
+        let (job, call) = self.locate(g);
+        self.jobs[job].deliver(job, call, reply);
+        self.done[g] = true;
+        self.remaining -= 1;
+        (self.on_settled)();
+    }
+}
+
+/// Runs every call of `jobs` and delivers each call's reply or failure.
+pub(crate) fn run<D>(
+    spec: &RunSpec<'_>,
+    data: &D,
+    jobs: &mut [&mut dyn ErasedJob<D>],
+    on_settled: &mut dyn FnMut(),
+) -> Result<(), ExecError> {
+    let mut offsets = Vec::with_capacity(jobs.len());
+    let mut total = 0usize;
+    for (j, job) in jobs.iter_mut().enumerate() {
+        offsets.push(total);
+        total += job.prepare().map_err(|source| ExecError::Arguments {
+            job: j,
+            function: job.name().to_string(),
+            source,
+        })?;
+    }
+    if total == 0 {
+        return Ok(());
+    }
+    let timeouts: Vec<Option<Duration>> = jobs
+        .iter()
+        .map(|j| j.timeout().or(spec.default_timeout))
+        .collect();
+    let slots = spec.pnum.min(total).max(1);
+    let board = Board::new(slots, total)?;
+    let mut ledger = Ledger {
+        jobs,
+        offsets,
+        done: vec![false; total],
+        remaining: total,
+        on_settled,
+    };
+    let mut serials = 1u32..;
+    let mut live: Vec<Worker> = Vec::with_capacity(slots);
+    let mut spawn_error = None;
+    for slot in 0..slots {
+        let serial = serials.next().expect("unbounded range");
+        match spawn(&ledger, &board, spec, data, slot, serial) {
+            Ok(w) => live.push(w),
+            Err(e) => {
+                spawn_error.get_or_insert(e);
+            }
+        }
+    }
+    if live.is_empty() {
+        return Err(ExecError::NoWorker(
+            spawn_error.expect("slots >= 1, so an empty pool means a spawn failed"),
+        ));
+    }
+    if let Some(e) = &spawn_error {
+        let _ = spec.logger.entry().msgtype("Warning").print(format!(
+            "only {} of {slots} worker processes started: {e}",
+            live.len()
+        ));
+    }
+
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut last_sweep = Instant::now();
+    while !live.is_empty() {
+        let deadline_wait = next_deadline(&live, &board, &ledger, &timeouts);
+        wait_readable(&mut live, &mut buf, &mut ledger, deadline_wait.unwrap_or(TICK))?;
+        kill_overdue(&mut live, &board, &ledger, &timeouts);
+
+        // Check liveness of workers whose pipe closed or that were killed, and
+        // of every worker once per tick (a grandchild may hold a pipe open).
+        let sweep = last_sweep.elapsed() >= TICK;
+        if sweep {
+            last_sweep = Instant::now();
+        }
+        let mut i = 0;
+        while i < live.len() {
+            let w = &mut live[i];
+            if !(sweep || w.pipe.is_none() || w.timed_out.is_some()) {
+                i += 1;
+                continue;
+            }
+            let Some(fate) = reap_if_ended(w, &mut buf, &mut ledger)? else {
+                i += 1;
+                continue;
+            };
+            let w = live.swap_remove(i);
+            if let Some(r) = board.running(w.slot, w.serial) {
+                let failure = match w.timed_out {
+                    Some((call, after)) if call == r.call => TaskFailure::TimedOut { after },
+                    _ if w.closed_at.is_some() && fate.is_success() => TaskFailure::ChannelClosed,
+                    _ => TaskFailure::from_fate(fate),
+                };
+                ledger.settle(r.call, Err(failure));
+            }
+            if board.has_unclaimed() {
+                board.clear_slot(w.slot);
+                let serial = serials.next().expect("unbounded range");
+                match spawn(&ledger, &board, spec, data, w.slot, serial) {
+                    Ok(nw) => live.push(nw),
+                    Err(e) => {
+                        spawn_error.get_or_insert(e);
+                    }
+                }
+            }
+        }
+    }
+
+    // Every worker is reaped. A call still open was never claimed, because no
+    // replacement worker could be forked: fail it rather than lose it.
+    if ledger.remaining > 0 {
+        let why = spawn_error
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no worker was left to run it".into());
+        let _ = spec.logger.entry().msgtype("Warning").print(format!(
+            "{} calls were never run: {why}",
+            ledger.remaining
+        ));
+        for g in 0..total {
+            ledger.settle(g, Err(TaskFailure::NotRun(why.clone())));
+        }
+    }
+    Ok(())
+}
+
+fn spawn<D>(
+    ledger: &Ledger<'_, '_, D>,
+    board: &Board,
+    spec: &RunSpec<'_>,
+    data: &D,
+    slot: usize,
+    serial: u32,
+) -> Result<Worker, Error> {
+    let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| Error::Pipe {
+        doing: "creating a worker's result pipe",
+        source,
+    })?;
+    let plan = WorkerPlan {
+        jobs: &*ledger.jobs,
+        offsets: &ledger.offsets,
+        board,
+        logger: spec.logger,
+        data,
+    };
+    // The closure owns the write end: the child uses it, and in the parent it
+    // is closed when fork_child drops the closure, so EOF means "worker gone".
+    let child = process::fork_child(move || plan.run(slot, serial, write))?;
+    Ok(Worker {
+        slot,
+        serial,
+        child,
+        pipe: Some(read),
+        reader: FrameReader::new(u32::MAX as usize),
+        closed_at: None,
+        timed_out: None,
+    })
+}
+
+/// Time until the earliest running call's deadline, if any call has one.
+fn next_deadline<D>(
+    live: &[Worker],
+    board: &Board,
+    ledger: &Ledger<'_, '_, D>,
+    timeouts: &[Option<Duration>],
+) -> Option<Duration> {
+    let now = monotonic_ns();
+    live.iter()
+        .filter_map(|w| {
+            let r = board.running(w.slot, w.serial)?;
+            let limit = timeouts[ledger.locate(r.call).0]?;
+            (!ledger.done[r.call] && w.timed_out.is_none()).then(|| {
+                let deadline = r.started_ns + limit.as_nanos() as u64;
+                Duration::from_nanos(deadline.saturating_sub(now))
+            })
+        })
+        .min()
+        .map(|d| d.min(TICK))
+}
+
+/// Sleeps until a pipe is readable or `wait` passes, then reads every ready pipe.
+fn wait_readable<D>(
+    live: &mut [Worker],
+    buf: &mut [u8],
+    ledger: &mut Ledger<'_, '_, D>,
+    wait: Duration,
+) -> Result<(), Error> {
+    let ready: Vec<bool> = {
+        let mut fds: Vec<PollFd<'_>> = live
+            .iter()
+            .filter_map(|w| w.pipe.as_ref())
+            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
+            .collect();
+        // Round up so a deadline 0.4 ms away does not spin.
+        let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(source) => {
+                return Err(Error::Pipe {
+                    doing: "waiting for worker replies",
+                    source,
+                });
+            }
+        }
+        let mut it = fds.iter();
+        live.iter()
+            .map(|w| {
+                w.pipe.is_some()
+                    && it.next().and_then(PollFd::revents).is_some_and(|r| !r.is_empty())
+            })
+            .collect()
+    };
+    for (w, ready) in live.iter_mut().zip(ready) {
+        if ready {
+            read_some(w, buf, ledger);
+        }
+    }
+    Ok(())
+}
+
+/// One `read` from a worker's pipe; complete frames are settled at once.
+fn read_some<D>(w: &mut Worker, buf: &mut [u8], ledger: &mut Ledger<'_, '_, D>) {
+    let Some(pipe) = &w.pipe else { return };
+    match nix::unistd::read(pipe, buf) {
+        Ok(0) => {
+            w.pipe = None;
+            w.closed_at = Some(Instant::now());
+        }
+        Ok(n) => {
+            w.reader.extend(&buf[..n]);
+            loop {
+                match w.reader.next_frame() {
+                    Ok(Some(frame)) if frame.len() > CALL_BYTES => {
+                        let (g, body) = frame.split_at(CALL_BYTES);
+                        let g = u64::from_le_bytes(g.try_into().expect("8 bytes")) as usize;
+                        ledger.settle(g, Ok(body));
+                    }
+                    Ok(None) => break,
+                    // A frame too short or too long cannot come from our worker
+                    // code: the channel is corrupt. Stop trusting it.
+                    Ok(Some(_)) | Err(_) => {
+                        corrupt(w);
+                        break;
+                    }
+                }
+            }
+        }
+        Err(nix::Error::EINTR) | Err(nix::Error::EAGAIN) => {}
+        Err(_) => corrupt(w),
+    }
+}
+
+fn corrupt(w: &mut Worker) {
+    w.pipe = None;
+    w.closed_at = Some(Instant::now());
+    let _ = w.child.signal(Signal::SIGKILL);
+}
+
+/// Kills workers whose current call ran past its limit.
+fn kill_overdue<D>(
+    live: &mut [Worker],
+    board: &Board,
+    ledger: &Ledger<'_, '_, D>,
+    timeouts: &[Option<Duration>],
+) {
+    let now = monotonic_ns();
+    for w in live.iter_mut().filter(|w| w.timed_out.is_none()) {
+        if let Some(r) = board.running(w.slot, w.serial)
+            && !ledger.done[r.call]
+            && let Some(limit) = timeouts[ledger.locate(r.call).0]
+            && now.saturating_sub(r.started_ns) >= limit.as_nanos() as u64
+        {
+            w.timed_out = Some((r.call, limit));
+            let _ = w.child.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// Reaps `w` if it has ended, after reading what it left in its pipe. A worker
+/// that closed its pipe but lingers past [`LINGER`] is killed.
+fn reap_if_ended<D>(
+    w: &mut Worker,
+    buf: &mut [u8],
+    ledger: &mut Ledger<'_, '_, D>,
+) -> Result<Option<Fate>, Error> {
+    let fate = match w.child.try_wait()? {
+        Some(fate) => fate,
+        None if w.closed_at.is_some_and(|t| t.elapsed() >= LINGER) => w.child.kill_mut()?,
+        None => return Ok(None),
+    };
+    // Replies written just before the end are still in the pipe.
+    while let Some(pipe) = &w.pipe {
+        let mut fd = [PollFd::new(pipe.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fd, PollTimeout::ZERO) {
+            Ok(n) if n > 0 => read_some(w, buf, ledger),
+            Err(nix::Error::EINTR) => {}
+            _ => break,
+        }
+    }
+    Ok(Some(fate))
+}

@@ -1,0 +1,78 @@
+//! The worker process: claims calls from the board, runs them, and writes each
+//! reply as one frame to its pipe.
+
+use std::os::fd::{AsFd, OwnedFd};
+
+use xme_core::{Operator, process};
+use xme_log::Logger;
+
+use crate::board::Board;
+use crate::job::ErasedJob;
+use crate::Context;
+
+/// Everything a worker needs; borrowed from the parent's memory, copied by fork.
+pub(crate) struct WorkerPlan<'a, 't, D> {
+    pub jobs: &'a [&'t mut dyn ErasedJob<D>],
+    /// First global call index of each job.
+    pub offsets: &'a [usize],
+    pub board: &'a Board,
+    pub logger: &'a Logger,
+    pub data: &'a D,
+}
+
+impl<D> WorkerPlan<'_, '_, D> {
+    /// Maps a global call index to (job, call within the job).
+    pub fn locate(&self, g: usize) -> (usize, usize) {
+        let job = self.offsets.partition_point(|&o| o <= g) - 1;
+        (job, g - self.offsets[job])
+    }
+
+    /// The body of worker `serial` in slot `w`; returns its exit status.
+    pub fn run(&self, w: usize, serial: u32, pipe: OwnedFd) -> i32 {
+        process::install_quiet_panic_hook();
+        let operator = Operator::alloc();
+        let mut frame = Vec::with_capacity(256);
+        while let Some(g) = self.board.claim(w, serial) {
+            let (job, call) = self.locate(g);
+            let mut ctx = Context {
+                call,
+                job,
+                operator,
+                logger: self.logger,
+                data: self.data,
+            };
+            frame.clear();
+            frame.extend_from_slice(&[0; 4]);
+            frame.extend_from_slice(&(g as u64).to_le_bytes());
+            self.jobs[job].run_call(call, &mut ctx, &mut frame);
+            let len = match u32::try_from(frame.len() - 4) {
+                Ok(len) => len,
+                Err(_) => {
+                    let msg = format!("result of {} bytes exceeds the 4 GiB frame limit", frame.len());
+                    frame.truncate(12);
+                    frame.push(crate::job::tag::ENCODE_FAILED);
+                    frame.extend_from_slice(msg.as_bytes());
+                    (frame.len() - 4) as u32
+                }
+            };
+            frame[..4].copy_from_slice(&len.to_le_bytes());
+            if write_all(&pipe, &frame).is_err() {
+                // The parent is gone or closed our pipe: nobody wants results.
+                return 3;
+            }
+            self.board.finish(w);
+        }
+        0
+    }
+}
+
+fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), nix::Error> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd.as_fd(), bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xme_array::SplitArgs;
+use xme_log::Logger;
+
+use crate::job::{JobTable, Plain, WithContext};
+use crate::runner::{self, RunSpec};
+use crate::{Context, ExecError, Job, Outcomes};
+
+/// The standard interface (XMESI): runs a table of functions over forked
+/// worker processes.
+///
+/// Options are the seed's: `pnum`, `do_with_log`, `logfile`,
+/// `show_version_info`, `print_in_screen`, plus a per-call `timeout`.
+///
+/// # Single-function model
+/// ```
+/// use xme_exec::{Array, Xme};
+///
+/// fn fun(v: u64) -> u64 { (v + 1..v + 11).sum() }
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let xme = Xme::new().pnum(2);
+/// let v = Array::new((0..10).map(|v| v * 10));
+/// let sums = xme.fun(fun, v)?.into_result()?;
+/// assert_eq!(sums.iter().sum::<u64>(), 5050);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Multi-function model
+/// Each function has its own argument and result types; results come back
+/// typed, in table order.
+/// ```
+/// use xme_exec::{Array, Job, Same, Xme};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let (squares, greetings) = Xme::new().funs((
+///     Job::new(|x: u32| x * x, Array::new(1..=3)),
+///     Job::new(|(name, punct): (String, char)| format!("hello {name}{punct}"),
+///              (Array::from(vec!["ann".to_string(), "bob".to_string()]), Same('!'))),
+/// ))?;
+/// assert_eq!(squares.into_result()?, [1, 4, 9]);
+/// assert_eq!(greetings.into_result()?, ["hello ann!", "hello bob!"]);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// Tasks are closures and may capture anything, even what cannot be sent or
+/// serialized (an open file, an `Rc`): each worker is a fork of this process.
+/// Only results cross back, so they are `Serialize + DeserializeOwned`.
+#[derive(Clone, Debug)]
+pub struct Xme {
+    requested_pnum: Option<usize>,
+    do_with_log: bool,
+    show_version_info: bool,
+    logger: Logger,
+    timeout: Option<Duration>,
+    #[cfg(feature = "progress")]
+    progress: bool,
+}
+
+impl Default for Xme {
+    fn default() -> Self {
+        Xme::new()
+    }
+}
+
+/// Number of CPUs this process may run on.
+pub fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Xme {
+    /// The seed's defaults: `pnum` = number of CPUs, logging on, to the screen.
+    pub fn new() -> Xme {
+        Xme {
+            requested_pnum: None,
+            do_with_log: true,
+            show_version_info: false,
+            logger: Logger::new(),
+            timeout: None,
+            #[cfg(feature = "progress")]
+            progress: false,
+        }
+    }
+
+    /// Most worker processes alive at once. Clamped to `1..=cpus` as in the
+    /// seed; a clamp is logged when a run starts.
+    pub fn pnum(mut self, pnum: usize) -> Xme {
+        self.requested_pnum = Some(pnum);
+        self
+    }
+
+    /// The `pnum` runs use: the requested one clamped to `1..=cpus`.
+    pub fn effective_pnum(&self) -> usize {
+        self.requested_pnum.unwrap_or_else(cpus).clamp(1, cpus())
+    }
+
+    /// Whether tasks log through the xme logger (`true`) or print plain lines
+    /// (`false`, like the built-in `print` of the seed).
+    pub fn do_with_log(mut self, on: bool) -> Xme {
+        self.do_with_log = on;
+        self
+    }
+
+    /// Appends log lines to `path` too.
+    pub fn logfile(mut self, path: impl AsRef<Path>) -> Result<Xme, ExecError> {
+        self.logger = self.logger.logfile(path)?;
+        Ok(self)
+    }
+
+    /// Logs the xme version when a run starts.
+    pub fn show_version_info(mut self, on: bool) -> Xme {
+        self.show_version_info = on;
+        self
+    }
+
+    /// Whether log lines go to the screen.
+    pub fn print_in_screen(mut self, on: bool) -> Xme {
+        self.logger = self.logger.screen(on);
+        self
+    }
+
+    /// Replaces the logger (all the seed's `logobj` options).
+    pub fn logger(mut self, logger: Logger) -> Xme {
+        self.logger = logger;
+        self
+    }
+
+    /// Limits every call to `limit` (a [`Job::timeout`] overrides it). A call
+    /// running longer is killed with its worker and reported `TimedOut`.
+    pub fn timeout(mut self, limit: Duration) -> Xme {
+        self.timeout = Some(limit);
+        self
+    }
+
+    /// Shows a progress bar (calls done / total) on stderr.
+    #[cfg(feature = "progress")]
+    pub fn progress(mut self, on: bool) -> Xme {
+        self.progress = on;
+        self
+    }
+
+    /// Single-function model: calls `f` once per call of the split plan of
+    /// `args` and returns the outcomes in call order.
+    pub fn fun<A, R, F>(&self, f: F, args: A) -> Result<Outcomes<R>, ExecError>
+    where
+        A: SplitArgs,
+        F: Fn(A::Call) -> R,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run(Job::<Plain<F>, A, R>::new(f, args))
+    }
+
+    /// Like [`fun`](Self::fun), the function also receiving a [`Context`]
+    /// (logger, call index, operator).
+    pub fn fun_ctx<A, R, F>(&self, f: F, args: A) -> Result<Outcomes<R>, ExecError>
+    where
+        A: SplitArgs,
+        F: Fn(&mut Context<'_>, A::Call) -> R,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run(Job::<WithContext<F>, A, R>::with_context(f, args))
+    }
+
+    /// Multi-function model: runs every job of `table` (a tuple of jobs, or a
+    /// `Vec` of them) at once, at most `pnum` processes at a time, calls taken
+    /// top to bottom. Returns each job's outcomes, shaped like the table.
+    pub fn funs<T: JobTable<()>>(&self, table: T) -> Result<T::Output, ExecError> {
+        self.run_with(&(), table)
+    }
+
+    /// Runs one job or a table of jobs; same as [`funs`](Self::funs).
+    pub fn run<T: JobTable<()>>(&self, table: T) -> Result<T::Output, ExecError> {
+        self.run_with(&(), table)
+    }
+
+    /// Runs a table whose tasks see `data` through [`Context::data`]
+    /// (how the Manager handle reaches tasks).
+    pub fn run_with<D, T: JobTable<D>>(&self, data: &D, mut table: T) -> Result<T::Output, ExecError> {
+        let pnum = self.effective_pnum();
+        self.announce(pnum);
+        let task_logger = if self.do_with_log {
+            self.logger.clone()
+        } else {
+            plain_print_logger()
+        };
+        let spec = RunSpec {
+            pnum,
+            default_timeout: self.timeout,
+            logger: &task_logger,
+        };
+        {
+            let mut erased = table.erased();
+            let mut progress = self.progress_bar();
+            let mut on_settled = || progress.tick();
+            runner::run(&spec, data, &mut erased, &mut on_settled)?;
+            progress.finish();
+        }
+        Ok(table.finish(0))
+    }
+
+    fn announce(&self, pnum: usize) {
+        if self.show_version_info {
+            let _ = self.logger.entry().msgtype("Version").print(format!(
+                "xme {} (Rust re-creation of XME 4.2), pnum={pnum}",
+                xme_core::VERSION
+            ));
+        }
+        if let Some(asked) = self.requested_pnum
+            && asked != pnum
+        {
+            let _ = self.logger.entry().msgtype("Warning").print(format!(
+                "pnum {asked} is outside 1..={}; using {pnum}",
+                cpus()
+            ));
+        }
+    }
+
+    #[cfg(feature = "progress")]
+    fn progress_bar(&self) -> Progress {
+        Progress(self.progress.then(|| {
+            let bar = indicatif::ProgressBar::new(0);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} calls {elapsed}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            bar
+        }))
+    }
+
+    #[cfg(not(feature = "progress"))]
+    fn progress_bar(&self) -> Progress {
+        Progress
+    }
+}
+
+/// A logger writing bare lines to the screen, like a built-in `print`.
+fn plain_print_logger() -> Logger {
+    Logger::new().time(false).msgtype(false).pid(false).indent(false)
+}
+
+#[cfg(feature = "progress")]
+struct Progress(Option<indicatif::ProgressBar>);
+
+#[cfg(feature = "progress")]
+impl Progress {
+    fn tick(&mut self) {
+        if let Some(bar) = &self.0 {
+            if bar.length() == Some(0) {
+                bar.set_length(u64::MAX);
+            }
+            bar.inc(1);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish();
+        }
+    }
+}
+
+#[cfg(not(feature = "progress"))]
+struct Progress;
+
+#[cfg(not(feature = "progress"))]
+impl Progress {
+    fn tick(&mut self) {}
+    fn finish(&mut self) {}
+}

@@ -1,0 +1,115 @@
+//! Each way a call can fail gives its own error, and every other result arrives.
+
+use std::time::{Duration, Instant};
+
+use xme_exec::{Array, Job, TaskFailure, Xme};
+
+fn kill_self(signal: nix::sys::signal::Signal) -> ! {
+    nix::sys::signal::raise(signal).unwrap();
+    unreachable!("the signal ends the process")
+}
+
+#[test]
+fn panic_sigkill_abort_exit_and_timeout_each_fail_one_call_only() {
+    let started = Instant::now();
+    let out = Xme::new()
+        .pnum(2)
+        .timeout(Duration::from_millis(500))
+        .fun(
+            |i: u32| -> u32 {
+                match i {
+                    2 => panic!("call two gives up"),
+                    4 => kill_self(nix::sys::signal::Signal::SIGKILL),
+                    6 => std::process::abort(),
+                    8 => std::process::exit(3),
+                    10 => {
+                        std::thread::sleep(Duration::from_secs(30));
+                        0
+                    }
+                    _ => i * 100,
+                }
+            },
+            Array::new(0..14u32),
+        )
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(20), "the timed-out call held the run");
+
+    for (i, r) in out.iter().enumerate() {
+        match i {
+            2 => {
+                let e = r.as_ref().unwrap_err();
+                assert!(e.is_panic());
+                assert_eq!(e.panic_message(), Some("call two gives up"));
+                assert_eq!(e.call, 2);
+                assert!(e.to_string().contains("call 2 of function 0"), "{e}");
+                let TaskFailure::Panicked(report) = &e.failure else { unreachable!() };
+                assert!(report.location.as_deref().unwrap().contains("failures.rs"));
+            }
+            4 => assert_eq!(r.as_ref().unwrap_err().signal(), Some(9)),
+            6 => assert_eq!(r.as_ref().unwrap_err().signal(), Some(6)),
+            8 => assert_eq!(r.as_ref().unwrap_err().exit_code(), Some(3)),
+            10 => {
+                let e = r.as_ref().unwrap_err();
+                assert!(e.is_timeout(), "{e}");
+                assert!(e.to_string().contains("timed out after 500ms"), "{e}");
+            }
+            _ => assert_eq!(r.as_ref().unwrap(), &(i as u32 * 100)),
+        }
+    }
+    assert_eq!(out.errors().count(), 5);
+}
+
+#[test]
+fn every_call_failing_still_returns_every_error() {
+    let out = Xme::new()
+        .pnum(2)
+        .fun(|i: i32| -> i32 { std::process::exit(i) }, Array::new(10..20))
+        .unwrap();
+    let codes: Vec<_> = out.iter().map(|r| r.as_ref().unwrap_err().exit_code()).collect();
+    assert_eq!(codes, (10..20).map(Some).collect::<Vec<_>>());
+}
+
+#[test]
+fn a_job_timeout_overrides_the_run_timeout() {
+    let (fast, slow) = Xme::new()
+        .pnum(2)
+        .timeout(Duration::from_secs(60))
+        .funs((
+            Job::new(|()| 1u8, ()),
+            Job::new(
+                |()| {
+                    std::thread::sleep(Duration::from_secs(60));
+                    2u8
+                },
+                (),
+            )
+            .timeout(Duration::from_millis(200))
+            .named("sleeper"),
+        ))
+        .unwrap();
+    assert_eq!(fast.into_result().unwrap(), [1]);
+    let e = slow.into_result().unwrap_err();
+    assert!(e.is_timeout());
+    assert!(e.to_string().contains("`sleeper`"), "{e}");
+}
+
+#[test]
+fn a_result_that_cannot_be_decoded_is_reported() {
+    // serde_json-style untagged enums are fine; here the result type's
+    // Deserialize rejects what its Serialize wrote.
+    #[derive(Debug)]
+    struct OneWay;
+    impl serde::Serialize for OneWay {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            s.serialize_u8(1)
+        }
+    }
+    impl<'de> serde::Deserialize<'de> for OneWay {
+        fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+            Err(serde::de::Error::custom("OneWay never decodes"))
+        }
+    }
+    let out = Xme::new().fun(|()| OneWay, ()).unwrap();
+    let e = out.into_result().unwrap_err();
+    assert!(matches!(e.failure, TaskFailure::Decode(_)), "{e}");
+}

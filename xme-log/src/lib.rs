@@ -1,0 +1,38 @@
+//! The pid-stamped logger of xme (`print` and `logobj` of the XME seed, 1.3).
+//!
+//! Every line has the seed's format, `2023-10-20 03:34:27(pid@114796):message`,
+//! with an optional `(Type)` prefix and indent, and goes to the screen and/or an
+//! append-only log file. Each line is one `write(2)` call on an `O_APPEND`
+//! descriptor and takes no lock, so lines from many processes never
+//! interleave and a forked child can log even if another thread of its parent
+//! held a lock at fork time.
+//!
+//! ```
+//! use xme_log::Logger;
+//!
+//! # fn main() -> Result<(), xme_log::LogError> {
+//! let dir = std::env::temp_dir().join(format!("xme-log-doc-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir).unwrap();
+//! let path = dir.join("run.log");
+//! let log = Logger::new().screen(false).logfile(&path)?;
+//! log.print("This is function fun")?;
+//! log.entry().msgtype("Warn").indent(1).print("a sub-step")?;
+//!
+//! let text = std::fs::read_to_string(&path).unwrap();
+//! let pid = std::process::id();
+//! assert!(text.lines().next().unwrap().ends_with(&format!("(pid@{pid}):This is function fun")));
+//! assert!(text.lines().nth(1).unwrap().starts_with("(Warn)"));
+//! assert!(text.lines().nth(1).unwrap().ends_with(":----a sub-step"));
+//! # std::fs::remove_dir_all(&dir).unwrap();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! A logger also works as the [`log`] crate's backend, in the parent and every
+//! forked child: see [`Logger::install`].
+
+mod error;
+mod logger;
+
+pub use error::LogError;
+pub use logger::{Entry, Logger};

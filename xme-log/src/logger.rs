@@ -1,0 +1,323 @@
+use std::borrow::Cow;
+use std::fs::OpenOptions;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::LogError;
+
+/// A logger with the seed's options (`logobj` attributes).
+///
+/// Cloning is cheap and clones share the log file descriptor. Setters take and
+/// return `self` so a logger reads like the seed's keyword options:
+///
+/// ```
+/// let log = xme_log::Logger::new().time(false).indent_style("*", 2);
+/// ```
+#[derive(Clone, Debug)]
+pub struct Logger {
+    file: Option<Arc<LogFile>>,
+    time: bool,
+    show_msgtype: bool,
+    default_msgtype: String,
+    show_pid: bool,
+    indent: bool,
+    indent_type: String,
+    indent_num: usize,
+    screen: bool,
+}
+
+#[derive(Debug)]
+struct LogFile {
+    path: PathBuf,
+    fd: OwnedFd,
+}
+
+impl Default for Logger {
+    fn default() -> Self {
+        Logger::new()
+    }
+}
+
+impl Logger {
+    /// The seed's defaults: time, message type and pid shown, indent `-` × 4,
+    /// screen on, no log file, default message type `Message`.
+    pub fn new() -> Logger {
+        Logger {
+            file: None,
+            time: true,
+            show_msgtype: true,
+            default_msgtype: "Message".to_string(),
+            show_pid: true,
+            indent: true,
+            indent_type: "-".to_string(),
+            indent_num: 4,
+            screen: true,
+        }
+    }
+
+    /// Appends every line to `path` too (opened `O_APPEND`, created if missing).
+    pub fn logfile(mut self, path: impl AsRef<Path>) -> Result<Logger, LogError> {
+        let path = path.as_ref().to_path_buf();
+        let file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(&path)
+            .map_err(|source| LogError::OpenLogfile {
+                path: path.clone(),
+                source,
+            })?;
+        self.file = Some(Arc::new(LogFile {
+            path,
+            fd: file.into(),
+        }));
+        Ok(self)
+    }
+
+    /// Stops writing to a log file.
+    pub fn no_logfile(mut self) -> Logger {
+        self.file = None;
+        self
+    }
+
+    /// The log file's path, if any.
+    pub fn logfile_path(&self) -> Option<&Path> {
+        self.file.as_deref().map(|f| f.path.as_path())
+    }
+
+    /// Show the local time (`2023-10-20 03:34:27`).
+    pub fn time(mut self, on: bool) -> Logger {
+        self.time = on;
+        self
+    }
+
+    /// Show message types (`(Type)` before the line).
+    pub fn msgtype(mut self, on: bool) -> Logger {
+        self.show_msgtype = on;
+        self
+    }
+
+    /// The type [`Entry::default_type`] uses (seed default: `Message`).
+    pub fn default_msgtype(mut self, ty: impl Into<String>) -> Logger {
+        self.default_msgtype = ty.into();
+        self
+    }
+
+    /// Show the pid (`(pid@27896)`).
+    pub fn pid(mut self, on: bool) -> Logger {
+        self.show_pid = on;
+        self
+    }
+
+    /// Indent sub-log lines.
+    pub fn indent(mut self, on: bool) -> Logger {
+        self.indent = on;
+        self
+    }
+
+    /// One indent level is `indent_type` repeated `indent_num` times (seed: `-`, 4).
+    pub fn indent_style(mut self, indent_type: impl Into<String>, indent_num: usize) -> Logger {
+        self.indent_type = indent_type.into();
+        self.indent_num = indent_num;
+        self
+    }
+
+    /// Write lines to the screen (standard output).
+    pub fn screen(mut self, on: bool) -> Logger {
+        self.screen = on;
+        self
+    }
+
+    /// Writes one plain line: no type, no indent (the seed's `print(message)`).
+    pub fn print(&self, message: impl AsRef<str>) -> Result<(), LogError> {
+        self.entry().print(message)
+    }
+
+    /// Starts a line with a type or an indent (the seed's `print(message, msgtype=…, indent=…)`).
+    pub fn entry(&self) -> Entry<'_> {
+        Entry {
+            logger: self,
+            msgtype: None,
+            indent: 0,
+            pid: true,
+        }
+    }
+
+    /// Formats a line without writing it (no trailing newline).
+    pub fn format(&self, entry: &Entry<'_>, message: &str) -> String {
+        let mut line = String::with_capacity(48 + message.len());
+        if self.show_msgtype
+            && let Some(ty) = &entry.msgtype
+        {
+            line.push('(');
+            line.push_str(ty);
+            line.push(')');
+        }
+        if self.time {
+            use std::fmt::Write;
+            let _ = write!(line, "{}", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"));
+        }
+        if self.show_pid && entry.pid {
+            use std::fmt::Write;
+            let _ = write!(line, "(pid@{})", std::process::id());
+        }
+        if !line.is_empty() {
+            line.push(':');
+        }
+        if self.indent {
+            for _ in 0..entry.indent * self.indent_num {
+                line.push_str(&self.indent_type);
+            }
+        }
+        line.push_str(message);
+        line
+    }
+
+    fn write_line(&self, mut line: String) -> Result<(), LogError> {
+        line.push('\n');
+        if self.screen {
+            // SAFETY: fd 1 is open for the whole life of the process (if the user
+            // closed it, write fails with EBADF, reported as an error).
+            let stdout = unsafe { BorrowedFd::borrow_raw(1) };
+            write_all(stdout, line.as_bytes()).map_err(|source| LogError::Write {
+                target: "screen",
+                source,
+            })?;
+        }
+        if let Some(file) = &self.file {
+            write_all(file.fd.as_fd(), line.as_bytes()).map_err(|source| LogError::Write {
+                target: "log file",
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Installs a clone of this logger as the [`log`] crate's backend for the
+    /// whole process (and its future forked children) with `level` as the
+    /// maximum level. A record's level is shown as its message type.
+    ///
+    /// ```
+    /// let log = xme_log::Logger::new().screen(false);
+    /// log.install(log::LevelFilter::Info).unwrap();
+    /// log::info!("visible in every process forked from here");
+    /// ```
+    pub fn install(&self, level: log::LevelFilter) -> Result<(), LogError> {
+        log::set_boxed_logger(Box::new(self.clone())).map_err(|_| LogError::AlreadyInstalled)?;
+        log::set_max_level(level);
+        Ok(())
+    }
+}
+
+/// Writes all of `bytes` with as few `write(2)` calls as the kernel allows: one,
+/// for a line that fits the pipe buffer or any line to a regular file.
+fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), nix::Error> {
+    while !bytes.is_empty() {
+        match nix::unistd::write(fd, bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// One line being built: its type, indent and whether to show the pid.
+#[derive(Debug, Clone)]
+pub struct Entry<'a> {
+    logger: &'a Logger,
+    msgtype: Option<Cow<'a, str>>,
+    indent: usize,
+    pid: bool,
+}
+
+impl<'a> Entry<'a> {
+    /// Show `(ty)` before the line (when the logger shows types).
+    pub fn msgtype(mut self, ty: impl Into<Cow<'a, str>>) -> Self {
+        self.msgtype = Some(ty.into());
+        self
+    }
+
+    /// Use the logger's default message type.
+    pub fn default_type(mut self) -> Self {
+        self.msgtype = Some(Cow::Borrowed(&self.logger.default_msgtype));
+        self
+    }
+
+    /// Indent by `levels` (each `indent_type` × `indent_num`).
+    pub fn indent(mut self, levels: usize) -> Self {
+        self.indent = levels;
+        self
+    }
+
+    /// Hide the pid for this line (the seed's `pid=None`).
+    pub fn no_pid(mut self) -> Self {
+        self.pid = false;
+        self
+    }
+
+    /// Writes the line.
+    pub fn print(self, message: impl AsRef<str>) -> Result<(), LogError> {
+        let line = self.logger.format(&self, message.as_ref());
+        self.logger.write_line(line)
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let entry = self.entry().msgtype(record.level().as_str());
+        // The `log` facade has no way to return an error; a failed screen or file
+        // write is dropped here, as every `log` backend does.
+        let _ = entry.print(record.args().to_string());
+    }
+
+    fn flush(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_format_matches_the_seed() {
+        let log = Logger::new();
+        let line = log.format(&log.entry(), "This is function fun");
+        // 2023-10-20 03:34:27(pid@114796):This is function fun
+        let (time, rest) = line.split_at(19);
+        assert!(chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%d %H:%M:%S").is_ok(), "{line}");
+        assert_eq!(rest, format!("(pid@{}):This is function fun", std::process::id()));
+    }
+
+    #[test]
+    fn type_indent_and_switches() {
+        let log = Logger::new().time(false);
+        let pid = std::process::id();
+        assert_eq!(
+            log.format(&log.entry().msgtype("Warn").indent(2), "m"),
+            format!("(Warn)(pid@{pid}):--------m")
+        );
+        assert_eq!(
+            log.format(&log.entry().default_type(), "m"),
+            format!("(Message)(pid@{pid}):m")
+        );
+        let log = log.msgtype(false).pid(false).indent_style("*", 1);
+        assert_eq!(log.format(&log.entry().msgtype("Warn").indent(3), "m"), "***m");
+        let log = log.indent(false);
+        assert_eq!(log.format(&log.entry().indent(3), "m"), "m");
+        let log = Logger::new().time(false);
+        assert_eq!(log.format(&log.entry().no_pid(), "m"), "m");
+    }
+
+    #[test]
+    fn bad_logfile_is_a_clear_error() {
+        let err = Logger::new().logfile("/nonexistent-dir/x.log").unwrap_err();
+        assert!(matches!(err, LogError::OpenLogfile { .. }));
+        assert!(err.to_string().contains("/nonexistent-dir/x.log"));
+    }
+}
