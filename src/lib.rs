@@ -33,3 +33,8 @@ pub use xme_array::{Array, Same};
 pub use xme_core::Operator;
 pub use xme_exec::{Context, ExecError, Job, Outcomes, TaskError, TaskFailure, Xme};
 pub use xme_log::Logger;
+
+// The README's Rust examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -171,7 +171,10 @@ mod tests {
         let args = (Array::new(0..10), Array::from(["b1", "b2", "b3"]));
         assert_eq!(args.plan().unwrap().calnum(), 10);
         let bs: Vec<_> = (0..10).map(|i| args.call(i).1).collect();
-        assert_eq!(bs, ["b1", "b2", "b3", "b3", "b3", "b3", "b3", "b3", "b3", "b3"]);
+        assert_eq!(
+            bs,
+            ["b1", "b2", "b3", "b3", "b3", "b3", "b3", "b3", "b3", "b3"]
+        );
     }
 
     proptest! {

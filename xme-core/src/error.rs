@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 #[non_exhaustive]
 pub enum Error {
     /// `fork(2)` failed.
-    #[error("could not fork a child process: {0} (the system may be out of processes or memory; lower pnum)")]
+    #[error(
+        "could not fork a child process: {0} (the system may be out of processes or memory; lower pnum)"
+    )]
     Fork(#[source] nix::Error),
     /// A pipe could not be created or used.
     #[error("pipe failure while {doing}: {source}")]
@@ -49,13 +51,17 @@ pub enum Error {
         source: std::io::Error,
     },
     /// A region's header does not describe what the caller expected.
-    #[error("shared-memory region header mismatch: {what} (the region was made by another program or another xme layout version)")]
+    #[error(
+        "shared-memory region header mismatch: {what} (the region was made by another program or another xme layout version)"
+    )]
     HeaderMismatch {
         /// Which field did not match, with both values.
         what: String,
     },
     /// An access fell outside a region or was misaligned.
-    #[error("shared-memory access out of bounds: offset {offset} + {len} bytes in a region of {size} bytes (align {align})")]
+    #[error(
+        "shared-memory access out of bounds: offset {offset} + {len} bytes in a region of {size} bytes (align {align})"
+    )]
     OutOfRegion {
         /// Requested offset.
         offset: usize,
@@ -76,7 +82,9 @@ pub enum Error {
         source: postcard::Error,
     },
     /// Bytes could not be decoded as the expected type.
-    #[error("could not decode {what}: {source} (the bytes are not a {what}: wrong type or corrupted)")]
+    #[error(
+        "could not decode {what}: {source} (the bytes are not a {what}: wrong type or corrupted)"
+    )]
     Decode {
         /// What was being decoded.
         what: &'static str,
@@ -85,7 +93,9 @@ pub enum Error {
         source: postcard::Error,
     },
     /// A frame announced a length above the allowed maximum.
-    #[error("frame of {len} bytes exceeds the maximum of {max} bytes (garbage on the channel, or raise the limit)")]
+    #[error(
+        "frame of {len} bytes exceeds the maximum of {max} bytes (garbage on the channel, or raise the limit)"
+    )]
     FrameTooLarge {
         /// Announced length.
         len: usize,
@@ -152,7 +162,10 @@ impl fmt::Display for Fate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Fate::Exited(code) => write!(f, "exited with status {code}"),
-            Fate::Signaled { signal, core_dumped } => {
+            Fate::Signaled {
+                signal,
+                core_dumped,
+            } => {
                 let name = nix::sys::signal::Signal::try_from(*signal)
                     .map(|s| s.as_str())
                     .unwrap_or("unknown signal");

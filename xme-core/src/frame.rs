@@ -113,7 +113,11 @@ mod tests {
     fn frames_survive_any_chunking() {
         let mut stream = Vec::new();
         for i in 0..50u32 {
-            push_frame(&mut stream, &encode(&(i, "x".repeat(i as usize)), "t").unwrap()).unwrap();
+            push_frame(
+                &mut stream,
+                &encode(&(i, "x".repeat(i as usize)), "t").unwrap(),
+            )
+            .unwrap();
         }
         for chunk in [1, 3, 7, 64, 4096] {
             let mut r = FrameReader::new(1 << 20);
@@ -134,11 +138,20 @@ mod tests {
     fn oversized_and_truncated_frames_are_errors() {
         let mut r = FrameReader::new(8);
         r.extend(&100u32.to_le_bytes());
-        assert!(matches!(r.next_frame(), Err(Error::FrameTooLarge { len: 100, max: 8 })));
+        assert!(matches!(
+            r.next_frame(),
+            Err(Error::FrameTooLarge { len: 100, max: 8 })
+        ));
         let mut r = FrameReader::new(8);
         r.extend(&[4, 0, 0, 0, 1, 2]);
         assert!(r.next_frame().unwrap().is_none());
-        assert!(matches!(r.finish(), Err(Error::FrameTruncated { expected: 4, got: 2 })));
+        assert!(matches!(
+            r.finish(),
+            Err(Error::FrameTruncated {
+                expected: 4,
+                got: 2
+            })
+        ));
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! ```
 
 mod error;
+pub mod fdio;
 pub mod frame;
 mod operator;
 pub mod process;

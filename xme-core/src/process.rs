@@ -13,6 +13,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
 use nix::errno::Errno;
@@ -33,12 +34,21 @@ pub const EXIT_PANICKED: i32 = 101;
 pub struct Child {
     pid: Pid,
     fate: Option<Fate>,
+    /// Readable once the child has ended (Linux 5.3+; `None` on older kernels).
+    pidfd: Option<OwnedFd>,
 }
 
 impl Child {
     /// The child's process id.
     pub fn pid(&self) -> i32 {
         self.pid.as_raw()
+    }
+
+    /// A descriptor that polls readable once the child has ended, so a parent
+    /// can wait for a child's death in the same `poll` as its pipes. `None`
+    /// where the kernel has no `pidfd_open` (before Linux 5.3).
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
+        self.pidfd.as_ref().map(|fd| fd.as_fd())
     }
 
     /// Waits for the child to end and reaps it.
@@ -122,12 +132,24 @@ pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
         ForkResult::Parent { child } => Ok(Child {
             pid: child,
             fate: None,
+            pidfd: pidfd_open(child),
         }),
         ForkResult::Child => {
             let code = run_child(parent, body);
             exit_now(code)
         }
     }
+}
+
+/// Opens a pidfd for an unreaped child (the pid cannot be reused before we
+/// reap it, so this names the right process).
+fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or
+    // -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
+    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 fn run_child<F: FnOnce() -> i32>(parent: Pid, body: F) -> i32 {
@@ -163,7 +185,11 @@ fn flush_std_streams() {
 /// Reaps `pid`: blocking, or with `WNOHANG` when `block` is false (then `None`
 /// means it still runs). Retries on `EINTR`; stop/continue reports are skipped.
 pub fn reap(pid: i32, block: bool) -> Result<Option<Fate>, Error> {
-    let flags = if block { None } else { Some(WaitPidFlag::WNOHANG) };
+    let flags = if block {
+        None
+    } else {
+        Some(WaitPidFlag::WNOHANG)
+    };
     loop {
         match waitpid(Pid::from_raw(pid), flags) {
             Ok(WaitStatus::Exited(_, code)) => return Ok(Some(Fate::Exited(code))),

@@ -110,8 +110,9 @@ impl SharedRegion {
                 source: std::io::Error::other("size overflows usize"),
             })?;
         let create_err = |source: std::io::Error| Error::RegionCreate { size, source };
-        let fd = nix::sys::memfd::memfd_create(c"xme-region", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .map_err(|e| create_err(e.into()))?;
+        let fd =
+            nix::sys::memfd::memfd_create(c"xme-region", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .map_err(|e| create_err(e.into()))?;
         let file = File::from(fd);
         file.set_len(size as u64).map_err(create_err)?;
         // SAFETY: the memfd is private to this process and its children; nobody
@@ -125,8 +126,10 @@ impl SharedRegion {
         let h = region.header();
         h.version.store(version, Ordering::Relaxed);
         h.size.store(size as u64, Ordering::Relaxed);
-        h.creator_pid.store(u64::from(std::process::id()), Ordering::Relaxed);
-        h.token.store(crate::operator::random_u64(), Ordering::Relaxed);
+        h.creator_pid
+            .store(u64::from(std::process::id()), Ordering::Relaxed);
+        h.token
+            .store(crate::operator::random_u64(), Ordering::Relaxed);
         // Release: a reader that sees the magic sees the fields above.
         h.magic.store(RegionHeader::MAGIC, Ordering::Release);
         Ok(region)
@@ -146,7 +149,10 @@ impl SharedRegion {
         let magic = h.magic.load(Ordering::Acquire);
         if magic != RegionHeader::MAGIC {
             return Err(Error::HeaderMismatch {
-                what: format!("magic is {magic:#018x}, expected {:#018x}", RegionHeader::MAGIC),
+                what: format!(
+                    "magic is {magic:#018x}, expected {:#018x}",
+                    RegionHeader::MAGIC
+                ),
             });
         }
         let v = h.version.load(Ordering::Relaxed);
@@ -233,8 +239,14 @@ mod tests {
         let r = SharedRegion::anonymous_versioned(128, 7).unwrap();
         r.check_header(7).unwrap();
         let err = r.check_header(8).unwrap_err();
-        assert!(err.to_string().contains("layout version is 7, expected 8"), "{err}");
-        assert_eq!(r.header().creator_pid.load(Ordering::Relaxed), u64::from(std::process::id()));
+        assert!(
+            err.to_string().contains("layout version is 7, expected 8"),
+            "{err}"
+        );
+        assert_eq!(
+            r.header().creator_pid.load(Ordering::Relaxed),
+            u64::from(std::process::id())
+        );
         assert_ne!(r.header().token.load(Ordering::Relaxed), 0);
     }
 
@@ -242,9 +254,18 @@ mod tests {
     fn out_of_bounds_and_misaligned_are_errors() {
         let r = SharedRegion::anonymous(64).unwrap();
         assert!(r.place::<AtomicU64>(56).is_ok());
-        assert!(matches!(r.place::<AtomicU64>(60), Err(Error::OutOfRegion { .. })));
-        assert!(matches!(r.place::<AtomicU64>(4), Err(Error::OutOfRegion { .. })));
-        assert!(matches!(r.slice::<AtomicU32>(0, usize::MAX), Err(Error::OutOfRegion { .. })));
+        assert!(matches!(
+            r.place::<AtomicU64>(60),
+            Err(Error::OutOfRegion { .. })
+        ));
+        assert!(matches!(
+            r.place::<AtomicU64>(4),
+            Err(Error::OutOfRegion { .. })
+        ));
+        assert!(matches!(
+            r.slice::<AtomicU32>(0, usize::MAX),
+            Err(Error::OutOfRegion { .. })
+        ));
         assert_eq!(r.slice::<AtomicU32>(0, 16).unwrap().len(), 16);
     }
 

@@ -98,8 +98,10 @@ impl Board {
         let (current, started) = self.slot(w);
         let g = current.load(Ordering::Acquire).checked_sub(1)? as usize;
         let started_ns = started.load(Ordering::Relaxed);
-        (g < self.calls && self.claims()[g].load(Ordering::Acquire) == serial)
-            .then_some(Running { call: g, started_ns })
+        (g < self.calls && self.claims()[g].load(Ordering::Acquire) == serial).then_some(Running {
+            call: g,
+            started_ns,
+        })
     }
 
     /// In the parent: resets slot `w` before a replacement worker uses it.
@@ -139,7 +141,11 @@ mod tests {
             assert!(c.wait().unwrap().is_success());
         }
         let claims = board.claims();
-        assert!(claims.iter().all(|c| (1..=WORKERS as u32).contains(&c.load(Ordering::Relaxed))));
+        assert!(
+            claims
+                .iter()
+                .all(|c| (1..=WORKERS as u32).contains(&c.load(Ordering::Relaxed)))
+        );
         assert!(!board.has_unclaimed());
     }
 }

@@ -82,7 +82,10 @@ impl fmt::Display for TaskFailure {
             TaskFailure::Encode(e) => write!(f, "its result could not be encoded: {e}"),
             TaskFailure::Decode(e) => write!(f, "its result could not be decoded: {e}"),
             TaskFailure::ChannelClosed => {
-                write!(f, "failed: its worker closed or corrupted the result channel")
+                write!(
+                    f,
+                    "failed: its worker closed or corrupted the result channel"
+                )
             }
             TaskFailure::NotRun(why) => write!(f, "was never run: {why}"),
         }

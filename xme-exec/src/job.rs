@@ -163,9 +163,9 @@ where
             Some((&tag::PANICKED, body)) => Err(frame::decode(body, "a panic report")
                 .map(TaskFailure::Panicked)
                 .unwrap_or_else(|e| TaskFailure::Decode(e.to_string()))),
-            Some((&tag::ENCODE_FAILED, body)) => {
-                Err(TaskFailure::Encode(String::from_utf8_lossy(body).into_owned()))
-            }
+            Some((&tag::ENCODE_FAILED, body)) => Err(TaskFailure::Encode(
+                String::from_utf8_lossy(body).into_owned(),
+            )),
             _ => Err(TaskFailure::Decode("reply frame has no known tag".into())),
         });
         self.results[call] = Some(outcome.map_err(|failure| TaskError {

@@ -64,7 +64,10 @@ impl<R> Outcomes<R> {
     where
         R: Clone,
     {
-        self.results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect()
+        self.results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().cloned())
+            .collect()
     }
 
     /// The outcomes as a `Vec`.

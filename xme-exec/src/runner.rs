@@ -23,8 +23,6 @@ const TICK: Duration = Duration::from_millis(100);
 /// Bytes before a reply body: the global call index.
 const CALL_BYTES: usize = 8;
 
-/// Called once per settled call (progress display).
-
 pub(crate) struct RunSpec<'a> {
     pub pnum: usize,
     pub default_timeout: Option<Duration>,
@@ -41,6 +39,8 @@ struct Worker {
     closed_at: Option<Instant>,
     /// The call this worker was killed for running too long.
     timed_out: Option<(usize, Duration)>,
+    /// Its pidfd reported the process ended.
+    ended: bool,
 }
 
 /// Every call's fate, settled exactly once.
@@ -49,8 +49,8 @@ struct Ledger<'s, 't, D> {
     offsets: Vec<usize>,
     done: Vec<bool>,
     remaining: usize,
-    /// Called once per settled call (progress display).
-    on_settled: &'s mut dyn FnMut(),
+    /// Called once per settled call with the run's total (progress display).
+    on_settled: &'s mut dyn FnMut(usize),
 }
 
 impl<D> Ledger<'_, '_, D> {
@@ -67,7 +67,7 @@ impl<D> Ledger<'_, '_, D> {
         self.jobs[job].deliver(job, call, reply);
         self.done[g] = true;
         self.remaining -= 1;
-        (self.on_settled)();
+        (self.on_settled)(self.done.len());
     }
 }
 
@@ -76,7 +76,7 @@ pub(crate) fn run<D>(
     spec: &RunSpec<'_>,
     data: &D,
     jobs: &mut [&mut dyn ErasedJob<D>],
-    on_settled: &mut dyn FnMut(),
+    on_settled: &mut dyn FnMut(usize),
 ) -> Result<(), ExecError> {
     let mut offsets = Vec::with_capacity(jobs.len());
     let mut total = 0usize;
@@ -132,11 +132,17 @@ pub(crate) fn run<D>(
     let mut last_sweep = Instant::now();
     while !live.is_empty() {
         let deadline_wait = next_deadline(&live, &board, &ledger, &timeouts);
-        wait_readable(&mut live, &mut buf, &mut ledger, deadline_wait.unwrap_or(TICK))?;
+        wait_readable(
+            &mut live,
+            &mut buf,
+            &mut ledger,
+            deadline_wait.unwrap_or(TICK),
+        )?;
         kill_overdue(&mut live, &board, &ledger, &timeouts);
 
-        // Check liveness of workers whose pipe closed or that were killed, and
-        // of every worker once per tick (a grandchild may hold a pipe open).
+        // Reap workers whose process ended (pidfd), whose pipe closed, or that
+        // were killed; check every worker once per tick as well (kernels
+        // without pidfd, or a grandchild holding a pipe open).
         let sweep = last_sweep.elapsed() >= TICK;
         if sweep {
             last_sweep = Instant::now();
@@ -144,7 +150,7 @@ pub(crate) fn run<D>(
         let mut i = 0;
         while i < live.len() {
             let w = &mut live[i];
-            if !(sweep || w.pipe.is_none() || w.timed_out.is_some()) {
+            if !(sweep || w.ended || w.pipe.is_none() || w.timed_out.is_some()) {
                 i += 1;
                 continue;
             }
@@ -180,10 +186,11 @@ pub(crate) fn run<D>(
         let why = spawn_error
             .map(|e| e.to_string())
             .unwrap_or_else(|| "no worker was left to run it".into());
-        let _ = spec.logger.entry().msgtype("Warning").print(format!(
-            "{} calls were never run: {why}",
-            ledger.remaining
-        ));
+        let _ = spec
+            .logger
+            .entry()
+            .msgtype("Warning")
+            .print(format!("{} calls were never run: {why}", ledger.remaining));
         for g in 0..total {
             ledger.settle(g, Err(TaskFailure::NotRun(why.clone())));
         }
@@ -221,6 +228,7 @@ fn spawn<D>(
         reader: FrameReader::new(u32::MAX as usize),
         closed_at: None,
         timed_out: None,
+        ended: false,
     })
 }
 
@@ -245,19 +253,25 @@ fn next_deadline<D>(
         .map(|d| d.min(TICK))
 }
 
-/// Sleeps until a pipe is readable or `wait` passes, then reads every ready pipe.
+/// Sleeps until a pipe is readable, a worker ends, or `wait` passes; reads
+/// every ready pipe and marks every worker whose process ended.
 fn wait_readable<D>(
     live: &mut [Worker],
     buf: &mut [u8],
     ledger: &mut Ledger<'_, '_, D>,
     wait: Duration,
 ) -> Result<(), Error> {
-    let ready: Vec<bool> = {
-        let mut fds: Vec<PollFd<'_>> = live
-            .iter()
-            .filter_map(|w| w.pipe.as_ref())
-            .map(|p| PollFd::new(p.as_fd(), PollFlags::POLLIN))
-            .collect();
+    // Per worker: (pipe readable, process ended).
+    let events: Vec<(bool, bool)> = {
+        let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(live.len() * 2);
+        for w in live.iter() {
+            if let Some(p) = &w.pipe {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+            if let Some(p) = w.child.pidfd() {
+                fds.push(PollFd::new(p, PollFlags::POLLIN));
+            }
+        }
         // Round up so a deadline 0.4 ms away does not spin.
         let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
@@ -271,17 +285,22 @@ fn wait_readable<D>(
             }
         }
         let mut it = fds.iter();
+        let mut fired = |present: bool| {
+            present
+                && it
+                    .next()
+                    .and_then(PollFd::revents)
+                    .is_some_and(|r| !r.is_empty())
+        };
         live.iter()
-            .map(|w| {
-                w.pipe.is_some()
-                    && it.next().and_then(PollFd::revents).is_some_and(|r| !r.is_empty())
-            })
+            .map(|w| (fired(w.pipe.is_some()), fired(w.child.pidfd().is_some())))
             .collect()
     };
-    for (w, ready) in live.iter_mut().zip(ready) {
-        if ready {
+    for (w, (readable, ended)) in live.iter_mut().zip(events) {
+        if readable {
             read_some(w, buf, ledger);
         }
+        w.ended |= ended;
     }
     Ok(())
 }

@@ -6,9 +6,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use xme_core::{Operator, process};
 use xme_log::Logger;
 
+use crate::Context;
 use crate::board::Board;
 use crate::job::ErasedJob;
-use crate::Context;
 
 /// Everything a worker needs; borrowed from the parent's memory, copied by fork.
 pub(crate) struct WorkerPlan<'a, 't, D> {
@@ -48,7 +48,10 @@ impl<D> WorkerPlan<'_, '_, D> {
             let len = match u32::try_from(frame.len() - 4) {
                 Ok(len) => len,
                 Err(_) => {
-                    let msg = format!("result of {} bytes exceeds the 4 GiB frame limit", frame.len());
+                    let msg = format!(
+                        "result of {} bytes exceeds the 4 GiB frame limit",
+                        frame.len()
+                    );
                     frame.truncate(12);
                     frame.push(crate::job::tag::ENCODE_FAILED);
                     frame.extend_from_slice(msg.as_bytes());
@@ -56,7 +59,7 @@ impl<D> WorkerPlan<'_, '_, D> {
                 }
             };
             frame[..4].copy_from_slice(&len.to_le_bytes());
-            if write_all(&pipe, &frame).is_err() {
+            if xme_core::fdio::write_all(pipe.as_fd(), &frame).is_err() {
                 // The parent is gone or closed our pipe: nobody wants results.
                 return 3;
             }
@@ -64,15 +67,4 @@ impl<D> WorkerPlan<'_, '_, D> {
         }
         0
     }
-}
-
-fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> Result<(), nix::Error> {
-    while !bytes.is_empty() {
-        match nix::unistd::write(fd.as_fd(), bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }

@@ -181,7 +181,11 @@ impl Xme {
 
     /// Runs a table whose tasks see `data` through [`Context::data`]
     /// (how the Manager handle reaches tasks).
-    pub fn run_with<D, T: JobTable<D>>(&self, data: &D, mut table: T) -> Result<T::Output, ExecError> {
+    pub fn run_with<D, T: JobTable<D>>(
+        &self,
+        data: &D,
+        mut table: T,
+    ) -> Result<T::Output, ExecError> {
         let pnum = self.effective_pnum();
         self.announce(pnum);
         let task_logger = if self.do_with_log {
@@ -197,7 +201,7 @@ impl Xme {
         {
             let mut erased = table.erased();
             let mut progress = self.progress_bar();
-            let mut on_settled = || progress.tick();
+            let mut on_settled = |total| progress.tick(total);
             runner::run(&spec, data, &mut erased, &mut on_settled)?;
             progress.finish();
         }
@@ -241,7 +245,11 @@ impl Xme {
 
 /// A logger writing bare lines to the screen, like a built-in `print`.
 fn plain_print_logger() -> Logger {
-    Logger::new().time(false).msgtype(false).pid(false).indent(false)
+    Logger::new()
+        .time(false)
+        .msgtype(false)
+        .pid(false)
+        .indent(false)
 }
 
 #[cfg(feature = "progress")]
@@ -249,11 +257,9 @@ struct Progress(Option<indicatif::ProgressBar>);
 
 #[cfg(feature = "progress")]
 impl Progress {
-    fn tick(&mut self) {
+    fn tick(&mut self, total: usize) {
         if let Some(bar) = &self.0 {
-            if bar.length() == Some(0) {
-                bar.set_length(u64::MAX);
-            }
+            bar.set_length(total as u64);
             bar.inc(1);
         }
     }
@@ -270,6 +276,6 @@ struct Progress;
 
 #[cfg(not(feature = "progress"))]
 impl Progress {
-    fn tick(&mut self) {}
+    fn tick(&mut self, _total: usize) {}
     fn finish(&mut self) {}
 }

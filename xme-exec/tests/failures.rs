@@ -32,7 +32,10 @@ fn panic_sigkill_abort_exit_and_timeout_each_fail_one_call_only() {
             Array::new(0..14u32),
         )
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(20), "the timed-out call held the run");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the timed-out call held the run"
+    );
 
     for (i, r) in out.iter().enumerate() {
         match i {
@@ -42,7 +45,9 @@ fn panic_sigkill_abort_exit_and_timeout_each_fail_one_call_only() {
                 assert_eq!(e.panic_message(), Some("call two gives up"));
                 assert_eq!(e.call, 2);
                 assert!(e.to_string().contains("call 2 of function 0"), "{e}");
-                let TaskFailure::Panicked(report) = &e.failure else { unreachable!() };
+                let TaskFailure::Panicked(report) = &e.failure else {
+                    unreachable!()
+                };
                 assert!(report.location.as_deref().unwrap().contains("failures.rs"));
             }
             4 => assert_eq!(r.as_ref().unwrap_err().signal(), Some(9)),
@@ -63,9 +68,15 @@ fn panic_sigkill_abort_exit_and_timeout_each_fail_one_call_only() {
 fn every_call_failing_still_returns_every_error() {
     let out = Xme::new()
         .pnum(2)
-        .fun(|i: i32| -> i32 { std::process::exit(i) }, Array::new(10..20))
+        .fun(
+            |i: i32| -> i32 { std::process::exit(i) },
+            Array::new(10..20),
+        )
         .unwrap();
-    let codes: Vec<_> = out.iter().map(|r| r.as_ref().unwrap_err().exit_code()).collect();
+    let codes: Vec<_> = out
+        .iter()
+        .map(|r| r.as_ref().unwrap_err().exit_code())
+        .collect();
     assert_eq!(codes, (10..20).map(Some).collect::<Vec<_>>());
 }
 

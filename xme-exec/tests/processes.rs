@@ -5,8 +5,8 @@ use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use xme_core::process::{children_of, fork_child, is_alive};
 use xme_core::SharedRegion;
+use xme_core::process::{children_of, fork_child, is_alive};
 use xme_exec::{Array, Xme};
 
 #[test]
@@ -31,7 +31,11 @@ fn no_zombies_no_orphans() {
             Array::new(0..8u32),
         )
         .unwrap();
-    assert_eq!(children_of(me), Vec::<i32>::new(), "children left after a run");
+    assert_eq!(
+        children_of(me),
+        Vec::<i32>::new(),
+        "children left after a run"
+    );
 
     // 2. Workers die with their parent: a middle process starts a run of long
     //    calls and is SIGKILLed; its workers must not survive it.
@@ -50,14 +54,23 @@ fn no_zombies_no_orphans() {
     .unwrap();
     let t = Instant::now();
     while pids.iter().any(|p| p.load(Ordering::SeqCst) == 0) {
-        assert!(t.elapsed() < Duration::from_secs(10), "workers never started");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "workers never started"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
     middle.kill().unwrap();
-    let workers: Vec<i32> = pids.iter().map(|p| p.load(Ordering::SeqCst) as i32).collect();
+    let workers: Vec<i32> = pids
+        .iter()
+        .map(|p| p.load(Ordering::SeqCst) as i32)
+        .collect();
     let t = Instant::now();
     while workers.iter().any(|&p| is_alive(p)) {
-        assert!(t.elapsed() < Duration::from_secs(5), "orphaned workers {workers:?} outlived their parent");
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "orphaned workers {workers:?} outlived their parent"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(children_of(me), Vec::<i32>::new());
@@ -77,7 +90,13 @@ fn helper_print_then_run() {
 #[test]
 fn text_buffered_before_a_fork_is_printed_once() {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "helper_print_then_run", "--nocapture", "--test-threads=1"])
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_print_then_run",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -36,8 +36,15 @@ fn workers_are_reused_and_at_most_pnum_run() {
         .into_result()
         .unwrap();
     let distinct: HashSet<u32> = pids.iter().copied().collect();
-    assert!(distinct.len() <= 2, "40 calls used {} processes", distinct.len());
-    assert!(!distinct.contains(&std::process::id()), "calls ran in the parent");
+    assert!(
+        distinct.len() <= 2,
+        "40 calls used {} processes",
+        distinct.len()
+    );
+    assert!(
+        !distinct.contains(&std::process::id()),
+        "calls ran in the parent"
+    );
 }
 
 #[test]
@@ -62,7 +69,10 @@ fn a_slow_call_does_not_hold_back_a_stripe() {
         .unwrap();
     let slow = pids[0];
     let by_slow = pids.iter().filter(|&&p| p == slow).count();
-    assert!(by_slow <= 2, "the slow worker also ran {by_slow} calls: {pids:?}");
+    assert!(
+        by_slow <= 2,
+        "the slow worker also ran {by_slow} calls: {pids:?}"
+    );
 }
 
 #[test]
@@ -83,9 +93,7 @@ fn shorter_arrays_are_padded_with_their_last_element() {
 fn no_array_means_one_call_and_an_empty_array_is_an_error() {
     let one = Xme::new().fun(|()| 7u8, ()).unwrap().into_result().unwrap();
     assert_eq!(one, [7]);
-    let err = Xme::new()
-        .fun(|x: u8| x, Array::<u8>::new([]))
-        .unwrap_err();
+    let err = Xme::new().fun(|x: u8| x, Array::<u8>::new([])).unwrap_err();
     assert!(err.to_string().contains("is empty"), "{err}");
 }
 
@@ -99,7 +107,10 @@ fn several_functions_with_different_types_in_one_run() {
     let (lens, stats, flags) = Xme::new()
         .pnum(2)
         .funs((
-            Job::new(|s: String| s.len(), Array::from(vec!["a".to_string(), "bcd".to_string()])),
+            Job::new(
+                |s: String| s.len(),
+                Array::from(vec!["a".to_string(), "bcd".to_string()]),
+            ),
             Job::new(
                 |v: Vec<f64>| Stats {
                     n: v.len(),
@@ -160,7 +171,10 @@ fn the_context_names_the_call_and_the_job() {
         .pnum(2)
         .print_in_screen(false)
         .funs((
-            Job::with_context(|ctx: &mut Context, x: u8| (ctx.job(), ctx.call(), x), Array::new(5..7u8)),
+            Job::with_context(
+                |ctx: &mut Context, x: u8| (ctx.job(), ctx.call(), x),
+                Array::new(5..7u8),
+            ),
             Job::with_context(|ctx: &mut Context, ()| (ctx.job(), ctx.call(), 0u8), ()),
         ))
         .unwrap();
@@ -180,7 +194,10 @@ fn pnum_is_clamped_to_the_cpu_count() {
 fn large_results_cross_intact() {
     let out = Xme::new()
         .pnum(2)
-        .fun(|n: usize| vec![n as u8; n], Array::from(vec![1usize, 300_000, 2_000_000]))
+        .fun(
+            |n: usize| vec![n as u8; n],
+            Array::from(vec![1usize, 300_000, 2_000_000]),
+        )
         .unwrap()
         .into_result()
         .unwrap();

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum LogError {
     /// The log file could not be opened for appending.
-    #[error("could not open log file {path:?} for appending: {source} (check the directory exists and is writable)")]
+    #[error(
+        "could not open log file {path:?} for appending: {source} (check the directory exists and is writable)"
+    )]
     OpenLogfile {
         /// The file.
         path: PathBuf,

@@ -181,15 +181,19 @@ impl Logger {
             // SAFETY: fd 1 is open for the whole life of the process (if the user
             // closed it, write fails with EBADF, reported as an error).
             let stdout = unsafe { BorrowedFd::borrow_raw(1) };
-            write_all(stdout, line.as_bytes()).map_err(|source| LogError::Write {
-                target: "screen",
-                source,
+            xme_core::fdio::write_all(stdout, line.as_bytes()).map_err(|source| {
+                LogError::Write {
+                    target: "screen",
+                    source,
+                }
             })?;
         }
         if let Some(file) = &self.file {
-            write_all(file.fd.as_fd(), line.as_bytes()).map_err(|source| LogError::Write {
-                target: "log file",
-                source,
+            xme_core::fdio::write_all(file.fd.as_fd(), line.as_bytes()).map_err(|source| {
+                LogError::Write {
+                    target: "log file",
+                    source,
+                }
             })?;
         }
         Ok(())
@@ -209,19 +213,6 @@ impl Logger {
         log::set_max_level(level);
         Ok(())
     }
-}
-
-/// Writes all of `bytes` with as few `write(2)` calls as the kernel allows: one,
-/// for a line that fits the pipe buffer or any line to a regular file.
-fn write_all(fd: BorrowedFd<'_>, mut bytes: &[u8]) -> Result<(), nix::Error> {
-    while !bytes.is_empty() {
-        match nix::unistd::write(fd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::Error::EINTR) => continue,
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// One line being built: its type, indent and whether to show the pid.
@@ -290,8 +281,14 @@ mod tests {
         let line = log.format(&log.entry(), "This is function fun");
         // 2023-10-20 03:34:27(pid@114796):This is function fun
         let (time, rest) = line.split_at(19);
-        assert!(chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%d %H:%M:%S").is_ok(), "{line}");
-        assert_eq!(rest, format!("(pid@{}):This is function fun", std::process::id()));
+        assert!(
+            chrono::NaiveDateTime::parse_from_str(time, "%Y-%m-%d %H:%M:%S").is_ok(),
+            "{line}"
+        );
+        assert_eq!(
+            rest,
+            format!("(pid@{}):This is function fun", std::process::id())
+        );
     }
 
     #[test]
@@ -307,7 +304,10 @@ mod tests {
             format!("(Message)(pid@{pid}):m")
         );
         let log = log.msgtype(false).pid(false).indent_style("*", 1);
-        assert_eq!(log.format(&log.entry().msgtype("Warn").indent(3), "m"), "***m");
+        assert_eq!(
+            log.format(&log.entry().msgtype("Warn").indent(3), "m"),
+            "***m"
+        );
         let log = log.indent(false);
         assert_eq!(log.format(&log.entry().indent(3), "m"), "m");
         let log = Logger::new().time(false);
