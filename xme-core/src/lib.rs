@@ -26,6 +26,7 @@
 mod error;
 pub mod fdio;
 pub mod frame;
+pub mod futex;
 mod operator;
 pub mod process;
 mod region;

@@ -122,13 +122,22 @@ impl Drop for Child {
 /// See the module docs for the "fork before threads" rule.
 pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
     let parent = nix::unistd::getpid();
-    flush_std_streams();
-    // SAFETY: after fork the child is single-threaded and owns a full copy of the
-    // parent's memory, so every Rust reference it uses stays valid. The child
-    // runs `body` and leaves with `_exit` without returning into the caller's
-    // frames. Locks held by other parent threads could only deadlock the child,
-    // never break memory safety (documented in the module docs).
-    match unsafe { nix::unistd::fork() }.map_err(Error::Fork)? {
+    // Hold stdout and stderr across the fork: no other thread can hold them at
+    // that instant, and in the child these re-entrant locks belong to the
+    // forking thread, which releases them like the parent does.
+    let forked = {
+        let mut out = std::io::stdout().lock();
+        let mut err = std::io::stderr().lock();
+        let _ = out.flush();
+        let _ = err.flush();
+        // SAFETY: after fork the child is single-threaded and owns a full copy
+        // of the parent's memory, so every Rust reference it uses stays valid.
+        // The child runs `body` and leaves with `_exit` without returning into
+        // the caller's frames. Locks held by other parent threads could only
+        // deadlock the child, never break memory safety (see the module docs).
+        unsafe { nix::unistd::fork() }
+    };
+    match forked.map_err(Error::Fork)? {
         ForkResult::Parent { child } => Ok(Child {
             pid: child,
             fate: None,
@@ -180,6 +189,44 @@ pub fn exit_now(code: i32) -> ! {
 fn flush_std_streams() {
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
+}
+
+static CACHED_PID: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+/// 0: atfork handler not registered; 1: being registered; 2: registered.
+/// Not a `Once`: a `Once` held by another thread at fork time would block the
+/// child forever.
+static ATFORK_STATE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+extern "C" fn forget_pid_in_child() {
+    CACHED_PID.store(0, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// This process's pid, without a syscall after the first call.
+///
+/// `getpid` is a system call (glibc no longer caches it); lock fast paths need
+/// the pid on every acquire. The cache is cleared in every child forked through
+/// libc's `fork` (a `pthread_atfork` handler), so a child sees its own pid.
+#[inline]
+pub fn current_pid() -> u32 {
+    use std::sync::atomic::Ordering;
+    let pid = CACHED_PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    let pid = std::process::id();
+    match ATFORK_STATE.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire) {
+        Ok(_) => {
+            // SAFETY: registers a plain extern "C" function with no captured
+            // state, run in the child right after fork; it only stores to an atomic.
+            unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+            ATFORK_STATE.store(2, Ordering::Release);
+            CACHED_PID.store(pid, Ordering::Relaxed);
+        }
+        // Cache only once the handler runs in every later child.
+        Err(2) => CACHED_PID.store(pid, Ordering::Relaxed),
+        Err(_) => {}
+    }
+    pid
 }
 
 /// Reaps `pid`: blocking, or with `WNOHANG` when `block` is false (then `None`
@@ -283,5 +330,27 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
         s.clone()
     } else {
         "Box<dyn Any>".to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cached_pid_is_the_childs_own_after_fork() {
+        let parent = current_pid();
+        assert_eq!(parent, std::process::id());
+        let region = crate::SharedRegion::anonymous(8).unwrap();
+        let seen: &std::sync::atomic::AtomicU32 = region.place(0).unwrap();
+        let child = fork_child(|| {
+            seen.store(current_pid(), std::sync::atomic::Ordering::SeqCst);
+            0
+        })
+        .unwrap();
+        let child_pid = child.pid() as u32;
+        assert!(child.wait().unwrap().is_success());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), child_pid);
+        assert_ne!(child_pid, parent);
     }
 }

@@ -1,0 +1,45 @@
+//! Helpers shared by the cross-process lock tests.
+#![allow(dead_code, missing_docs)]
+
+use std::sync::atomic::AtomicU64;
+
+use xme_core::SharedRegion;
+
+/// A region holding a plain (non-atomic) counter at offset 0 and a few atomics after it.
+pub struct Shared {
+    pub region: SharedRegion,
+}
+
+impl Shared {
+    pub fn new() -> Shared {
+        Shared {
+            region: SharedRegion::anonymous(4096).unwrap(),
+        }
+    }
+
+    /// A deliberately non-atomic read-modify-write of the counter, with a pause
+    /// between the read and the write so that unprotected updates get lost.
+    pub fn bump_plain(&self) {
+        let p = self.region.raw(0, 8).unwrap() as *mut u64;
+        // SAFETY: offset 0..8 of the region is reserved for this counter; the
+        // point of the test is to race on it (volatile keeps each access real).
+        unsafe {
+            let v = p.read_volatile();
+            for _ in 0..20 {
+                std::hint::spin_loop();
+            }
+            p.write_volatile(v + 1);
+        }
+    }
+
+    pub fn plain(&self) -> u64 {
+        let p = self.region.raw(0, 8).unwrap() as *const u64;
+        // SAFETY: as in bump_plain; read after every writer has exited.
+        unsafe { p.read_volatile() }
+    }
+
+    /// Atomic cell `i` (0..32) after the plain counter.
+    pub fn cell(&self, i: usize) -> &AtomicU64 {
+        self.region.place(64 + 8 * i).unwrap()
+    }
+}
