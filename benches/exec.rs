@@ -93,6 +93,8 @@ fn fun(c: &mut Criterion) {
 }
 
 /// One addition at a time (black_box: no closed form), from `lo` to `hi`.
+/// Never inlined, so the one-process and the xme runs execute the same code.
+#[inline(never)]
 fn sum_range(lo: u64, hi: u64) -> u64 {
     let mut s = 0u64;
     for i in lo..hi {

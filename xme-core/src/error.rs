@@ -58,6 +58,34 @@ pub enum Error {
         /// Which field did not match, with both values.
         what: String,
     },
+    /// A named region already exists and its creator is alive.
+    #[error(
+        "shared-memory region {name:?} already exists, created by live process {creator_pid} (pick another name, or attach with open_named)"
+    )]
+    RegionExists {
+        /// The name.
+        name: String,
+        /// Its creator.
+        creator_pid: u32,
+    },
+    /// A named region's creator is dead: the region was left behind.
+    #[error(
+        "shared-memory region {name:?} was left behind by process {creator_pid}, which is dead (remove it with SharedRegion::remove_named, or create it anew)"
+    )]
+    StaleRegion {
+        /// The name.
+        name: String,
+        /// Its dead creator.
+        creator_pid: u32,
+    },
+    /// A named region could not be opened, or its name is unusable.
+    #[error("cannot open shared-memory region {name:?}: {reason}")]
+    RegionOpen {
+        /// The name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
     /// An access fell outside a region or was misaligned.
     #[error(
         "shared-memory access out of bounds: offset {offset} + {len} bytes in a region of {size} bytes (align {align})"

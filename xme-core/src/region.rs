@@ -69,28 +69,66 @@ impl RegionHeader {
 enum Backing {
     /// A `memfd` mapped `MAP_SHARED`: shared with forked children.
     /// (memmap2's `map_anon` is `MAP_PRIVATE`, copy-on-write after fork: not shared.)
-    Anonymous { _file: File },
+    Anonymous { _map: MmapMut, _file: File },
+    /// A POSIX shared-memory object (`/dev/shm/<name>`), for unrelated processes.
+    Named {
+        shmem: shared_memory::Shmem,
+        name: String,
+        /// Only the creating process removes the name (a forked child that drops
+        /// its copy must not).
+        creator: u32,
+    },
 }
 
 /// A region of memory shared between processes.
 ///
-/// Today's kind is anonymous: shared by a process and the children it forks
-/// after creating the region. Every region starts with a [`RegionHeader`]
-/// (magic, layout version, size, creator pid, random token); callers address
-/// the payload after it by offset, never by pointer, through
-/// [`place`](Self::place) and [`slice`](Self::slice), which check bounds and
-/// alignment.
+/// Two kinds, one type:
+/// - **anonymous** ([`anonymous`](Self::anonymous)): shared by a process and the
+///   children it forks after creating it;
+/// - **named** ([`create_named`](Self::create_named) /
+///   [`open_named`](Self::open_named)): a `/dev/shm` object unrelated processes
+///   attach by name, created with mode 0600 and removed when its creator drops
+///   it. A region whose creator died is reclaimed by the next `create_named`
+///   of that name and reported by `open_named`.
+///
+/// Every region starts with a [`RegionHeader`] (magic, layout version, size,
+/// creator pid, random token); callers address the payload after it by offset,
+/// never by pointer, through [`place`](Self::place) and [`slice`](Self::slice),
+/// which check bounds and alignment.
 pub struct SharedRegion {
-    map: MmapMut,
-    _backing: Backing,
+    base: *mut u8,
+    len: usize,
+    backing: Backing,
 }
+
+// SAFETY: the region is plain shared memory that every process and thread
+// reaches only through `InRegion` types (atomics) or raw pointers whose users
+// synchronise through atomics; `base`/`len` never change after construction,
+// and the backing objects are only touched again in `Drop`, which needs
+// exclusive ownership.
+unsafe impl Send for SharedRegion {}
+// SAFETY: as above: shared access hands out only `&T` with `T: InRegion + Sync`.
+unsafe impl Sync for SharedRegion {}
 
 impl std::fmt::Debug for SharedRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedRegion")
-            .field("len", &self.map.len())
-            .field("token", &self.header().token.load(Ordering::Relaxed))
+        let mut d = f.debug_struct("SharedRegion");
+        d.field("len", &self.len);
+        if let Backing::Named { name, .. } = &self.backing {
+            d.field("name", name);
+        }
+        d.field("token", &self.header().token.load(Ordering::Relaxed))
             .finish()
+    }
+}
+
+impl Drop for SharedRegion {
+    fn drop(&mut self) {
+        if let Backing::Named { shmem, creator, .. } = &mut self.backing
+            && *creator != crate::process::current_pid()
+        {
+            shmem.set_owner(false);
+        }
     }
 }
 
@@ -103,12 +141,7 @@ impl SharedRegion {
 
     /// Like [`anonymous`](Self::anonymous), stamping `version` into the header.
     pub fn anonymous_versioned(payload_len: usize, version: u32) -> Result<SharedRegion, Error> {
-        let size = payload_len
-            .checked_add(RegionHeader::RESERVED)
-            .ok_or_else(|| Error::RegionCreate {
-                size: payload_len,
-                source: std::io::Error::other("size overflows usize"),
-            })?;
+        let size = total_size(payload_len)?;
         let create_err = |source: std::io::Error| Error::RegionCreate { size, source };
         let fd =
             nix::sys::memfd::memfd_create(c"xme-region", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
@@ -118,28 +151,170 @@ impl SharedRegion {
         // SAFETY: the memfd is private to this process and its children; nobody
         // truncates it while mapped (the file is owned by the region and never
         // resized again), so the mapping stays valid for the region's life.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(create_err)?;
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(create_err)?;
         let region = SharedRegion {
-            map,
-            _backing: Backing::Anonymous { _file: file },
+            base: map.as_mut_ptr(),
+            len: map.len(),
+            backing: Backing::Anonymous {
+                _map: map,
+                _file: file,
+            },
         };
-        let h = region.header();
+        region.stamp(version);
+        Ok(region)
+    }
+
+    /// Creates a named region `name` (`/dev/shm/<name>`, mode 0600) with
+    /// `payload_len` zeroed bytes, removed when this process drops it.
+    ///
+    /// If a region of that name exists and its creator is dead, it is removed
+    /// and created anew; if its creator lives, [`Error::RegionExists`].
+    pub fn create_named(
+        name: &str,
+        payload_len: usize,
+        version: u32,
+    ) -> Result<SharedRegion, Error> {
+        let os_id = os_id(name)?;
+        let size = total_size(payload_len)?;
+        for _ in 0..3 {
+            match shared_memory::ShmemConf::new()
+                .os_id(&os_id)
+                .size(size)
+                .create()
+            {
+                Ok(shmem) => {
+                    let region = SharedRegion::named(shmem, name)?;
+                    region.stamp(version);
+                    return Ok(region);
+                }
+                Err(shared_memory::ShmemError::MappingIdExists) => {
+                    match SharedRegion::open_existing(name, &os_id) {
+                        Ok(old) => {
+                            let pid = old.header().creator_pid.load(Ordering::Acquire) as u32;
+                            if pid != 0 && crate::process::is_alive(pid as i32) {
+                                return Err(Error::RegionExists {
+                                    name: name.to_string(),
+                                    creator_pid: pid,
+                                });
+                            }
+                            // Its creator is gone: reclaim the name.
+                            drop(old);
+                            SharedRegion::remove_named(name)?;
+                        }
+                        Err(_) => SharedRegion::remove_named(name)?,
+                    }
+                }
+                Err(e) => {
+                    return Err(Error::RegionCreate {
+                        size,
+                        source: std::io::Error::other(e.to_string()),
+                    });
+                }
+            }
+        }
+        Err(Error::RegionExists {
+            name: name.to_string(),
+            creator_pid: 0,
+        })
+    }
+
+    /// Attaches to the named region `name` made by another process, checking
+    /// its header against `version`. A region whose creator died is reported
+    /// as [`Error::StaleRegion`] (remove it with [`remove_named`](Self::remove_named)).
+    pub fn open_named(name: &str, version: u32) -> Result<SharedRegion, Error> {
+        let os_id = os_id(name)?;
+        let region = SharedRegion::open_existing(name, &os_id)?;
+        // A creator may still be initialising the header: give it a moment.
+        let t = std::time::Instant::now();
+        while region.header().magic.load(Ordering::Acquire) == 0
+            && t.elapsed() < std::time::Duration::from_millis(200)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        region.check_header(version)?;
+        let pid = region.header().creator_pid.load(Ordering::Acquire) as u32;
+        if !crate::process::is_alive(pid as i32) {
+            return Err(Error::StaleRegion {
+                name: name.to_string(),
+                creator_pid: pid,
+            });
+        }
+        Ok(region)
+    }
+
+    /// Removes the name `name` from `/dev/shm` (mappings stay valid until unmapped).
+    pub fn remove_named(name: &str) -> Result<(), Error> {
+        let os_id = os_id(name)?;
+        match nix::sys::mman::shm_unlink(os_id.as_str()) {
+            Ok(()) | Err(nix::Error::ENOENT) => Ok(()),
+            Err(e) => Err(Error::RegionOpen {
+                name: name.to_string(),
+                reason: format!("could not remove it: {e}"),
+            }),
+        }
+    }
+
+    fn open_existing(name: &str, os_id: &str) -> Result<SharedRegion, Error> {
+        let shmem = shared_memory::ShmemConf::new()
+            .os_id(os_id)
+            .open()
+            .map_err(|e| Error::RegionOpen {
+                name: name.to_string(),
+                reason: e.to_string(),
+            })?;
+        let mut region = SharedRegion::named(shmem, name)?;
+        if let Backing::Named { creator, .. } = &mut region.backing {
+            *creator = 0; // not ours to remove
+        }
+        Ok(region)
+    }
+
+    fn named(shmem: shared_memory::Shmem, name: &str) -> Result<SharedRegion, Error> {
+        if shmem.len() < RegionHeader::RESERVED {
+            return Err(Error::HeaderMismatch {
+                what: format!(
+                    "the region is {} bytes, too small for a header",
+                    shmem.len()
+                ),
+            });
+        }
+        Ok(SharedRegion {
+            base: shmem.as_ptr(),
+            len: shmem.len(),
+            backing: Backing::Named {
+                shmem,
+                name: name.to_string(),
+                creator: crate::process::current_pid(),
+            },
+        })
+    }
+
+    /// The name of a named region.
+    pub fn name(&self) -> Option<&str> {
+        match &self.backing {
+            Backing::Named { name, .. } => Some(name),
+            Backing::Anonymous { .. } => None,
+        }
+    }
+
+    fn stamp(&self, version: u32) {
+        let h = self.header();
         h.version.store(version, Ordering::Relaxed);
-        h.size.store(size as u64, Ordering::Relaxed);
+        h.size.store(self.len as u64, Ordering::Relaxed);
         h.creator_pid
             .store(u64::from(std::process::id()), Ordering::Relaxed);
         h.token
             .store(crate::operator::random_u64(), Ordering::Relaxed);
         // Release: a reader that sees the magic sees the fields above.
         h.magic.store(RegionHeader::MAGIC, Ordering::Release);
-        Ok(region)
     }
 
     /// The region's header.
     pub fn header(&self) -> &RegionHeader {
         // SAFETY: the mapping is page-aligned and at least RESERVED (64) bytes
-        // long, RegionHeader is 40 bytes of atomics and valid at zero (InRegion).
-        unsafe { &*(self.map.as_ptr() as *const RegionHeader) }
+        // long (checked at construction), RegionHeader is 40 bytes of atomics
+        // and valid at zero (InRegion).
+        unsafe { &*(self.base as *const RegionHeader) }
     }
 
     /// Checks the header against the expected layout version; a mismatch is an
@@ -162,9 +337,9 @@ impl SharedRegion {
             });
         }
         let size = h.size.load(Ordering::Relaxed);
-        if size != self.map.len() as u64 {
+        if size != self.len as u64 {
             return Err(Error::HeaderMismatch {
-                what: format!("size field is {size}, mapping is {} bytes", self.map.len()),
+                what: format!("size field is {size}, mapping is {} bytes", self.len),
             });
         }
         Ok(())
@@ -172,7 +347,7 @@ impl SharedRegion {
 
     /// Usable bytes after the header.
     pub fn payload_len(&self) -> usize {
-        self.map.len() - RegionHeader::RESERVED
+        self.len - RegionHeader::RESERVED
     }
 
     /// A reference to a `T` at `offset` bytes into the payload.
@@ -225,8 +400,35 @@ impl SharedRegion {
         if start % align != 0 {
             return Err(err());
         }
-        // SAFETY: start + len <= map.len(), checked above.
-        Ok(unsafe { self.map.as_ptr().add(start) as *mut u8 })
+        // SAFETY: start + len <= self.len, checked above.
+        Ok(unsafe { self.base.add(start) })
+    }
+}
+
+fn total_size(payload_len: usize) -> Result<usize, Error> {
+    payload_len
+        .checked_add(RegionHeader::RESERVED)
+        .ok_or_else(|| Error::RegionCreate {
+            size: payload_len,
+            source: std::io::Error::other("size overflows usize"),
+        })
+}
+
+/// `/name`, after checking the name is usable in /dev/shm.
+fn os_id(name: &str) -> Result<String, Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !name.starts_with('.');
+    if ok {
+        Ok(format!("/{name}"))
+    } else {
+        Err(Error::RegionOpen {
+            name: name.to_string(),
+            reason: "a region name is 1 to 200 characters of A-Z, a-z, 0-9, '-', '_', '.' (not starting with '.')".into(),
+        })
     }
 }
 

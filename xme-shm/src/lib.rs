@@ -1,0 +1,67 @@
+//! Shared memory for xme (seed 2.1–2.2): an arena and a lock-free value table
+//! in a shared region, and the XMEManager over them.
+//!
+//! ```
+//! use xme_shm::XmemBuilder;
+//! use xme_core::{Operator, process};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let xmem = XmemBuilder::new().value("visits", &0u32)?.build()?;
+//! let child = process::fork_child(|| {
+//!     let op = Operator::alloc();
+//!     xmem.update_with("visits", |v: Option<u32>| v.unwrap_or(0) + 1).unwrap();
+//!     xmem.status(op, "done").unwrap();
+//!     0
+//! })?;
+//! child.wait()?;
+//! assert_eq!(xmem.get::<u32>("visits")?, 1);
+//! assert_eq!(xmem.statuses()?.values().next().unwrap().status, "done");
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # How it holds up when processes die
+//! The table is a hash table of slots, each one word: the handle of a block
+//! holding a key and its current value. A writer fills a fresh block and
+//! publishes it with one compare-and-swap; a reader copies a block and checks
+//! its generation did not move. The arena's blocks change state with single
+//! CASes on one word (generation | owner pid | state). So a process killed at any
+//! instruction leaves every key with its old or its new whole value and holds
+//! no lock; at worst it leaves a block marked as being written by a dead pid,
+//! which [`Manager::sweep`] frees (and which a full arena sweeps by itself).
+//!
+//! # Limits
+//! - Capacity (keys) and arena size are fixed at build time; past them,
+//!   [`ShmError::CapacityFull`] / [`ShmError::ArenaFull`], nothing lost.
+//! - A deleted key keeps its slot (as a tombstone) and counts toward capacity;
+//!   setting it again reuses the slot.
+//! - An entry (key + value + 32-byte header) fits in at most 64 KiB; pages, once
+//!   given to a size class, keep it.
+//! - Writes are copy-on-write: overwriting a key needs one free block of the new
+//!   value's size class until the old block is released.
+
+// Under loom only the table and arena are built, and model-checked.
+#![cfg_attr(loom, allow(dead_code))]
+
+mod arena;
+mod block;
+mod error;
+mod layout;
+#[cfg(not(loom))]
+mod manager;
+mod primitive;
+#[cfg(not(loom))]
+mod raw;
+mod table;
+
+pub use arena::ArenaStats;
+pub use error::ShmError;
+pub use layout::{Layout, MAX_BLOCK, PAGE_BYTES};
+#[cfg(not(loom))]
+pub use manager::{
+    BUILTINS, GUARD_KEY, GuardTable, Manager, ProcessStatus, RESERVED_KEYS, STATUS_KEY,
+    StatusTable, XMEM_KEY, XmemBuilder,
+};
+#[cfg(not(loom))]
+pub use raw::RawValue;
+pub use table::MAX_KEY;

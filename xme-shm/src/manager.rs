@@ -1,0 +1,552 @@
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use xme_core::{Operator, SharedRegion, process};
+use xme_security::{LockType, Security, SecurityState};
+
+use crate::arena::ArenaStats;
+use crate::layout::Layout;
+use crate::table::ValueTable;
+use crate::{RawValue, ShmError};
+
+/// Reserved key: the per-process status table ([`StatusTable`]).
+pub const STATUS_KEY: &str = "__STATUS__";
+/// Reserved key: the Guard's table, initially `{"Status": true}`.
+pub const GUARD_KEY: &str = "__GUARD__";
+/// Reserved key: the names of the Manager's built-in operations.
+pub const XMEM_KEY: &str = "__XMEM__";
+/// The reserved keys, which exist from the start and cannot be deleted.
+pub const RESERVED_KEYS: [&str; 3] = [STATUS_KEY, GUARD_KEY, XMEM_KEY];
+
+/// The built-in operations of the seed's `__XMEM__` map.
+pub const BUILTINS: [&str; 6] = [
+    "Table::update",
+    "Table::set",
+    "Table::delete",
+    "Table::get",
+    "Table::items",
+    "Lock::update",
+];
+
+/// One process's last reported status.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    /// What it reported.
+    pub status: String,
+    /// Its pid.
+    pub pid: u32,
+    /// When, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+/// The `__STATUS__` table: each operator's last status.
+pub type StatusTable = BTreeMap<Operator, ProcessStatus>;
+/// The `__GUARD__` table.
+pub type GuardTable = BTreeMap<String, bool>;
+
+/// Region layout version of a Manager (header + lock + table).
+const REGION_VERSION: u32 = 0x4d47_0001;
+/// Words of the Manager header; room for the call buffer and Guard areas.
+const HEADER_WORDS: usize = 32;
+const M_OP_SIZE: usize = 0;
+const M_TABLE_OFFSET: usize = 1;
+const LOCK_OFFSET: usize = HEADER_WORDS * 8;
+
+/// Builds a [`Manager`] (the seed's `XMEMBuilder`).
+///
+/// ```
+/// use xme_shm::XmemBuilder;
+///
+/// # fn main() -> Result<(), xme_shm::ShmError> {
+/// let xmem = XmemBuilder::new()
+///     .op_size(32)
+///     .value("key", &"the initial key-value pairs")?
+///     .build()?;
+/// assert_eq!(xmem.get::<String>("key")?, "the initial key-value pairs");
+/// assert!(xmem.guard_status()?); // __GUARD__ = {"Status": true}
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct XmemBuilder {
+    op_size: usize,
+    capacity: usize,
+    arena_bytes: usize,
+    lock_type: LockType,
+    name: Option<String>,
+    initial: Vec<(String, Vec<u8>)>,
+}
+
+impl Default for XmemBuilder {
+    fn default() -> Self {
+        XmemBuilder::new()
+    }
+}
+
+impl XmemBuilder {
+    /// Defaults: operator names of 32 characters, 4096 keys, a 16 MiB arena,
+    /// a READWRITE lock (writer `ADMIN`), anonymous memory.
+    pub fn new() -> XmemBuilder {
+        XmemBuilder {
+            op_size: 32,
+            capacity: 4096,
+            arena_bytes: 16 << 20,
+            lock_type: LockType::ReadWrite,
+            name: None,
+            initial: Vec::new(),
+        }
+    }
+
+    /// Characters of an operator's name in [`Manager::operator_name`] (the
+    /// seed's `size`; operators themselves are 64 random bits, 16 hex digits).
+    pub fn op_size(mut self, size: usize) -> XmemBuilder {
+        self.op_size = size;
+        self
+    }
+
+    /// Keys the value table can hold (reserved keys included).
+    pub fn capacity(mut self, keys: usize) -> XmemBuilder {
+        self.capacity = keys;
+        self
+    }
+
+    /// Bytes of the arena holding keys and values, rounded up to 64 KiB pages
+    /// (at least 4). A page holds blocks of one size class, so mixed value sizes
+    /// need a page per size class in use. Memory is committed only as it is
+    /// used, so a generous arena costs little.
+    pub fn arena_bytes(mut self, bytes: usize) -> XmemBuilder {
+        self.arena_bytes = bytes;
+        self
+    }
+
+    /// The type of the Manager's lock, taken by `update` and `delete`.
+    pub fn lock_type(mut self, lock_type: LockType) -> XmemBuilder {
+        self.lock_type = lock_type;
+        self
+    }
+
+    /// Puts the Manager in the named region `name`, which other processes
+    /// attach with [`Manager::attach`].
+    pub fn named(mut self, name: impl Into<String>) -> XmemBuilder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// An initial key-value pair (the seed's `**initialtable`).
+    pub fn value<T: Serialize + ?Sized>(
+        mut self,
+        key: &str,
+        value: &T,
+    ) -> Result<XmemBuilder, ShmError> {
+        let bytes = encode(key, value)?;
+        self.initial.push((key.to_string(), bytes));
+        Ok(self)
+    }
+
+    /// Builds the Manager.
+    pub fn build(self) -> Result<Manager, ShmError> {
+        if self.op_size == 0 || self.op_size > 64 {
+            return Err(ShmError::Config(format!(
+                "op_size {} is outside 1..=64",
+                self.op_size
+            )));
+        }
+        if self.capacity == 0 {
+            return Err(ShmError::Config("capacity must be at least 1 key".into()));
+        }
+        let arena_bytes = self.arena_bytes.max(4 * crate::layout::PAGE_BYTES);
+        let layout = Layout::new(self.capacity + RESERVED_KEYS.len(), arena_bytes)?;
+        let table_offset = (LOCK_OFFSET + SecurityState::SIZE).next_multiple_of(64);
+        let bytes = table_offset + layout.bytes();
+        let region = Arc::new(match &self.name {
+            Some(name) => SharedRegion::create_named(name, bytes, REGION_VERSION)?,
+            None => SharedRegion::anonymous_versioned(bytes, REGION_VERSION)?,
+        });
+        let header: &[AtomicU64] = region.slice(0, HEADER_WORDS)?;
+        header[M_OP_SIZE].store(self.op_size as u64, std::sync::atomic::Ordering::Relaxed);
+        header[M_TABLE_OFFSET].store(table_offset as u64, std::sync::atomic::Ordering::Release);
+        let security = Security::in_shared_region(region.clone(), LOCK_OFFSET, self.lock_type)?;
+        let mem = table_words(&region, table_offset, layout.total_words_public())?;
+        let table = ValueTable::init(mem, layout)?;
+        let manager = Manager {
+            table,
+            security,
+            op_size: self.op_size,
+            region,
+        };
+        let pid = process::current_pid();
+        manager
+            .table
+            .set(STATUS_KEY, &encode(STATUS_KEY, &StatusTable::new())?, pid)?;
+        let guard: GuardTable = [("Status".to_string(), true)].into();
+        manager
+            .table
+            .set(GUARD_KEY, &encode(GUARD_KEY, &guard)?, pid)?;
+        let builtins: Vec<String> = BUILTINS.iter().map(|s| s.to_string()).collect();
+        manager
+            .table
+            .set(XMEM_KEY, &encode(XMEM_KEY, &builtins)?, pid)?;
+        for (key, bytes) in &self.initial {
+            check_reserved_value(key, bytes)?;
+            manager.table.set(key, bytes, pid)?;
+        }
+        Ok(manager)
+    }
+}
+
+/// The seed's XMEManager: a lock-free value table in shared memory, with its
+/// status table and lock, shared by every child forked after it was built and,
+/// when named, by unrelated processes that [`attach`](Manager::attach) to it.
+///
+/// Reads never block. `set` and `update_with` are lock-free; `update` and
+/// `delete` take the Manager's lock as the given operator, as in the seed.
+///
+/// ```
+/// use xme_shm::XmemBuilder;
+/// use xme_core::{Operator, process};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let xmem = XmemBuilder::new().value("hits", &0u64)?.build()?;
+/// let children: Vec<_> = (0..4)
+///     .map(|_| process::fork_child(|| {
+///         for _ in 0..100 {
+///             xmem.update_with("hits", |n: Option<u64>| n.unwrap_or(0) + 1).unwrap();
+///         }
+///         0
+///     }))
+///     .collect::<Result<_, _>>()?;
+/// for c in children {
+///     c.wait()?;
+/// }
+/// assert_eq!(xmem.get::<u64>("hits")?, 400);
+/// xmem.update([("greeting", "hello")], Operator::ADMIN)?; // under the lock
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Manager {
+    table: ValueTable<'static>,
+    security: Security<'static>,
+    op_size: usize,
+    /// Keeps the mapping behind `table` alive; declared last.
+    region: Arc<SharedRegion>,
+}
+
+impl std::fmt::Debug for Manager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Manager")
+            .field("region", &self.region)
+            .field("capacity", &self.table.layout().capacity)
+            .field("lock", &self.security)
+            .finish()
+    }
+}
+
+fn table_words(
+    region: &Arc<SharedRegion>,
+    offset: usize,
+    words: usize,
+) -> Result<&'static [AtomicU64], ShmError> {
+    let mem: &[AtomicU64] = region.slice(offset, words)?;
+    // SAFETY: the slice points into the mapping owned by `region`; every
+    // Manager holding this slice also holds an Arc of the region, and the
+    // field is private, so the memory outlives every use of the slice.
+    Ok(unsafe { &*(mem as *const [AtomicU64]) })
+}
+
+fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, ShmError> {
+    postcard::to_stdvec(value).map_err(|source| ShmError::Encode {
+        key: key.to_string(),
+        source,
+    })
+}
+
+fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ShmError> {
+    xme_core::frame::decode(bytes, std::any::type_name::<T>()).map_err(|e| match e {
+        xme_core::Error::Decode { source, .. } => ShmError::WrongType {
+            key: key.to_string(),
+            type_name: std::any::type_name::<T>(),
+            source,
+        },
+        other => ShmError::Region(other),
+    })
+}
+
+/// A reserved key accepts only a value of its own type.
+fn check_reserved_value(key: &str, bytes: &[u8]) -> Result<(), ShmError> {
+    let ok = match key {
+        STATUS_KEY => decode::<StatusTable>(key, bytes).is_ok(),
+        GUARD_KEY => decode::<GuardTable>(key, bytes).is_ok(),
+        XMEM_KEY => decode::<Vec<String>>(key, bytes).is_ok(),
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(ShmError::Reserved {
+            key: key.to_string(),
+            what: "the value is not of this reserved table's type",
+        })
+    }
+}
+
+impl Manager {
+    /// Attaches to the Manager built in the named region `name` by another process.
+    pub fn attach(name: &str) -> Result<Manager, ShmError> {
+        let region = Arc::new(SharedRegion::open_named(name, REGION_VERSION)?);
+        let header: &[AtomicU64] = region.slice(0, HEADER_WORDS)?;
+        let op_size = header[M_OP_SIZE].load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let table_offset =
+            header[M_TABLE_OFFSET].load(std::sync::atomic::Ordering::Acquire) as usize;
+        let words = region.payload_len().saturating_sub(table_offset) / 8;
+        if table_offset == 0 || words == 0 {
+            return Err(ShmError::BadLayout(
+                "the Manager header is not initialised".into(),
+            ));
+        }
+        let security =
+            Security::in_shared_region(region.clone(), LOCK_OFFSET, LockType::ReadWrite)?;
+        let table = ValueTable::attach(table_words(&region, table_offset, words)?)?;
+        Ok(Manager {
+            table,
+            security,
+            op_size,
+            region,
+        })
+    }
+
+    /// A fresh operator (the seed's `AllocOperator`).
+    pub fn alloc_operator(&self) -> Operator {
+        Operator::alloc()
+    }
+
+    /// An operator's name, `<Operator::…>` with `op_size` characters of its id
+    /// (the id has 16 hex digits; a larger `op_size` repeats it).
+    pub fn operator_name(&self, op: Operator) -> String {
+        let hex = op.to_string();
+        let name: String = hex.chars().cycle().take(self.op_size).collect();
+        format!("<Operator::{name}>")
+    }
+
+    /// The Manager's lock (the seed's Security object): set its type, writer,
+    /// wait time.
+    pub fn security(&self) -> &Security<'static> {
+        &self.security
+    }
+
+    /// The region holding the Manager.
+    pub fn region(&self) -> &Arc<SharedRegion> {
+        &self.region
+    }
+
+    /// Stores `value` under `key` (the seed's `set`): lock-free, replaces any value.
+    pub fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), ShmError> {
+        let bytes = encode(key, value)?;
+        check_reserved_value(key, &bytes)?;
+        self.table.set(key, &bytes, process::current_pid())
+    }
+
+    /// The value of `key` as a `T`.
+    ///
+    /// Values are postcard bytes, which do not record their type: bytes that
+    /// are not a valid `T` give [`ShmError::WrongType`], but a value of another
+    /// type whose bytes happen to be a valid `T` decodes (a `0i32` reads as an
+    /// empty `String`). Keep one type per key.
+    pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, ShmError> {
+        let raw = self
+            .get_raw(key)?
+            .ok_or_else(|| ShmError::NotFound(key.to_string()))?;
+        decode(key, raw.bytes())
+    }
+
+    /// The encoded value of `key`, if present.
+    pub fn get_raw(&self, key: &str) -> Result<Option<RawValue>, ShmError> {
+        let mut out = Vec::new();
+        Ok(self
+            .table
+            .get_into(key, &mut out)?
+            .then(|| RawValue::new(out)))
+    }
+
+    /// A copy of the entries for `keys` (the seed's `get_table(*keys)`); with no
+    /// key, the whole table. A missing key is [`ShmError::NotFound`].
+    pub fn get_table(&self, keys: &[&str]) -> Result<BTreeMap<String, RawValue>, ShmError> {
+        if keys.is_empty() {
+            return Ok(self.items()?.into_iter().collect());
+        }
+        keys.iter()
+            .map(|&k| {
+                let v = self
+                    .get_raw(k)?
+                    .ok_or_else(|| ShmError::NotFound(k.to_string()))?;
+                Ok((k.to_string(), v))
+            })
+            .collect()
+    }
+
+    /// Every entry (the seed's `items`).
+    pub fn items(&self) -> Result<Vec<(String, RawValue)>, ShmError> {
+        Ok(self
+            .table
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (k, RawValue::new(v)))
+            .collect())
+    }
+
+    /// Number of keys, reserved keys included.
+    pub fn len(&self) -> Result<usize, ShmError> {
+        self.table.len()
+    }
+
+    /// True when only the reserved keys exist.
+    pub fn is_empty(&self) -> Result<bool, ShmError> {
+        Ok(self.len()? <= RESERVED_KEYS.len())
+    }
+
+    /// Stores every entry while holding the Manager's lock as `op` (the seed's
+    /// `update(newtable, Operator)`). All values are encoded and checked before
+    /// the first is stored. Each key changes atomically; readers may see some
+    /// keys of the batch updated before others.
+    pub fn update<K, V, I>(&self, entries: I, op: Operator) -> Result<(), ShmError>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Serialize,
+    {
+        let encoded = entries
+            .into_iter()
+            .map(|(k, v)| {
+                let key = k.as_ref().to_string();
+                let bytes = encode(&key, &v)?;
+                check_reserved_value(&key, &bytes)?;
+                Ok((key, bytes))
+            })
+            .collect::<Result<Vec<_>, ShmError>>()?;
+        let _guard = self.security.lock(op)?;
+        let pid = process::current_pid();
+        for (key, bytes) in &encoded {
+            self.table.set(key, bytes, pid)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes `keys` while holding the lock as `op`; with no key, every
+    /// non-reserved key. Returns how many existed. Reserved keys are refused
+    /// before anything is deleted.
+    pub fn delete(&self, keys: &[&str], op: Operator) -> Result<usize, ShmError> {
+        if let Some(k) = keys.iter().find(|k| RESERVED_KEYS.contains(k)) {
+            return Err(ShmError::Reserved {
+                key: k.to_string(),
+                what: "it cannot be deleted",
+            });
+        }
+        let _guard = self.security.lock(op)?;
+        let pid = process::current_pid();
+        let all: Vec<String>;
+        let keys: Vec<&str> = if keys.is_empty() {
+            all = self
+                .table
+                .entries()?
+                .into_iter()
+                .map(|(k, _)| k)
+                .filter(|k| !RESERVED_KEYS.contains(&k.as_str()))
+                .collect();
+            all.iter().map(String::as_str).collect()
+        } else {
+            keys.to_vec()
+        };
+        let mut n = 0;
+        for key in keys {
+            n += usize::from(self.table.delete(key, pid)?);
+        }
+        Ok(n)
+    }
+
+    /// Changes `key` atomically: `f` gets the current value (`None` if absent)
+    /// and returns the new one; if another process changed the key meanwhile,
+    /// `f` runs again on the newer value. Lock-free, no lost update. Returns
+    /// the value stored.
+    pub fn update_with<T, F>(&self, key: &str, mut f: F) -> Result<T, ShmError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> T,
+    {
+        let mut stored = None;
+        let result = self.table.update(key, process::current_pid(), |old| {
+            let old = old.map(|b| decode::<T>(key, b)).transpose()?;
+            let new = f(old);
+            let bytes = encode(key, &new)?;
+            check_reserved_value(key, &bytes)?;
+            stored = Some(new);
+            Ok::<_, ShmError>(Some(bytes))
+        })?;
+        result?;
+        Ok(stored.expect("update stored a value"))
+    }
+
+    /// Records `status` for `op` in `__STATUS__` (the seed's `status`).
+    pub fn status(&self, op: Operator, status: &str) -> Result<(), ShmError> {
+        let entry = ProcessStatus {
+            status: status.to_string(),
+            pid: process::current_pid(),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        self.update_with(STATUS_KEY, |t: Option<StatusTable>| {
+            let mut t = t.unwrap_or_default();
+            t.insert(op, entry.clone());
+            t
+        })
+        .map(drop)
+    }
+
+    /// The status table (`__STATUS__`).
+    pub fn statuses(&self) -> Result<StatusTable, ShmError> {
+        self.get(STATUS_KEY)
+    }
+
+    /// `__GUARD__["Status"]`: whether the Guard should keep running.
+    pub fn guard_status(&self) -> Result<bool, ShmError> {
+        Ok(self
+            .get::<GuardTable>(GUARD_KEY)?
+            .get("Status")
+            .copied()
+            .unwrap_or(false))
+    }
+
+    /// Sets `__GUARD__["Status"]`.
+    pub fn set_guard_status(&self, running: bool) -> Result<(), ShmError> {
+        self.update_with(GUARD_KEY, |t: Option<GuardTable>| {
+            let mut t = t.unwrap_or_default();
+            t.insert("Status".to_string(), running);
+            t
+        })
+        .map(drop)
+    }
+
+    /// Keys the table can hold, reserved keys included.
+    pub fn capacity(&self) -> usize {
+        self.table.layout().capacity
+    }
+
+    /// Slots taken by keys, live or deleted (a deleted key keeps its slot).
+    pub fn keys_claimed(&self) -> usize {
+        self.table.keys_claimed()
+    }
+
+    /// Frees blocks left by processes that died while writing; returns how many.
+    /// Runs by itself when the arena seems full.
+    pub fn sweep(&self) -> usize {
+        self.table.sweep()
+    }
+
+    /// Checks the table's consistency and counts the arena's blocks.
+    pub fn check(&self) -> Result<ArenaStats, ShmError> {
+        self.table.check()
+    }
+}
