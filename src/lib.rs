@@ -8,6 +8,7 @@
 //! | [`exec`] | `xme-exec` | the standard interface: a table of functions run over forked processes |
 //! | [`array`] | `xme-array` | `Array` arguments and the split plan |
 //! | [`log`] | `xme-log` | the pid-stamped logger (`print` / `logobj`) |
+//! | [`shm`] | `xme-shm` | shared-memory arena, lock-free value table, Manager |
 //! | [`security`] | `xme-security` | the five lock types across processes |
 //! | [`core`] | `xme-core` | operators, errors, shared regions, process helpers |
 //!
@@ -31,6 +32,8 @@ pub use xme_exec as exec;
 pub use xme_log as log;
 #[doc(inline)]
 pub use xme_security as security;
+#[doc(inline)]
+pub use xme_shm as shm;
 
 pub use xme_array::{Array, Same};
 pub use xme_core::Operator;

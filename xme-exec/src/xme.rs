@@ -179,6 +179,35 @@ impl Xme {
         self.run_with(&(), table)
     }
 
+    /// Like [`fun_ctx`](Self::fun_ctx), the tasks also reaching `data` (the
+    /// seed's XMEManager) through [`Context::data`] (the seed's `gfun`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use xme_exec::{Array, Context, Xme};
+    /// let shared_config = vec![10, 20, 30];
+    /// let out = Xme::new().gfun(&shared_config, |ctx: &mut Context<Vec<i32>>, i: usize| {
+    ///     ctx.data()[i] + 1
+    /// }, Array::new(0..3usize))?;
+    /// assert_eq!(out.into_result()?, [11, 21, 31]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn gfun<D, A, R, F>(&self, data: &D, f: F, args: A) -> Result<Outcomes<R>, ExecError>
+    where
+        A: SplitArgs,
+        F: Fn(&mut Context<'_, D>, A::Call) -> R,
+        R: Serialize + DeserializeOwned,
+    {
+        self.run_with(data, Job::<WithContext<F>, A, R, D>::with_context(f, args))
+    }
+
+    /// Like [`funs`](Self::funs), the tasks also reaching `data` through
+    /// [`Context::data`] (the seed's `gfuns`).
+    pub fn gfuns<D, T: JobTable<D>>(&self, data: &D, table: T) -> Result<T::Output, ExecError> {
+        self.run_with(data, table)
+    }
+
     /// Runs a table whose tasks see `data` through [`Context::data`]
     /// (how the Manager handle reaches tasks).
     pub fn run_with<D, T: JobTable<D>>(
