@@ -104,9 +104,9 @@ fn sum_range(lo: u64, hi: u64) -> u64 {
 }
 
 fn sum(c: &mut Criterion) {
-    const N: u64 = 100_000_000;
+    const N: u64 = 400_000_000;
     let mut g = c.benchmark_group("sum");
-    g.sample_size(20);
+    g.sample_size(10);
     g.bench_function("one_process", |b| {
         b.iter(|| black_box(sum_range(0, N / 2) + sum_range(N / 2, N)))
     });

@@ -8,6 +8,7 @@
 //! | [`exec`] | `xme-exec` | the standard interface: a table of functions run over forked processes |
 //! | [`array`] | `xme-array` | `Array` arguments and the split plan |
 //! | [`log`] | `xme-log` | the pid-stamped logger (`print` / `logobj`) |
+//! | [`mpi`] | `xme-mpi` | one main process + logical processes, typed calls |
 //! | [`shm`] | `xme-shm` | shared-memory arena, lock-free value table, Manager |
 //! | [`security`] | `xme-security` | the five lock types across processes |
 //! | [`core`] | `xme-core` | operators, errors, shared regions, process helpers |
@@ -30,6 +31,8 @@ pub use xme_core as core;
 pub use xme_exec as exec;
 #[doc(inline)]
 pub use xme_log as log;
+#[doc(inline)]
+pub use xme_mpi as mpi;
 #[doc(inline)]
 pub use xme_security as security;
 #[doc(inline)]

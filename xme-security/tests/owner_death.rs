@@ -2,12 +2,10 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::Shared;
 use nix::sys::signal::Signal;
-use xme_core::process::fork_child;
 use xme_security::{LockType, Operator, Security};
 
 /// A child takes the lock (as `holder`) and is SIGKILLed while holding it;
@@ -18,25 +16,7 @@ fn kill_holder_then_acquire(
     holder: Operator,
     taker: Operator,
 ) {
-    let flag = shared.cell(0);
-    flag.store(0, Ordering::SeqCst);
-    let child = fork_child(|| {
-        let g = sec.lock(holder).unwrap();
-        flag.store(1, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_secs(60));
-        drop(g);
-        0
-    })
-    .unwrap();
-    let t = Instant::now();
-    while flag.load(Ordering::SeqCst) == 0 {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "holder never took the lock"
-        );
-        std::hint::spin_loop();
-    }
-    let fate = child.kill().unwrap();
+    let fate = common::killed_after(shared, || std::mem::forget(sec.lock(holder).unwrap()));
     assert_eq!(fate.signal(), Some(Signal::SIGKILL as i32));
     let got = sec
         .acquire(taker)
@@ -87,18 +67,7 @@ fn a_reader_after_a_killed_writer_learns_it_died() {
     let writer = Operator::alloc();
     sec.register(writer);
     let shared = Shared::new();
-    let flag = shared.cell(0);
-    let child = fork_child(|| {
-        let _g = sec.lock(writer).unwrap();
-        flag.store(1, Ordering::SeqCst);
-        std::thread::sleep(Duration::from_secs(60));
-        0
-    })
-    .unwrap();
-    while flag.load(Ordering::SeqCst) == 0 {
-        std::hint::spin_loop();
-    }
-    child.kill().unwrap();
+    common::killed_after(&shared, || std::mem::forget(sec.lock(writer).unwrap()));
     let r = sec.read(Operator::alloc()).unwrap();
     assert!(r.previous_owner_died());
 }
@@ -110,20 +79,10 @@ fn a_killed_reader_does_not_block_the_writer() {
     let writer = Operator::alloc();
     sec.register(writer);
     let shared = Shared::new();
-    let flag = shared.cell(0);
     for _ in 0..20 {
-        flag.store(0, Ordering::SeqCst);
-        let child = fork_child(|| {
-            let _r = sec.read(Operator::alloc()).unwrap();
-            flag.store(1, Ordering::SeqCst);
-            std::thread::sleep(Duration::from_secs(60));
-            0
-        })
-        .unwrap();
-        while flag.load(Ordering::SeqCst) == 0 {
-            std::hint::spin_loop();
-        }
-        child.kill().unwrap();
+        common::killed_after(&shared, || {
+            std::mem::forget(sec.read(Operator::alloc()).unwrap())
+        });
         let g = sec.lock(writer).expect("writer got past the dead reader");
         drop(g);
     }

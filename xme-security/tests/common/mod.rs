@@ -1,7 +1,11 @@
 //! Helpers shared by the cross-process lock tests.
 #![allow(dead_code, missing_docs)]
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use xme_core::Fate;
+use xme_core::process::fork_child;
 
 use xme_core::SharedRegion;
 
@@ -42,4 +46,27 @@ impl Shared {
     pub fn cell(&self, i: usize) -> &AtomicU64 {
         self.region.place(64 + 8 * i).unwrap()
     }
+}
+
+/// Forks a child that runs `take` (acquire something), signals, and sleeps;
+/// waits for the signal, then kills the child with SIGKILL. Returns its fate.
+pub fn killed_after(shared: &Shared, take: impl FnOnce()) -> Fate {
+    let flag = shared.cell(31);
+    flag.store(0, Ordering::SeqCst);
+    let child = fork_child(|| {
+        take();
+        flag.store(1, Ordering::SeqCst);
+        std::thread::sleep(Duration::from_secs(60));
+        0
+    })
+    .unwrap();
+    let t = Instant::now();
+    while flag.load(Ordering::SeqCst) == 0 {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the child never took hold"
+        );
+        std::hint::spin_loop();
+    }
+    child.kill().unwrap()
 }

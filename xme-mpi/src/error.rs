@@ -1,0 +1,112 @@
+use std::time::Duration;
+
+use xme_core::{Fate, PanicReport};
+
+/// The seed's mark for a unit that could not run (`TASK_RUN_FAILURE`).
+pub const TASK_RUN_FAILURE: &str = "<XME-MPI-RUN: TASK_NO_REGISTERED>";
+
+/// Why an MPI operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MpiError {
+    /// Fewer than 2 processes were asked for.
+    #[error("MPI needs pnum >= 2 (one main process and at least one logical process); got {0}")]
+    PnumTooSmall(usize),
+    /// The unit panicked in the logical process (which lives on).
+    #[error("{TASK_RUN_FAILURE}: unit `{unit}` panicked in logical process {process}: {panic}")]
+    UnitPanicked {
+        /// The unit's name.
+        unit: String,
+        /// The logical process.
+        process: usize,
+        /// The panic.
+        panic: PanicReport,
+    },
+    /// The logical process could not run the unit (unknown id, bad arguments).
+    #[error(
+        "{TASK_RUN_FAILURE}: unit `{unit}` could not run in logical process {process}: {reason}"
+    )]
+    UnitFailed {
+        /// The unit's name.
+        unit: String,
+        /// The logical process.
+        process: usize,
+        /// Why.
+        reason: String,
+    },
+    /// The logical process died with the call pending.
+    #[error("logical process {process} (pid {pid}) {fate} with the call pending")]
+    ProcessDied {
+        /// The logical process.
+        process: usize,
+        /// Its pid.
+        pid: i32,
+        /// How it ended.
+        fate: Fate,
+    },
+    /// The logical process was closed (or its channel broke) before answering.
+    #[error("logical process {process} is closed: {reason}")]
+    Closed {
+        /// The logical process.
+        process: usize,
+        /// Why.
+        reason: String,
+    },
+    /// No logical process is alive to take the call.
+    #[error("no logical process is alive to take the call")]
+    NoLiveProcess,
+    /// A logical process id outside `1..pnum`.
+    #[error("there is no logical process {0} (they are numbered 1..pnum)")]
+    NoSuchProcess(usize),
+    /// `To::All` was given where one process is meant (use `broadcast`).
+    #[error("acquire sends to one process; use broadcast for all")]
+    UseBroadcast,
+    /// Every slot stayed taken for the whole wait.
+    #[error(
+        "all {size} result slots stayed taken for {waited:?} (get some results, or raise mpi_buffer_size)"
+    )]
+    BufferFull {
+        /// The buffer size.
+        size: usize,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The call's frame does not fit the channel.
+    #[error(
+        "a call of {len} bytes does not fit a channel of {capacity} bytes (raise channel_bytes)"
+    )]
+    FrameTooLarge {
+        /// The frame's size.
+        len: usize,
+        /// The channel's capacity.
+        capacity: usize,
+    },
+    /// The arguments could not be encoded.
+    #[error("could not encode the arguments of `{unit}`: {reason}")]
+    Encode {
+        /// The unit.
+        unit: String,
+        /// Why.
+        reason: String,
+    },
+    /// The result could not be decoded.
+    #[error("could not decode the result of `{unit}`: {reason}")]
+    Decode {
+        /// The unit.
+        unit: String,
+        /// Why.
+        reason: String,
+    },
+    /// The slot belongs to another run, or was already taken.
+    #[error("this slot is not pending in this MPI run")]
+    BadSlot,
+    /// Setting up the run failed.
+    #[error("could not start the MPI run: {0}")]
+    Setup(String),
+}
+
+impl From<xme_core::Error> for MpiError {
+    fn from(e: xme_core::Error) -> Self {
+        MpiError::Setup(e.to_string())
+    }
+}

@@ -1,0 +1,111 @@
+//! The bytes of requests and replies. Every frame starts with the run's
+//! random token; a frame without it is dropped (and logged) by its reader.
+
+pub(crate) const KIND_CALL: u8 = 1;
+pub(crate) const KIND_CALL_FN: u8 = 2;
+pub(crate) const KIND_EXIT: u8 = 3;
+
+pub(crate) const REPLY_VALUE: u8 = 0;
+pub(crate) const REPLY_PANICKED: u8 = 1;
+pub(crate) const REPLY_FAILED: u8 = 2;
+
+/// Bytes before a request's arguments.
+pub(crate) const REQUEST_HEADER: usize = 8 + 1 + 4 + 4 + 4 + 8 + 8;
+/// Bytes before a reply's body.
+pub(crate) const REPLY_HEADER: usize = 8 + 4 + 4 + 1;
+
+/// A request: call unit `unit` (or `fn_addr` through `tramp_addr`) for slot `slot`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Request {
+    pub kind: u8,
+    pub slot: u32,
+    pub generation: u32,
+    pub unit: u32,
+    pub fn_addr: u64,
+    pub tramp_addr: u64,
+}
+
+impl Request {
+    pub fn write(&self, token: u64, out: &mut Vec<u8>) {
+        out.clear();
+        out.extend_from_slice(&token.to_le_bytes());
+        out.push(self.kind);
+        out.extend_from_slice(&self.slot.to_le_bytes());
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&self.unit.to_le_bytes());
+        out.extend_from_slice(&self.fn_addr.to_le_bytes());
+        out.extend_from_slice(&self.tramp_addr.to_le_bytes());
+    }
+
+    /// Parses a request; `None` if it is too short or carries another token.
+    pub fn read(token: u64, b: &[u8]) -> Option<(Request, &[u8])> {
+        if b.len() < REQUEST_HEADER || u64_at(b, 0) != token {
+            return None;
+        }
+        Some((
+            Request {
+                kind: b[8],
+                slot: u32_at(b, 9),
+                generation: u32_at(b, 13),
+                unit: u32_at(b, 17),
+                fn_addr: u64_at(b, 21),
+                tramp_addr: u64_at(b, 29),
+            },
+            &b[REQUEST_HEADER..],
+        ))
+    }
+}
+
+/// Starts a reply for `slot` with outcome `status`; the body follows.
+pub(crate) fn reply_header(token: u64, slot: u32, generation: u32, status: u8, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(&token.to_le_bytes());
+    out.extend_from_slice(&slot.to_le_bytes());
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.push(status);
+}
+
+/// Parses a reply: (slot, generation, status, body).
+pub(crate) fn read_reply(token: u64, b: &[u8]) -> Option<(u32, u32, u8, &[u8])> {
+    if b.len() < REPLY_HEADER || u64_at(b, 0) != token {
+        return None;
+    }
+    Some((u32_at(b, 8), u32_at(b, 12), b[16], &b[REPLY_HEADER..]))
+}
+
+fn u64_at(b: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
+}
+
+fn u32_at(b: &[u8], i: usize) -> u32 {
+    u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_foreign_tokens_are_refused() {
+        let r = Request {
+            kind: KIND_CALL_FN,
+            slot: 7,
+            generation: 9,
+            unit: 3,
+            fn_addr: 0xdead,
+            tramp_addr: 0xbeef,
+        };
+        let mut b = Vec::new();
+        r.write(42, &mut b);
+        b.extend_from_slice(b"args");
+        let (back, args) = Request::read(42, &b).unwrap();
+        assert_eq!((back, args), (r, &b"args"[..]));
+        assert!(Request::read(43, &b).is_none());
+        assert!(Request::read(42, &b[..10]).is_none());
+        let mut rep = Vec::new();
+        reply_header(42, 7, 9, REPLY_VALUE, &mut rep);
+        rep.push(1);
+        assert_eq!(read_reply(42, &rep), Some((7, 9, REPLY_VALUE, &[1u8][..])));
+        assert!(read_reply(1, &rep).is_none());
+    }
+}

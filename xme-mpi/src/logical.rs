@@ -1,0 +1,146 @@
+//! The loop of a logical process: take a request, run it, reply; until EXIT.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use crate::frame::{self, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
+use crate::ring::{Ring, Waited};
+use crate::unit::{Ran, Registry};
+
+/// Status words (shared memory), as the seed names them.
+pub(crate) const ST_BEGIN: u32 = 0;
+pub(crate) const ST_IDLE: u32 = 1;
+pub(crate) const ST_INRUN: u32 = 3;
+pub(crate) const ST_END: u32 = 4;
+
+/// Exit status of a logical process whose request channel was corrupt.
+pub(crate) const EXIT_CORRUPT: i32 = 3;
+
+pub(crate) struct LogicalProcess<'a> {
+    pub id: usize,
+    pub token: u64,
+    pub requests: &'a Ring<'a>,
+    pub replies: &'a Ring<'a>,
+    pub status: &'a AtomicU32,
+    pub registry: &'a Registry,
+    pub parent: u32,
+}
+
+impl LogicalProcess<'_> {
+    pub fn run(&self) -> i32 {
+        xme_core::process::install_quiet_panic_hook();
+        let log = xme_log::Logger::new();
+        let (mut req, mut rep) = (Vec::with_capacity(256), Vec::with_capacity(256));
+        self.status.store(ST_IDLE, Ordering::Release);
+        loop {
+            match self.requests.try_pop(&mut req) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if let Waited::Idle = self.requests.wait_data(Duration::from_millis(100))
+                        && nix::unistd::getppid().as_raw() as u32 != self.parent
+                    {
+                        return 0; // the main process is gone
+                    }
+                    continue;
+                }
+                Err(corrupt) => {
+                    let _ = log.entry().msgtype("Error").print(format!(
+                        "MPI logical process {}: request channel corrupt ({}); exiting",
+                        self.id, corrupt.0
+                    ));
+                    self.status.store(ST_END, Ordering::Release);
+                    return EXIT_CORRUPT;
+                }
+            }
+            let Some((r, args)) = Request::read(self.token, &req) else {
+                let _ = log.entry().msgtype("Error").print(format!(
+                    "MPI logical process {}: dropped a frame of {} bytes without this run's token",
+                    self.id,
+                    req.len()
+                ));
+                continue;
+            };
+            let ran = match r.kind {
+                KIND_EXIT => break,
+                KIND_CALL => {
+                    self.status.store(ST_INRUN, Ordering::Release);
+                    self.registry.run(r.unit, args)
+                }
+                KIND_CALL_FN => {
+                    self.status.store(ST_INRUN, Ordering::Release);
+                    // SAFETY: the frame carries this run's random token, so it was
+                    // written by our main process, which put there the address of
+                    // a `fn(A) -> R` and of `trampoline::<A, R>` for the same A and
+                    // R (see MpiHandle::acquire_fn); both are valid in this forked
+                    // copy of the same program.
+                    unsafe {
+                        let t: unsafe fn(usize, &[u8]) -> Ran =
+                            std::mem::transmute::<usize, unsafe fn(usize, &[u8]) -> Ran>(
+                                r.tramp_addr as usize,
+                            );
+                        t(r.fn_addr as usize, args)
+                    }
+                }
+                other => Ran::Failed(format!("unknown request kind {other}")),
+            };
+            match ran {
+                Ran::Value(bytes) => {
+                    frame::reply_header(
+                        self.token,
+                        r.slot,
+                        r.generation,
+                        frame::REPLY_VALUE,
+                        &mut rep,
+                    );
+                    rep.extend_from_slice(&bytes);
+                }
+                Ran::Panicked(p) => {
+                    frame::reply_header(
+                        self.token,
+                        r.slot,
+                        r.generation,
+                        frame::REPLY_PANICKED,
+                        &mut rep,
+                    );
+                    rep.extend_from_slice(&postcard::to_stdvec(&p).unwrap_or_default());
+                }
+                Ran::Failed(why) => {
+                    frame::reply_header(
+                        self.token,
+                        r.slot,
+                        r.generation,
+                        frame::REPLY_FAILED,
+                        &mut rep,
+                    );
+                    rep.extend_from_slice(why.as_bytes());
+                }
+            }
+            if rep.len() > self.replies.max_payload() {
+                let why = format!(
+                    "result of {} bytes does not fit the reply channel",
+                    rep.len()
+                );
+                frame::reply_header(
+                    self.token,
+                    r.slot,
+                    r.generation,
+                    frame::REPLY_FAILED,
+                    &mut rep,
+                );
+                rep.extend_from_slice(why.as_bytes());
+            }
+            while !self.replies.try_push(&rep) {
+                if let Waited::Idle = self
+                    .replies
+                    .wait_space(rep.len(), Duration::from_millis(100))
+                    && nix::unistd::getppid().as_raw() as u32 != self.parent
+                {
+                    return 0;
+                }
+            }
+            self.status.store(ST_IDLE, Ordering::Release);
+        }
+        self.status.store(ST_END, Ordering::Release);
+        0
+    }
+}

@@ -1,0 +1,901 @@
+use std::marker::PhantomData;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xme_core::process::{Child, fork_child};
+use xme_core::{Fate, PanicReport, SharedRegion};
+
+use crate::MpiError;
+use crate::frame::{self, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
+use crate::logical::{self, LogicalProcess};
+use crate::ring::{Channel, Ring, Waited};
+use crate::unit::{self, Registry, Unit};
+
+/// Where a call goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum To {
+    /// The least loaded live logical process (the seed's `ANY_PROCESS`).
+    Any,
+    /// Logical process `n`, in `1..pnum`.
+    Process(usize),
+    /// Every live logical process (the seed's `ALL_PROCESSES`): `broadcast`, `close`.
+    All,
+}
+
+/// A logical process's state (the seed's `STATUS_*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LpStatus {
+    /// Started, not yet waiting for calls.
+    Begin,
+    /// Waiting for calls, none queued.
+    Idle,
+    /// Calls queued for it, not running one right now.
+    Allocated,
+    /// Running a call.
+    InRun,
+    /// Closed or dead.
+    End,
+}
+
+/// The seed's default `mpi_buffer_size`.
+pub const DEFAULT_BUFFER_SIZE: usize = 255;
+/// Default bytes of each direction's channel to a logical process.
+pub const DEFAULT_CHANNEL_BYTES: usize = 1 << 20;
+/// How long `close` lets a logical process finish its queue before killing it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Longest sleep before checking a peer is alive.
+const LIVENESS: Duration = Duration::from_millis(20);
+
+/// An MPI run: one main process and `pnum - 1` logical processes (seed 3).
+///
+/// ```
+/// use xme_mpi::{Mpi, To};
+///
+/// fn distance((p, q): ((f64, f64), (f64, f64))) -> f64 {
+///     ((q.0 - p.0).powi(2) + (q.1 - p.1).powi(2)).sqrt()
+/// }
+///
+/// # fn main() -> Result<(), xme_mpi::MpiError> {
+/// let mut mpi = Mpi::new(3)?;
+/// let distance = mpi.register("distance", distance);
+/// let right = mpi.run(|m| -> Result<bool, xme_mpi::MpiError> {
+///     let (a, b, c) = ((0.0, 0.0), (3.0, 0.0), (0.0, 4.0));
+///     let ab = m.block_acquire(&distance, &(a, b), To::Any)?;
+///     let ac = m.acquire(&distance, &(a, c), To::Process(1))?;
+///     let bc = m.acquire(&distance, &(b, c), To::Any)?;
+///     let (ac, bc) = (m.get(ac)?, m.get(bc)?);
+///     Ok((ab * ab + ac * ac - bc * bc).abs() < 1e-9)
+/// })??;
+/// assert!(right);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Mpi {
+    pnum: usize,
+    buffer_size: usize,
+    channel_bytes: usize,
+    registry: Registry,
+}
+
+impl Mpi {
+    /// An MPI of `pnum` processes: the main one and `pnum - 1` logical ones.
+    pub fn new(pnum: usize) -> Result<Mpi, MpiError> {
+        if pnum < 2 {
+            return Err(MpiError::PnumTooSmall(pnum));
+        }
+        Ok(Mpi {
+            pnum,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            channel_bytes: DEFAULT_CHANNEL_BYTES,
+            registry: Registry::default(),
+        })
+    }
+
+    /// Result slots (the seed's `mpi_buffer_size`, default 255): calls in
+    /// flight at most; `acquire` waits while every slot is taken.
+    pub fn buffer_size(mut self, slots: usize) -> Mpi {
+        self.buffer_size = slots.max(1);
+        self
+    }
+
+    /// Bytes of each direction's channel to a logical process (default 1 MiB);
+    /// one call's arguments or result must fit in half of it.
+    pub fn channel_bytes(mut self, bytes: usize) -> Mpi {
+        self.channel_bytes = bytes.next_multiple_of(8).max(4096);
+        self
+    }
+
+    /// Registers a computing unit under `name` (the seed's `mpi["distance"] = distance`).
+    pub fn register<A, R, F>(&mut self, name: &'static str, f: F) -> Unit<A, R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        self.registry.register(name, f)
+    }
+
+    /// Forks the logical processes, runs `main` with the handle in this
+    /// process, and closes every logical process afterwards, also when `main`
+    /// panics (the panic then continues). Returns what `main` returns.
+    pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
+        let lps = self.pnum - 1;
+        let per_lp = 2 * Ring::bytes(self.channel_bytes) + 64;
+        let region = SharedRegion::anonymous(lps * per_lp)?;
+        let token = xme_core::Operator::alloc().id();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spins = if self.pnum <= cpus {
+            crate::ring::SPINS_DEDICATED
+        } else {
+            crate::ring::SPINS_SHARED
+        };
+        let mut rings = Vec::with_capacity(lps);
+        for i in 0..lps {
+            let base = i * per_lp;
+            rings.push((
+                Ring::at(&region, base, self.channel_bytes, spins)?,
+                Ring::at(
+                    &region,
+                    base + Ring::bytes(self.channel_bytes),
+                    self.channel_bytes,
+                    spins,
+                )?,
+                region.place::<AtomicU32>(base + 2 * Ring::bytes(self.channel_bytes))?,
+            ));
+        }
+        let parent = xme_core::process::current_pid();
+        let mut children = Vec::with_capacity(lps);
+        for (i, (requests, replies, status)) in rings.iter().enumerate() {
+            let lp = LogicalProcess {
+                id: i + 1,
+                token,
+                requests,
+                replies,
+                status,
+                registry: &self.registry,
+                parent,
+            };
+            children.push(fork_child(move || lp.run())?);
+        }
+        let mut links = Vec::with_capacity(lps);
+        for (i, ((requests, replies, status), child)) in rings.into_iter().zip(children).enumerate()
+        {
+            links.push(Link {
+                id: i + 1,
+                requests: Box::new(requests),
+                replies: Box::new(replies),
+                status,
+                send: Mutex::new(Vec::new()),
+                recv: Mutex::new(Vec::new()),
+                pid: child.pid(),
+                child: Mutex::new(Some(child)),
+                load: AtomicUsize::new(0),
+                ended: OnceLock::new(),
+            });
+        }
+        let handle = MpiHandle {
+            token,
+            links,
+            slots: Mutex::new(SlotTable::new(self.buffer_size)),
+            slot_freed: Condvar::new(),
+            registry: &self.registry,
+        };
+        let out = panic::catch_unwind(AssertUnwindSafe(|| main(&handle)));
+        let _ = handle.close(To::All);
+        match out {
+            Ok(v) => Ok(v),
+            Err(p) => panic::resume_unwind(p),
+        }
+    }
+}
+
+/// The main process's side of one logical process.
+struct Link<'r> {
+    id: usize,
+    requests: Box<dyn Channel + 'r>,
+    replies: Box<dyn Channel + 'r>,
+    status: &'r AtomicU32,
+    /// Serialises producers; holds the frame buffer.
+    send: Mutex<Vec<u8>>,
+    /// Serialises the reply consumer; holds the frame buffer.
+    recv: Mutex<Vec<u8>>,
+    child: Mutex<Option<Child>>,
+    pid: i32,
+    /// Calls sent and not yet answered.
+    load: AtomicUsize,
+    ended: OnceLock<Ended>,
+}
+
+#[derive(Debug, Clone)]
+enum Ended {
+    Died(Fate),
+    Closed(String),
+}
+
+enum SlotState {
+    Free,
+    Pending {
+        lp: usize,
+        unit: &'static str,
+    },
+    Ready(Result<Vec<u8>, MpiError>),
+    /// Its `Slot` was dropped: the reply is discarded on arrival.
+    Abandoned {
+        lp: usize,
+    },
+}
+
+struct SlotEntry {
+    generation: u32,
+    /// The unit of the call the slot last held (for messages).
+    unit: &'static str,
+    state: SlotState,
+}
+
+struct SlotTable {
+    entries: Vec<SlotEntry>,
+    free: Vec<u32>,
+    /// Threads waiting for a free slot (notify only when there are some: a
+    /// condvar notify is a system call).
+    waiters: usize,
+}
+
+impl SlotTable {
+    fn new(size: usize) -> SlotTable {
+        SlotTable {
+            entries: (0..size)
+                .map(|_| SlotEntry {
+                    generation: 0,
+                    unit: "",
+                    state: SlotState::Free,
+                })
+                .collect(),
+            free: (0..size as u32).rev().collect(),
+            waiters: 0,
+        }
+    }
+
+    /// Frees slot `index`; true if a thread waits for a slot (notify it).
+    #[must_use]
+    fn release(&mut self, index: u32) -> bool {
+        let e = &mut self.entries[index as usize];
+        e.state = SlotState::Free;
+        e.generation = e.generation.wrapping_add(1);
+        self.free.push(index);
+        self.waiters > 0
+    }
+}
+
+/// A pending call's result (the seed's buffer position): pass it to
+/// [`MpiHandle::get`]. Dropping it discards the result when it arrives.
+#[must_use = "a slot holds a result: get it, or drop it to discard the result"]
+pub struct Slot<'h, R> {
+    handle: &'h MpiHandle<'h>,
+    index: u32,
+    generation: u32,
+    process: usize,
+    taken: bool,
+    _result: PhantomData<fn() -> R>,
+}
+
+impl<R> Slot<'_, R> {
+    /// The logical process the call went to.
+    pub fn process(&self) -> usize {
+        self.process
+    }
+}
+
+impl<R> std::fmt::Debug for Slot<'_, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("index", &self.index)
+            .field("process", &self.process)
+            .finish()
+    }
+}
+
+impl<R> Drop for Slot<'_, R> {
+    fn drop(&mut self) {
+        if !self.taken {
+            self.handle.abandon(self.index, self.generation);
+        }
+    }
+}
+
+/// The main function's handle on the logical processes (the seed's `XMEMPI`).
+/// It may be used from several threads at once.
+pub struct MpiHandle<'r> {
+    token: u64,
+    links: Vec<Link<'r>>,
+    slots: Mutex<SlotTable>,
+    slot_freed: Condvar,
+    registry: &'r Registry,
+}
+
+impl<'r> MpiHandle<'r> {
+    /// Ids of the logical processes, `1..pnum`.
+    pub fn processes(&self) -> Vec<usize> {
+        self.links.iter().map(|l| l.id).collect()
+    }
+
+    /// The pid of logical process `id`.
+    pub fn pid(&self, id: usize) -> Result<i32, MpiError> {
+        self.link(id).map(|l| l.pid)
+    }
+
+    /// Each logical process's state.
+    pub fn status(&self) -> Vec<(usize, LpStatus)> {
+        self.links
+            .iter()
+            .map(|l| {
+                let s = if l.ended.get().is_some() {
+                    LpStatus::End
+                } else {
+                    match l.status.load(Ordering::Acquire) {
+                        logical::ST_BEGIN => LpStatus::Begin,
+                        logical::ST_INRUN => LpStatus::InRun,
+                        logical::ST_END => LpStatus::End,
+                        _ if l.load.load(Ordering::Acquire) > 0 => LpStatus::Allocated,
+                        _ => LpStatus::Idle,
+                    }
+                };
+                (l.id, s)
+            })
+            .collect()
+    }
+
+    /// Sends a call of `unit` to a logical process and returns its slot at once
+    /// (the seed's `acquire`). Waits while every slot is taken: only `get`
+    /// (or dropping a slot) frees one, so a thread holding `mpi_buffer_size`
+    /// slots must `get` some before acquiring more, or use
+    /// [`acquire_timeout`](Self::acquire_timeout).
+    pub fn acquire<A, R>(
+        &self,
+        unit: &Unit<A, R>,
+        args: &A,
+        to: To,
+    ) -> Result<Slot<'_, R>, MpiError>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.send(unit_request(unit.id), unit.name, args, to, None)
+    }
+
+    /// [`acquire`](Self::acquire), waiting at most `wait` for a free slot.
+    pub fn acquire_timeout<A, R>(
+        &self,
+        unit: &Unit<A, R>,
+        args: &A,
+        to: To,
+        wait: Duration,
+    ) -> Result<Slot<'_, R>, MpiError>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        self.send(unit_request(unit.id), unit.name, args, to, Some(wait))
+    }
+
+    /// Calls a plain function directly, without registering it (seed 3.3's
+    /// `acquire(scatter, …)`). Works because logical processes are forks of
+    /// this program; a closure that captures nothing coerces to a `fn`.
+    pub fn acquire_fn<A, R>(&self, f: fn(A) -> R, args: &A, to: To) -> Result<Slot<'_, R>, MpiError>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+    {
+        let req = Request {
+            kind: KIND_CALL_FN,
+            slot: 0,
+            generation: 0,
+            unit: u32::MAX,
+            fn_addr: f as *const () as usize as u64,
+            tramp_addr: unit::trampoline::<A, R> as *const () as usize as u64,
+        };
+        self.send(req, "fn", args, to, None)
+    }
+
+    /// Calls and waits for the result (the seed's `acquire(…, block=True)`).
+    pub fn block_acquire<A, R>(&self, unit: &Unit<A, R>, args: &A, to: To) -> Result<R, MpiError>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let slot = self.acquire(unit, args, to)?;
+        self.get(slot)
+    }
+
+    /// Sends the call to every live logical process: one slot each.
+    pub fn broadcast<A, R>(&self, unit: &Unit<A, R>, args: &A) -> Result<Vec<Slot<'_, R>>, MpiError>
+    where
+        A: Serialize,
+        R: DeserializeOwned,
+    {
+        let live: Vec<usize> = self
+            .links
+            .iter()
+            .filter(|l| l.ended.get().is_none())
+            .map(|l| l.id)
+            .collect();
+        if live.is_empty() {
+            return Err(MpiError::NoLiveProcess);
+        }
+        live.into_iter()
+            .map(|id| self.acquire(unit, args, To::Process(id)))
+            .collect()
+    }
+
+    /// Waits for a call's result and frees its slot (the seed's `get`).
+    pub fn get<R: DeserializeOwned>(&self, mut slot: Slot<'_, R>) -> Result<R, MpiError> {
+        slot.taken = true;
+        let (bytes, unit) = self.wait_result(slot.index, slot.generation)?;
+        xme_core::frame::decode(&bytes, "a unit result").map_err(|e| MpiError::Decode {
+            unit: unit.to_string(),
+            reason: e.to_string(),
+        })
+    }
+
+    /// Ends logical processes (the seed's `close`): each finishes the calls
+    /// already queued for it, then exits; one that does not exit within
+    /// [`CLOSE_GRACE`] is killed. Every logical process is reaped. Closing a
+    /// closed process is a no-op.
+    pub fn close(&self, to: To) -> Result<(), MpiError> {
+        let targets: Vec<&Link<'r>> = match to {
+            To::All | To::Any => self.links.iter().collect(),
+            To::Process(id) => vec![self.link(id)?],
+        };
+        let exit = Request {
+            kind: KIND_EXIT,
+            slot: 0,
+            generation: 0,
+            unit: 0,
+            fn_addr: 0,
+            tramp_addr: 0,
+        };
+        for l in &targets {
+            if l.ended.get().is_none() {
+                let mut buf = lock(&l.send);
+                exit.write(self.token, &mut buf);
+                let deadline = Instant::now() + CLOSE_GRACE;
+                while !l.requests.try_send(&buf) && Instant::now() < deadline {
+                    l.requests.wait_send(buf.len(), LIVENESS);
+                }
+            }
+        }
+        for l in &targets {
+            if l.ended.get().is_some() {
+                continue;
+            }
+            let deadline = Instant::now() + CLOSE_GRACE;
+            let fate = loop {
+                // Keep draining replies so the process is never stuck on a full channel.
+                self.pump(l, &mut lock(&l.recv));
+                let mut child = lock(&l.child);
+                let Some(c) = child.as_mut() else { break None };
+                match c.try_wait() {
+                    Ok(Some(f)) => break Some(f),
+                    Ok(None) if Instant::now() >= deadline => break c.kill_mut().ok(),
+                    Ok(None) => {}
+                    Err(_) => break None,
+                }
+                // Sleep until it exits (its pidfd turns readable), 1 ms at most,
+                // then drain replies again.
+                match c.pidfd() {
+                    Some(fd) => {
+                        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1u8));
+                    }
+                    None => std::thread::sleep(Duration::from_millis(1)),
+                }
+            };
+            self.pump(l, &mut lock(&l.recv));
+            let reason = match fate {
+                Some(f) if f.is_success() => "closed".to_string(),
+                Some(f) => format!("closed; it {f}"),
+                None => "closed".to_string(),
+            };
+            let _ = l.ended.set(Ended::Closed(reason));
+            self.fail_pending(l);
+        }
+        Ok(())
+    }
+
+    fn link(&self, id: usize) -> Result<&Link<'r>, MpiError> {
+        id.checked_sub(1)
+            .and_then(|i| self.links.get(i))
+            .ok_or(MpiError::NoSuchProcess(id))
+    }
+
+    fn choose(&self, to: To) -> Result<&Link<'r>, MpiError> {
+        match to {
+            To::All => Err(MpiError::UseBroadcast),
+            To::Process(id) => {
+                let l = self.link(id)?;
+                match l.ended.get() {
+                    None => Ok(l),
+                    Some(e) => Err(self.ended_error(l, e)),
+                }
+            }
+            To::Any => self
+                .links
+                .iter()
+                .filter(|l| l.ended.get().is_none())
+                .min_by_key(|l| l.load.load(Ordering::Relaxed))
+                .ok_or(MpiError::NoLiveProcess),
+        }
+    }
+
+    fn ended_error(&self, l: &Link<'_>, e: &Ended) -> MpiError {
+        match e {
+            Ended::Died(fate) => MpiError::ProcessDied {
+                process: l.id,
+                pid: l.pid,
+                fate: *fate,
+            },
+            Ended::Closed(reason) => MpiError::Closed {
+                process: l.id,
+                reason: reason.clone(),
+            },
+        }
+    }
+
+    fn send<A: Serialize, R>(
+        &self,
+        mut req: Request,
+        unit: &'static str,
+        args: &A,
+        to: To,
+        wait: Option<Duration>,
+    ) -> Result<Slot<'_, R>, MpiError> {
+        let link = self.choose(to)?;
+        let (index, generation) = self.take_slot(link.id, unit, wait)?;
+        let slot = Slot {
+            handle: self,
+            index,
+            generation,
+            process: link.id,
+            taken: false,
+            _result: PhantomData,
+        };
+        req.slot = index;
+        req.generation = generation;
+        let mut buf = lock(&link.send);
+        req.write(self.token, &mut buf);
+        let frame =
+            postcard::to_extend(args, std::mem::take(&mut *buf)).map_err(|e| MpiError::Encode {
+                unit: unit.to_string(),
+                reason: e.to_string(),
+            });
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                self.release(index, generation);
+                return Err(e);
+            }
+        };
+        *buf = frame;
+        if buf.len() > link.requests.max_frame() {
+            let (len, capacity) = (buf.len(), link.requests.capacity());
+            self.release(index, generation);
+            return Err(MpiError::FrameTooLarge { len, capacity });
+        }
+        link.load.fetch_add(1, Ordering::AcqRel);
+        while !link.requests.try_send(&buf) {
+            // The process is slow or gone: check before waiting again.
+            if let Waited::Idle = link.requests.wait_send(buf.len(), LIVENESS)
+                && !self.check_alive(link, &mut lock(&link.recv))
+            {
+                drop(buf);
+                return Err(self.ended_error(link, link.ended.get().expect("just ended")));
+            }
+        }
+        Ok(slot)
+    }
+
+    /// Takes a free slot, waiting while all are taken (at most `wait`).
+    fn take_slot(
+        &self,
+        lp: usize,
+        unit: &'static str,
+        wait: Option<Duration>,
+    ) -> Result<(u32, u32), MpiError> {
+        let mut start = None;
+        let mut table = lock(&self.slots);
+        loop {
+            if let Some(index) = table.free.pop() {
+                let e = &mut table.entries[index as usize];
+                e.state = SlotState::Pending { lp, unit };
+                e.unit = unit;
+                return Ok((index, e.generation));
+            }
+            let start = *start.get_or_insert_with(Instant::now);
+            table.waiters += 1;
+            table = match wait {
+                None => self
+                    .slot_freed
+                    .wait(table)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(w) => match w.checked_sub(start.elapsed()) {
+                    Some(left) => {
+                        self.slot_freed
+                            .wait_timeout(table, left)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0
+                    }
+                    None => {
+                        table.waiters -= 1;
+                        return Err(MpiError::BufferFull {
+                            size: table.entries.len(),
+                            waited: start.elapsed(),
+                        });
+                    }
+                },
+            };
+            table.waiters -= 1;
+        }
+    }
+
+    fn release(&self, index: u32, generation: u32) {
+        let mut table = lock(&self.slots);
+        if table.entries[index as usize].generation == generation && table.release(index) {
+            self.slot_freed.notify_one();
+        }
+    }
+
+    fn abandon(&self, index: u32, generation: u32) {
+        let mut table = lock(&self.slots);
+        let e = &mut table.entries[index as usize];
+        if e.generation != generation {
+            return;
+        }
+        let release = match e.state {
+            SlotState::Pending { lp, .. } => {
+                e.state = SlotState::Abandoned { lp };
+                false
+            }
+            SlotState::Ready(_) => true,
+            _ => false,
+        };
+        if release && table.release(index) {
+            self.slot_freed.notify_one();
+        }
+    }
+
+    /// Waits for slot `index` to hold its result, reading replies meanwhile.
+    fn wait_result(
+        &self,
+        index: u32,
+        generation: u32,
+    ) -> Result<(Vec<u8>, &'static str), MpiError> {
+        let mut last_check = Instant::now();
+        loop {
+            let lp = {
+                let mut table = lock(&self.slots);
+                let e = &mut table.entries[index as usize];
+                if e.generation != generation {
+                    return Err(MpiError::BadSlot);
+                }
+                match std::mem::replace(&mut e.state, SlotState::Free) {
+                    SlotState::Ready(r) => {
+                        let unit = e.unit;
+                        if table.release(index) {
+                            self.slot_freed.notify_one();
+                        }
+                        return r.map(|bytes| (bytes, unit));
+                    }
+                    SlotState::Pending { lp, unit } => {
+                        e.state = SlotState::Pending { lp, unit };
+                        lp
+                    }
+                    other => {
+                        e.state = other;
+                        return Err(MpiError::BadSlot);
+                    }
+                }
+            };
+            let link = &self.links[lp - 1];
+            // One thread reads a process's replies at a time; the others find
+            // their slot filled when they get the lock.
+            let mut reader = lock(&link.recv);
+            if self.slot_ready(index, generation) {
+                continue;
+            }
+            if self.pump(link, &mut reader) > 0 {
+                continue;
+            }
+            let waited = link.replies.wait_recv(LIVENESS);
+            let quiet = matches!(waited, Waited::Idle) || last_check.elapsed() >= LIVENESS;
+            if quiet {
+                last_check = Instant::now();
+                if !self.check_alive(link, &mut reader) {
+                    self.fail_pending(link);
+                }
+            }
+        }
+    }
+
+    fn slot_ready(&self, index: u32, generation: u32) -> bool {
+        let table = lock(&self.slots);
+        let e = &table.entries[index as usize];
+        e.generation != generation || !matches!(e.state, SlotState::Pending { .. })
+    }
+
+    /// Delivers every reply waiting in `link`'s channel; returns how many.
+    /// `buf` is the buffer of `link.recv`, whose lock the caller holds: the
+    /// reply channel has a single consumer.
+    fn pump(&self, link: &Link<'_>, buf: &mut Vec<u8>) -> usize {
+        let mut n = 0;
+        loop {
+            match link.replies.try_recv(buf) {
+                Ok(true) => {
+                    n += 1;
+                    match frame::read_reply(self.token, buf) {
+                        Some((slot, generation, status, body)) => {
+                            self.deliver(link, slot, generation, status, body);
+                        }
+                        None => {
+                            let _ = xme_log::Logger::new().entry().msgtype("Error").print(format!(
+                                "MPI: dropped a reply of {} bytes from logical process {} without this run's token",
+                                buf.len(),
+                                link.id
+                            ));
+                        }
+                    }
+                }
+                Ok(false) => return n,
+                Err(corrupt) => {
+                    let _ = xme_log::Logger::new()
+                        .entry()
+                        .msgtype("Error")
+                        .print(format!(
+                            "MPI: reply channel of logical process {} is corrupt ({}); closing it",
+                            link.id, corrupt.0
+                        ));
+                    if let Some(c) = lock(&link.child).as_mut() {
+                        let _ = c.kill_mut();
+                    }
+                    let _ = link
+                        .ended
+                        .set(Ended::Closed("its reply channel was corrupt".into()));
+                    self.fail_pending(link);
+                    return n;
+                }
+            }
+        }
+    }
+
+    fn deliver(&self, link: &Link<'_>, slot: u32, generation: u32, status: u8, body: &[u8]) {
+        let mut table = lock(&self.slots);
+        let Some(e) = table.entries.get_mut(slot as usize) else {
+            return;
+        };
+        if e.generation != generation {
+            return;
+        }
+        link.load.fetch_sub(1, Ordering::AcqRel);
+        let abandoned = match e.state {
+            SlotState::Pending { unit, .. } => {
+                e.state = SlotState::Ready(match status {
+                    frame::REPLY_VALUE => Ok(body.to_vec()),
+                    frame::REPLY_PANICKED => Err(MpiError::UnitPanicked {
+                        unit: unit.to_string(),
+                        process: link.id,
+                        panic: postcard::from_bytes(body).unwrap_or(PanicReport {
+                            message: "(unreadable panic report)".into(),
+                            location: None,
+                        }),
+                    }),
+                    _ => Err(MpiError::UnitFailed {
+                        unit: unit.to_string(),
+                        process: link.id,
+                        reason: String::from_utf8_lossy(body).into_owned(),
+                    }),
+                });
+                false
+            }
+            SlotState::Abandoned { .. } => true,
+            _ => false,
+        };
+        if abandoned && table.release(slot) {
+            self.slot_freed.notify_one();
+        }
+    }
+
+    /// Whether `link`'s process lives; records its death if not. `reader` is
+    /// the held `link.recv` buffer.
+    fn check_alive(&self, link: &Link<'_>, reader: &mut Vec<u8>) -> bool {
+        if link.ended.get().is_some() {
+            return false;
+        }
+        let mut child = lock(&link.child);
+        match child.as_mut().map(Child::try_wait) {
+            Some(Ok(None)) => true,
+            Some(Ok(Some(fate))) => {
+                drop(child);
+                self.pump(link, reader); // replies it wrote before dying still count
+                let _ = link.ended.set(Ended::Died(fate));
+                false
+            }
+            _ => {
+                let _ = link
+                    .ended
+                    .set(Ended::Closed("its process could not be waited for".into()));
+                false
+            }
+        }
+    }
+
+    /// Fails every slot still pending on an ended process.
+    fn fail_pending(&self, link: &Link<'_>) {
+        let Some(ended) = link.ended.get() else {
+            return;
+        };
+        let err = self.ended_error(link, ended);
+        let mut table = lock(&self.slots);
+        let mut freed = false;
+        for i in 0..table.entries.len() {
+            match table.entries[i].state {
+                SlotState::Pending { lp, .. } if lp == link.id => {
+                    table.entries[i].state = SlotState::Ready(Err(err.clone()));
+                }
+                SlotState::Abandoned { lp } if lp == link.id => {
+                    freed |= table.release(i as u32);
+                }
+                _ => {}
+            }
+        }
+        link.load.store(0, Ordering::Release);
+        if freed {
+            self.slot_freed.notify_all();
+        }
+    }
+
+    /// Writes a frame with a foreign token to logical process `id` (tests).
+    #[doc(hidden)]
+    pub fn inject_foreign_frame(&self, id: usize) -> Result<(), MpiError> {
+        let l = self.link(id)?;
+        let _g = lock(&l.send);
+        let mut junk = vec![0xA5u8; 64];
+        junk[..8].copy_from_slice(&(!self.token).to_le_bytes());
+        while !l.requests.try_send(&junk) {
+            l.requests.wait_send(junk.len(), LIVENESS);
+        }
+        Ok(())
+    }
+
+    /// Writes a frame header that breaks the channel of logical process `id` (tests).
+    #[doc(hidden)]
+    pub fn inject_corrupt_header(&self, id: usize) -> Result<(), MpiError> {
+        let l = self.link(id)?;
+        let _g = lock(&l.send);
+        l.requests.inject_raw(u64::MAX);
+        Ok(())
+    }
+
+    /// The name of a registered unit id (for messages).
+    pub fn unit_name(&self, id: u32) -> &'static str {
+        self.registry.name(id)
+    }
+}
+
+fn unit_request(id: u32) -> Request {
+    Request {
+        kind: KIND_CALL,
+        slot: 0,
+        generation: 0,
+        unit: id,
+        fn_addr: 0,
+        tramp_addr: 0,
+    }
+}
+
+/// Locks a mutex, going on if a panicking thread poisoned it (the data it
+/// guards is only frame buffers and slot bookkeeping, always left whole).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,112 @@
+//! Computing units: functions a logical process runs for the main process.
+//!
+//! A unit registered by name gets a numeric id; a call names the id, which
+//! would carry across hosts in a later backend where the same program runs on
+//! each host. A plain `fn` can also be passed directly: within one fork family
+//! its address is valid in every process, so the call carries the address and
+//! the address of a trampoline monomorphised for its argument and result
+//! types.
+
+use std::marker::PhantomData;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xme_core::PanicReport;
+
+/// What running a unit gave: encoded result bytes, or why there are none.
+pub(crate) enum Ran {
+    Value(Vec<u8>),
+    Panicked(PanicReport),
+    Failed(String),
+}
+
+type Erased = Box<dyn Fn(&[u8]) -> Ran + Send + Sync>;
+
+/// Decodes the arguments, runs `f`, encodes the result, catching a panic.
+fn run_typed<A, R>(f: impl Fn(A) -> R, args: &[u8]) -> Ran
+where
+    A: DeserializeOwned,
+    R: Serialize,
+{
+    let args: A = match xme_core::frame::decode(args, "unit arguments") {
+        Ok(a) => a,
+        Err(e) => return Ran::Failed(e.to_string()),
+    };
+    match xme_core::process::catch_panic(|| f(args)) {
+        Ok(r) => match postcard::to_stdvec(&r) {
+            Ok(bytes) => Ran::Value(bytes),
+            Err(e) => Ran::Failed(format!("could not encode the result: {e}")),
+        },
+        Err(p) => Ran::Panicked(p),
+    }
+}
+
+/// The trampoline a direct `fn` call names: `f` is a `fn(A) -> R`.
+///
+/// # Safety
+/// `f` must be the address of a `fn(A) -> R` of this program, with exactly
+/// these `A` and `R` (the caller wrote both addresses into the same frame).
+pub(crate) unsafe fn trampoline<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Ran {
+    // SAFETY: guaranteed by the caller: `f` came from a `fn(A) -> R`, and fn
+    // pointers are address-sized.
+    let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
+    run_typed(f, args)
+}
+
+/// A typed handle to a registered unit: the call's argument and result types
+/// are checked at compile time.
+#[derive(Debug)]
+pub struct Unit<A, R> {
+    pub(crate) id: u32,
+    pub(crate) name: &'static str,
+    _types: PhantomData<fn(A) -> R>,
+}
+
+impl<A, R> Clone for Unit<A, R> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A, R> Copy for Unit<A, R> {}
+
+impl<A, R> Unit<A, R> {
+    /// The name it was registered under.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// The units of one run, built before the logical processes are forked.
+#[derive(Default)]
+pub(crate) struct Registry {
+    units: Vec<(&'static str, Erased)>,
+}
+
+impl Registry {
+    pub fn register<A, R, F>(&mut self, name: &'static str, f: F) -> Unit<A, R>
+    where
+        A: DeserializeOwned,
+        R: Serialize,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        let id = self.units.len() as u32;
+        self.units
+            .push((name, Box::new(move |args| run_typed(&f, args))));
+        Unit {
+            id,
+            name,
+            _types: PhantomData,
+        }
+    }
+
+    pub fn run(&self, id: u32, args: &[u8]) -> Ran {
+        match self.units.get(id as usize) {
+            Some((_, f)) => f(args),
+            None => Ran::Failed(format!("no unit with id {id} is registered")),
+        }
+    }
+
+    pub fn name(&self, id: u32) -> &'static str {
+        self.units.get(id as usize).map_or("?", |(n, _)| n)
+    }
+}

@@ -1,0 +1,377 @@
+//! MPI across real processes: results, routing, pipelining, failures.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use xme_core::process::children_of;
+use xme_mpi::{LpStatus, Mpi, MpiError, To};
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// Serialises the tests of this file: each counts this process's children and
+/// descriptors, which a test running beside it would change.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Runs `f` and checks it leaves no child process and no descriptor behind.
+fn clean<T>(f: impl FnOnce() -> T) -> T {
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let fds = open_fds();
+    let out = f();
+    assert_eq!(
+        children_of(std::process::id() as i32),
+        Vec::<i32>::new(),
+        "children left"
+    );
+    assert_eq!(open_fds(), fds, "descriptors leaked");
+    out
+}
+
+#[test]
+fn ten_thousand_calls_with_mixed_destinations_match_a_serial_run() {
+    clean(|| {
+        let mut mpi = Mpi::new(4).unwrap();
+        let f = mpi.register("f", |(a, b): (u64, String)| a * 3 + b.len() as u64);
+        let got = mpi
+            .run(|m| {
+                let mut out = Vec::new();
+                let mut slots = Vec::new();
+                for i in 0..10_000u64 {
+                    let to = match i % 4 {
+                        0 => To::Any,
+                        k => To::Process(k as usize),
+                    };
+                    if i % 97 == 0 {
+                        out.push(
+                            m.block_acquire(&f, &(i, "x".repeat(i as usize % 7)), to)
+                                .unwrap(),
+                        );
+                    } else {
+                        slots.push(m.acquire(&f, &(i, "x".repeat(i as usize % 7)), to).unwrap());
+                    }
+                    if slots.len() == 200 {
+                        out.extend(slots.drain(..).map(|s| m.get(s).unwrap()));
+                    }
+                }
+                out.extend(slots.drain(..).map(|s| m.get(s).unwrap()));
+                out
+            })
+            .unwrap();
+        let mut serial: Vec<u64> = (0..10_000u64).map(|i| i * 3 + (i % 7)).collect();
+        let mut got = got;
+        serial.sort_unstable();
+        got.sort_unstable();
+        assert_eq!(got, serial);
+    });
+}
+
+#[test]
+fn results_come_back_to_their_own_slots_in_order() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let id = mpi.register("id", |x: u32| x);
+        mpi.run(|m| {
+            // 250 in flight at a time: within the 255-slot buffer.
+            for round in 0..4u32 {
+                let slots: Vec<_> = (0..250u32)
+                    .map(|i| m.acquire(&id, &(round * 250 + i), To::Any).unwrap())
+                    .collect();
+                for (i, s) in slots.into_iter().enumerate() {
+                    assert_eq!(m.get(s).unwrap(), round * 250 + i as u32);
+                }
+            }
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn broadcast_reaches_every_logical_process() {
+    clean(|| {
+        let mut mpi = Mpi::new(4).unwrap();
+        let whoami = mpi.register("whoami", |(): ()| std::process::id());
+        let pids = mpi
+            .run(|m| {
+                let slots = m.broadcast(&whoami, &()).unwrap();
+                assert_eq!(slots.len(), 3);
+                let got: Vec<u32> = slots.into_iter().map(|s| m.get(s).unwrap()).collect();
+                let expected: HashSet<u32> = m
+                    .processes()
+                    .iter()
+                    .map(|&p| m.pid(p).unwrap() as u32)
+                    .collect();
+                (got, expected)
+            })
+            .unwrap();
+        assert_eq!(pids.0.iter().copied().collect::<HashSet<_>>(), pids.1);
+    });
+}
+
+#[test]
+fn direct_functions_need_no_registration() {
+    fn cube(x: i64) -> i64 {
+        x * x * x
+    }
+    clean(|| {
+        let mpi = Mpi::new(2).unwrap();
+        let v = mpi
+            .run(|m| {
+                let a = m.acquire_fn(cube, &3, To::Any).unwrap();
+                let b = m
+                    .acquire_fn(
+                        |s: String| s.to_uppercase(),
+                        &"hi".to_string(),
+                        To::Process(1),
+                    )
+                    .unwrap();
+                (m.get(a).unwrap(), m.get(b).unwrap())
+            })
+            .unwrap();
+        assert_eq!(v, (27, "HI".to_string()));
+    });
+}
+
+#[test]
+fn a_full_buffer_blocks_and_its_timeout_errors() {
+    clean(|| {
+        let mut mpi = Mpi::new(2).unwrap().buffer_size(4);
+        let slow = mpi.register("slow", |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        });
+        mpi.run(|m| {
+            let held: Vec<_> = (0..4)
+                .map(|_| m.acquire(&slow, &50, To::Any).unwrap())
+                .collect();
+            let t = Instant::now();
+            let e = m
+                .acquire_timeout(&slow, &1, To::Any, Duration::from_millis(30))
+                .unwrap_err();
+            assert!(matches!(e, MpiError::BufferFull { size: 4, .. }), "{e}");
+            assert!(t.elapsed() >= Duration::from_millis(30));
+            // A plain acquire waits until a get frees a slot (here, from another thread).
+            std::thread::scope(|s| {
+                let mut held = held;
+                let first = held.remove(0);
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(20));
+                    assert_eq!(m.get(first).unwrap(), 50);
+                });
+                let t = Instant::now();
+                let extra = m.acquire(&slow, &1, To::Any).unwrap();
+                assert!(
+                    t.elapsed() >= Duration::from_millis(15),
+                    "acquire did not wait for a slot"
+                );
+                assert_eq!(m.get(extra).unwrap(), 1);
+                for h in held {
+                    assert_eq!(m.get(h).unwrap(), 50);
+                }
+            });
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_panicking_unit_fails_its_call_and_the_process_lives_on() {
+    clean(|| {
+        let mut mpi = Mpi::new(2).unwrap();
+        let div = mpi.register("div", |(a, b): (i32, i32)| {
+            assert!(b != 0, "division by zero");
+            a / b
+        });
+        mpi.run(|m| {
+            let e = m.block_acquire(&div, &(1, 0), To::Any).unwrap_err();
+            match &e {
+                MpiError::UnitPanicked {
+                    unit,
+                    process,
+                    panic,
+                } => {
+                    assert_eq!((unit.as_str(), *process), ("div", 1));
+                    assert_eq!(panic.message, "division by zero");
+                }
+                other => panic!("{other}"),
+            }
+            assert!(e.to_string().starts_with(xme_mpi::TASK_RUN_FAILURE));
+            assert_eq!(m.block_acquire(&div, &(9, 3), To::Any).unwrap(), 3);
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn a_killed_logical_process_fails_its_calls_and_the_others_go_on() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let nap = mpi.register("nap", |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        });
+        mpi.run(|m| {
+            let doomed: Vec<_> = (0..5)
+                .map(|_| m.acquire(&nap, &200, To::Process(1)).unwrap())
+                .collect();
+            let fine: Vec<_> = (0..5)
+                .map(|_| m.acquire(&nap, &10, To::Process(2)).unwrap())
+                .collect();
+            std::thread::sleep(Duration::from_millis(50));
+            let pid = m.pid(1).unwrap();
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+            for s in doomed {
+                match m.get(s).unwrap_err() {
+                    MpiError::ProcessDied {
+                        process: 1, fate, ..
+                    } => assert_eq!(fate.signal(), Some(9)),
+                    other => panic!("{other}"),
+                }
+            }
+            for s in fine {
+                assert_eq!(m.get(s).unwrap(), 10);
+            }
+            // "Any" skips the dead process; naming it is an error.
+            for _ in 0..5 {
+                let s = m.acquire(&nap, &1, To::Any).unwrap();
+                assert_eq!(s.process(), 2);
+                m.get(s).unwrap();
+            }
+            assert!(matches!(
+                m.acquire(&nap, &1, To::Process(1)),
+                Err(MpiError::ProcessDied { .. })
+            ));
+            assert_eq!(m.status()[0], (1, LpStatus::End));
+            m.close(To::All).unwrap();
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn garbage_in_a_channel_is_dropped_or_ends_only_that_process() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let twice = mpi.register("twice", |x: u8| x * 2);
+        mpi.run(|m| {
+            // A well-framed frame without the run's token: dropped, logged.
+            m.inject_foreign_frame(1).unwrap();
+            assert_eq!(m.block_acquire(&twice, &4, To::Process(1)).unwrap(), 8);
+            // A frame header that breaks the channel: that process ends, its
+            // calls fail, the other process goes on.
+            let s = m.acquire(&twice, &1, To::Process(2)).unwrap();
+            m.inject_corrupt_header(2).unwrap();
+            let after = m.acquire(&twice, &2, To::Process(2));
+            let r = m.get(s);
+            assert!(
+                r.is_ok() || matches!(r, Err(MpiError::ProcessDied { .. })),
+                "{r:?}"
+            );
+            if let Ok(after) = after {
+                assert!(matches!(
+                    m.get(after),
+                    Err(MpiError::ProcessDied { process: 2, .. })
+                ));
+            }
+            assert_eq!(m.block_acquire(&twice, &5, To::Any).unwrap(), 10);
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn pnum_below_two_is_refused() {
+    assert!(matches!(Mpi::new(1), Err(MpiError::PnumTooSmall(1))));
+    assert!(matches!(Mpi::new(0), Err(MpiError::PnumTooSmall(0))));
+}
+
+#[test]
+fn close_twice_and_run_without_close_leave_nothing_behind() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let one = mpi.register("one", |(): ()| 1u8);
+        mpi.run(|m| {
+            m.close(To::Process(1)).unwrap();
+            m.close(To::Process(1)).unwrap();
+            assert!(matches!(
+                m.acquire(&one, &(), To::Process(1)),
+                Err(MpiError::Closed { .. })
+            ));
+            assert_eq!(m.block_acquire(&one, &(), To::Any).unwrap(), 1);
+            m.close(To::All).unwrap();
+            m.close(To::All).unwrap();
+            assert!(matches!(
+                m.acquire(&one, &(), To::Any),
+                Err(MpiError::NoLiveProcess)
+            ));
+        })
+        .unwrap();
+    });
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let one = mpi.register("one", |(): ()| 1u8);
+        // main returns with calls still queued and never closes.
+        let queued = mpi
+            .run(|m| {
+                for _ in 0..100 {
+                    std::mem::forget(m.acquire(&one, &(), To::Any).unwrap());
+                }
+                m.status().len()
+            })
+            .unwrap();
+        assert_eq!(queued, 2);
+    });
+}
+
+#[test]
+fn main_panicking_still_closes_everything() {
+    clean(|| {
+        let mpi = Mpi::new(2).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            mpi.run(|_m| -> () { panic!("main gives up") })
+        }));
+        assert!(r.is_err());
+    });
+}
+
+#[test]
+fn status_reports_each_process() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let nap = mpi.register("nap", |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms))
+        });
+        mpi.run(|m| {
+            let s = m.acquire(&nap, &100, To::Process(1)).unwrap();
+            let t = Instant::now();
+            while m.status()[0].1 != LpStatus::InRun {
+                assert!(t.elapsed() < Duration::from_secs(5));
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(matches!(m.status()[1].1, LpStatus::Idle | LpStatus::Begin));
+            m.get(s).unwrap();
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn arguments_too_large_for_the_channel_are_an_error() {
+    clean(|| {
+        let mut mpi = Mpi::new(2).unwrap().channel_bytes(8192);
+        let len = mpi.register("len", |v: Vec<u8>| v.len());
+        mpi.run(|m| {
+            let e = m.acquire(&len, &vec![0u8; 10_000], To::Any).unwrap_err();
+            assert!(matches!(e, MpiError::FrameTooLarge { .. }), "{e}");
+            assert_eq!(
+                m.block_acquire(&len, &vec![0u8; 1000], To::Any).unwrap(),
+                1000
+            );
+        })
+        .unwrap();
+    });
+}
