@@ -60,11 +60,19 @@ impl LogicalProcess<'_> {
                 ));
                 continue;
             };
+            // The reply header first; a unit that succeeds appends its result.
+            frame::reply_header(
+                self.token,
+                r.slot,
+                r.generation,
+                frame::REPLY_VALUE,
+                &mut rep,
+            );
             let ran = match r.kind {
                 KIND_EXIT => break,
                 KIND_CALL => {
                     self.status.store(ST_INRUN, Ordering::Release);
-                    self.registry.run(r.unit, args)
+                    self.registry.run(r.unit, args, &mut rep)
                 }
                 KIND_CALL_FN => {
                     self.status.store(ST_INRUN, Ordering::Release);
@@ -74,26 +82,18 @@ impl LogicalProcess<'_> {
                     // R (see MpiHandle::acquire_fn); both are valid in this forked
                     // copy of the same program.
                     unsafe {
-                        let t: unsafe fn(usize, &[u8]) -> Ran =
-                            std::mem::transmute::<usize, unsafe fn(usize, &[u8]) -> Ran>(
-                                r.tramp_addr as usize,
-                            );
-                        t(r.fn_addr as usize, args)
+                        let t: unsafe fn(usize, &[u8], &mut Vec<u8>) -> Ran =
+                            std::mem::transmute::<
+                                usize,
+                                unsafe fn(usize, &[u8], &mut Vec<u8>) -> Ran,
+                            >(r.tramp_addr as usize);
+                        t(r.fn_addr as usize, args, &mut rep)
                     }
                 }
                 other => Ran::Failed(format!("unknown request kind {other}")),
             };
             match ran {
-                Ran::Value(bytes) => {
-                    frame::reply_header(
-                        self.token,
-                        r.slot,
-                        r.generation,
-                        frame::REPLY_VALUE,
-                        &mut rep,
-                    );
-                    rep.extend_from_slice(&bytes);
-                }
+                Ran::Value => {}
                 Ran::Panicked(p) => {
                     frame::reply_header(
                         self.token,

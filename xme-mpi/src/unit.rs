@@ -13,17 +13,18 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xme_core::PanicReport;
 
-/// What running a unit gave: encoded result bytes, or why there are none.
+/// What running a unit gave: the result was appended to the reply, or why not.
 pub(crate) enum Ran {
-    Value(Vec<u8>),
+    Value,
     Panicked(PanicReport),
     Failed(String),
 }
 
-type Erased = Box<dyn Fn(&[u8]) -> Ran + Send + Sync>;
+type Erased = Box<dyn Fn(&[u8], &mut Vec<u8>) -> Ran + Send + Sync>;
 
-/// Decodes the arguments, runs `f`, encodes the result, catching a panic.
-fn run_typed<A, R>(f: impl Fn(A) -> R, args: &[u8]) -> Ran
+/// Decodes the arguments, runs `f` (catching a panic), and appends the encoded
+/// result to `out` (the reply frame being built: no copy, no allocation).
+fn run_typed<A, R>(f: impl Fn(A) -> R, args: &[u8], out: &mut Vec<u8>) -> Ran
 where
     A: DeserializeOwned,
     R: Serialize,
@@ -33,10 +34,19 @@ where
         Err(e) => return Ran::Failed(e.to_string()),
     };
     match xme_core::process::catch_panic(|| f(args)) {
-        Ok(r) => match postcard::to_stdvec(&r) {
-            Ok(bytes) => Ran::Value(bytes),
-            Err(e) => Ran::Failed(format!("could not encode the result: {e}")),
-        },
+        Ok(r) => {
+            let start = out.len();
+            match postcard::to_extend(&r, std::mem::take(out)) {
+                Ok(v) => {
+                    *out = v;
+                    Ran::Value
+                }
+                Err(e) => {
+                    out.truncate(start);
+                    Ran::Failed(format!("could not encode the result: {e}"))
+                }
+            }
+        }
         Err(p) => Ran::Panicked(p),
     }
 }
@@ -46,11 +56,15 @@ where
 /// # Safety
 /// `f` must be the address of a `fn(A) -> R` of this program, with exactly
 /// these `A` and `R` (the caller wrote both addresses into the same frame).
-pub(crate) unsafe fn trampoline<A: DeserializeOwned, R: Serialize>(f: usize, args: &[u8]) -> Ran {
+pub(crate) unsafe fn trampoline<A: DeserializeOwned, R: Serialize>(
+    f: usize,
+    args: &[u8],
+    out: &mut Vec<u8>,
+) -> Ran {
     // SAFETY: guaranteed by the caller: `f` came from a `fn(A) -> R`, and fn
     // pointers are address-sized.
     let f: fn(A) -> R = unsafe { std::mem::transmute::<usize, fn(A) -> R>(f) };
-    run_typed(f, args)
+    run_typed(f, args, out)
 }
 
 /// A typed handle to a registered unit: the call's argument and result types
@@ -90,8 +104,10 @@ impl Registry {
         F: Fn(A) -> R + Send + Sync + 'static,
     {
         let id = self.units.len() as u32;
-        self.units
-            .push((name, Box::new(move |args| run_typed(&f, args))));
+        self.units.push((
+            name,
+            Box::new(move |args, out: &mut Vec<u8>| run_typed(&f, args, out)),
+        ));
         Unit {
             id,
             name,
@@ -99,9 +115,9 @@ impl Registry {
         }
     }
 
-    pub fn run(&self, id: u32, args: &[u8]) -> Ran {
+    pub fn run(&self, id: u32, args: &[u8], out: &mut Vec<u8>) -> Ran {
         match self.units.get(id as usize) {
-            Some((_, f)) => f(args),
+            Some((_, f)) => f(args, out),
             None => Ran::Failed(format!("no unit with id {id} is registered")),
         }
     }
