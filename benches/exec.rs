@@ -5,7 +5,8 @@
 //! - floor/2forks_10frames: 2 forks, 10 frames of 8 bytes over their pipes,
 //!   2 reaps: the least any 2-process run of 10 calls can cost.
 //! - fun/10_trivial_pnum2: `Xme::fun` over 10 trivial calls with pnum = 2.
-//! - sum/*: a CPU-bound sum, split in 2 calls with pnum = 2, vs one process.
+//! - sum/*: a CPU-bound sum, split in 2 calls with pnum = 2, vs one process,
+//!   and vs the same two halves in two raw forked processes (the machine's ceiling).
 //!
 //! Run: `cargo bench --bench exec`.
 
@@ -109,6 +110,27 @@ fn sum(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("one_process", |b| {
         b.iter(|| black_box(sum_range(0, N / 2) + sum_range(N / 2, N)))
+    });
+    // The machine's own ceiling: the two halves in two raw forked processes.
+    let region = xme::core::SharedRegion::anonymous(16).unwrap();
+    let halves: &[std::sync::atomic::AtomicU64] = region.slice(0, 2).unwrap();
+    g.bench_function("two_raw_forks", |b| {
+        b.iter(|| {
+            let children: Vec<_> = (0..2u64)
+                .map(|k| {
+                    xme::core::process::fork_child(move || {
+                        let v = sum_range(k * N / 2, (k + 1) * N / 2);
+                        halves[k as usize].store(v, std::sync::atomic::Ordering::SeqCst);
+                        0
+                    })
+                    .unwrap()
+                })
+                .collect();
+            for c in children {
+                c.wait().unwrap();
+            }
+            black_box(halves[0].load(std::sync::atomic::Ordering::SeqCst) + halves[1].load(std::sync::atomic::Ordering::SeqCst))
+        })
     });
     let xme = Xme::new().pnum(2).print_in_screen(false);
     g.bench_function("xme_2calls_pnum2", |b| {
