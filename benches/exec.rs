@@ -129,7 +129,10 @@ fn sum(c: &mut Criterion) {
             for c in children {
                 c.wait().unwrap();
             }
-            black_box(halves[0].load(std::sync::atomic::Ordering::SeqCst) + halves[1].load(std::sync::atomic::Ordering::SeqCst))
+            black_box(
+                halves[0].load(std::sync::atomic::Ordering::SeqCst)
+                    + halves[1].load(std::sync::atomic::Ordering::SeqCst),
+            )
         })
     });
     let xme = Xme::new().pnum(2).print_in_screen(false);

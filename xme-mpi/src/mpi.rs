@@ -128,21 +128,21 @@ impl Mpi {
         let region = SharedRegion::anonymous(lps * per_lp)?;
         let token = xme_core::Operator::alloc().id();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let spins = if self.pnum <= cpus {
-            crate::ring::SPINS_DEDICATED
+        let spin = if self.pnum <= cpus {
+            crate::ring::SPIN_DEDICATED
         } else {
-            crate::ring::SPINS_SHARED
+            crate::ring::SPIN_SHARED
         };
         let mut rings = Vec::with_capacity(lps);
         for i in 0..lps {
             let base = i * per_lp;
             rings.push((
-                Ring::at(&region, base, self.channel_bytes, spins)?,
+                Ring::at(&region, base, self.channel_bytes, spin)?,
                 Ring::at(
                     &region,
                     base + Ring::bytes(self.channel_bytes),
                     self.channel_bytes,
-                    spins,
+                    spin,
                 )?,
                 region.place::<AtomicU32>(base + 2 * Ring::bytes(self.channel_bytes))?,
             ));

@@ -55,10 +55,11 @@ pub(crate) struct Ring<'r> {
     sig: &'r Signals,
     data: *mut u8,
     cap: usize,
-    /// Spin iterations before yielding: many when every process has a core,
-    /// few when processes outnumber cores (a spinner then steals the time its
-    /// peer needs to answer).
-    spins: u32,
+    /// How long to spin before yielding: long when every process has a core
+    /// (an idle spinner costs nobody anything and answers at once), very short
+    /// when processes outnumber cores (a spinner then steals the time its peer
+    /// needs to answer).
+    spin: Duration,
 }
 
 // SAFETY: the ring is used by one producer and one consumer (callers serialise
@@ -124,10 +125,10 @@ impl Channel for Ring<'_> {
     }
 }
 
-/// Spins before sleeping when every process has a core of its own.
-pub(crate) const SPINS_DEDICATED: u32 = 2000;
-/// Spins before sleeping when processes outnumber cores.
-pub(crate) const SPINS_SHARED: u32 = 64;
+/// Spin time before sleeping when every process has a core of its own.
+pub(crate) const SPIN_DEDICATED: Duration = Duration::from_micros(200);
+/// Spin time before sleeping when processes outnumber cores.
+pub(crate) const SPIN_SHARED: Duration = Duration::from_micros(2);
 /// Yields before sleeping.
 const YIELDS: u32 = 4;
 
@@ -142,14 +143,14 @@ impl<'r> Ring<'r> {
         region: &'r SharedRegion,
         offset: usize,
         cap: usize,
-        spins: u32,
+        spin: Duration,
     ) -> Result<Ring<'r>, xme_core::Error> {
         Ok(Ring {
             ctl: region.place(offset)?,
             sig: region.place(offset + std::mem::size_of::<Control>())?,
             data: region.raw(offset + HEADER_BYTES, cap)?,
             cap,
-            spins,
+            spin,
         })
     }
 
@@ -287,11 +288,17 @@ impl<'r> Ring<'r> {
         seq: &AtomicU32,
         sleepers: &AtomicU32,
     ) -> Waited {
-        for _ in 0..self.spins {
-            if ready(self) {
-                return Waited::Ready;
+        let spin_start = Instant::now();
+        'spin: loop {
+            for _ in 0..64 {
+                if ready(self) {
+                    return Waited::Ready;
+                }
+                std::hint::spin_loop();
             }
-            std::hint::spin_loop();
+            if spin_start.elapsed() >= self.spin {
+                break 'spin;
+            }
         }
         for _ in 0..YIELDS {
             if ready(self) {
