@@ -92,42 +92,27 @@ impl LogicalProcess<'_> {
                 }
                 other => Ran::Failed(format!("unknown request kind {other}")),
             };
+            // Replaces whatever the unit appended with a failure reply.
+            let token = self.token;
+            let fail = |rep: &mut Vec<u8>, status: u8, body: &[u8]| {
+                frame::reply_header(token, r.slot, r.generation, status, rep);
+                rep.extend_from_slice(body);
+            };
             match ran {
                 Ran::Value => {}
-                Ran::Panicked(p) => {
-                    frame::reply_header(
-                        self.token,
-                        r.slot,
-                        r.generation,
-                        frame::REPLY_PANICKED,
-                        &mut rep,
-                    );
-                    rep.extend_from_slice(&postcard::to_stdvec(&p).unwrap_or_default());
-                }
-                Ran::Failed(why) => {
-                    frame::reply_header(
-                        self.token,
-                        r.slot,
-                        r.generation,
-                        frame::REPLY_FAILED,
-                        &mut rep,
-                    );
-                    rep.extend_from_slice(why.as_bytes());
-                }
+                Ran::Panicked(p) => fail(
+                    &mut rep,
+                    frame::REPLY_PANICKED,
+                    &postcard::to_stdvec(&p).unwrap_or_default(),
+                ),
+                Ran::Failed(why) => fail(&mut rep, frame::REPLY_FAILED, why.as_bytes()),
             }
             if rep.len() > self.replies.max_payload() {
                 let why = format!(
                     "result of {} bytes does not fit the reply channel",
                     rep.len()
                 );
-                frame::reply_header(
-                    self.token,
-                    r.slot,
-                    r.generation,
-                    frame::REPLY_FAILED,
-                    &mut rep,
-                );
-                rep.extend_from_slice(why.as_bytes());
+                fail(&mut rep, frame::REPLY_FAILED, why.as_bytes());
             }
             while !self.replies.try_push(&rep) {
                 if let Waited::Idle = self
