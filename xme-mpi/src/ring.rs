@@ -60,6 +60,12 @@ pub(crate) struct Ring<'r> {
     /// when processes outnumber cores (a spinner then steals the time its peer
     /// needs to answer).
     spin: Duration,
+    /// The producer's last view of `head` (process-local): re-read only when
+    /// it says the ring is full, so the consumer's line is not pulled over
+    /// on every push.
+    seen_head: AtomicU64,
+    /// The consumer's last view of `tail` (process-local), likewise.
+    seen_tail: AtomicU64,
 }
 
 // SAFETY: the ring is used by one producer and one consumer (callers serialise
@@ -151,6 +157,8 @@ impl<'r> Ring<'r> {
             data: region.raw(offset + HEADER_BYTES, cap)?,
             cap,
             spin,
+            seen_head: AtomicU64::new(0),
+            seen_tail: AtomicU64::new(0),
         })
     }
 
@@ -169,12 +177,17 @@ impl<'r> Ring<'r> {
         let need = Self::frame_bytes(payload.len());
         debug_assert!(payload.len() <= self.max_payload());
         let tail = self.ctl.tail.load(Ordering::Relaxed);
-        let head = self.ctl.head.load(Ordering::Acquire);
         let pos = (tail % self.cap as u64) as usize;
         let to_end = self.cap - pos;
         let wrap = if need > to_end { to_end } else { 0 };
+        let mut head = self.seen_head.load(Ordering::Relaxed);
         if self.cap - ((tail - head) as usize) < need + wrap {
-            return false;
+            // Acquire: the consumer is done with the bytes before `head`.
+            head = self.ctl.head.load(Ordering::Acquire);
+            self.seen_head.store(head, Ordering::Relaxed);
+            if self.cap - ((tail - head) as usize) < need + wrap {
+                return false;
+            }
         }
         let mut at = pos;
         if wrap > 0 {
@@ -206,12 +219,16 @@ impl<'r> Ring<'r> {
 
     /// Reads the next frame into `out`; false if the ring is empty.
     pub fn try_pop(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
-        let head = self.ctl.head.load(Ordering::Relaxed);
-        let mut tail = self.ctl.tail.load(Ordering::Acquire);
-        let mut head = head;
+        let mut head = self.ctl.head.load(Ordering::Relaxed);
+        let mut tail = self.seen_tail.load(Ordering::Relaxed);
         loop {
             if head == tail {
-                return Ok(false);
+                // Acquire: the producer's bytes before `tail` are visible.
+                tail = self.ctl.tail.load(Ordering::Acquire);
+                self.seen_tail.store(tail, Ordering::Relaxed);
+                if head == tail {
+                    return Ok(false);
+                }
             }
             let pos = (head % self.cap as u64) as usize;
             // SAFETY: `pos` is 8-aligned inside the data area, in [head, tail).
@@ -221,7 +238,6 @@ impl<'r> Ring<'r> {
             match kind {
                 KIND_WRAP if self.cap - pos <= avail => {
                     head += (self.cap - pos) as u64;
-                    tail = self.ctl.tail.load(Ordering::Acquire);
                     continue;
                 }
                 KIND_FRAME
@@ -290,7 +306,7 @@ impl<'r> Ring<'r> {
     ) -> Waited {
         let spin_start = Instant::now();
         'spin: loop {
-            for _ in 0..64 {
+            for _ in 0..256 {
                 if ready(self) {
                     return Waited::Ready;
                 }
