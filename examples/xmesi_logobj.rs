@@ -6,7 +6,7 @@ use xme::{Array, Context, Xme};
 fn fun(ctx: &mut Context, call: u32) -> Result<(), String> {
     // Start from the run's logger and change its options for this task only.
     let logobj = ctx.logger().clone().indent_style("-", 4);
-    let logobj = if call % 2 == 0 {
+    let logobj = if call.is_multiple_of(2) {
         logobj
     } else {
         logobj.time(false)

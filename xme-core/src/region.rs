@@ -397,7 +397,7 @@ impl SharedRegion {
         let start = RegionHeader::RESERVED + offset;
         // The mapping is page-aligned, so alignment of the address equals
         // alignment of the offset from the mapping's start.
-        if start % align != 0 {
+        if !start.is_multiple_of(align) {
             return Err(err());
         }
         // SAFETY: start + len <= self.len, checked above.

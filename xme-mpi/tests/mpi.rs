@@ -42,7 +42,7 @@ fn ten_thousand_calls_with_mixed_destinations_match_a_serial_run() {
                         0 => To::Any,
                         k => To::Process(k as usize),
                     };
-                    if i % 97 == 0 {
+                    if i.is_multiple_of(97) {
                         out.push(
                             m.block_acquire(&f, &(i, "x".repeat(i as usize % 7)), to)
                                 .unwrap(),
