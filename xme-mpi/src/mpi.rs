@@ -182,7 +182,6 @@ impl Mpi {
             links,
             slots: Mutex::new(SlotTable::new(self.buffer_size)),
             slot_freed: Condvar::new(),
-            registry: &self.registry,
         };
         let out = panic::catch_unwind(AssertUnwindSafe(|| main(&handle)));
         let _ = handle.close(To::All);
@@ -313,7 +312,6 @@ pub struct MpiHandle<'r> {
     links: Vec<Link<'r>>,
     slots: Mutex<SlotTable>,
     slot_freed: Condvar,
-    registry: &'r Registry,
 }
 
 impl<'r> MpiHandle<'r> {
@@ -875,11 +873,6 @@ impl<'r> MpiHandle<'r> {
         let _g = lock(&l.send);
         l.requests.inject_raw(u64::MAX);
         Ok(())
-    }
-
-    /// The name of a registered unit id (for messages).
-    pub fn unit_name(&self, id: u32) -> &'static str {
-        self.registry.name(id)
     }
 }
 

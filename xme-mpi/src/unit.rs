@@ -121,8 +121,4 @@ impl Registry {
             None => Ran::Failed(format!("no unit with id {id} is registered")),
         }
     }
-
-    pub fn name(&self, id: u32) -> &'static str {
-        self.units.get(id as usize).map_or("?", |(n, _)| n)
-    }
 }

@@ -88,7 +88,7 @@ impl Layout {
     }
 
     /// Words the table needs.
-    pub(crate) fn total_words_public(&self) -> usize {
+    pub(crate) fn words(&self) -> usize {
         self.total_words
     }
 

@@ -169,7 +169,7 @@ impl XmemBuilder {
         header[M_OP_SIZE].store(self.op_size as u64, std::sync::atomic::Ordering::Relaxed);
         header[M_TABLE_OFFSET].store(table_offset as u64, std::sync::atomic::Ordering::Release);
         let security = Security::in_shared_region(region.clone(), LOCK_OFFSET, self.lock_type)?;
-        let mem = table_words(&region, table_offset, layout.total_words_public())?;
+        let mem = table_words(&region, table_offset, layout.words())?;
         let table = ValueTable::init(mem, layout)?;
         let manager = Manager {
             table,

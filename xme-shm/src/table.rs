@@ -35,6 +35,17 @@ enum Read {
     Stale,
 }
 
+/// What [`ValueTable::snapshot`] lets a reader see of a block.
+struct Snapshot<'m> {
+    /// Low 32 bits of the key's hash.
+    hash: u64,
+    klen: usize,
+    vlen: usize,
+    deleted: bool,
+    /// The key's words, then the value's.
+    data: &'m [AtomicU64],
+}
+
 /// What a publish expects to find in the key's slot.
 #[derive(Clone, Copy)]
 enum Expect {
@@ -139,6 +150,45 @@ impl<'m> ValueTable<'m> {
         (Layout::class_words(c - 1) - HEADER) * 8
     }
 
+    /// Reads block `h` the seqlock way: `copy` sees the block's key hash,
+    /// lengths and data words (only when the lengths fit the block), and its
+    /// result is kept only if the block's generation did not move meanwhile.
+    /// `None`: the block changed under us; reload the slot.
+    fn snapshot<T>(
+        &self,
+        h: u64,
+        copy: impl FnOnce(&Snapshot<'_>) -> T,
+    ) -> Result<Option<T>, ShmError> {
+        let (generation, b) = self.block_of(h)?;
+        let meta = &self.mem[b + W_META];
+        let m1 = Meta::unpack(meta.load(Ordering::Acquire));
+        if m1.generation != generation || m1.state == block::FREE {
+            return Ok(None);
+        }
+        let place = self.mem[b + W_PLACE].load(Ordering::Relaxed);
+        let lens = self.mem[b + W_LENS].load(Ordering::Relaxed);
+        let (klen, vlen) = (lens as u32 as usize, (lens >> 32) as u32);
+        let deleted = vlen == TOMBSTONE;
+        let vlen = if deleted { 0 } else { vlen as usize };
+        // Lengths from a block being reused may be garbage: never read past it.
+        let fits = (block::words(klen) + block::words(vlen)) * 8 <= self.capacity_of(b);
+        let out = fits.then(|| {
+            copy(&Snapshot {
+                hash: place >> 32,
+                klen,
+                vlen,
+                deleted,
+                data: &self.mem[b + HEADER..],
+            })
+        });
+        // Seqlock check: nothing we read came from a later owner of the block.
+        fence(Ordering::Acquire);
+        if Meta::unpack(meta.load(Ordering::Relaxed)).generation != generation {
+            return Ok(None);
+        }
+        Ok(out)
+    }
+
     /// Reads the block `h`: compares its key with `key`, and copies its value
     /// into `value` if asked and the key matches.
     fn read(
@@ -149,39 +199,20 @@ impl<'m> ValueTable<'m> {
         scratch: &mut Vec<u8>,
         value: Option<&mut Vec<u8>>,
     ) -> Result<Read, ShmError> {
-        let (generation, b) = self.block_of(h)?;
-        let meta = &self.mem[b + W_META];
-        let m1 = Meta::unpack(meta.load(Ordering::Acquire));
-        if m1.generation != generation || m1.state == block::FREE {
-            return Ok(Read::Stale);
-        }
-        let place = self.mem[b + W_PLACE].load(Ordering::Relaxed);
-        let lens = self.mem[b + W_LENS].load(Ordering::Relaxed);
-        let (klen, vlen) = (lens as u32 as usize, (lens >> 32) as u32);
-        let deleted = vlen == TOMBSTONE;
-        let vlen = if deleted { 0 } else { vlen as usize };
-        let room = self.capacity_of(b);
-        let fits = block::words(klen) * 8 + block::words(vlen) * 8 <= room;
-        let same_hash = place >> 32 == hash & 0xffff_ffff;
-        let data = &self.mem[b + HEADER..];
-        let mut matches = false;
-        if fits && same_hash && klen == key.len() {
-            block::load_bytes(data, klen, scratch);
-            matches = scratch == key;
-            if matches && let Some(out) = value {
-                block::load_bytes(&data[block::words(klen)..], vlen, out);
+        let seen = self.snapshot(h, |e| {
+            if e.hash != hash & 0xffff_ffff || e.klen != key.len() {
+                return Read::OtherKey;
             }
-        }
-        // Seqlock check: nothing we read came from a later owner of the block.
-        fence(Ordering::Acquire);
-        if Meta::unpack(meta.load(Ordering::Relaxed)).generation != generation || !fits {
-            return Ok(Read::Stale);
-        }
-        Ok(if matches {
-            Read::OurKey { deleted }
-        } else {
-            Read::OtherKey
-        })
+            block::load_bytes(e.data, e.klen, scratch);
+            if scratch != key {
+                return Read::OtherKey;
+            }
+            if let Some(out) = value {
+                block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, out);
+            }
+            Read::OurKey { deleted: e.deleted }
+        })?;
+        Ok(seen.unwrap_or(Read::Stale))
     }
 
     /// Finds `key`: (slot, handle, deleted), copying its value into `value`.
@@ -431,29 +462,18 @@ impl<'m> ValueTable<'m> {
             if h == 0 {
                 return Ok(None);
             }
-            let (generation, b) = self.block_of(h)?;
-            let meta = &self.mem[b + W_META];
-            if Meta::unpack(meta.load(Ordering::Acquire)).generation != generation {
-                continue;
-            }
-            let lens = self.mem[b + W_LENS].load(Ordering::Relaxed);
-            let (klen, vlen) = (lens as u32 as usize, (lens >> 32) as u32);
-            let deleted = vlen == TOMBSTONE;
-            let vlen = if deleted { 0 } else { vlen as usize };
-            let fits = (block::words(klen) + block::words(vlen)) * 8 <= self.capacity_of(b);
-            let (mut key, mut value) = (Vec::new(), Vec::new());
-            if fits {
-                let data = &self.mem[b + HEADER..];
-                block::load_bytes(data, klen, &mut key);
-                block::load_bytes(&data[block::words(klen)..], vlen, &mut value);
-            }
-            fence(Ordering::Acquire);
-            if Meta::unpack(meta.load(Ordering::Relaxed)).generation != generation || !fits {
-                continue;
-            }
-            if deleted {
+            let copied = self.snapshot(h, |e| {
+                (!e.deleted).then(|| {
+                    let (mut key, mut value) = (Vec::new(), Vec::new());
+                    block::load_bytes(e.data, e.klen, &mut key);
+                    block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
+                    (key, value)
+                })
+            })?;
+            let Some(entry) = copied else { continue };
+            let Some((key, value)) = entry else {
                 return Ok(None);
-            }
+            };
             let key = String::from_utf8(key).map_err(|_| {
                 ShmError::BadLayout(format!("slot {i} holds a key that is not UTF-8"))
             })?;
@@ -461,11 +481,20 @@ impl<'m> ValueTable<'m> {
         }
     }
 
-    /// Number of live keys (deleted keys not counted).
+    /// Number of live keys (deleted keys not counted); copies no key or value.
     pub fn len(&self) -> Result<usize, ShmError> {
         let mut n = 0;
         for i in 0..self.layout.nslots {
-            n += usize::from(self.entry_at(i)?.is_some());
+            loop {
+                let h = self.slot(i).load(Ordering::Acquire);
+                if h == 0 {
+                    break;
+                }
+                if let Some(deleted) = self.snapshot(h, |e| e.deleted)? {
+                    n += usize::from(!deleted);
+                    break;
+                }
+            }
         }
         Ok(n)
     }
