@@ -1,6 +1,8 @@
 //! The claim board: shared memory through which workers take calls.
 //!
 //! - `cursor`: the lowest call that may still be free.
+//! - `ended`: how many calls have ended (replied, or failed by the parent), so
+//!   a long-running task such as a Guard can tell that the rest of its run is over.
 //! - `claims[g]`: 0 while call `g` is free, else the serial of the worker that
 //!   took it. A worker claims with one compare-and-swap, so each call is taken
 //!   by exactly one worker, however many race for it.
@@ -14,7 +16,9 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use xme_core::{Error, SharedRegion, monotonic_ns};
 
 /// Layout version of the board region.
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
+/// Bytes before the worker slots: `cursor` and `ended`.
+const HEAD: usize = 16;
 
 pub(crate) struct Board {
     region: SharedRegion,
@@ -30,7 +34,7 @@ pub(crate) struct Running {
 
 impl Board {
     pub fn new(workers: usize, calls: usize) -> Result<Board, Error> {
-        let bytes = 8 + workers * 16 + calls * 4;
+        let bytes = HEAD + workers * 16 + calls * 4;
         let region = SharedRegion::anonymous_versioned(bytes, VERSION)?;
         Ok(Board {
             region,
@@ -43,17 +47,33 @@ impl Board {
         self.region.place(0).expect("board layout: cursor at 0")
     }
 
+    fn ended(&self) -> &AtomicU64 {
+        self.region.place(8).expect("board layout: ended at 8")
+    }
+
+    /// Counts one call as ended (a worker after its reply, or the parent when
+    /// it fails a call).
+    pub fn note_ended(&self) {
+        self.ended().fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// True once every call but one has ended: seen from the task that is
+    /// still running, the rest of its run is over.
+    pub fn all_others_ended(&self) -> bool {
+        self.ended().load(Ordering::Acquire) as usize + 1 >= self.calls
+    }
+
     fn slot(&self, w: usize) -> (&AtomicU64, &AtomicU64) {
         let s: &[AtomicU64] = self
             .region
-            .slice(8 + w * 16, 2)
+            .slice(HEAD + w * 16, 2)
             .expect("board layout: slots after the cursor");
         (&s[0], &s[1])
     }
 
     fn claims(&self) -> &[AtomicU32] {
         self.region
-            .slice(8 + self.workers * 16, self.calls)
+            .slice(HEAD + self.workers * 16, self.calls)
             .expect("board layout: claims after the slots")
     }
 
@@ -90,6 +110,7 @@ impl Board {
     /// In a worker: marks slot `w` idle after its reply was written.
     pub fn finish(&self, w: usize) {
         self.slot(w).0.store(0, Ordering::Release);
+        self.note_ended();
     }
 
     /// In the parent: the call worker `serial` in slot `w` has claimed and runs

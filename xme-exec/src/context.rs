@@ -23,6 +23,7 @@ pub struct Context<'a, D = ()> {
     pub(crate) operator: Operator,
     pub(crate) logger: &'a Logger,
     pub(crate) data: &'a D,
+    pub(crate) board: &'a crate::board::Board,
 }
 
 impl<D> Context<'_, D> {
@@ -51,6 +52,13 @@ impl<D> Context<'_, D> {
     /// `ctx.logger().clone().msgtype(true).indent_style("*", 2)`.
     pub fn logger(&self) -> &Logger {
         self.logger
+    }
+
+    /// True once every other call of this run has ended (returned, panicked or
+    /// was killed). A task that serves the others, such as a Manager's Guard
+    /// run in the same table, uses it to end with its run instead of hanging it.
+    pub fn others_ended(&self) -> bool {
+        self.board.all_others_ended()
     }
 
     /// The data attached to the run (`()` for `fun` / `funs`).

@@ -165,6 +165,9 @@ pub(crate) fn run<D>(
                     _ if w.closed_at.is_some() && fate.is_success() => TaskFailure::ChannelClosed,
                     _ => TaskFailure::from_fate(fate),
                 };
+                if !ledger.done[r.call] {
+                    board.note_ended();
+                }
                 ledger.settle(r.call, Err(failure));
             }
             if board.has_unclaimed() {

@@ -40,6 +40,7 @@ impl<D> WorkerPlan<'_, '_, D> {
                 operator,
                 logger: self.logger,
                 data: self.data,
+                board: self.board,
             };
             frame.clear();
             frame.extend_from_slice(&[0; 4]);

@@ -45,10 +45,22 @@
 
 mod arena;
 mod block;
+#[cfg(not(loom))]
+mod buffer;
+#[cfg(not(loom))]
+mod call;
 mod error;
+#[cfg(not(loom))]
+mod exec;
+#[cfg(not(loom))]
+mod guard;
+#[cfg(not(loom))]
+mod heartjump;
 mod layout;
 #[cfg(not(loom))]
 mod manager;
+#[cfg(not(loom))]
+mod object;
 mod primitive;
 #[cfg(not(loom))]
 mod raw;
@@ -65,3 +77,12 @@ pub use manager::{
 #[cfg(not(loom))]
 pub use raw::RawValue;
 pub use table::MAX_KEY;
+#[cfg(not(loom))]
+pub use {
+    buffer::BufferConfig,
+    call::{Builtin, Call, GUARD_FUN_FAIL, Named, XMEM_GET_FAIL},
+    exec::{BufferSnapshot, Executed, PendingCall, TableCopy, Ticket},
+    guard::{Guard, GuardProcess, GuardReport, StopReason},
+    heartjump::HeartJump,
+    object::SharedObject,
+};

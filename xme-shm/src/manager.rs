@@ -8,6 +8,8 @@ use xme_core::{Operator, SharedRegion, process};
 use xme_security::{LockType, Security, SecurityState};
 
 use crate::arena::ArenaStats;
+use crate::buffer::{BufferConfig, CallBuffer};
+use crate::call::Registry;
 use crate::layout::Layout;
 use crate::table::ValueTable;
 use crate::{RawValue, ShmError};
@@ -22,13 +24,15 @@ pub const XMEM_KEY: &str = "__XMEM__";
 pub const RESERVED_KEYS: [&str; 3] = [STATUS_KEY, GUARD_KEY, XMEM_KEY];
 
 /// The built-in operations of the seed's `__XMEM__` map.
-pub const BUILTINS: [&str; 6] = [
+/// Functions registered by name ([`Manager::register`]) are added after them.
+pub const BUILTINS: [&str; 7] = [
     "Table::update",
     "Table::set",
     "Table::delete",
     "Table::get",
     "Table::items",
     "Lock::update",
+    "Status::update",
 ];
 
 /// One process's last reported status.
@@ -42,17 +46,31 @@ pub struct ProcessStatus {
     pub time_ms: u64,
 }
 
+impl ProcessStatus {
+    /// `status`, reported now by this process.
+    pub fn now(status: &str) -> ProcessStatus {
+        ProcessStatus {
+            status: status.to_string(),
+            pid: process::current_pid(),
+            time_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        }
+    }
+}
+
 /// The `__STATUS__` table: each operator's last status.
 pub type StatusTable = BTreeMap<Operator, ProcessStatus>;
 /// The `__GUARD__` table.
 pub type GuardTable = BTreeMap<String, bool>;
 
 /// Region layout version of a Manager (header + lock + table).
-const REGION_VERSION: u32 = 0x4d47_0001;
+const REGION_VERSION: u32 = 0x4d47_0002;
 /// Words of the Manager header; room for the call buffer and Guard areas.
 const HEADER_WORDS: usize = 32;
 const M_OP_SIZE: usize = 0;
 const M_TABLE_OFFSET: usize = 1;
+const M_BUFFER_OFFSET: usize = 2;
 const LOCK_OFFSET: usize = HEADER_WORDS * 8;
 
 /// Builds a [`Manager`] (the seed's `XMEMBuilder`).
@@ -78,6 +96,7 @@ pub struct XmemBuilder {
     lock_type: LockType,
     name: Option<String>,
     initial: Vec<(String, Vec<u8>)>,
+    buffer: BufferConfig,
 }
 
 impl Default for XmemBuilder {
@@ -97,6 +116,7 @@ impl XmemBuilder {
             lock_type: LockType::ReadWrite,
             name: None,
             initial: Vec::new(),
+            buffer: BufferConfig::default(),
         }
     }
 
@@ -135,6 +155,30 @@ impl XmemBuilder {
         self
     }
 
+    /// Calls the call buffer holds (default 1024): `append` waits while it is full.
+    pub fn buffer_capacity(mut self, calls: usize) -> XmemBuilder {
+        self.buffer.capacity = calls;
+        self
+    }
+
+    /// Largest encoded call (arguments included) in bytes (default 256).
+    pub fn call_bytes(mut self, bytes: usize) -> XmemBuilder {
+        self.buffer.call_bytes = bytes;
+        self
+    }
+
+    /// Operators that can have a mailbox for call results (default 256).
+    pub fn mailboxes(mut self, operators: usize) -> XmemBuilder {
+        self.buffer.mailboxes = operators;
+        self
+    }
+
+    /// Largest encoded call result in bytes (default 4096).
+    pub fn reply_bytes(mut self, bytes: usize) -> XmemBuilder {
+        self.buffer.reply_bytes = bytes;
+        self
+    }
+
     /// An initial key-value pair (the seed's `**initialtable`).
     pub fn value<T: Serialize + ?Sized>(
         mut self,
@@ -159,7 +203,8 @@ impl XmemBuilder {
         }
         let arena_bytes = self.arena_bytes.max(4 * crate::layout::PAGE_BYTES);
         let layout = Layout::new(self.capacity + RESERVED_KEYS.len(), arena_bytes)?;
-        let table_offset = (LOCK_OFFSET + SecurityState::SIZE).next_multiple_of(64);
+        let buffer_offset = (LOCK_OFFSET + SecurityState::SIZE).next_multiple_of(64);
+        let table_offset = (buffer_offset + self.buffer.bytes()).next_multiple_of(64);
         let bytes = table_offset + layout.bytes();
         let region = Arc::new(match &self.name {
             Some(name) => SharedRegion::create_named(name, bytes, REGION_VERSION)?,
@@ -167,6 +212,11 @@ impl XmemBuilder {
         });
         let header: &[AtomicU64] = region.slice(0, HEADER_WORDS)?;
         header[M_OP_SIZE].store(self.op_size as u64, std::sync::atomic::Ordering::Relaxed);
+        // The fork-family token: children forked from here inherit it in their
+        // handle; a process attaching by name does not.
+        let family = Operator::alloc().id();
+        let buffer = CallBuffer::init(&region, buffer_offset, self.buffer, family)?;
+        header[M_BUFFER_OFFSET].store(buffer_offset as u64, std::sync::atomic::Ordering::Relaxed);
         header[M_TABLE_OFFSET].store(table_offset as u64, std::sync::atomic::Ordering::Release);
         let security = Security::in_shared_region(region.clone(), LOCK_OFFSET, self.lock_type)?;
         let mem = table_words(&region, table_offset, layout.words())?;
@@ -174,6 +224,9 @@ impl XmemBuilder {
         let manager = Manager {
             table,
             security,
+            buffer,
+            family,
+            registry: Arc::default(),
             op_size: self.op_size,
             region,
         };
@@ -228,8 +281,12 @@ impl XmemBuilder {
 /// ```
 #[derive(Clone)]
 pub struct Manager {
-    table: ValueTable<'static>,
+    pub(crate) table: ValueTable<'static>,
     security: Security<'static>,
+    pub(crate) buffer: CallBuffer,
+    /// The builder's fork-family token, or 0 in a process that attached by name.
+    pub(crate) family: u64,
+    pub(crate) registry: Arc<Registry>,
     op_size: usize,
     /// Keeps the mapping behind `table` alive; declared last.
     region: Arc<SharedRegion>,
@@ -257,14 +314,14 @@ fn table_words(
     Ok(unsafe { &*(mem as *const [AtomicU64]) })
 }
 
-fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, ShmError> {
+pub(crate) fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, ShmError> {
     postcard::to_stdvec(value).map_err(|source| ShmError::Encode {
         key: key.to_string(),
         source,
     })
 }
 
-fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ShmError> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ShmError> {
     xme_core::frame::decode(bytes, std::any::type_name::<T>()).map_err(|e| match e {
         xme_core::Error::Decode { source, .. } => ShmError::WrongType {
             key: key.to_string(),
@@ -276,7 +333,7 @@ fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ShmError> {
 }
 
 /// A reserved key accepts only a value of its own type.
-fn check_reserved_value(key: &str, bytes: &[u8]) -> Result<(), ShmError> {
+pub(crate) fn check_reserved_value(key: &str, bytes: &[u8]) -> Result<(), ShmError> {
     let ok = match key {
         STATUS_KEY => decode::<StatusTable>(key, bytes).is_ok(),
         GUARD_KEY => decode::<GuardTable>(key, bytes).is_ok(),
@@ -307,12 +364,18 @@ impl Manager {
                 "the Manager header is not initialised".into(),
             ));
         }
+        let buffer_offset =
+            header[M_BUFFER_OFFSET].load(std::sync::atomic::Ordering::Relaxed) as usize;
         let security =
             Security::in_shared_region(region.clone(), LOCK_OFFSET, LockType::ReadWrite)?;
         let table = ValueTable::attach(table_words(&region, table_offset, words)?)?;
+        let buffer = CallBuffer::attach(&region, buffer_offset)?;
         Ok(Manager {
             table,
             security,
+            buffer,
+            family: 0,
+            registry: Arc::default(),
             op_size,
             region,
         })
@@ -426,12 +489,45 @@ impl Manager {
                 Ok((key, bytes))
             })
             .collect::<Result<Vec<_>, ShmError>>()?;
+        self.update_encoded(&encoded, op)
+    }
+
+    /// `update` with values already encoded and checked.
+    pub(crate) fn update_encoded(
+        &self,
+        encoded: &[(String, Vec<u8>)],
+        op: Operator,
+    ) -> Result<(), ShmError> {
         let _guard = self.security.lock(op)?;
         let pid = process::current_pid();
-        for (key, bytes) in &encoded {
+        for (key, bytes) in encoded {
             self.table.set(key, bytes, pid)?;
         }
         Ok(())
+    }
+
+    /// Applies `f` to the value of `key` atomically, as
+    /// [`update_with`](Self::update_with) does, and returns what `f` returned;
+    /// a missing key is [`ShmError::NotFound`]. `f` may run more than once if
+    /// another process changes the key meanwhile.
+    pub fn modify<T, R, F>(&self, key: &str, mut f: F) -> Result<R, ShmError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(&mut T) -> R,
+    {
+        let mut out = None;
+        self.table.update(key, process::current_pid(), |old| {
+            let Some(old) = old else {
+                return Err(ShmError::NotFound(key.to_string()));
+            };
+            let mut value = decode::<T>(key, old)?;
+            let r = f(&mut value);
+            let bytes = encode(key, &value)?;
+            check_reserved_value(key, &bytes)?;
+            out = Some(r);
+            Ok(Some(bytes))
+        })??;
+        Ok(out.expect("modify stored a value"))
     }
 
     /// Deletes `keys` while holding the lock as `op`; with no key, every
@@ -490,13 +586,10 @@ impl Manager {
 
     /// Records `status` for `op` in `__STATUS__` (the seed's `status`).
     pub fn status(&self, op: Operator, status: &str) -> Result<(), ShmError> {
-        let entry = ProcessStatus {
-            status: status.to_string(),
-            pid: process::current_pid(),
-            time_ms: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64),
-        };
+        self.record_status(op, ProcessStatus::now(status))
+    }
+
+    pub(crate) fn record_status(&self, op: Operator, entry: ProcessStatus) -> Result<(), ShmError> {
         self.update_with(STATUS_KEY, |t: Option<StatusTable>| {
             let mut t = t.unwrap_or_default();
             t.insert(op, entry.clone());

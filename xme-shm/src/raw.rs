@@ -3,7 +3,8 @@ use serde::de::DeserializeOwned;
 use crate::ShmError;
 
 /// A value as stored: postcard bytes, decoded on demand.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct RawValue(Vec<u8>);
 
 impl RawValue {

@@ -1,0 +1,747 @@
+//! The call buffer (the seed's `__Buffer_Call__`): a bounded many-producer,
+//! many-consumer ring of fixed-size cells, and one mailbox per operator, all in
+//! the Manager's region.
+//!
+//! # The ring
+//! `tail` and `head` count positions; position `p` uses cell `p % capacity`.
+//! Each cell has one state word `seq:32 | tag:32` (seq is `p` truncated):
+//!
+//! | seq   | tag             | meaning                                      |
+//! |-------|-----------------|----------------------------------------------|
+//! | p     | 0               | free for the producer of position `p`        |
+//! | p     | pid             | producer `pid` is writing it                 |
+//! | p + 1 | 0               | published: ready to run                      |
+//! | p + 1 | `SKIP`          | its producer died mid-write: never runs      |
+//! | p + 1 | pid \| RUNNING  | consumer `pid` took it and runs it           |
+//! | p + cap | 0             | done: free for the producer of `p + cap`     |
+//!
+//! Every transition is one compare-and-swap or store on that word, and the
+//! producer's pid is in the word from the first step. So a producer killed at
+//! any instruction leaves either nothing, or a cell naming a dead pid, which
+//! the consumer turns into `SKIP` (no half entry ever runs); and a consumer
+//! killed while running leaves a cell naming it, which the next Guard reports
+//! as failed (never runs twice). `tail` and `head` are advanced by whoever
+//! sees them lag, so a process killed between steps blocks no one.
+//!
+//! Ordering: cells are published in claim order of `tail`, and consumed in
+//! order of `head`, so calls from one producer thread run in the order it
+//! appended them (FIFO per producer); with one consumer (the Guard), they also
+//! finish in that order.
+//!
+//! # Mailboxes
+//! One per operator, found by hashing the operator: `appended` (serial of its
+//! latest call), `done` (serial of the latest result stored), `taken` (serial
+//! of the latest result taken by `get`), and the latest result under a
+//! seqlock whose writer lock names its holder's pid (a writer that died is
+//! taken over).
+//!
+//! # Waiting
+//! Three event counts (`work`, `space`, `done`), each a shared futex word and
+//! a sleeper count: a waiter registers, re-checks, and sleeps; a signaller
+//! bumps the word and wakes only when someone sleeps.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use xme_core::{Operator, SharedRegion, futex, process};
+
+use crate::ShmError;
+use crate::block::{load_bytes, store_bytes, words};
+
+/// A cell whose producer died while writing it.
+const SKIP: u32 = u32::MAX;
+/// Tag bit of a cell taken by a consumer (pids are below 2^22 on Linux).
+const RUNNING: u32 = 1 << 31;
+
+// Header words.
+const H_TAIL: usize = 0;
+const H_HEAD: usize = 1;
+const H_GUARD: usize = 2;
+const H_EXECUTED: usize = 3;
+const H_CAPACITY: usize = 4;
+const H_CELL_WORDS: usize = 5;
+const H_BOXES: usize = 6;
+const H_REPLY_WORDS: usize = 7;
+const H_FAMILY: usize = 8;
+const H_SLEEPERS: usize = 9; // three words: work, space, done
+const HEADER_WORDS: usize = 16;
+/// Futex words (u32) before the header.
+const FUTEX_BYTES: usize = 64;
+
+/// The three events.
+#[derive(Clone, Copy)]
+pub(crate) enum Event {
+    /// A call was published.
+    Work = 0,
+    /// A cell was freed.
+    Space = 1,
+    /// A result was stored.
+    Done = 2,
+}
+
+// Cell words: state, payload length, payload.
+const C_STATE: usize = 0;
+const C_LEN: usize = 1;
+const CELL_HEADER: usize = 2;
+/// Bytes of a payload before the call itself: operator and serial.
+pub(crate) const PAYLOAD_HEADER: usize = 16;
+
+// Mailbox words.
+const B_OP: usize = 0;
+const B_APPENDED: usize = 1;
+const B_DONE: usize = 2;
+const B_TAKEN: usize = 3;
+const B_VERSION: usize = 4;
+const B_WRITER: usize = 5;
+const B_LEN: usize = 6;
+const BOX_HEADER: usize = 8;
+
+/// Sizes of a call buffer, fixed when the Manager is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferConfig {
+    /// Calls the ring holds.
+    pub capacity: usize,
+    /// Largest encoded call, in bytes.
+    pub call_bytes: usize,
+    /// Operators that can have a mailbox.
+    pub mailboxes: usize,
+    /// Largest encoded result, in bytes.
+    pub reply_bytes: usize,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            capacity: 1024,
+            call_bytes: 256,
+            mailboxes: 256,
+            reply_bytes: 4096,
+        }
+    }
+}
+
+impl BufferConfig {
+    fn check(&self) -> Result<(), ShmError> {
+        let bad = |what: String| Err(ShmError::Config(what));
+        if !(2..=1 << 24).contains(&self.capacity) {
+            return bad(format!(
+                "buffer capacity {} is outside 2..=2^24",
+                self.capacity
+            ));
+        }
+        if !(16..=1 << 20).contains(&self.call_bytes) {
+            return bad(format!(
+                "call_bytes {} is outside 16..=1 MiB",
+                self.call_bytes
+            ));
+        }
+        if !(1..=1 << 20).contains(&self.mailboxes) {
+            return bad(format!("mailboxes {} is outside 1..=2^20", self.mailboxes));
+        }
+        if !(16..=1 << 24).contains(&self.reply_bytes) {
+            return bad(format!(
+                "reply_bytes {} is outside 16..=16 MiB",
+                self.reply_bytes
+            ));
+        }
+        Ok(())
+    }
+
+    fn cell_words(&self) -> usize {
+        CELL_HEADER + words(PAYLOAD_HEADER + self.call_bytes)
+    }
+
+    fn box_words(&self) -> usize {
+        BOX_HEADER + words(self.reply_bytes)
+    }
+
+    /// Bytes of region the buffer needs.
+    pub(crate) fn bytes(&self) -> usize {
+        FUTEX_BYTES
+            + 8 * (HEADER_WORDS
+                + self.capacity * self.cell_words()
+                + self.mailboxes * self.box_words())
+    }
+}
+
+/// What [`CallBuffer::pop`] found at the head.
+pub(crate) enum Pop {
+    /// A call to run: its position and payload (operator, serial, call).
+    Call { pos: u64, payload: Vec<u8> },
+    /// Nothing published.
+    Empty,
+    /// The head call is being written by a live producer.
+    Busy,
+}
+
+/// A call whose consumer died while running it.
+pub(crate) struct Orphan {
+    pub consumer: u32,
+    pub payload: Vec<u8>,
+}
+
+/// The call buffer in a region; see the module docs.
+#[derive(Clone)]
+pub(crate) struct CallBuffer {
+    futexes: &'static [AtomicU32],
+    words: &'static [AtomicU64],
+    config: BufferConfig,
+    /// Keeps the mapping behind the slices alive.
+    _region: Arc<SharedRegion>,
+}
+
+fn state(seq: u32, tag: u32) -> u64 {
+    (u64::from(seq) << 32) | u64::from(tag)
+}
+
+fn split(st: u64) -> (u32, u32) {
+    ((st >> 32) as u32, st as u32)
+}
+
+fn alive(pid: u32) -> bool {
+    process::is_alive(pid as i32)
+}
+
+impl CallBuffer {
+    fn map(
+        region: &Arc<SharedRegion>,
+        offset: usize,
+        config: BufferConfig,
+    ) -> Result<CallBuffer, ShmError> {
+        let futexes: &[AtomicU32] = region.slice(offset, FUTEX_BYTES / 4)?;
+        let n = (config.bytes() - FUTEX_BYTES) / 8;
+        let words: &[AtomicU64] = region.slice(offset + FUTEX_BYTES, n)?;
+        // SAFETY: both slices point into the mapping owned by `region`, which
+        // this struct keeps alive in `_region` for as long as it (or a clone)
+        // exists; the fields are private, so no reference outlives it.
+        let (futexes, words) = unsafe {
+            (
+                &*(futexes as *const [AtomicU32]),
+                &*(words as *const [AtomicU64]),
+            )
+        };
+        Ok(CallBuffer {
+            futexes,
+            words,
+            config,
+            _region: region.clone(),
+        })
+    }
+
+    /// Lays out a new buffer at `offset` of a zeroed region.
+    pub fn init(
+        region: &Arc<SharedRegion>,
+        offset: usize,
+        config: BufferConfig,
+        family: u64,
+    ) -> Result<CallBuffer, ShmError> {
+        config.check()?;
+        let b = CallBuffer::map(region, offset, config)?;
+        let h = b.words;
+        h[H_CAPACITY].store(config.capacity as u64, Ordering::Relaxed);
+        h[H_CELL_WORDS].store(config.cell_words() as u64, Ordering::Relaxed);
+        h[H_BOXES].store(config.mailboxes as u64, Ordering::Relaxed);
+        h[H_REPLY_WORDS].store(words(config.reply_bytes) as u64, Ordering::Relaxed);
+        h[H_FAMILY].store(family, Ordering::Relaxed);
+        for p in 0..config.capacity {
+            b.cell(p as u64)[C_STATE].store(state(p as u32, 0), Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::Release);
+        Ok(b)
+    }
+
+    /// Maps the buffer another process laid out at `offset`.
+    pub fn attach(region: &Arc<SharedRegion>, offset: usize) -> Result<CallBuffer, ShmError> {
+        let h: &[AtomicU64] = region.slice(offset + FUTEX_BYTES, HEADER_WORDS)?;
+        let cell_words = h[H_CELL_WORDS].load(Ordering::Acquire) as usize;
+        let reply_words = h[H_REPLY_WORDS].load(Ordering::Acquire) as usize;
+        let config = BufferConfig {
+            capacity: h[H_CAPACITY].load(Ordering::Acquire) as usize,
+            call_bytes: (cell_words.saturating_sub(CELL_HEADER) * 8).saturating_sub(PAYLOAD_HEADER),
+            mailboxes: h[H_BOXES].load(Ordering::Acquire) as usize,
+            reply_bytes: reply_words * 8,
+        };
+        config
+            .check()
+            .map_err(|e| ShmError::BadLayout(format!("call buffer header: {e}")))?;
+        CallBuffer::map(region, offset, config)
+    }
+
+    pub fn config(&self) -> BufferConfig {
+        self.config
+    }
+
+    /// The fork-family token of the Manager's builder.
+    pub fn family(&self) -> u64 {
+        self.words[H_FAMILY].load(Ordering::Relaxed)
+    }
+
+    fn cell(&self, pos: u64) -> &'static [AtomicU64] {
+        let cw = self.config.cell_words();
+        let i = (pos % self.config.capacity as u64) as usize;
+        let at = HEADER_WORDS + i * cw;
+        &self.words[at..at + cw]
+    }
+
+    fn mailbox_words(&self, i: usize) -> &'static [AtomicU64] {
+        let bw = self.config.box_words();
+        let at = HEADER_WORDS + self.config.capacity * self.config.cell_words() + i * bw;
+        &self.words[at..at + bw]
+    }
+
+    // ---- events ----------------------------------------------------------
+
+    /// Wakes the sleepers of `e`, if any. The SeqCst load pairs with the
+    /// waiter's SeqCst registration (see [`CallBuffer::wait`]).
+    pub fn signal(&self, e: Event) {
+        if self.words[H_SLEEPERS + e as usize].load(Ordering::SeqCst) > 0 {
+            self.futexes[e as usize].fetch_add(1, Ordering::SeqCst);
+            futex::wake(&self.futexes[e as usize], u32::MAX);
+        }
+    }
+
+    /// Wakes every sleeper of `e`, registered or not.
+    pub fn signal_all(&self, e: Event) {
+        self.futexes[e as usize].fetch_add(1, Ordering::SeqCst);
+        futex::wake(&self.futexes[e as usize], u32::MAX);
+    }
+
+    /// Sleeps until `e` is signalled or `timeout` passes, unless `ready()`
+    /// already holds after registering (so no signal is missed).
+    pub fn wait(&self, e: Event, timeout: Duration, ready: impl Fn() -> bool) {
+        let sleepers = &self.words[H_SLEEPERS + e as usize];
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        let seen = self.futexes[e as usize].load(Ordering::SeqCst);
+        if !ready() {
+            futex::wait(&self.futexes[e as usize], seen, Some(timeout));
+        }
+        sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    // ---- producers -------------------------------------------------------
+
+    /// Appends a payload if a cell is free; `Ok(false)` when the ring is full.
+    pub fn try_push(&self, op: Operator, serial: u64, call: &[u8]) -> Result<bool, ShmError> {
+        if call.len() > self.config.call_bytes {
+            return Err(ShmError::CallTooLarge {
+                len: call.len(),
+                max: self.config.call_bytes,
+            });
+        }
+        let me = process::current_pid();
+        let tail = &self.words[H_TAIL];
+        loop {
+            let pos = tail.load(Ordering::Acquire);
+            let cell = self.cell(pos);
+            let st = cell[C_STATE].load(Ordering::Acquire);
+            let (seq, tag) = split(st);
+            let d = seq.wrapping_sub(pos as u32) as i32;
+            if d < 0 {
+                return Ok(false); // the lap before still holds this cell
+            }
+            if d == 0 && tag == 0 {
+                if cell[C_STATE]
+                    .compare_exchange(st, state(seq, me), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                let data = &cell[CELL_HEADER..];
+                data[0].store(op.id(), Ordering::Relaxed);
+                data[1].store(serial, Ordering::Relaxed);
+                store_bytes(&data[2..], call);
+                cell[C_LEN].store((PAYLOAD_HEADER + call.len()) as u64, Ordering::Relaxed);
+                // Publish: one store; SeqCst pairs with the consumer's sleeper
+                // registration in `signal`/`wait`.
+                cell[C_STATE].store(state(seq.wrapping_add(1), 0), Ordering::SeqCst);
+                self.signal(Event::Work);
+                return Ok(true);
+            }
+            // Claimed by someone else (or tail lags): help tail along.
+            let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// Appends, waiting while the ring is full: forever with `deadline` None.
+    pub fn push(
+        &self,
+        op: Operator,
+        serial: u64,
+        call: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), ShmError> {
+        let started = Instant::now();
+        let mut spins = 0u32;
+        loop {
+            if self.try_push(op, serial, call)? {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if let Some(d) = deadline
+                && now >= d
+            {
+                return Err(ShmError::BufferFull {
+                    capacity: self.config.capacity,
+                    waited: now - started,
+                });
+            }
+            if spins < 64 {
+                spins += 1;
+                std::thread::yield_now();
+                continue;
+            }
+            let slice = deadline.map_or(Duration::from_millis(50), |d| {
+                d.saturating_duration_since(now)
+                    .min(Duration::from_millis(50))
+            });
+            self.wait(Event::Space, slice, || self.has_space());
+        }
+    }
+
+    fn has_space(&self) -> bool {
+        let pos = self.words[H_TAIL].load(Ordering::SeqCst);
+        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        seq.wrapping_sub(pos as u32) as i32 >= 0
+    }
+
+    /// True when a published or in-progress call is at the head.
+    pub fn has_work(&self) -> bool {
+        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
+        let (seq, tag) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        let d = seq.wrapping_sub(pos as u32) as i32;
+        d > 0 || (d == 0 && tag != 0)
+    }
+
+    /// True when the call at the head is published (or the head moved on).
+    pub fn head_ready(&self) -> bool {
+        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
+        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        seq.wrapping_sub(pos as u32) as i32 > 0
+    }
+
+    /// Calls appended (or being appended) and not yet taken by a consumer.
+    pub fn len(&self) -> usize {
+        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let tail = self.words[H_TAIL].load(Ordering::Acquire);
+        tail.saturating_sub(head) as usize
+    }
+
+    // ---- consumers -------------------------------------------------------
+
+    /// Takes the call at the head, marking it as run by this process.
+    pub fn pop(&self) -> Pop {
+        let me = process::current_pid();
+        let head = &self.words[H_HEAD];
+        loop {
+            let pos = head.load(Ordering::Acquire);
+            let cell = self.cell(pos);
+            let st = cell[C_STATE].load(Ordering::Acquire);
+            let (seq, tag) = split(st);
+            let p = pos as u32;
+            match seq.wrapping_sub(p) as i32 {
+                d if d < 0 => return Pop::Empty,
+                0 if tag == 0 => return Pop::Empty,
+                0 if alive(tag) => return Pop::Busy,
+                0 => {
+                    // Its producer died mid-write: the entry never runs.
+                    let _ = cell[C_STATE].compare_exchange(
+                        st,
+                        state(p.wrapping_add(1), SKIP),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
+                }
+                1 if tag == 0 || tag == SKIP => {
+                    if cell[C_STATE]
+                        .compare_exchange(
+                            st,
+                            state(seq, me | RUNNING),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let _ =
+                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                    if tag == SKIP {
+                        self.complete(pos);
+                        continue;
+                    }
+                    let len = (cell[C_LEN].load(Ordering::Relaxed) as usize)
+                        .min((self.config.cell_words() - CELL_HEADER) * 8);
+                    let mut payload = Vec::new();
+                    load_bytes(&cell[CELL_HEADER..], len, &mut payload);
+                    return Pop::Call { pos, payload };
+                }
+                // Taken by a consumer (or head lags): help head along.
+                _ => {
+                    let _ =
+                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Frees the cell of position `pos` after its call ran.
+    pub fn complete(&self, pos: u64) {
+        let next = (pos + self.config.capacity as u64) as u32;
+        self.cell(pos)[C_STATE].store(state(next, 0), Ordering::SeqCst);
+        self.words[H_EXECUTED].fetch_add(1, Ordering::Relaxed);
+        self.signal(Event::Space);
+    }
+
+    /// Calls run so far (skipped entries included).
+    pub fn executed(&self) -> u64 {
+        self.words[H_EXECUTED].load(Ordering::Relaxed)
+    }
+
+    /// Finds cells left by dead processes: marks half-written ones `SKIP`,
+    /// and takes over the ones a dead consumer was running (returned, for the
+    /// caller to report as failed, then [`complete`](Self::complete) by position).
+    pub fn recover(&self) -> Vec<(u64, Orphan)> {
+        let me = process::current_pid();
+        let mut orphans = Vec::new();
+        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let cap = self.config.capacity as u64;
+        // Running cells lie within the last lap before head.
+        for pos in head.saturating_sub(cap)..head + cap {
+            let cell = self.cell(pos);
+            let st = cell[C_STATE].load(Ordering::Acquire);
+            let (seq, tag) = split(st);
+            let p = pos as u32;
+            if seq == p.wrapping_add(1)
+                && tag != SKIP
+                && tag & RUNNING != 0
+                && !alive(tag & !RUNNING)
+                && cell[C_STATE]
+                    .compare_exchange(
+                        st,
+                        state(seq, me | RUNNING),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                let len = (cell[C_LEN].load(Ordering::Relaxed) as usize)
+                    .min((self.config.cell_words() - CELL_HEADER) * 8);
+                let mut payload = Vec::new();
+                load_bytes(&cell[CELL_HEADER..], len, &mut payload);
+                orphans.push((
+                    pos,
+                    Orphan {
+                        consumer: tag & !RUNNING,
+                        payload,
+                    },
+                ));
+            }
+        }
+        orphans
+    }
+
+    /// A snapshot of the cells holding calls: (position, payload, running pid).
+    pub fn pending(&self) -> Vec<(u64, Vec<u8>, Option<u32>)> {
+        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let cap = self.config.capacity as u64;
+        let mut out = Vec::new();
+        for pos in head.saturating_sub(cap)..head + cap {
+            let cell = self.cell(pos);
+            let (seq, tag) = split(cell[C_STATE].load(Ordering::Acquire));
+            if seq != (pos as u32).wrapping_add(1) || tag == SKIP {
+                continue;
+            }
+            let len = (cell[C_LEN].load(Ordering::Relaxed) as usize)
+                .min((self.config.cell_words() - CELL_HEADER) * 8);
+            let mut payload = Vec::new();
+            load_bytes(&cell[CELL_HEADER..], len, &mut payload);
+            // Keep the copy only if the cell did not move on meanwhile.
+            if cell[C_STATE].load(Ordering::Acquire) >> 32 == u64::from(seq) {
+                let running = (tag & RUNNING != 0).then_some(tag & !RUNNING);
+                out.push((pos, payload, running));
+            }
+        }
+        out
+    }
+
+    // ---- the Guard's registration ----------------------------------------
+
+    /// The registered Guard's pid (0: none).
+    pub fn guard_pid(&self) -> u32 {
+        self.words[H_GUARD].load(Ordering::Acquire) as u32
+    }
+
+    /// Registers this process as the Guard, replacing a dead one; returns the
+    /// live Guard's pid if there is one.
+    pub fn register_guard(&self) -> Result<(), u32> {
+        let me = process::current_pid();
+        let g = &self.words[H_GUARD];
+        loop {
+            let cur = g.load(Ordering::Acquire);
+            if cur != 0 && cur as u32 != me && alive(cur as u32) {
+                return Err(cur as u32);
+            }
+            if g.compare_exchange(cur, u64::from(me), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Removes this process's registration.
+    pub fn unregister_guard(&self) {
+        let me = u64::from(process::current_pid());
+        let _ = self.words[H_GUARD].compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+        // Waiters re-check the Guard when woken.
+        self.futexes[Event::Done as usize].fetch_add(1, Ordering::SeqCst);
+        futex::wake(&self.futexes[Event::Done as usize], u32::MAX);
+    }
+
+    // ---- mailboxes -------------------------------------------------------
+
+    /// The index of `op`'s mailbox, claiming one if `create`.
+    pub fn mailbox(&self, op: Operator, create: bool) -> Result<Option<usize>, ShmError> {
+        let n = self.config.mailboxes;
+        let id = op.id();
+        let start = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let w = &self.mailbox_words(i)[B_OP];
+            let cur = w.load(Ordering::Acquire);
+            if cur == id {
+                return Ok(Some(i));
+            }
+            if cur == 0 {
+                if !create {
+                    return Ok(None);
+                }
+                match w.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => return Ok(Some(i)),
+                    Err(other) if other == id => return Ok(Some(i)),
+                    Err(_) => continue,
+                }
+            }
+        }
+        if create {
+            Err(ShmError::MailboxesFull { mailboxes: n })
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Counts one more call by the mailbox's operator; returns its serial.
+    pub fn note_append(&self, i: usize) -> u64 {
+        self.mailbox_words(i)[B_APPENDED].fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    /// Undoes [`note_append`](Self::note_append) for a call that was not appended.
+    pub fn unnote_append(&self, i: usize) {
+        self.mailbox_words(i)[B_APPENDED].fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Stores `reply` as the result of call `serial` of mailbox `i`.
+    pub fn store_reply(&self, i: usize, serial: u64, reply: &[u8]) {
+        let me = u64::from(process::current_pid());
+        let b = self.mailbox_words(i);
+        // Writer lock: free, or held by a dead process, is ours to take.
+        let mut spins = 0u32;
+        loop {
+            let w = b[B_WRITER].load(Ordering::Acquire);
+            let free = w == 0 || (w != me && !alive(w as u32));
+            if free
+                && b[B_WRITER]
+                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                break;
+            }
+            spins += 1;
+            if spins.is_multiple_of(64) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        let v = b[B_VERSION].load(Ordering::Relaxed);
+        // An odd version is a dead writer's unfinished write: continue from it.
+        let start = if v % 2 == 1 { v } else { v + 1 };
+        b[B_VERSION].store(start, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        let reply = &reply[..reply.len().min(self.config.reply_bytes)];
+        b[B_LEN].store(reply.len() as u64, Ordering::Relaxed);
+        store_bytes(&b[BOX_HEADER..], reply);
+        b[B_VERSION].store(start + 1, Ordering::Release);
+        b[B_DONE].fetch_max(serial, Ordering::AcqRel);
+        b[B_WRITER].store(0, Ordering::Release);
+        self.signal(Event::Done);
+    }
+
+    /// Largest reply a mailbox holds.
+    pub fn reply_bytes(&self) -> usize {
+        self.config.reply_bytes
+    }
+
+    /// (appended, done, taken) of mailbox `i`.
+    pub fn counters(&self, i: usize) -> (u64, u64, u64) {
+        let b = self.mailbox_words(i);
+        (
+            b[B_APPENDED].load(Ordering::Acquire),
+            b[B_DONE].load(Ordering::Acquire),
+            b[B_TAKEN].load(Ordering::Acquire),
+        )
+    }
+
+    /// Takes the latest result of mailbox `i` if it is newer than the last
+    /// taken one and no older than the latest append; `None` otherwise.
+    pub fn try_take(&self, i: usize) -> Option<Vec<u8>> {
+        let b = self.mailbox_words(i);
+        loop {
+            let (appended, done, taken) = self.counters(i);
+            if done < appended || done <= taken {
+                return None;
+            }
+            let v1 = b[B_VERSION].load(Ordering::Acquire);
+            if v1 % 2 == 1 {
+                std::hint::spin_loop();
+                continue;
+            }
+            let len = (b[B_LEN].load(Ordering::Relaxed) as usize).min(self.config.reply_bytes);
+            let mut out = Vec::new();
+            load_bytes(&b[BOX_HEADER..], len, &mut out);
+            std::sync::atomic::fence(Ordering::Acquire);
+            if b[B_VERSION].load(Ordering::Relaxed) != v1
+                || b[B_DONE].load(Ordering::Acquire) != done
+            {
+                continue;
+            }
+            if b[B_TAKEN]
+                .compare_exchange(taken, done, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(out);
+            }
+        }
+    }
+
+    /// Discards the waiting result of mailbox `i` (the seed's `clean`).
+    pub fn discard(&self, i: usize) {
+        let b = self.mailbox_words(i);
+        let done = b[B_DONE].load(Ordering::Acquire);
+        b[B_TAKEN].fetch_max(done, Ordering::AcqRel);
+    }
+
+    /// Operators with a result waiting: (operator, serial of the result).
+    pub fn waiting_results(&self) -> Vec<(Operator, u64)> {
+        (0..self.config.mailboxes)
+            .filter_map(|i| {
+                let op = self.mailbox_words(i)[B_OP].load(Ordering::Acquire);
+                let (_, done, taken) = self.counters(i);
+                let op = Operator::from_id(op)?;
+                (done > taken).then_some((op, done))
+            })
+            .collect()
+    }
+}
