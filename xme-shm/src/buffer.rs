@@ -29,11 +29,14 @@
 //! finish in that order.
 //!
 //! # Mailboxes
-//! One per operator, found by hashing the operator: `appended` (serial of its
+//! One per operator, found by hashing the operator (linear probing; a slot is
+//! never emptied, so probe chains stay whole): `appended` (serial of its
 //! latest call), `done` (serial of the latest result stored), `taken` (serial
 //! of the latest result taken by `get`), and the latest result under a
 //! seqlock whose writer lock names its holder's pid (a writer that died is
-//! taken over).
+//! taken over). When every slot is taken, a slot whose owner process died
+//! with no call in flight is handed to the new operator (its counters carry
+//! on; only their differences matter).
 //!
 //! # Waiting
 //! Three event counts (`work`, `space`, `done`), each a shared futex word and
@@ -95,6 +98,7 @@ const B_TAKEN: usize = 3;
 const B_VERSION: usize = 4;
 const B_WRITER: usize = 5;
 const B_LEN: usize = 6;
+const B_OWNER: usize = 7;
 const BOX_HEADER: usize = 8;
 
 /// Sizes of a call buffer, fixed when the Manager is built.
@@ -607,10 +611,11 @@ impl CallBuffer {
         let n = self.config.mailboxes;
         let id = op.id();
         let start = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n;
+        let me = u64::from(process::current_pid());
         for k in 0..n {
             let i = (start + k) % n;
-            let w = &self.mailbox_words(i)[B_OP];
-            let cur = w.load(Ordering::Acquire);
+            let b = self.mailbox_words(i);
+            let cur = b[B_OP].load(Ordering::Acquire);
             if cur == id {
                 return Ok(Some(i));
             }
@@ -618,18 +623,40 @@ impl CallBuffer {
                 if !create {
                     return Ok(None);
                 }
-                match w.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => return Ok(Some(i)),
+                match b[B_OP].compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => {
+                        b[B_OWNER].store(me, Ordering::Release);
+                        return Ok(Some(i));
+                    }
                     Err(other) if other == id => return Ok(Some(i)),
                     Err(_) => continue,
                 }
             }
         }
-        if create {
-            Err(ShmError::MailboxesFull { mailboxes: n })
-        } else {
-            Ok(None)
+        if !create {
+            return Ok(None);
         }
+        // Full: take over a slot whose owner died with nothing in flight.
+        for k in 0..n {
+            let i = (start + k) % n;
+            let b = self.mailbox_words(i);
+            let cur = b[B_OP].load(Ordering::Acquire);
+            let owner = b[B_OWNER].load(Ordering::Acquire);
+            let (appended, done, _) = self.counters(i);
+            if owner != 0
+                && owner != me
+                && appended <= done
+                && b[B_WRITER].load(Ordering::Acquire) == 0
+                && !alive(owner as u32)
+                && b[B_OP]
+                    .compare_exchange(cur, id, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                b[B_OWNER].store(me, Ordering::Release);
+                return Ok(Some(i));
+            }
+        }
+        Err(ShmError::MailboxesFull { mailboxes: n })
     }
 
     /// Counts one more call by the mailbox's operator; returns its serial.

@@ -567,3 +567,34 @@ fn helper_attached_producer() {
         Err(ShmError::UnknownFunction { .. })
     ));
 }
+
+#[test]
+fn mailboxes_of_dead_processes_are_reused_and_live_ones_are_not() {
+    let _s = serial();
+    let xmem = XmemBuilder::new().mailboxes(4).build().unwrap();
+    let guard = Guard::new().spawn(&xmem).unwrap();
+    for _ in 0..20 {
+        let child = fork_child(|| {
+            let op = xmem.alloc_operator();
+            xmem.append(&Call::table_set("k", &1u8).unwrap(), op)
+                .unwrap();
+            xmem.get_result::<()>(op, WAIT).unwrap();
+            0
+        })
+        .unwrap();
+        assert!(child.wait().unwrap().is_success());
+    }
+    // Four live operators in this process take every mailbox.
+    for _ in 0..4 {
+        let op = xmem.alloc_operator();
+        xmem.append(&Call::table_set("k", &1u8).unwrap(), op)
+            .unwrap();
+        xmem.get_result::<()>(op, WAIT).unwrap();
+    }
+    let op = xmem.alloc_operator();
+    let e = xmem
+        .append(&Call::table_set("k", &1u8).unwrap(), op)
+        .unwrap_err();
+    assert!(matches!(e, ShmError::MailboxesFull { mailboxes: 4 }), "{e}");
+    assert!(guard.stop(WAIT).unwrap());
+}

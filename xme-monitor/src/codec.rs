@@ -1,0 +1,274 @@
+//! Codecs: how a message map becomes bytes and back.
+//!
+//! - [`Sealed`] (the Monitor's default): JSON encrypted and authenticated
+//!   with XChaCha20-Poly1305 under a 32-byte key.
+//! - [`XmeWire`]: byte for byte the Python XME 4.2 format, to exchange
+//!   messages with Python XME programs.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+
+use crate::python;
+use crate::{Message, MonitorError};
+
+/// Largest frame a codec reads or writes unless told otherwise: 64 MiB.
+pub const DEFAULT_MAX_FRAME: usize = 64 << 20;
+
+/// Turns a message map into bytes and back. Decoding checks everything and
+/// returns a typed error, never a partial map.
+pub trait Codec: Send + Sync {
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+    /// Encodes `message`.
+    fn encode(&self, message: &Message) -> Result<Vec<u8>, MonitorError>;
+    /// Decodes bytes made by [`encode`](Self::encode) (or by a peer).
+    fn decode(&self, bytes: &[u8]) -> Result<Message, MonitorError>;
+}
+
+fn check_size(len: usize, max: usize) -> Result<(), MonitorError> {
+    if len > max {
+        Err(MonitorError::FrameTooLarge { len, max })
+    } else {
+        Ok(())
+    }
+}
+
+fn parse_object(json: &[u8]) -> Result<Message, MonitorError> {
+    match serde_json::from_slice(json).map_err(MonitorError::BadJson)? {
+        serde_json::Value::Object(map) => Ok(map),
+        other => Err(MonitorError::NotAnObject {
+            found: python::kind(&other),
+        }),
+    }
+}
+
+/// The Python XME 4.2 wire format: `json.dumps` with its default separators
+/// (`", "`, `": "`) and `ensure_ascii` (non-ASCII as `\uXXXX`), UTF-8, then
+/// the two 4-bit halves of every byte swapped (`{` = `0x7b` becomes `0xb7`).
+///
+/// Encoding writes numbers as Python does: integers exactly (any size),
+/// floats in `repr` form (`1e+16`, `1e-05`, `-0.0`, `0.1`). Decoding accepts
+/// any JSON object. Not authenticated: anyone can forge or alter a frame.
+///
+/// ```
+/// use xme_monitor::{Codec, XmeWire};
+///
+/// let msg = serde_json::json!({"a": 1, "é": [true, null]});
+/// let wire = XmeWire::default().encode(msg.as_object().unwrap()).unwrap();
+/// assert_eq!(wire[0], 0xb7); // '{' with its nibbles swapped
+/// let back = XmeWire::default().decode(&wire).unwrap();
+/// assert_eq!(serde_json::Value::Object(back), msg);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct XmeWire {
+    max_frame: usize,
+}
+
+impl Default for XmeWire {
+    fn default() -> Self {
+        XmeWire {
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+}
+
+impl XmeWire {
+    /// Frames larger than `bytes` are refused both ways.
+    pub fn max_frame(mut self, bytes: usize) -> XmeWire {
+        self.max_frame = bytes;
+        self
+    }
+}
+
+/// Swaps the two 4-bit halves of every byte (its own inverse).
+pub fn swap_nibbles(bytes: &mut [u8]) {
+    for b in bytes {
+        *b = b.rotate_left(4);
+    }
+}
+
+impl Codec for XmeWire {
+    fn name(&self) -> &'static str {
+        "xme-wire"
+    }
+
+    fn encode(&self, message: &Message) -> Result<Vec<u8>, MonitorError> {
+        let mut out = Vec::with_capacity(256);
+        python::write_object(message, &mut out);
+        check_size(out.len(), self.max_frame)?;
+        swap_nibbles(&mut out);
+        Ok(out)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Message, MonitorError> {
+        check_size(bytes.len(), self.max_frame)?;
+        let mut json = bytes.to_vec();
+        swap_nibbles(&mut json);
+        parse_object(&json)
+    }
+}
+
+/// First bytes of a sealed frame.
+const MAGIC: &[u8; 4] = b"XMES";
+/// Version of the sealed frame layout.
+const VERSION: u8 = 1;
+const KEY_ID: usize = 8;
+const NONCE: usize = 24;
+const TAG: usize = 16;
+/// magic, version, key id, nonce.
+const HEADER: usize = 4 + 1 + KEY_ID + NONCE;
+
+/// Authenticated encryption of the JSON text with XChaCha20-Poly1305
+/// (RustCrypto's `chacha20poly1305`) under a 32-byte key, with a fresh random
+/// 24-byte nonce per message.
+///
+/// Frame: `"XMES"`, a version byte, an 8-byte key id (derived from the key,
+/// so a frame sealed under another key is told apart from a tampered one),
+/// the nonce, then the ciphertext and its 16-byte tag. The header is
+/// authenticated too. Errors, each distinct: [`MonitorError::FrameTooLarge`],
+/// [`MonitorError::Truncated`], [`MonitorError::Foreign`] (not a sealed
+/// frame), [`MonitorError::UnsupportedVersion`], [`MonitorError::WrongKey`],
+/// [`MonitorError::Tampered`] (any altered byte of nonce, ciphertext or tag),
+/// [`MonitorError::BadJson`].
+///
+/// ```
+/// use xme_monitor::{Codec, MonitorError, Sealed};
+///
+/// let sealed = Sealed::new([7; 32]);
+/// let msg = serde_json::json!({"temperature": 21.5});
+/// let mut frame = sealed.encode(msg.as_object().unwrap()).unwrap();
+/// assert_eq!(sealed.decode(&frame).unwrap()["temperature"], 21.5);
+/// assert!(matches!(Sealed::new([8; 32]).decode(&frame), Err(MonitorError::WrongKey)));
+/// let last = frame.len() - 1;
+/// frame[last] ^= 1;
+/// assert!(matches!(sealed.decode(&frame), Err(MonitorError::Tampered)));
+/// ```
+#[derive(Clone)]
+pub struct Sealed {
+    cipher: XChaCha20Poly1305,
+    key_id: [u8; KEY_ID],
+    max_frame: usize,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sealed")
+            .field("key_id", &self.key_id)
+            .field("max_frame", &self.max_frame)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Sealed {
+    /// A codec sealing under `key`. Keep the key secret; share it with every
+    /// party that must read the messages.
+    pub fn new(key: [u8; 32]) -> Sealed {
+        let cipher = XChaCha20Poly1305::new(&key.into());
+        // The key id: the tag of an empty message under a fixed nonce. It
+        // identifies the key without revealing it.
+        let probe = cipher
+            .encrypt(
+                &XNonce::default(),
+                Payload {
+                    msg: b"",
+                    aad: b"xme sealed key id",
+                },
+            )
+            .expect("encrypting an empty message cannot fail");
+        let mut key_id = [0; KEY_ID];
+        key_id.copy_from_slice(&probe[..KEY_ID]);
+        Sealed {
+            cipher,
+            key_id,
+            max_frame: DEFAULT_MAX_FRAME,
+        }
+    }
+
+    /// Frames larger than `bytes` are refused both ways.
+    pub fn max_frame(mut self, bytes: usize) -> Sealed {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// The 8-byte id of this codec's key, as written in its frames.
+    pub fn key_id(&self) -> [u8; KEY_ID] {
+        self.key_id
+    }
+
+    /// Seals arbitrary bytes (the RPC layer seals its frames this way).
+    pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, MonitorError> {
+        check_size(HEADER + plain.len() + TAG, self.max_frame)?;
+        let mut nonce = [0u8; NONCE];
+        getrandom::fill(&mut nonce).map_err(|e| MonitorError::Random(e.to_string()))?;
+        let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
+        out.extend_from_slice(MAGIC);
+        out.push(VERSION);
+        out.extend_from_slice(&self.key_id);
+        out.extend_from_slice(&nonce);
+        let sealed = self
+            .cipher
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: plain,
+                    aad: &out[..HEADER],
+                },
+            )
+            .map_err(|_| MonitorError::FrameTooLarge {
+                len: plain.len(),
+                max: self.max_frame,
+            })?;
+        out.extend_from_slice(&sealed);
+        Ok(out)
+    }
+
+    /// Opens a frame made by [`seal`](Self::seal).
+    pub fn open(&self, frame: &[u8]) -> Result<Vec<u8>, MonitorError> {
+        check_size(frame.len(), self.max_frame)?;
+        if frame.len() < MAGIC.len() + 1 {
+            return Err(MonitorError::Truncated {
+                len: frame.len(),
+                min: HEADER + TAG,
+            });
+        }
+        if &frame[..4] != MAGIC {
+            return Err(MonitorError::Foreign);
+        }
+        if frame[4] != VERSION {
+            return Err(MonitorError::UnsupportedVersion(frame[4]));
+        }
+        if frame.len() < HEADER + TAG {
+            return Err(MonitorError::Truncated {
+                len: frame.len(),
+                min: HEADER + TAG,
+            });
+        }
+        if frame[5..5 + KEY_ID] != self.key_id {
+            return Err(MonitorError::WrongKey);
+        }
+        self.cipher
+            .decrypt(
+                XNonce::from_slice(&frame[5 + KEY_ID..HEADER]),
+                Payload {
+                    msg: &frame[HEADER..],
+                    aad: &frame[..HEADER],
+                },
+            )
+            .map_err(|_| MonitorError::Tampered)
+    }
+}
+
+impl Codec for Sealed {
+    fn name(&self) -> &'static str {
+        "sealed"
+    }
+
+    fn encode(&self, message: &Message) -> Result<Vec<u8>, MonitorError> {
+        let json = serde_json::to_vec(message).map_err(MonitorError::BadJson)?;
+        self.seal(&json)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<Message, MonitorError> {
+        parse_object(&self.open(bytes)?)
+    }
+}

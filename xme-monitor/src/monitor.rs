@@ -1,0 +1,414 @@
+//! The Monitor (seed 2.4): a JSON message map in shared memory.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering, fence};
+
+use serde_json::Value;
+use xme_core::{Operator, SharedRegion, process};
+use xme_security::{LockType, Security, SecurityState};
+
+use crate::codec::{Codec, Sealed};
+use crate::{Message, MonitorError};
+
+/// Layout version of a Monitor region.
+const REGION_VERSION: u32 = 0x4d4f_0001;
+/// Control words after the lock: current (generation << 1 | slot), writer
+/// pid, length of slot 0, length of slot 1, capacity.
+const C_CURRENT: usize = 0;
+const C_WRITER: usize = 1;
+const C_LEN: usize = 2;
+const C_CAPACITY: usize = 4;
+const CONTROL_WORDS: usize = 8;
+
+/// Builds a [`Monitor`].
+#[derive(Debug, Clone)]
+pub struct MonitorBuilder {
+    capacity: usize,
+    lock_type: LockType,
+    name: Option<String>,
+    key: Option<[u8; 32]>,
+}
+
+impl Default for MonitorBuilder {
+    fn default() -> Self {
+        MonitorBuilder {
+            capacity: 1 << 20,
+            lock_type: LockType::ReadWrite,
+            name: None,
+            key: None,
+        }
+    }
+}
+
+impl MonitorBuilder {
+    /// Bytes the message map may take as JSON text (default 1 MiB; the
+    /// region holds two copies).
+    pub fn capacity(mut self, bytes: usize) -> MonitorBuilder {
+        self.capacity = bytes;
+        self
+    }
+
+    /// The type of the Monitor's lock, taken by `update` and `delete`
+    /// (default READWRITE, whose writer is `Operator::ADMIN` until another is
+    /// registered).
+    pub fn lock_type(mut self, lock_type: LockType) -> MonitorBuilder {
+        self.lock_type = lock_type;
+        self
+    }
+
+    /// Puts the Monitor in the named region `name`, which other programs
+    /// attach with [`Monitor::attach`]. Without a name the region is
+    /// anonymous: this process and the children it forks share it.
+    pub fn named(mut self, name: impl Into<String>) -> MonitorBuilder {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The 32-byte key of the default (sealed) codec.
+    pub fn key(mut self, key: [u8; 32]) -> MonitorBuilder {
+        self.key = Some(key);
+        self
+    }
+
+    /// Builds the Monitor with an empty map.
+    pub fn build(self) -> Result<Monitor, MonitorError> {
+        if self.capacity < 2 || self.capacity > 1 << 32 {
+            return Err(MonitorError::MonitorFull {
+                needed: 2,
+                capacity: self.capacity,
+            });
+        }
+        let slot_words = self.capacity.div_ceil(8);
+        let data_offset = (SecurityState::SIZE.next_multiple_of(64)) + CONTROL_WORDS * 8;
+        let bytes = data_offset + 2 * slot_words * 8;
+        let region = Arc::new(match &self.name {
+            Some(name) => SharedRegion::create_named(name, bytes, REGION_VERSION)?,
+            None => SharedRegion::anonymous_versioned(bytes, REGION_VERSION)?,
+        });
+        let monitor = Monitor::map(region, self.lock_type, self.key)?;
+        monitor.control[C_CAPACITY].store(self.capacity as u64, Ordering::Relaxed);
+        // An empty map, "{}", in slot 0.
+        store_bytes(monitor.slot(0), b"{}");
+        monitor.control[C_LEN].store(2, Ordering::Relaxed);
+        monitor.control[C_CURRENT].store(0, Ordering::Release);
+        Ok(monitor)
+    }
+}
+
+/// The seed's Monitor: a map from string keys to JSON values, shared by every
+/// process that forked from its builder or attached it by name.
+///
+/// - Reads ([`get`](Self::get), [`items`](Self::items)) never block and never
+///   see half of an update: the map is kept as two copies; a writer fills
+///   the spare copy and switches to it with one atomic store, and a reader
+///   retries if a switch happened while it copied.
+/// - Writes ([`update`](Self::update), [`delete`](Self::delete),
+///   [`unmarshal`](Self::unmarshal)) take the Monitor's Security lock as the
+///   given operator, so they are refused by its rules; an update that does
+///   not fit is refused whole. A writer killed mid-write leaves the previous
+///   map in place.
+///
+/// ```
+/// use serde_json::json;
+/// use xme_core::{Operator, process};
+/// use xme_monitor::{Monitor, XmeWire};
+/// use xme_security::LockType;
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let monitor = Monitor::builder().lock_type(LockType::Mutex).key([42; 32]).build()?;
+/// let child = process::fork_child(|| {
+///     let op = Operator::alloc();
+///     monitor.update(json!({"child": process::current_pid()}), op).unwrap();
+///     0
+/// })?;
+/// child.wait()?;
+/// assert!(monitor.get(&["child"])?.is_u64());
+/// let frame = monitor.marshal()?; // sealed with the key
+/// let copy = Monitor::builder().key([42; 32]).build()?;
+/// copy.unmarshal(&frame, Operator::ADMIN)?;
+/// assert_eq!(copy.get(&[])?, monitor.get(&[])?);
+/// let wire = monitor.marshal_with(&XmeWire::default())?; // Python XME format
+/// assert_eq!(wire[0], 0xb7);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Monitor {
+    security: Security<'static>,
+    control: &'static [AtomicU64],
+    data: &'static [AtomicU64],
+    slot_words: usize,
+    sealed: Option<Arc<Sealed>>,
+    /// Keeps the mapping behind the slices alive; declared last.
+    region: Arc<SharedRegion>,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("region", &self.region)
+            .field("capacity", &self.capacity())
+            .field("lock", &self.security)
+            .finish()
+    }
+}
+
+fn store_bytes(dst: &[AtomicU64], bytes: &[u8]) {
+    for (w, chunk) in dst.iter().zip(bytes.chunks(8)) {
+        let mut b = [0u8; 8];
+        b[..chunk.len()].copy_from_slice(chunk);
+        w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+}
+
+fn load_bytes(src: &[AtomicU64], len: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(len);
+    for w in src.iter().take(len.div_ceil(8)) {
+        out.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    }
+    out.truncate(len);
+}
+
+impl Monitor {
+    /// A builder: capacity, lock type, name, key.
+    pub fn builder() -> MonitorBuilder {
+        MonitorBuilder::default()
+    }
+
+    /// An anonymous Monitor with the defaults and no key.
+    pub fn new() -> Result<Monitor, MonitorError> {
+        MonitorBuilder::default().build()
+    }
+
+    /// Attaches to the Monitor built in the named region `name` by another
+    /// program; `key` is the sealed codec's key, if this side marshals.
+    pub fn attach(name: &str, key: Option<[u8; 32]>) -> Result<Monitor, MonitorError> {
+        let region = Arc::new(SharedRegion::open_named(name, REGION_VERSION)?);
+        Monitor::map(region, LockType::ReadWrite, key)
+    }
+
+    fn map(
+        region: Arc<SharedRegion>,
+        lock_type: LockType,
+        key: Option<[u8; 32]>,
+    ) -> Result<Monitor, MonitorError> {
+        let control_offset = SecurityState::SIZE.next_multiple_of(64);
+        let data_offset = control_offset + CONTROL_WORDS * 8;
+        let data_words = region.payload_len().saturating_sub(data_offset) / 8;
+        let control: &[AtomicU64] = region.slice(control_offset, CONTROL_WORDS)?;
+        let data: &[AtomicU64] = region.slice(data_offset, data_words)?;
+        // SAFETY: both slices point into the mapping owned by `region`, which
+        // the Monitor keeps alive (field `region`, dropped last) for as long
+        // as the slices are reachable; the fields are private.
+        let (control, data) = unsafe {
+            (
+                &*(control as *const [AtomicU64]),
+                &*(data as *const [AtomicU64]),
+            )
+        };
+        let security = Security::in_shared_region(region.clone(), 0, lock_type)?;
+        Ok(Monitor {
+            security,
+            control,
+            data,
+            slot_words: data_words / 2,
+            sealed: key.map(|k| Arc::new(Sealed::new(k))),
+            region,
+        })
+    }
+
+    fn slot(&self, s: usize) -> &'static [AtomicU64] {
+        &self.data[s * self.slot_words..(s + 1) * self.slot_words]
+    }
+
+    /// Bytes the map may take as JSON text.
+    pub fn capacity(&self) -> usize {
+        (self.control[C_CAPACITY].load(Ordering::Relaxed) as usize).min(self.slot_words * 8)
+    }
+
+    /// The Monitor's lock: set its type, writer, authorised operators.
+    pub fn security(&self) -> &Security<'static> {
+        &self.security
+    }
+
+    /// The region holding the Monitor.
+    pub fn region(&self) -> &Arc<SharedRegion> {
+        &self.region
+    }
+
+    /// A consistent copy of the map's JSON text (seqlock read over the two copies).
+    fn snapshot(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let cur = self.control[C_CURRENT].load(Ordering::Acquire);
+            let s = (cur & 1) as usize;
+            let len =
+                (self.control[C_LEN + s].load(Ordering::Relaxed) as usize).min(self.slot_words * 8);
+            load_bytes(self.slot(s), len, &mut out);
+            fence(Ordering::Acquire);
+            if self.control[C_CURRENT].load(Ordering::Relaxed) == cur {
+                return out;
+            }
+        }
+    }
+
+    fn read_map(&self) -> Result<Message, MonitorError> {
+        let text = self.snapshot();
+        match serde_json::from_slice(&text).map_err(MonitorError::BadJson)? {
+            Value::Object(m) => Ok(m),
+            other => Err(MonitorError::NotAnObject {
+                found: crate::python::kind(&other),
+            }),
+        }
+    }
+
+    /// With no key, a copy of the whole map (as a JSON object); with one key,
+    /// its value; with several, the sub-map of those keys (the seed's `get`).
+    /// A missing key is [`MonitorError::NotFound`].
+    pub fn get(&self, keys: &[&str]) -> Result<Value, MonitorError> {
+        crate::select(self.read_map()?, keys)
+    }
+
+    /// Every entry, in insertion order (the seed's `items`).
+    pub fn items(&self) -> Result<Vec<(String, Value)>, MonitorError> {
+        Ok(self.read_map()?.into_iter().collect())
+    }
+
+    /// Applies `change` to the map under the lock as `op`, and publishes the
+    /// result whole, or nothing (if `change` fails or the result does not
+    /// fit). Use it for read-modify-write such as counters.
+    pub fn modify<T>(
+        &self,
+        op: Operator,
+        change: impl FnOnce(&mut Message) -> Result<T, MonitorError>,
+    ) -> Result<T, MonitorError> {
+        let _lock = self.security.lock(op)?;
+        let _writer = WriterLock::take(&self.control[C_WRITER]);
+        let cur = self.control[C_CURRENT].load(Ordering::Acquire);
+        let mut map = self.read_map()?;
+        let out = change(&mut map)?;
+        let text = serde_json::to_vec(&map).map_err(MonitorError::BadJson)?;
+        let capacity = self.capacity();
+        if text.len() > capacity {
+            return Err(MonitorError::MonitorFull {
+                needed: text.len(),
+                capacity,
+            });
+        }
+        let spare = 1 - (cur & 1) as usize;
+        store_bytes(self.slot(spare), &text);
+        self.control[C_LEN + spare].store(text.len() as u64, Ordering::Relaxed);
+        let next = ((cur >> 1) + 1) << 1 | spare as u64;
+        self.control[C_CURRENT].store(next, Ordering::Release);
+        Ok(out)
+    }
+
+    /// Merges `message` (a JSON object) into the map as `op` (the seed's
+    /// `update(newmessage, Operator)`).
+    pub fn update(&self, message: impl Into<Value>, op: Operator) -> Result<(), MonitorError> {
+        let new = match message.into() {
+            Value::Object(m) => m,
+            other => {
+                return Err(MonitorError::NotAnObject {
+                    found: crate::python::kind(&other),
+                });
+            }
+        };
+        self.modify(op, |map| {
+            map.extend(new);
+            Ok(())
+        })
+    }
+
+    /// Deletes `keys` as `op`; with no key, every key (the seed's `delete`).
+    /// Returns how many existed.
+    pub fn delete(&self, keys: &[&str], op: Operator) -> Result<usize, MonitorError> {
+        self.modify(op, |map| {
+            if keys.is_empty() {
+                let n = map.len();
+                map.clear();
+                return Ok(n);
+            }
+            Ok(keys
+                .iter()
+                .filter(|k| map.shift_remove(**k).is_some())
+                .count())
+        })
+    }
+
+    /// Replaces the whole map as `op`.
+    pub fn replace(&self, message: Message, op: Operator) -> Result<(), MonitorError> {
+        self.modify(op, |map| {
+            *map = message;
+            Ok(())
+        })
+    }
+
+    fn default_codec(&self) -> Result<&Sealed, MonitorError> {
+        self.sealed.as_deref().ok_or(MonitorError::NoKey)
+    }
+
+    /// The map as bytes with the default codec ([`Sealed`] under the
+    /// Monitor's key).
+    pub fn marshal(&self) -> Result<Vec<u8>, MonitorError> {
+        self.marshal_with(self.default_codec()?)
+    }
+
+    /// The map as bytes with `codec`.
+    pub fn marshal_with(&self, codec: &dyn Codec) -> Result<Vec<u8>, MonitorError> {
+        codec.encode(&self.read_map()?)
+    }
+
+    /// Decodes `bytes` with the default codec and merges them into the map
+    /// as `op`. A frame that fails to decode changes nothing.
+    pub fn unmarshal(&self, bytes: &[u8], op: Operator) -> Result<(), MonitorError> {
+        self.unmarshal_with(self.default_codec()?, bytes, op)
+    }
+
+    /// Decodes `bytes` with `codec` and merges them into the map as `op`.
+    pub fn unmarshal_with(
+        &self,
+        codec: &dyn Codec,
+        bytes: &[u8],
+        op: Operator,
+    ) -> Result<(), MonitorError> {
+        let message = codec.decode(bytes)?;
+        self.update(Value::Object(message), op)
+    }
+}
+
+/// The Monitor's writer lock: one word naming the writer's pid; a dead
+/// writer's lock is taken over (it left the spare copy half-written, which
+/// was never published).
+struct WriterLock<'a>(&'a AtomicU64);
+
+impl<'a> WriterLock<'a> {
+    fn take(word: &'a AtomicU64) -> WriterLock<'a> {
+        let me = u64::from(process::current_pid());
+        let mut spins = 0u32;
+        loop {
+            let w = word.load(Ordering::Acquire);
+            let free = w == 0 || (w != me && !process::is_alive(w as i32));
+            if free
+                && word
+                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return WriterLock(word);
+            }
+            spins += 1;
+            if spins.is_multiple_of(64) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+}
+
+impl Drop for WriterLock<'_> {
+    fn drop(&mut self) {
+        self.0.store(0, Ordering::Release);
+    }
+}
