@@ -9,7 +9,8 @@
 //! | [`array`] | `xme-array` | `Array` arguments and the split plan |
 //! | [`log`] | `xme-log` | the pid-stamped logger (`print` / `logobj`) |
 //! | [`mpi`] | `xme-mpi` | one main process + logical processes, typed calls |
-//! | [`shm`] | `xme-shm` | shared-memory arena, lock-free value table, Manager |
+//! | [`shm`] | `xme-shm` | shared-memory arena, lock-free value table, Manager, call buffer, Guard, HeartJump |
+//! | [`monitor`] | `xme-monitor` | JSON message map, sealed and Python-XME codecs, RPC |
 //! | [`security`] | `xme-security` | the five lock types across processes |
 //! | [`core`] | `xme-core` | operators, errors, shared regions, process helpers |
 //!
@@ -31,6 +32,8 @@ pub use xme_core as core;
 pub use xme_exec as exec;
 #[doc(inline)]
 pub use xme_log as log;
+#[doc(inline)]
+pub use xme_monitor as monitor;
 #[doc(inline)]
 pub use xme_mpi as mpi;
 #[doc(inline)]
