@@ -16,13 +16,12 @@
 // criterion's macros generate undocumented functions.
 #![allow(missing_docs)]
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod common;
 use serde::{Deserialize, Serialize};
-use xme::core::SharedRegion;
-use xme::core::futex;
 use xme::core::process::fork_child;
 use xme::shm::{Call, Guard, Manager, SharedObject, XmemBuilder};
 use xme::{Array, Context, Job, Xme};
@@ -46,35 +45,7 @@ fn roundtrip(c: &mut Criterion) {
     let mut g = c.benchmark_group("roundtrip");
     g.measurement_time(Duration::from_secs(4));
 
-    let region = SharedRegion::anonymous(64).unwrap();
-    let word: &AtomicU32 = region.place(0).unwrap();
-    let partner = fork_child(|| {
-        loop {
-            match word.load(Ordering::Acquire) {
-                1 => {
-                    word.store(0, Ordering::Release);
-                    futex::wake(word, 1);
-                }
-                2 => return 0,
-                _ => {
-                    futex::wait(word, 0, Some(Duration::from_millis(50)));
-                }
-            }
-        }
-    })
-    .unwrap();
-    g.bench_function("futex_floor", |b| {
-        b.iter(|| {
-            word.store(1, Ordering::Release);
-            futex::wake(word, 1);
-            while word.load(Ordering::Acquire) != 0 {
-                futex::wait(word, 1, Some(Duration::from_millis(50)));
-            }
-        })
-    });
-    word.store(2, Ordering::Release);
-    futex::wake(word, 1);
-    partner.wait().unwrap();
+    common::futex_pingpong(&mut g, "futex_floor");
 
     let xmem = XmemBuilder::new().build().unwrap();
     let guard = Guard::new().spawn(&xmem).unwrap();

@@ -14,66 +14,17 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
-use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use xme::core::SharedRegion;
-use xme::core::process::fork_child;
+
+mod common;
 use xme::mpi::{Mpi, To};
 
 fn floors(c: &mut Criterion) {
     let mut g = c.benchmark_group("floor");
-    // pipe() gives (read end, write end).
-    let (to_child, child_in) = nix::unistd::pipe().unwrap();
-    let (from_child, child_out) = nix::unistd::pipe().unwrap();
-    {
-        let echo = fork_child(|| {
-            let mut buf = [0u8; 8];
-            while let Ok(8) = nix::unistd::read(&to_child, &mut buf) {
-                if nix::unistd::write(child_out.as_fd(), &buf).is_err() {
-                    break;
-                }
-            }
-            0
-        })
-        .unwrap();
-        g.bench_function("pipe_pingpong", |b| {
-            let mut buf = [0u8; 8];
-            b.iter(|| {
-                nix::unistd::write(child_in.as_fd(), &7u64.to_le_bytes()).unwrap();
-                nix::unistd::read(&from_child, &mut buf).unwrap();
-            })
-        });
-        // The child holds a copy of the write end too, so it would never see
-        // EOF: end it.
-        echo.kill().unwrap();
-    }
-    let region = SharedRegion::anonymous(64).unwrap();
-    let word: &AtomicU32 = region.place(0).unwrap();
-    {
-        let partner = fork_child(|| {
-            loop {
-                match word.load(Ordering::Acquire) {
-                    1 => word.store(0, Ordering::Release),
-                    2 => return 0,
-                    _ => std::hint::spin_loop(),
-                }
-            }
-        })
-        .unwrap();
-        g.bench_function("spin_pingpong", |b| {
-            b.iter(|| {
-                word.store(1, Ordering::Release);
-                while word.load(Ordering::Acquire) != 0 {
-                    std::hint::spin_loop();
-                }
-            })
-        });
-        word.store(2, Ordering::Release);
-        partner.wait().unwrap();
-    }
+    common::pipe_pingpong(&mut g, "pipe_pingpong");
+    common::spin_pingpong(&mut g, "spin_pingpong");
     g.finish();
 }
 

@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+
+mod common;
 use raw_sync::locks::{LockInit, Mutex as RawMutex};
-use xme::core::futex;
 use xme::core::process::{Child, fork_child};
 use xme::core::{Operator, SharedRegion};
 use xme::security::{LockType, Security};
@@ -86,57 +87,9 @@ fn pingpong(c: &mut Criterion) {
     let mut g = c.benchmark_group("pingpong");
     g.measurement_time(Duration::from_secs(4));
 
-    // Floors: a shared word, 1 = the partner's turn, 0 = ours; 2 = stop.
+    common::futex_pingpong(&mut g, "futex_floor");
+    common::spin_pingpong(&mut g, "spin_floor");
     let region = SharedRegion::anonymous(64).unwrap();
-    let word: &AtomicU32 = region.place(0).unwrap();
-    {
-        let _p = partner(|| {
-            loop {
-                match word.load(Ordering::Acquire) {
-                    1 => {
-                        word.store(0, Ordering::Release);
-                        futex::wake(word, 1);
-                    }
-                    2 => return 0,
-                    _ => {
-                        futex::wait(word, 0, Some(Duration::from_millis(50)));
-                    }
-                }
-            }
-        });
-        g.bench_function("futex_floor", |b| {
-            b.iter(|| {
-                word.store(1, Ordering::Release);
-                futex::wake(word, 1);
-                while word.load(Ordering::Acquire) != 0 {
-                    futex::wait(word, 1, Some(Duration::from_millis(50)));
-                }
-            })
-        });
-        word.store(2, Ordering::Release);
-        futex::wake(word, 1);
-    }
-    word.store(0, Ordering::Release);
-    {
-        let _p = partner(|| {
-            loop {
-                match word.load(Ordering::Acquire) {
-                    1 => word.store(0, Ordering::Release),
-                    2 => return 0,
-                    _ => std::hint::spin_loop(),
-                }
-            }
-        });
-        g.bench_function("spin_floor", |b| {
-            b.iter(|| {
-                word.store(1, Ordering::Release);
-                while word.load(Ordering::Acquire) != 0 {
-                    std::hint::spin_loop();
-                }
-            })
-        });
-        word.store(2, Ordering::Release);
-    }
 
     // Through the lock: the turn word is only read and flipped under the lock.
     for (name, t) in [

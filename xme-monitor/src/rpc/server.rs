@@ -146,20 +146,44 @@ impl Server {
             source,
         })?;
         let local = listener.local_addr().ok();
+        let incoming = std::iter::from_fn(move || {
+            Some(listener.accept().map(|(c, _)| {
+                let _ = c.set_nodelay(true);
+                Stream::Tcp(c)
+            }))
+        });
+        self.serve(incoming, local, None)
+    }
+
+    /// Serves on a Unix socket at `path` (removed again at shutdown).
+    pub fn serve_unix(self, path: impl AsRef<Path>) -> Result<ServerHandle, MonitorError> {
+        let path = path.as_ref().to_path_buf();
+        let listener = UnixListener::bind(&path).map_err(|source| MonitorError::Io {
+            doing: "binding the RPC server's Unix socket",
+            source,
+        })?;
+        let incoming =
+            std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| Stream::Unix(c))));
+        self.serve(incoming, None, Some(path))
+    }
+
+    fn serve(
+        self,
+        incoming: impl Iterator<Item = std::io::Result<Stream>> + Send + 'static,
+        local: Option<SocketAddr>,
+        path: Option<PathBuf>,
+    ) -> Result<ServerHandle, MonitorError> {
         let shared = self.shared();
         let s = shared.clone();
         let accept = std::thread::Builder::new()
             .name("xme-rpc-accept".into())
             .spawn(move || {
-                for conn in listener.incoming() {
+                for conn in incoming {
                     if s.stopping.load(Ordering::Acquire) {
                         return;
                     }
                     match conn {
-                        Ok(c) => {
-                            let _ = c.set_nodelay(true);
-                            start_connection(&s, Stream::Tcp(c));
-                        }
+                        Ok(c) => start_connection(&s, c),
                         Err(e) => log::error!("xme rpc: accept failed: {e}"),
                     }
                 }
@@ -172,41 +196,7 @@ impl Server {
             shared,
             accept: Some(accept),
             local,
-            path: None,
-        })
-    }
-
-    /// Serves on a Unix socket at `path` (removed again at shutdown).
-    pub fn serve_unix(self, path: impl AsRef<Path>) -> Result<ServerHandle, MonitorError> {
-        let path = path.as_ref().to_path_buf();
-        let listener = UnixListener::bind(&path).map_err(|source| MonitorError::Io {
-            doing: "binding the RPC server's Unix socket",
-            source,
-        })?;
-        let shared = self.shared();
-        let s = shared.clone();
-        let accept = std::thread::Builder::new()
-            .name("xme-rpc-accept".into())
-            .spawn(move || {
-                for conn in listener.incoming() {
-                    if s.stopping.load(Ordering::Acquire) {
-                        return;
-                    }
-                    match conn {
-                        Ok(c) => start_connection(&s, Stream::Unix(c)),
-                        Err(e) => log::error!("xme rpc: accept failed: {e}"),
-                    }
-                }
-            })
-            .map_err(|source| MonitorError::Io {
-                doing: "starting the RPC accept thread",
-                source,
-            })?;
-        Ok(ServerHandle {
-            shared,
-            accept: Some(accept),
-            local: None,
-            path: Some(path),
+            path,
         })
     }
 }
