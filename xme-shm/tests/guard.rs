@@ -598,3 +598,33 @@ fn mailboxes_of_dead_processes_are_reused_and_live_ones_are_not() {
     assert!(matches!(e, ShmError::MailboxesFull { mailboxes: 4 }), "{e}");
     assert!(guard.stop(WAIT).unwrap());
 }
+
+#[test]
+fn verbose_status_lines_and_a_script_beside_the_loop() {
+    let _s = serial();
+    let xmem = XmemBuilder::new().build().unwrap();
+    let log = std::env::temp_dir().join(format!("xme-guard-verbose-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log);
+    let logger = xme_log::Logger::new().screen(false).logfile(&log).unwrap();
+    let report = Guard::new()
+        .exit_time(Duration::from_millis(150))
+        .verbose_time(Duration::from_millis(20))
+        .logger(logger)
+        .script(|m: &Manager| {
+            m.set("script ran in", &process::current_pid()).unwrap();
+        })
+        .run(&xmem)
+        .unwrap();
+    assert_eq!(report.stopped, StopReason::ExitTime);
+    assert_eq!(
+        xmem.get::<u32>("script ran in").unwrap(),
+        process::current_pid()
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = text
+        .lines()
+        .filter(|l| l.contains("Guard: 0 calls pending"))
+        .count();
+    assert!(lines >= 3, "{text}");
+    let _ = std::fs::remove_file(&log);
+}
