@@ -51,24 +51,16 @@ use xme_core::{Operator, SharedRegion, futex, process};
 
 use crate::ShmError;
 use crate::block::{load_bytes, store_bytes, words};
+use crate::ring::{CELL_HEADER, HEADER_WORDS, Orphan, PAYLOAD_HEADER, Pop, Ring};
 
-/// A cell whose producer died while writing it.
-const SKIP: u32 = u32::MAX;
-/// Tag bit of a cell taken by a consumer (pids are below 2^22 on Linux).
-const RUNNING: u32 = 1 << 31;
-
-// Header words.
-const H_TAIL: usize = 0;
-const H_HEAD: usize = 1;
+// Header words (the ring's tail, head and executed count are words 0, 1, 3).
 const H_GUARD: usize = 2;
-const H_EXECUTED: usize = 3;
 const H_CAPACITY: usize = 4;
 const H_CELL_WORDS: usize = 5;
 const H_BOXES: usize = 6;
 const H_REPLY_WORDS: usize = 7;
 const H_FAMILY: usize = 8;
 const H_SLEEPERS: usize = 9; // three words: work, space, done
-const HEADER_WORDS: usize = 16;
 /// Futex words (u32) before the header.
 const FUTEX_BYTES: usize = 64;
 
@@ -82,13 +74,6 @@ pub(crate) enum Event {
     /// A result was stored.
     Done = 2,
 }
-
-// Cell words: state, payload length, payload.
-const C_STATE: usize = 0;
-const C_LEN: usize = 1;
-const CELL_HEADER: usize = 2;
-/// Bytes of a payload before the call itself: operator and serial.
-pub(crate) const PAYLOAD_HEADER: usize = 16;
 
 // Mailbox words.
 const B_OP: usize = 0;
@@ -163,26 +148,9 @@ impl BufferConfig {
     /// Bytes of region the buffer needs.
     pub(crate) fn bytes(&self) -> usize {
         FUTEX_BYTES
-            + 8 * (HEADER_WORDS
-                + self.capacity * self.cell_words()
+            + 8 * (Ring::words_for(self.capacity, self.cell_words())
                 + self.mailboxes * self.box_words())
     }
-}
-
-/// What [`CallBuffer::pop`] found at the head.
-pub(crate) enum Pop {
-    /// A call to run: its position and payload (operator, serial, call).
-    Call { pos: u64, payload: Vec<u8> },
-    /// Nothing published.
-    Empty,
-    /// The head call is being written by a live producer.
-    Busy,
-}
-
-/// A call whose consumer died while running it.
-pub(crate) struct Orphan {
-    pub consumer: u32,
-    pub payload: Vec<u8>,
 }
 
 /// The call buffer in a region; see the module docs.
@@ -191,16 +159,9 @@ pub(crate) struct CallBuffer {
     futexes: &'static [AtomicU32],
     words: &'static [AtomicU64],
     config: BufferConfig,
+    ring: Ring<'static>,
     /// Keeps the mapping behind the slices alive.
     _region: Arc<SharedRegion>,
-}
-
-fn state(seq: u32, tag: u32) -> u64 {
-    (u64::from(seq) << 32) | u64::from(tag)
-}
-
-fn split(st: u64) -> (u32, u32) {
-    ((st >> 32) as u32, st as u32)
 }
 
 fn alive(pid: u32) -> bool {
@@ -229,6 +190,7 @@ impl CallBuffer {
             futexes,
             words,
             config,
+            ring: Ring::attach(words, config.capacity, config.cell_words()),
             _region: region.clone(),
         })
     }
@@ -248,10 +210,7 @@ impl CallBuffer {
         h[H_BOXES].store(config.mailboxes as u64, Ordering::Relaxed);
         h[H_REPLY_WORDS].store(words(config.reply_bytes) as u64, Ordering::Relaxed);
         h[H_FAMILY].store(family, Ordering::Relaxed);
-        for p in 0..config.capacity {
-            b.cell(p as u64)[C_STATE].store(state(p as u32, 0), Ordering::Relaxed);
-        }
-        std::sync::atomic::fence(Ordering::Release);
+        Ring::init(b.words, config.capacity, config.cell_words());
         Ok(b)
     }
 
@@ -281,16 +240,9 @@ impl CallBuffer {
         self.words[H_FAMILY].load(Ordering::Relaxed)
     }
 
-    fn cell(&self, pos: u64) -> &'static [AtomicU64] {
-        let cw = self.config.cell_words();
-        let i = (pos % self.config.capacity as u64) as usize;
-        let at = HEADER_WORDS + i * cw;
-        &self.words[at..at + cw]
-    }
-
     fn mailbox_words(&self, i: usize) -> &'static [AtomicU64] {
         let bw = self.config.box_words();
-        let at = HEADER_WORDS + self.config.capacity * self.config.cell_words() + i * bw;
+        let at = Ring::words_for(self.config.capacity, self.config.cell_words()) + i * bw;
         &self.words[at..at + bw]
     }
 
@@ -333,39 +285,13 @@ impl CallBuffer {
                 max: self.config.call_bytes,
             });
         }
-        let me = process::current_pid();
-        let tail = &self.words[H_TAIL];
-        loop {
-            let pos = tail.load(Ordering::Acquire);
-            let cell = self.cell(pos);
-            let st = cell[C_STATE].load(Ordering::Acquire);
-            let (seq, tag) = split(st);
-            let d = seq.wrapping_sub(pos as u32) as i32;
-            if d < 0 {
-                return Ok(false); // the lap before still holds this cell
-            }
-            if d == 0 && tag == 0 {
-                if cell[C_STATE]
-                    .compare_exchange(st, state(seq, me), Ordering::AcqRel, Ordering::Relaxed)
-                    .is_err()
-                {
-                    continue;
-                }
-                let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
-                let data = &cell[CELL_HEADER..];
-                data[0].store(op.id(), Ordering::Relaxed);
-                data[1].store(serial, Ordering::Relaxed);
-                store_bytes(&data[2..], call);
-                cell[C_LEN].store((PAYLOAD_HEADER + call.len()) as u64, Ordering::Relaxed);
-                // Publish: one store; SeqCst pairs with the consumer's sleeper
-                // registration in `signal`/`wait`.
-                cell[C_STATE].store(state(seq.wrapping_add(1), 0), Ordering::SeqCst);
-                self.signal(Event::Work);
-                return Ok(true);
-            }
-            // Claimed by someone else (or tail lags): help tail along.
-            let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+        let pushed = self
+            .ring
+            .try_push(process::current_pid(), op.id(), serial, call);
+        if pushed {
+            self.signal(Event::Work);
         }
+        Ok(pushed)
     }
 
     /// Appends, waiting while the ring is full: forever with `deadline` None.
@@ -405,169 +331,49 @@ impl CallBuffer {
     }
 
     fn has_space(&self) -> bool {
-        let pos = self.words[H_TAIL].load(Ordering::SeqCst);
-        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
-        seq.wrapping_sub(pos as u32) as i32 >= 0
+        self.ring.has_space()
     }
 
     /// True when a published or in-progress call is at the head.
     pub fn has_work(&self) -> bool {
-        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
-        let (seq, tag) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
-        let d = seq.wrapping_sub(pos as u32) as i32;
-        d > 0 || (d == 0 && tag != 0)
+        self.ring.has_work()
     }
 
     /// True when the call at the head is published (or the head moved on).
     pub fn head_ready(&self) -> bool {
-        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
-        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
-        seq.wrapping_sub(pos as u32) as i32 > 0
+        self.ring.head_ready()
     }
 
     /// Calls appended (or being appended) and not yet taken by a consumer.
     pub fn len(&self) -> usize {
-        let head = self.words[H_HEAD].load(Ordering::Acquire);
-        let tail = self.words[H_TAIL].load(Ordering::Acquire);
-        tail.saturating_sub(head) as usize
+        self.ring.len()
     }
-
-    // ---- consumers -------------------------------------------------------
 
     /// Takes the call at the head, marking it as run by this process.
     pub fn pop(&self) -> Pop {
-        let me = process::current_pid();
-        let head = &self.words[H_HEAD];
-        loop {
-            let pos = head.load(Ordering::Acquire);
-            let cell = self.cell(pos);
-            let st = cell[C_STATE].load(Ordering::Acquire);
-            let (seq, tag) = split(st);
-            let p = pos as u32;
-            match seq.wrapping_sub(p) as i32 {
-                d if d < 0 => return Pop::Empty,
-                0 if tag == 0 => return Pop::Empty,
-                0 if alive(tag) => return Pop::Busy,
-                0 => {
-                    // Its producer died mid-write: the entry never runs.
-                    let _ = cell[C_STATE].compare_exchange(
-                        st,
-                        state(p.wrapping_add(1), SKIP),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    );
-                }
-                1 if tag == 0 || tag == SKIP => {
-                    if cell[C_STATE]
-                        .compare_exchange(
-                            st,
-                            state(seq, me | RUNNING),
-                            Ordering::AcqRel,
-                            Ordering::Relaxed,
-                        )
-                        .is_err()
-                    {
-                        continue;
-                    }
-                    let _ =
-                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
-                    if tag == SKIP {
-                        self.complete(pos);
-                        continue;
-                    }
-                    let len = (cell[C_LEN].load(Ordering::Relaxed) as usize)
-                        .min((self.config.cell_words() - CELL_HEADER) * 8);
-                    let mut payload = Vec::new();
-                    load_bytes(&cell[CELL_HEADER..], len, &mut payload);
-                    return Pop::Call { pos, payload };
-                }
-                // Taken by a consumer (or head lags): help head along.
-                _ => {
-                    let _ =
-                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
-                }
-            }
-        }
+        self.ring.pop(process::current_pid(), alive)
     }
 
     /// Frees the cell of position `pos` after its call ran.
     pub fn complete(&self, pos: u64) {
-        let next = (pos + self.config.capacity as u64) as u32;
-        self.cell(pos)[C_STATE].store(state(next, 0), Ordering::SeqCst);
-        self.words[H_EXECUTED].fetch_add(1, Ordering::Relaxed);
+        self.ring.complete(pos);
         self.signal(Event::Space);
     }
 
     /// Calls run so far (skipped entries included).
     pub fn executed(&self) -> u64 {
-        self.words[H_EXECUTED].load(Ordering::Relaxed)
+        self.ring.executed()
     }
 
-    /// Finds cells left by dead processes: marks half-written ones `SKIP`,
-    /// and takes over the ones a dead consumer was running (returned, for the
-    /// caller to report as failed, then [`complete`](Self::complete) by position).
+    /// Takes over the calls a dead consumer was running (for the caller to
+    /// report as failed, then [`complete`](Self::complete) by position).
     pub fn recover(&self) -> Vec<(u64, Orphan)> {
-        let me = process::current_pid();
-        let mut orphans = Vec::new();
-        let head = self.words[H_HEAD].load(Ordering::Acquire);
-        let cap = self.config.capacity as u64;
-        // Running cells lie within the last lap before head.
-        for pos in head.saturating_sub(cap)..head + cap {
-            let cell = self.cell(pos);
-            let st = cell[C_STATE].load(Ordering::Acquire);
-            let (seq, tag) = split(st);
-            let p = pos as u32;
-            if seq == p.wrapping_add(1)
-                && tag != SKIP
-                && tag & RUNNING != 0
-                && !alive(tag & !RUNNING)
-                && cell[C_STATE]
-                    .compare_exchange(
-                        st,
-                        state(seq, me | RUNNING),
-                        Ordering::AcqRel,
-                        Ordering::Relaxed,
-                    )
-                    .is_ok()
-            {
-                let len = (cell[C_LEN].load(Ordering::Relaxed) as usize)
-                    .min((self.config.cell_words() - CELL_HEADER) * 8);
-                let mut payload = Vec::new();
-                load_bytes(&cell[CELL_HEADER..], len, &mut payload);
-                orphans.push((
-                    pos,
-                    Orphan {
-                        consumer: tag & !RUNNING,
-                        payload,
-                    },
-                ));
-            }
-        }
-        orphans
+        self.ring.recover(process::current_pid(), alive)
     }
 
     /// A snapshot of the cells holding calls: (position, payload, running pid).
     pub fn pending(&self) -> Vec<(u64, Vec<u8>, Option<u32>)> {
-        let head = self.words[H_HEAD].load(Ordering::Acquire);
-        let cap = self.config.capacity as u64;
-        let mut out = Vec::new();
-        for pos in head.saturating_sub(cap)..head + cap {
-            let cell = self.cell(pos);
-            let (seq, tag) = split(cell[C_STATE].load(Ordering::Acquire));
-            if seq != (pos as u32).wrapping_add(1) || tag == SKIP {
-                continue;
-            }
-            let len = (cell[C_LEN].load(Ordering::Relaxed) as usize)
-                .min((self.config.cell_words() - CELL_HEADER) * 8);
-            let mut payload = Vec::new();
-            load_bytes(&cell[CELL_HEADER..], len, &mut payload);
-            // Keep the copy only if the cell did not move on meanwhile.
-            if cell[C_STATE].load(Ordering::Acquire) >> 32 == u64::from(seq) {
-                let running = (tag & RUNNING != 0).then_some(tag & !RUNNING);
-                out.push((pos, payload, running));
-            }
-        }
-        out
+        self.ring.pending()
     }
 
     // ---- the Guard's registration ----------------------------------------

@@ -10,9 +10,10 @@ use serde::{Deserialize, Serialize};
 use xme_core::{Operator, process};
 use xme_security::LockType;
 
-use crate::buffer::{Event, Orphan, PAYLOAD_HEADER, Pop};
+use crate::buffer::Event;
 use crate::call::{Builtin, Call, Named, Target, Trampoline, reply};
 use crate::manager::{GUARD_KEY, Manager, ProcessStatus, XMEM_KEY, check_reserved_value};
+use crate::ring::{Orphan, PAYLOAD_HEADER, Pop};
 use crate::{RawValue, ShmError};
 
 /// How long `get` spins on the mailbox before sleeping: a Guard on another

@@ -64,6 +64,7 @@ mod object;
 mod primitive;
 #[cfg(not(loom))]
 mod raw;
+mod ring;
 mod table;
 
 pub use arena::ArenaStats;

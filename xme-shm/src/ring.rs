@@ -1,0 +1,443 @@
+//! The call buffer's ring: a bounded many-producer, many-consumer queue of
+//! fixed-size cells in shared words, safe against processes killed at any
+//! instruction. See `buffer.rs` for the cell states; this file holds only the
+//! lock-free protocol, so that loom can check it (`--cfg loom`).
+
+use crate::block::{load_bytes, store_bytes};
+use crate::primitive::{AtomicU64, Ordering};
+
+/// A cell whose producer died while writing it.
+pub(crate) const SKIP: u32 = u32::MAX;
+/// Tag bit of a cell taken by a consumer (pids are below 2^22 on Linux).
+pub(crate) const RUNNING: u32 = 1 << 31;
+
+/// Ring words at the start of the buffer's header.
+pub(crate) const H_TAIL: usize = 0;
+pub(crate) const H_HEAD: usize = 1;
+pub(crate) const H_EXECUTED: usize = 3;
+/// Words of the buffer header; cells follow.
+pub(crate) const HEADER_WORDS: usize = 16;
+
+// Cell words: state, payload length, payload.
+const C_STATE: usize = 0;
+const C_LEN: usize = 1;
+pub(crate) const CELL_HEADER: usize = 2;
+/// Bytes of a payload before the call itself: operator and serial.
+pub(crate) const PAYLOAD_HEADER: usize = 16;
+
+/// What [`Ring::pop`] found at the head.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pop {
+    /// A call to run: its position and payload (operator, serial, call).
+    Call { pos: u64, payload: Vec<u8> },
+    /// Nothing published.
+    Empty,
+    /// The head call is being written by a live producer.
+    Busy,
+}
+
+/// A call whose consumer died while running it.
+#[derive(Debug)]
+pub(crate) struct Orphan {
+    pub consumer: u32,
+    pub payload: Vec<u8>,
+}
+
+fn state(seq: u32, tag: u32) -> u64 {
+    (u64::from(seq) << 32) | u64::from(tag)
+}
+
+fn split(st: u64) -> (u32, u32) {
+    ((st >> 32) as u32, st as u32)
+}
+
+/// The ring over `words`: `HEADER_WORDS` of header (tail, head, executed at
+/// their indexes), then `capacity` cells of `cell_words` words.
+#[derive(Clone, Copy)]
+pub(crate) struct Ring<'m> {
+    words: &'m [AtomicU64],
+    capacity: usize,
+    cell_words: usize,
+}
+
+impl<'m> Ring<'m> {
+    /// Words a ring of this shape needs.
+    pub fn words_for(capacity: usize, cell_words: usize) -> usize {
+        HEADER_WORDS + capacity * cell_words
+    }
+
+    /// The ring in `words`, already laid out.
+    pub fn attach(words: &'m [AtomicU64], capacity: usize, cell_words: usize) -> Ring<'m> {
+        Ring {
+            words,
+            capacity,
+            cell_words,
+        }
+    }
+
+    /// Lays out an empty ring in zeroed `words`.
+    pub fn init(words: &'m [AtomicU64], capacity: usize, cell_words: usize) -> Ring<'m> {
+        let ring = Ring::attach(words, capacity, cell_words);
+        for p in 0..capacity {
+            ring.cell(p as u64)[C_STATE].store(state(p as u32, 0), Ordering::Release);
+        }
+        ring
+    }
+
+    fn cell(&self, pos: u64) -> &'m [AtomicU64] {
+        let i = (pos % self.capacity as u64) as usize;
+        let at = HEADER_WORDS + i * self.cell_words;
+        &self.words[at..at + self.cell_words]
+    }
+
+    fn payload_bytes(&self) -> usize {
+        (self.cell_words - CELL_HEADER) * 8
+    }
+
+    /// Largest call (after the payload header) a cell holds.
+    pub fn call_bytes(&self) -> usize {
+        self.payload_bytes() - PAYLOAD_HEADER
+    }
+
+    fn read_payload(&self, cell: &[AtomicU64]) -> Vec<u8> {
+        let len = (cell[C_LEN].load(Ordering::Relaxed) as usize).min(self.payload_bytes());
+        let mut payload = Vec::new();
+        load_bytes(&cell[CELL_HEADER..], len, &mut payload);
+        payload
+    }
+
+    /// Appends a call as process `me` if a cell is free; false when full.
+    /// `call` must fit ([`call_bytes`](Self::call_bytes)).
+    pub fn try_push(&self, me: u32, op: u64, serial: u64, call: &[u8]) -> bool {
+        debug_assert!(call.len() <= self.call_bytes());
+        let tail = &self.words[H_TAIL];
+        loop {
+            let pos = tail.load(Ordering::Acquire);
+            let cell = self.cell(pos);
+            let st = cell[C_STATE].load(Ordering::Acquire);
+            let (seq, tag) = split(st);
+            let d = seq.wrapping_sub(pos as u32) as i32;
+            if d < 0 {
+                return false; // the lap before still holds this cell
+            }
+            if d == 0 && tag == 0 {
+                // Claim: from here on the cell names us.
+                if cell[C_STATE]
+                    .compare_exchange(st, state(seq, me), Ordering::AcqRel, Ordering::Relaxed)
+                    .is_err()
+                {
+                    continue;
+                }
+                let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                let data = &cell[CELL_HEADER..];
+                data[0].store(op, Ordering::Relaxed);
+                data[1].store(serial, Ordering::Relaxed);
+                store_bytes(&data[2..], call);
+                cell[C_LEN].store((PAYLOAD_HEADER + call.len()) as u64, Ordering::Relaxed);
+                // Publish: one store. SeqCst pairs with the waiters' SeqCst
+                // sleeper registration (buffer.rs).
+                cell[C_STATE].store(state(seq.wrapping_add(1), 0), Ordering::SeqCst);
+                return true;
+            }
+            // Claimed by someone else (or tail lags): help tail along.
+            let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
+    /// True when the cell at the tail is free (an append would not wait).
+    pub fn has_space(&self) -> bool {
+        let pos = self.words[H_TAIL].load(Ordering::SeqCst);
+        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        seq.wrapping_sub(pos as u32) as i32 >= 0
+    }
+
+    /// True when a published or in-progress call is at the head.
+    pub fn has_work(&self) -> bool {
+        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
+        let (seq, tag) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        let d = seq.wrapping_sub(pos as u32) as i32;
+        d > 0 || (d == 0 && tag != 0)
+    }
+
+    /// True when the call at the head is published (or the head moved on).
+    pub fn head_ready(&self) -> bool {
+        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
+        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        seq.wrapping_sub(pos as u32) as i32 > 0
+    }
+
+    /// Calls appended (or being appended) and not yet taken by a consumer.
+    pub fn len(&self) -> usize {
+        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let tail = self.words[H_TAIL].load(Ordering::Acquire);
+        tail.saturating_sub(head) as usize
+    }
+
+    /// Takes the call at the head as process `me`; `alive` says whether a
+    /// pid still runs (a dead producer's half-written cell is skipped).
+    pub fn pop(&self, me: u32, alive: impl Fn(u32) -> bool) -> Pop {
+        let head = &self.words[H_HEAD];
+        loop {
+            let pos = head.load(Ordering::Acquire);
+            let cell = self.cell(pos);
+            let st = cell[C_STATE].load(Ordering::Acquire);
+            let (seq, tag) = split(st);
+            let p = pos as u32;
+            match seq.wrapping_sub(p) as i32 {
+                d if d < 0 => return Pop::Empty,
+                0 if tag == 0 => return Pop::Empty,
+                0 if alive(tag) => return Pop::Busy,
+                0 => {
+                    // Its producer died mid-write: the entry never runs.
+                    let _ = cell[C_STATE].compare_exchange(
+                        st,
+                        state(p.wrapping_add(1), SKIP),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    );
+                }
+                1 if tag == 0 || tag == SKIP => {
+                    if cell[C_STATE]
+                        .compare_exchange(
+                            st,
+                            state(seq, me | RUNNING),
+                            Ordering::AcqRel,
+                            Ordering::Relaxed,
+                        )
+                        .is_err()
+                    {
+                        continue;
+                    }
+                    let _ =
+                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                    if tag == SKIP {
+                        self.complete(pos);
+                        continue;
+                    }
+                    return Pop::Call {
+                        pos,
+                        payload: self.read_payload(cell),
+                    };
+                }
+                // Taken by a consumer (or head lags): help head along.
+                _ => {
+                    let _ =
+                        head.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Frees the cell of position `pos` after its call ran.
+    pub fn complete(&self, pos: u64) {
+        let next = (pos + self.capacity as u64) as u32;
+        self.cell(pos)[C_STATE].store(state(next, 0), Ordering::SeqCst);
+        self.words[H_EXECUTED].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls run so far (skipped entries included).
+    pub fn executed(&self) -> u64 {
+        self.words[H_EXECUTED].load(Ordering::Relaxed)
+    }
+
+    /// Takes over, as `me`, the cells a dead consumer was running: returned
+    /// for the caller to report as failed, then [`complete`](Self::complete).
+    pub fn recover(&self, me: u32, alive: impl Fn(u32) -> bool) -> Vec<(u64, Orphan)> {
+        let mut orphans = Vec::new();
+        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let cap = self.capacity as u64;
+        // Running cells lie within the lap before head (or at head, if their
+        // consumer died before moving it).
+        for pos in head.saturating_sub(cap)..=head {
+            let cell = self.cell(pos);
+            let st = cell[C_STATE].load(Ordering::Acquire);
+            let (seq, tag) = split(st);
+            if seq == (pos as u32).wrapping_add(1)
+                && tag != SKIP
+                && tag & RUNNING != 0
+                && !alive(tag & !RUNNING)
+                && cell[C_STATE]
+                    .compare_exchange(
+                        st,
+                        state(seq, me | RUNNING),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                orphans.push((
+                    pos,
+                    Orphan {
+                        consumer: tag & !RUNNING,
+                        payload: self.read_payload(cell),
+                    },
+                ));
+            }
+        }
+        orphans
+    }
+
+    /// A snapshot of the cells holding calls: (position, payload, running pid).
+    pub fn pending(&self) -> Vec<(u64, Vec<u8>, Option<u32>)> {
+        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let cap = self.capacity as u64;
+        let mut out = Vec::new();
+        for pos in head.saturating_sub(cap)..head + cap {
+            let cell = self.cell(pos);
+            let (seq, tag) = split(cell[C_STATE].load(Ordering::Acquire));
+            if seq != (pos as u32).wrapping_add(1) || tag == SKIP {
+                continue;
+            }
+            let payload = self.read_payload(cell);
+            // Keep the copy only if the cell did not move on meanwhile.
+            if cell[C_STATE].load(Ordering::Acquire) >> 32 == u64::from(seq) {
+                let running = (tag & RUNNING != 0).then_some(tag & !RUNNING);
+                out.push((pos, payload, running));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(all(test, loom))]
+mod loom_models {
+    //! `RUSTFLAGS="--cfg loom" cargo test -p xme-shm --release --lib`
+
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const CELL_WORDS: usize = CELL_HEADER + 3; // 16-byte header + 8 bytes of call
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(2);
+        b.check(f);
+    }
+
+    fn ring_words(capacity: usize) -> Arc<Vec<AtomicU64>> {
+        let words: Vec<AtomicU64> = (0..Ring::words_for(capacity, CELL_WORDS))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+        Ring::init(&words, capacity, CELL_WORDS);
+        Arc::new(words)
+    }
+
+    /// Pops until `n` calls came out; returns their (operator, serial).
+    fn drain(ring: Ring<'_>, n: usize, alive: impl Fn(u32) -> bool) -> Vec<(u64, u64)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            match ring.pop(9, &alive) {
+                Pop::Call { pos, payload } => {
+                    let word = |i: usize| u64::from_le_bytes(payload[i..i + 8].try_into().unwrap());
+                    assert_eq!(payload.len(), PAYLOAD_HEADER + 8);
+                    assert_eq!(word(16), word(0) * 100 + word(8), "torn payload");
+                    got.push((word(0), word(8)));
+                    ring.complete(pos);
+                }
+                Pop::Empty | Pop::Busy => thread::yield_now(),
+            }
+        }
+        got
+    }
+
+    fn push(ring: Ring<'_>, me: u32, op: u64, serial: u64) {
+        let call = (op * 100 + serial).to_le_bytes();
+        while !ring.try_push(me, op, serial, &call) {
+            thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_producer_and_a_consumer_each_call_once_in_order_through_a_wrap() {
+        model(|| {
+            let words = ring_words(2);
+            let w2 = words.clone();
+            let producer = thread::spawn(move || {
+                let ring = Ring::attach(&w2, 2, CELL_WORDS);
+                push(ring, 1, 1, 1);
+                push(ring, 1, 1, 2);
+            });
+            let ring = Ring::attach(&words, 2, CELL_WORDS);
+            let got = drain(ring, 2, |_| true);
+            producer.join().unwrap();
+            assert_eq!(got, [(1, 1), (1, 2)], "FIFO");
+            // Positions 2 and 3 reuse both cells.
+            push(ring, 2, 2, 1);
+            push(ring, 2, 2, 2);
+            assert!(!ring.try_push(2, 2, 3, &[0; 8]), "full at capacity");
+            assert_eq!(drain(ring, 2, |_| true), [(2, 1), (2, 2)]);
+            assert_eq!(ring.pop(9, |_| true), Pop::Empty);
+            assert_eq!(ring.executed(), 4);
+        });
+    }
+
+    #[test]
+    fn two_producers_race_for_one_cell() {
+        model(|| {
+            let words = ring_words(2);
+            let w2 = words.clone();
+            let other = thread::spawn(move || {
+                let ring = Ring::attach(&w2, 2, CELL_WORDS);
+                push(ring, 1, 1, 1);
+            });
+            let ring = Ring::attach(&words, 2, CELL_WORDS);
+            push(ring, 2, 2, 1);
+            other.join().unwrap();
+            let mut got = drain(ring, 2, |_| true);
+            got.sort();
+            assert_eq!(got, [(1, 1), (2, 1)]);
+            assert_eq!(ring.len(), 0);
+        });
+    }
+
+    #[test]
+    fn a_producer_dead_after_its_claim_is_skipped_and_blocks_no_one() {
+        model(|| {
+            let words = ring_words(2);
+            let ring = Ring::attach(&words, 2, CELL_WORDS);
+            // Producer 7 claimed position 0 and was killed before publishing.
+            let cell = ring.cell(0);
+            cell[C_STATE].store(state(0, 7), Ordering::Release);
+            let w2 = words.clone();
+            let producer = thread::spawn(move || {
+                let ring = Ring::attach(&w2, 2, CELL_WORDS);
+                push(ring, 1, 1, 1);
+                push(ring, 1, 1, 2);
+            });
+            let got = drain(ring, 2, |pid| pid != 7);
+            producer.join().unwrap();
+            assert_eq!(got, [(1, 1), (1, 2)]);
+        });
+    }
+
+    #[test]
+    fn a_call_of_a_dead_consumer_is_recovered_once() {
+        model(|| {
+            let words = ring_words(2);
+            let ring = Ring::attach(&words, 2, CELL_WORDS);
+            push(ring, 1, 1, 1);
+            // Consumer 5 takes it and dies while running it.
+            assert!(matches!(ring.pop(5, |_| true), Pop::Call { pos: 0, .. }));
+            let w2 = words.clone();
+            let other = thread::spawn(move || {
+                let ring = Ring::attach(&w2, 2, CELL_WORDS);
+                let orphans = ring.recover(6, |pid| pid != 5);
+                for (pos, _) in &orphans {
+                    ring.complete(*pos);
+                }
+                orphans.len()
+            });
+            let mine = ring.recover(9, |pid| pid != 5);
+            for (pos, o) in &mine {
+                assert_eq!(o.consumer, 5);
+                ring.complete(*pos);
+            }
+            let theirs = other.join().unwrap();
+            assert_eq!(mine.len() + theirs, 1, "reported exactly once");
+            // The ring goes on.
+            push(ring, 1, 1, 2);
+            assert_eq!(drain(ring, 1, |_| true), [(1, 2)]);
+        });
+    }
+}
