@@ -182,6 +182,7 @@ impl Mpi {
             links,
             slots: Mutex::new(SlotTable::new(self.buffer_size)),
             slot_freed: Condvar::new(),
+            direct_generation: AtomicU32::new(0),
         };
         let out = panic::catch_unwind(AssertUnwindSafe(|| main(&handle)));
         let _ = handle.close(To::All);
@@ -312,6 +313,8 @@ pub struct MpiHandle<'r> {
     links: Vec<Link<'r>>,
     slots: Mutex<SlotTable>,
     slot_freed: Condvar,
+    /// Generations of direct calls (`block_acquire` without a slot).
+    direct_generation: AtomicU32,
 }
 
 impl<'r> MpiHandle<'r> {
@@ -404,7 +407,13 @@ impl<'r> MpiHandle<'r> {
         A: Serialize,
         R: DeserializeOwned,
     {
-        let slot = self.acquire(unit, args, to)?;
+        let link = self.choose(to)?;
+        if link.load.load(Ordering::Acquire) == 0
+            && let Ok(mut reader) = link.recv.try_lock()
+        {
+            return self.direct_call(link, &mut reader, unit_request(unit.id), unit.name, args);
+        }
+        let slot = self.acquire(unit, args, To::Process(link.id))?;
         self.get(slot)
     }
 
@@ -562,25 +571,37 @@ impl<'r> MpiHandle<'r> {
         };
         req.slot = index;
         req.generation = generation;
+        if let Err(e) = self.write_request(link, req, unit, args) {
+            if !matches!(e, MpiError::ProcessDied { .. } | MpiError::Closed { .. }) {
+                self.release(index, generation);
+            }
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
+    /// Encodes `req` with `args` and writes it to `link`'s request channel,
+    /// waiting for room; counts it in the link's load once it is written.
+    fn write_request<A: Serialize>(
+        &self,
+        link: &Link<'_>,
+        req: Request,
+        unit: &'static str,
+        args: &A,
+    ) -> Result<(), MpiError> {
         let mut buf = lock(&link.send);
         req.write(self.token, &mut buf);
-        let frame =
-            postcard::to_extend(args, std::mem::take(&mut *buf)).map_err(|e| MpiError::Encode {
+        *buf = postcard::to_extend(args, std::mem::take(&mut *buf)).map_err(|e| {
+            MpiError::Encode {
                 unit: unit.to_string(),
                 reason: e.to_string(),
-            });
-        let frame = match frame {
-            Ok(f) => f,
-            Err(e) => {
-                self.release(index, generation);
-                return Err(e);
             }
-        };
-        *buf = frame;
+        })?;
         if buf.len() > link.requests.max_frame() {
-            let (len, capacity) = (buf.len(), link.requests.capacity());
-            self.release(index, generation);
-            return Err(MpiError::FrameTooLarge { len, capacity });
+            return Err(MpiError::FrameTooLarge {
+                len: buf.len(),
+                capacity: link.requests.capacity(),
+            });
         }
         link.load.fetch_add(1, Ordering::AcqRel);
         while !link.requests.try_send(&buf) {
@@ -592,7 +613,65 @@ impl<'r> MpiHandle<'r> {
                 return Err(self.ended_error(link, link.ended.get().expect("just ended")));
             }
         }
-        Ok(slot)
+        Ok(())
+    }
+
+    /// `block_acquire` without a slot, when no other call waits on `link` and
+    /// no other thread reads its replies: the reply is read straight from the
+    /// channel (replies of calls sent meanwhile by other threads are
+    /// delivered to their slots on the way).
+    fn direct_call<A: Serialize, R: DeserializeOwned>(
+        &self,
+        link: &Link<'_>,
+        reader: &mut Vec<u8>,
+        mut req: Request,
+        unit: &'static str,
+        args: &A,
+    ) -> Result<R, MpiError> {
+        req.slot = DIRECT_SLOT;
+        req.generation = self.direct_generation.fetch_add(1, Ordering::Relaxed);
+        self.write_request(link, req, unit, args)?;
+        let mut last_check = Instant::now();
+        loop {
+            match link.replies.try_recv(reader) {
+                Ok(true) => match frame::read_reply(self.token, reader) {
+                    Some((DIRECT_SLOT, generation, status, body))
+                        if generation == req.generation =>
+                    {
+                        link.load.fetch_sub(1, Ordering::AcqRel);
+                        return match reply_outcome(unit, link.id, status, body) {
+                            Ok(()) => xme_core::frame::decode(body, "a unit result").map_err(
+                                |e| MpiError::Decode {
+                                    unit: unit.to_string(),
+                                    reason: e.to_string(),
+                                },
+                            ),
+                            Err(e) => Err(e),
+                        };
+                    }
+                    Some((slot, generation, status, body)) => {
+                        self.deliver(link, slot, generation, status, body);
+                    }
+                    None => log_foreign_reply(link, reader.len()),
+                },
+                Ok(false) => {
+                    let waited = link.replies.wait_recv(LIVENESS);
+                    let quiet =
+                        matches!(waited, Waited::Idle) || last_check.elapsed() >= LIVENESS;
+                    if quiet {
+                        last_check = Instant::now();
+                        if !self.check_alive(link, reader) {
+                            self.fail_pending(link);
+                            return Err(self.ended_error(link, link.ended.get().expect("ended")));
+                        }
+                    }
+                }
+                Err(corrupt) => {
+                    self.corrupt_replies(link, &corrupt);
+                    return Err(self.ended_error(link, link.ended.get().expect("ended")));
+                }
+            }
+        }
     }
 
     /// Takes a free slot, waiting while all are taken (at most `wait`).
@@ -736,35 +815,34 @@ impl<'r> MpiHandle<'r> {
                         Some((slot, generation, status, body)) => {
                             self.deliver(link, slot, generation, status, body);
                         }
-                        None => {
-                            let _ = xme_log::Logger::new().entry().msgtype("Error").print(format!(
-                                "MPI: dropped a reply of {} bytes from logical process {} without this run's token",
-                                buf.len(),
-                                link.id
-                            ));
-                        }
+                        None => log_foreign_reply(link, buf.len()),
                     }
                 }
                 Ok(false) => return n,
                 Err(corrupt) => {
-                    let _ = xme_log::Logger::new()
-                        .entry()
-                        .msgtype("Error")
-                        .print(format!(
-                            "MPI: reply channel of logical process {} is corrupt ({}); closing it",
-                            link.id, corrupt.0
-                        ));
-                    if let Some(c) = lock(&link.child).as_mut() {
-                        let _ = c.kill_mut();
-                    }
-                    let _ = link
-                        .ended
-                        .set(Ended::Closed("its reply channel was corrupt".into()));
-                    self.fail_pending(link);
+                    self.corrupt_replies(link, &corrupt);
                     return n;
                 }
             }
         }
+    }
+
+    /// Ends `link` whose reply channel broke the ring's format.
+    fn corrupt_replies(&self, link: &Link<'_>, corrupt: &crate::ring::Corrupt) {
+        let _ = xme_log::Logger::new()
+            .entry()
+            .msgtype("Error")
+            .print(format!(
+                "MPI: reply channel of logical process {} is corrupt ({}); closing it",
+                link.id, corrupt.0
+            ));
+        if let Some(c) = lock(&link.child).as_mut() {
+            let _ = c.kill_mut();
+        }
+        let _ = link
+            .ended
+            .set(Ended::Closed("its reply channel was corrupt".into()));
+        self.fail_pending(link);
     }
 
     fn deliver(&self, link: &Link<'_>, slot: u32, generation: u32, status: u8, body: &[u8]) {
@@ -778,22 +856,9 @@ impl<'r> MpiHandle<'r> {
         link.load.fetch_sub(1, Ordering::AcqRel);
         let abandoned = match e.state {
             SlotState::Pending { unit, .. } => {
-                e.state = SlotState::Ready(match status {
-                    frame::REPLY_VALUE => Ok(body.to_vec()),
-                    frame::REPLY_PANICKED => Err(MpiError::UnitPanicked {
-                        unit: unit.to_string(),
-                        process: link.id,
-                        panic: postcard::from_bytes(body).unwrap_or(PanicReport {
-                            message: "(unreadable panic report)".into(),
-                            location: None,
-                        }),
-                    }),
-                    _ => Err(MpiError::UnitFailed {
-                        unit: unit.to_string(),
-                        process: link.id,
-                        reason: String::from_utf8_lossy(body).into_owned(),
-                    }),
-                });
+                e.state = SlotState::Ready(
+                    reply_outcome(unit, link.id, status, body).map(|()| body.to_vec()),
+                );
                 false
             }
             SlotState::Abandoned { .. } => true,
@@ -874,6 +939,36 @@ impl<'r> MpiHandle<'r> {
         l.requests.inject_raw(u64::MAX);
         Ok(())
     }
+}
+
+/// The slot number of a direct call (`block_acquire` without a slot).
+const DIRECT_SLOT: u32 = u32::MAX;
+
+/// `Ok` for a value reply (its body is the result), else the unit's error.
+fn reply_outcome(unit: &str, process: usize, status: u8, body: &[u8]) -> Result<(), MpiError> {
+    match status {
+        frame::REPLY_VALUE => Ok(()),
+        frame::REPLY_PANICKED => Err(MpiError::UnitPanicked {
+            unit: unit.to_string(),
+            process,
+            panic: postcard::from_bytes(body).unwrap_or(PanicReport {
+                message: "(unreadable panic report)".into(),
+                location: None,
+            }),
+        }),
+        _ => Err(MpiError::UnitFailed {
+            unit: unit.to_string(),
+            process,
+            reason: String::from_utf8_lossy(body).into_owned(),
+        }),
+    }
+}
+
+fn log_foreign_reply(link: &Link<'_>, len: usize) {
+    let _ = xme_log::Logger::new().entry().msgtype("Error").print(format!(
+        "MPI: dropped a reply of {len} bytes from logical process {} without this run's token",
+        link.id
+    ));
 }
 
 fn unit_request(id: u32) -> Request {

@@ -375,3 +375,75 @@ fn arguments_too_large_for_the_channel_are_an_error() {
         .unwrap();
     });
 }
+
+#[test]
+fn a_process_killed_during_block_acquire_is_an_error_not_a_hang() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let nap = mpi.register("nap", |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        });
+        mpi.run(|m| {
+            let pid = m.pid(1).unwrap();
+            std::thread::scope(|s| {
+                s.spawn(|| {
+                    std::thread::sleep(Duration::from_millis(50));
+                    nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    )
+                    .unwrap();
+                });
+                let t = Instant::now();
+                match m.block_acquire(&nap, &5000, To::Process(1)).unwrap_err() {
+                    MpiError::ProcessDied { process: 1, .. } => {}
+                    other => panic!("{other}"),
+                }
+                assert!(t.elapsed() < Duration::from_secs(2));
+            });
+            // The other process goes on, by both paths.
+            assert_eq!(m.block_acquire(&nap, &1, To::Any).unwrap(), 1);
+            let s = m.acquire(&nap, &2, To::Any).unwrap();
+            assert_eq!(m.get(s).unwrap(), 2);
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn threads_mixing_block_acquire_and_slots_on_one_process_get_their_own_results() {
+    clean(|| {
+        let mut mpi = Mpi::new(2).unwrap();
+        let tag = mpi.register("tag", |(t, i): (u64, u64)| t * 1_000_000 + i);
+        mpi.run(|m| {
+            std::thread::scope(|s| {
+                for t in 0..4u64 {
+                    s.spawn(move || {
+                        for i in 0..2000u64 {
+                            if (i + t).is_multiple_of(3) {
+                                let slots: Vec<_> = (0..5)
+                                    .map(|k| m.acquire(&tag, &(t, i * 10 + k), To::Any).unwrap())
+                                    .collect();
+                                for (k, s) in slots.into_iter().enumerate() {
+                                    assert_eq!(
+                                        m.get(s).unwrap(),
+                                        t * 1_000_000 + i * 10 + k as u64
+                                    );
+                                }
+                            } else {
+                                assert_eq!(
+                                    m.block_acquire(&tag, &(t, i), To::Any).unwrap(),
+                                    t * 1_000_000 + i
+                                );
+                            }
+                        }
+                    });
+                }
+            });
+            // Every call was answered: nothing is left counted on the process.
+            assert_eq!(m.status()[0], (1, LpStatus::Idle));
+        })
+        .unwrap();
+    });
+}
