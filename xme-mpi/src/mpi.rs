@@ -47,6 +47,8 @@ pub const DEFAULT_BUFFER_SIZE: usize = 255;
 pub const DEFAULT_CHANNEL_BYTES: usize = 1 << 20;
 /// How long `close` lets a logical process finish its queue before killing it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// Longest sleep of a thread waiting for a free slot before it re-checks.
+const SLOT_RECHECK: Duration = Duration::from_millis(1);
 /// Longest sleep before checking a peer is alive.
 const LIVENESS: Duration = Duration::from_millis(20);
 
@@ -259,14 +261,19 @@ impl SlotTable {
         }
     }
 
-    /// Frees slot `index`; true if a thread waits for a slot (notify it).
+    /// Frees slot `index`; true if a thread waiting for a slot should be
+    /// woken now: once a batch of slots is free, so that a producer blocked
+    /// on a full buffer wakes once per batch, not once per `get` (each wake
+    /// takes a core from the logical processes). Waiters also re-check every
+    /// [`SLOT_RECHECK`], so a single freed slot is never missed for long.
     #[must_use]
     fn release(&mut self, index: u32) -> bool {
         let e = &mut self.entries[index as usize];
         e.state = SlotState::Free;
         e.generation = e.generation.wrapping_add(1);
         self.free.push(index);
-        self.waiters > 0
+        let batch = (self.entries.len() / 8).clamp(1, 32);
+        self.waiters > 0 && self.free.len() >= batch
     }
 }
 
@@ -591,12 +598,11 @@ impl<'r> MpiHandle<'r> {
     ) -> Result<(), MpiError> {
         let mut buf = lock(&link.send);
         req.write(self.token, &mut buf);
-        *buf = postcard::to_extend(args, std::mem::take(&mut *buf)).map_err(|e| {
-            MpiError::Encode {
+        *buf =
+            postcard::to_extend(args, std::mem::take(&mut *buf)).map_err(|e| MpiError::Encode {
                 unit: unit.to_string(),
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         if buf.len() > link.requests.max_frame() {
             return Err(MpiError::FrameTooLarge {
                 len: buf.len(),
@@ -640,12 +646,12 @@ impl<'r> MpiHandle<'r> {
                     {
                         link.load.fetch_sub(1, Ordering::AcqRel);
                         return match reply_outcome(unit, link.id, status, body) {
-                            Ok(()) => xme_core::frame::decode(body, "a unit result").map_err(
-                                |e| MpiError::Decode {
+                            Ok(()) => xme_core::frame::decode(body, "a unit result").map_err(|e| {
+                                MpiError::Decode {
                                     unit: unit.to_string(),
                                     reason: e.to_string(),
-                                },
-                            ),
+                                }
+                            }),
                             Err(e) => Err(e),
                         };
                     }
@@ -656,8 +662,7 @@ impl<'r> MpiHandle<'r> {
                 },
                 Ok(false) => {
                     let waited = link.replies.wait_recv(LIVENESS);
-                    let quiet =
-                        matches!(waited, Waited::Idle) || last_check.elapsed() >= LIVENESS;
+                    let quiet = matches!(waited, Waited::Idle) || last_check.elapsed() >= LIVENESS;
                     if quiet {
                         last_check = Instant::now();
                         if !self.check_alive(link, reader) {
@@ -692,15 +697,19 @@ impl<'r> MpiHandle<'r> {
             }
             let start = *start.get_or_insert_with(Instant::now);
             table.waiters += 1;
+            // Woken when a batch of slots is free (see `SlotTable::release`),
+            // and at least every SLOT_RECHECK to take a single freed slot.
             table = match wait {
-                None => self
-                    .slot_freed
-                    .wait(table)
-                    .unwrap_or_else(|p| p.into_inner()),
+                None => {
+                    self.slot_freed
+                        .wait_timeout(table, SLOT_RECHECK)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
                 Some(w) => match w.checked_sub(start.elapsed()) {
                     Some(left) => {
                         self.slot_freed
-                            .wait_timeout(table, left)
+                            .wait_timeout(table, left.min(SLOT_RECHECK))
                             .unwrap_or_else(|p| p.into_inner())
                             .0
                     }
@@ -749,7 +758,8 @@ impl<'r> MpiHandle<'r> {
         index: u32,
         generation: u32,
     ) -> Result<(Vec<u8>, &'static str), MpiError> {
-        let mut last_check = Instant::now();
+        // Read the clock only once we have to wait (most results are ready).
+        let mut last_check: Option<Instant> = None;
         loop {
             let lp = {
                 let mut table = lock(&self.slots);
@@ -785,10 +795,11 @@ impl<'r> MpiHandle<'r> {
             if self.pump(link, &mut reader) > 0 {
                 continue;
             }
+            let since = *last_check.get_or_insert_with(Instant::now);
             let waited = link.replies.wait_recv(LIVENESS);
-            let quiet = matches!(waited, Waited::Idle) || last_check.elapsed() >= LIVENESS;
+            let quiet = matches!(waited, Waited::Idle) || since.elapsed() >= LIVENESS;
             if quiet {
-                last_check = Instant::now();
+                last_check = Some(Instant::now());
                 if !self.check_alive(link, &mut reader) {
                     self.fail_pending(link);
                 }
@@ -965,10 +976,13 @@ fn reply_outcome(unit: &str, process: usize, status: u8, body: &[u8]) -> Result<
 }
 
 fn log_foreign_reply(link: &Link<'_>, len: usize) {
-    let _ = xme_log::Logger::new().entry().msgtype("Error").print(format!(
-        "MPI: dropped a reply of {len} bytes from logical process {} without this run's token",
-        link.id
-    ));
+    let _ = xme_log::Logger::new()
+        .entry()
+        .msgtype("Error")
+        .print(format!(
+            "MPI: dropped a reply of {len} bytes from logical process {} without this run's token",
+            link.id
+        ));
 }
 
 fn unit_request(id: u32) -> Request {
