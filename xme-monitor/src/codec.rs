@@ -5,7 +5,7 @@
 //! - [`XmeWire`]: byte for byte the Python XME 4.2 format, to exchange
 //!   messages with Python XME programs.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 
 use crate::python;
@@ -195,30 +195,38 @@ impl Sealed {
         self.key_id
     }
 
-    /// Seals arbitrary bytes (the RPC layer seals its frames this way).
+    /// Seals arbitrary bytes.
     pub fn seal(&self, plain: &[u8]) -> Result<Vec<u8>, MonitorError> {
-        check_size(HEADER + plain.len() + TAG, self.max_frame)?;
+        self.seal_with(|out| {
+            out.extend_from_slice(plain);
+            Ok(())
+        })
+    }
+
+    /// Seals what `write` appends to the frame: the plaintext is written in
+    /// place and encrypted there, without a copy.
+    fn seal_with(
+        &self,
+        write: impl FnOnce(&mut Vec<u8>) -> Result<(), MonitorError>,
+    ) -> Result<Vec<u8>, MonitorError> {
         let mut nonce = [0u8; NONCE];
         getrandom::fill(&mut nonce).map_err(|e| MonitorError::Random(e.to_string()))?;
-        let mut out = Vec::with_capacity(HEADER + plain.len() + TAG);
+        let mut out = Vec::with_capacity(HEADER + 256 + TAG);
         out.extend_from_slice(MAGIC);
         out.push(VERSION);
         out.extend_from_slice(&self.key_id);
         out.extend_from_slice(&nonce);
-        let sealed = self
+        write(&mut out)?;
+        check_size(out.len() + TAG, self.max_frame)?;
+        let (header, body) = out.split_at_mut(HEADER);
+        let tag = self
             .cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: plain,
-                    aad: &out[..HEADER],
-                },
-            )
+            .encrypt_in_place_detached(XNonce::from_slice(&nonce), header, body)
             .map_err(|_| MonitorError::FrameTooLarge {
-                len: plain.len(),
+                len: body.len(),
                 max: self.max_frame,
             })?;
-        out.extend_from_slice(&sealed);
+        out.extend_from_slice(&tag);
         Ok(out)
     }
 
@@ -246,15 +254,17 @@ impl Sealed {
         if frame[5..5 + KEY_ID] != self.key_id {
             return Err(MonitorError::WrongKey);
         }
+        let (body, tag) = frame[HEADER..].split_at(frame.len() - HEADER - TAG);
+        let mut plain = body.to_vec();
         self.cipher
-            .decrypt(
+            .decrypt_in_place_detached(
                 XNonce::from_slice(&frame[5 + KEY_ID..HEADER]),
-                Payload {
-                    msg: &frame[HEADER..],
-                    aad: &frame[..HEADER],
-                },
+                &frame[..HEADER],
+                &mut plain,
+                tag.into(),
             )
-            .map_err(|_| MonitorError::Tampered)
+            .map_err(|_| MonitorError::Tampered)?;
+        Ok(plain)
     }
 }
 
@@ -264,8 +274,7 @@ impl Codec for Sealed {
     }
 
     fn encode(&self, message: &Message) -> Result<Vec<u8>, MonitorError> {
-        let json = serde_json::to_vec(message).map_err(MonitorError::BadJson)?;
-        self.seal(&json)
+        self.seal_with(|out| serde_json::to_writer(out, message).map_err(MonitorError::BadJson))
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<Message, MonitorError> {

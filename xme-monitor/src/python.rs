@@ -54,7 +54,20 @@ fn write_value(v: &Value, out: &mut Vec<u8>) {
 fn write_string(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     out.push(b'"');
-    for c in s.chars() {
+    let bytes = s.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        // Copy the run of characters that need no escape in one go.
+        let run = bytes[i..]
+            .iter()
+            .position(|&b| !(b' '..=b'~').contains(&b) || b == b'"' || b == b'\\')
+            .unwrap_or(bytes.len() - i);
+        out.extend_from_slice(&bytes[i..i + run]);
+        i += run;
+        let Some(c) = s[i..].chars().next() else {
+            break;
+        };
+        i += c.len_utf8();
         match c {
             '"' => out.extend_from_slice(b"\\\""),
             '\\' => out.extend_from_slice(b"\\\\"),
@@ -63,7 +76,6 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
             '\t' => out.extend_from_slice(b"\\t"),
             '\u{8}' => out.extend_from_slice(b"\\b"),
             '\u{c}' => out.extend_from_slice(b"\\f"),
-            ' '..='~' => out.push(c as u8),
             _ => {
                 let mut units = [0u16; 2];
                 for u in c.encode_utf16(&mut units) {
@@ -81,21 +93,36 @@ fn write_string(s: &str, out: &mut Vec<u8>) {
 /// Integers exactly (Python ints have no size limit); floats as `repr`.
 fn write_number(n: &Number, out: &mut Vec<u8>) {
     // With serde_json's arbitrary_precision, the text is the number as read
-    // (or as formatted when built from a Rust value).
-    let text = n.to_string();
-    let is_float = text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E'));
-    if !is_float {
+    // (or as formatted when built from a Rust value): valid JSON, so an
+    // integer has no '+' and no leading zero.
+    let text = n.as_str();
+    if !text.bytes().any(|b| matches!(b, b'.' | b'e' | b'E')) {
         // "-0" is the integer 0 to Python.
-        match text.parse::<i128>() {
-            Ok(i) => out.extend_from_slice(i.to_string().as_bytes()),
-            Err(_) => out.extend_from_slice(text.trim_start_matches('+').as_bytes()),
-        }
+        out.extend_from_slice(if text == "-0" { b"0" } else { text.as_bytes() });
         return;
     }
     match text.parse::<f64>() {
+        Ok(f) if f.is_finite() => {
+            let mut buf = ryu::Buffer::new();
+            let short = buf.format_finite(f);
+            if ryu_is_repr(f, short) {
+                out.extend_from_slice(short.as_bytes());
+            } else {
+                out.extend_from_slice(float_repr(f).as_bytes());
+            }
+        }
         Ok(f) => out.extend_from_slice(float_repr(f).as_bytes()),
         Err(_) => out.extend_from_slice(text.as_bytes()),
     }
+}
+
+/// Whether ryu's text for `f` is already Python's `repr`: both write the
+/// same shortest digits, and the same fixed form ("1.0", "0.0001") where
+/// Python uses fixed notation and ryu did too; ryu keeps fixed notation for
+/// some values below 1e-4, where Python switches to exponents.
+fn ryu_is_repr(f: f64, short: &str) -> bool {
+    let a = f.abs();
+    (a == 0.0 || (1e-4..1e16).contains(&a)) && !short.contains('e')
 }
 
 /// Python's `repr(float)`: the shortest digits that read back to `f`, in
@@ -186,6 +213,33 @@ mod tests {
             (9007199254740993.0, "9007199254740992.0"),
         ] {
             assert_eq!(float_repr(f), want, "{f:e}");
+        }
+    }
+
+    #[test]
+    fn ryu_fixed_notation_is_python_repr() {
+        let mut n = 1e-8f64;
+        while n < 1e18 {
+            for f in [n, n * 1.5, n * 7.123456789, -n / 3.0] {
+                let mut buf = ryu::Buffer::new();
+                let short = buf.format_finite(f);
+                if ryu_is_repr(f, short) {
+                    assert_eq!(short, float_repr(f), "{f:e}");
+                }
+            }
+            n *= 10.0;
+        }
+        let mut out = Vec::new();
+        for (text, want) in [
+            ("-0", "0"),
+            ("12", "12"),
+            ("1E2", "100.0"),
+            ("2.50", "2.5"),
+            ("1e16", "1e+16"),
+        ] {
+            out.clear();
+            write_number(&text.parse::<Number>().unwrap(), &mut out);
+            assert_eq!(String::from_utf8(out.clone()).unwrap(), want, "{text}");
         }
     }
 
