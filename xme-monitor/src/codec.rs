@@ -48,7 +48,9 @@ fn parse_object(json: &[u8]) -> Result<Message, MonitorError> {
 ///
 /// Encoding writes numbers as Python does: integers exactly (any size),
 /// floats in `repr` form (`1e+16`, `1e-05`, `-0.0`, `0.1`). Decoding accepts
-/// any JSON object. Not authenticated: anyone can forge or alter a frame.
+/// any JSON object; the `NaN` and `Infinity` that Python writes for those
+/// floats are not JSON and are refused ([`MonitorError::BadJson`]). Not
+/// authenticated: anyone can forge or alter a frame.
 ///
 /// ```
 /// use xme_monitor::{Codec, XmeWire};
