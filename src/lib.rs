@@ -6,7 +6,7 @@
 //! | module | crate | what |
 //! | --- | --- | --- |
 //! | [`exec`] | `xme-exec` | the standard interface: a table of functions run over forked processes |
-//! | [`array`] | `xme-array` | `Array` arguments and the split plan |
+//! | [`array`](mod@array) | `xme-array` | `Array` arguments and the split plan |
 //! | [`log`] | `xme-log` | the pid-stamped logger (`print` / `logobj`) |
 //! | [`mpi`] | `xme-mpi` | one main process + logical processes, typed calls |
 //! | [`shm`] | `xme-shm` | shared-memory arena, lock-free value table, Manager, call buffer, Guard, HeartJump |

@@ -34,7 +34,7 @@
 //! keep tasks free of such locks; the xme logger takes none.
 //!
 //! # Features
-//! - `progress`: [`Xme::progress`] shows a progress bar (calls done / total).
+//! - `progress`: `Xme::progress` shows a progress bar (calls done / total).
 
 mod board;
 mod context;

@@ -19,7 +19,7 @@ pub(crate) struct Arena<'m> {
     pub layout: Layout,
 }
 
-/// What [`Arena::check`] found.
+/// What a consistency check of the arena found (`Manager::check`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ArenaStats {
     /// Pages given to a size class.
