@@ -306,3 +306,50 @@ fn manager_message_methods() {
             .any(|(k, why)| k == "name" && why.contains("not a"))
     );
 }
+
+#[test]
+fn a_named_monitor_is_shared_with_an_unrelated_program() {
+    let _s = serial();
+    let name = format!("xme-monitor-exec-{}", std::process::id());
+    let monitor = Monitor::builder()
+        .named(&name)
+        .lock_type(LockType::Mutex)
+        .key([9; 32])
+        .build()
+        .unwrap();
+    monitor.update(json!({"question": 6}), Operator::ADMIN).unwrap();
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "helper_unrelated_monitor_program", "--nocapture"])
+        .env("XME_TEST_MONITOR", &name)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(monitor.get(&["answer"]).unwrap(), 42);
+    // Its sealed frame, made in the other program, opens here.
+    let frame = monitor.get(&["frame"]).unwrap();
+    let bytes: Vec<u8> = serde_json::from_value(frame).unwrap();
+    let copy = Monitor::builder().key([9; 32]).build().unwrap();
+    copy.unmarshal(&bytes, Operator::ADMIN).unwrap();
+    assert_eq!(copy.get(&["question"]).unwrap(), 6);
+    drop(monitor);
+    assert!(!std::path::Path::new("/dev/shm").join(&name).exists());
+}
+
+/// Run by `a_named_monitor_is_shared_with_an_unrelated_program` as another program.
+#[test]
+#[ignore = "helper: run by another test in its own process"]
+fn helper_unrelated_monitor_program() {
+    let name = std::env::var("XME_TEST_MONITOR").unwrap();
+    let monitor = Monitor::attach(&name, Some([9; 32])).unwrap();
+    assert_eq!(monitor.security().lock_type(), LockType::Mutex);
+    let q = monitor.get(&["question"]).unwrap().as_u64().unwrap();
+    let frame = monitor.marshal().unwrap();
+    monitor
+        .update(json!({"answer": q * 7, "frame": frame}), Operator::alloc())
+        .unwrap();
+}
