@@ -354,3 +354,68 @@ mod tests {
         assert_ne!(child_pid, parent);
     }
 }
+
+/// A lock word in shared memory that names its holder: 0 when free, else the
+/// holder's pid. A waiter takes it when free, or when its holder died (a
+/// process killed while holding it never blocks the others). The holder's
+/// threads are told apart by nothing but the pid, so one process must not
+/// take the same word from two threads at once without its own lock.
+///
+/// ```
+/// use std::sync::atomic::AtomicU64;
+/// use xme_core::process::PidLock;
+///
+/// let word = AtomicU64::new(0);
+/// {
+///     let held = PidLock::take(&word);
+///     assert!(!held.took_over());
+/// }
+/// // A holder that does not run (pids stay below 2^22 on Linux):
+/// word.store(1 << 22, std::sync::atomic::Ordering::Relaxed);
+/// assert!(PidLock::take(&word).took_over());
+/// ```
+#[derive(Debug)]
+pub struct PidLock<'a> {
+    word: &'a std::sync::atomic::AtomicU64,
+    took_over: bool,
+}
+
+impl<'a> PidLock<'a> {
+    /// Takes `word`, spinning then yielding while a live process holds it.
+    pub fn take(word: &'a std::sync::atomic::AtomicU64) -> PidLock<'a> {
+        use std::sync::atomic::Ordering;
+        let me = u64::from(current_pid());
+        let mut spins = 0u32;
+        loop {
+            let w = word.load(Ordering::Acquire);
+            let dead = w != 0 && w != me && !is_alive(w as i32);
+            if (w == 0 || dead)
+                && word
+                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            {
+                return PidLock {
+                    word,
+                    took_over: dead,
+                };
+            }
+            spins += 1;
+            if spins.is_multiple_of(64) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Whether the previous holder had died holding it.
+    pub fn took_over(&self) -> bool {
+        self.took_over
+    }
+}
+
+impl Drop for PidLock<'_> {
+    fn drop(&mut self) {
+        self.word.store(0, std::sync::atomic::Ordering::Release);
+    }
+}

@@ -284,7 +284,9 @@ impl Monitor {
         change: impl FnOnce(&mut Message) -> Result<T, MonitorError>,
     ) -> Result<T, MonitorError> {
         let _lock = self.security.lock(op)?;
-        let _writer = WriterLock::take(&self.control[C_WRITER]);
+        // The writer word names its pid: a writer that died is taken over (it
+        // left only the unpublished spare copy half-written).
+        let _writer = process::PidLock::take(&self.control[C_WRITER]);
         let cur = self.control[C_CURRENT].load(Ordering::Acquire);
         let mut map = self.read_map()?;
         let out = change(&mut map)?;
@@ -375,40 +377,5 @@ impl Monitor {
     ) -> Result<(), MonitorError> {
         let message = codec.decode(bytes)?;
         self.update(Value::Object(message), op)
-    }
-}
-
-/// The Monitor's writer lock: one word naming the writer's pid; a dead
-/// writer's lock is taken over (it left the spare copy half-written, which
-/// was never published).
-struct WriterLock<'a>(&'a AtomicU64);
-
-impl<'a> WriterLock<'a> {
-    fn take(word: &'a AtomicU64) -> WriterLock<'a> {
-        let me = u64::from(process::current_pid());
-        let mut spins = 0u32;
-        loop {
-            let w = word.load(Ordering::Acquire);
-            let free = w == 0 || (w != me && !process::is_alive(w as i32));
-            if free
-                && word
-                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return WriterLock(word);
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    }
-}
-
-impl Drop for WriterLock<'_> {
-    fn drop(&mut self) {
-        self.0.store(0, Ordering::Release);
     }
 }

@@ -317,9 +317,16 @@ fn a_named_monitor_is_shared_with_an_unrelated_program() {
         .key([9; 32])
         .build()
         .unwrap();
-    monitor.update(json!({"question": 6}), Operator::ADMIN).unwrap();
+    monitor
+        .update(json!({"question": 6}), Operator::ADMIN)
+        .unwrap();
     let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "helper_unrelated_monitor_program", "--nocapture"])
+        .args([
+            "--ignored",
+            "--exact",
+            "helper_unrelated_monitor_program",
+            "--nocapture",
+        ])
         .env("XME_TEST_MONITOR", &name)
         .output()
         .unwrap();

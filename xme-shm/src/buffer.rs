@@ -477,27 +477,9 @@ impl CallBuffer {
 
     /// Stores `reply` as the result of call `serial` of mailbox `i`.
     pub fn store_reply(&self, i: usize, serial: u64, reply: &[u8]) {
-        let me = u64::from(process::current_pid());
         let b = self.mailbox_words(i);
         // Writer lock: free, or held by a dead process, is ours to take.
-        let mut spins = 0u32;
-        loop {
-            let w = b[B_WRITER].load(Ordering::Acquire);
-            let free = w == 0 || (w != me && !alive(w as u32));
-            if free
-                && b[B_WRITER]
-                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                break;
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
+        let writer = process::PidLock::take(&b[B_WRITER]);
         let v = b[B_VERSION].load(Ordering::Relaxed);
         // An odd version is a dead writer's unfinished write: continue from it.
         let start = if v % 2 == 1 { v } else { v + 1 };
@@ -508,7 +490,7 @@ impl CallBuffer {
         store_bytes(&b[BOX_HEADER..], reply);
         b[B_VERSION].store(start + 1, Ordering::Release);
         b[B_DONE].fetch_max(serial, Ordering::AcqRel);
-        b[B_WRITER].store(0, Ordering::Release);
+        drop(writer);
         self.signal(Event::Done);
     }
 
