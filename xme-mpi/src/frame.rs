@@ -9,8 +9,10 @@ pub(crate) const REPLY_VALUE: u8 = 0;
 pub(crate) const REPLY_PANICKED: u8 = 1;
 pub(crate) const REPLY_FAILED: u8 = 2;
 
-/// Bytes before a request's arguments.
-pub(crate) const REQUEST_HEADER: usize = 8 + 1 + 4 + 4 + 4 + 8 + 8;
+/// Bytes before a request's arguments: token, kind, slot, generation, unit;
+/// a `KIND_CALL_FN` request also carries two addresses.
+pub(crate) const REQUEST_HEADER: usize = 8 + 1 + 4 + 4 + 4;
+const FN_ADDRESSES: usize = 8 + 8;
 /// Bytes before a reply's body.
 pub(crate) const REPLY_HEADER: usize = 8 + 4 + 4 + 1;
 
@@ -33,8 +35,12 @@ impl Request {
         out.extend_from_slice(&self.slot.to_le_bytes());
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.unit.to_le_bytes());
-        out.extend_from_slice(&self.fn_addr.to_le_bytes());
-        out.extend_from_slice(&self.tramp_addr.to_le_bytes());
+        // Only a direct function call needs the addresses: a unit call's
+        // frame stays small (more frames per cache line).
+        if self.kind == KIND_CALL_FN {
+            out.extend_from_slice(&self.fn_addr.to_le_bytes());
+            out.extend_from_slice(&self.tramp_addr.to_le_bytes());
+        }
     }
 
     /// Parses a request; `None` if it is too short or carries another token.
@@ -42,16 +48,29 @@ impl Request {
         if b.len() < REQUEST_HEADER || u64_at(b, 0) != token {
             return None;
         }
+        let kind = b[8];
+        let (fn_addr, tramp_addr, header) = if kind == KIND_CALL_FN {
+            if b.len() < REQUEST_HEADER + FN_ADDRESSES {
+                return None;
+            }
+            (
+                u64_at(b, REQUEST_HEADER),
+                u64_at(b, REQUEST_HEADER + 8),
+                REQUEST_HEADER + FN_ADDRESSES,
+            )
+        } else {
+            (0, 0, REQUEST_HEADER)
+        };
         Some((
             Request {
-                kind: b[8],
+                kind,
                 slot: u32_at(b, 9),
                 generation: u32_at(b, 13),
                 unit: u32_at(b, 17),
-                fn_addr: u64_at(b, 21),
-                tramp_addr: u64_at(b, 29),
+                fn_addr,
+                tramp_addr,
             },
-            &b[REQUEST_HEADER..],
+            &b[header..],
         ))
     }
 }
@@ -102,6 +121,17 @@ mod tests {
         assert_eq!((back, args), (r, &b"args"[..]));
         assert!(Request::read(43, &b).is_none());
         assert!(Request::read(42, &b[..10]).is_none());
+        assert!(Request::read(42, &b[..REQUEST_HEADER + 4]).is_none());
+        let unit = Request {
+            kind: KIND_CALL,
+            fn_addr: 0,
+            tramp_addr: 0,
+            ..r
+        };
+        unit.write(42, &mut b);
+        assert_eq!(b.len(), REQUEST_HEADER);
+        b.extend_from_slice(b"xy");
+        assert_eq!(Request::read(42, &b), Some((unit, &b"xy"[..])));
         let mut rep = Vec::new();
         reply_header(42, 7, 9, REPLY_VALUE, &mut rep);
         rep.push(1);

@@ -224,7 +224,8 @@ enum SlotState {
         lp: usize,
         unit: &'static str,
     },
-    Ready(Result<Vec<u8>, MpiError>),
+    /// The result arrived; a value's bytes are in the entry's `body`.
+    Ready(Result<(), MpiError>),
     /// Its `Slot` was dropped: the reply is discarded on arrival.
     Abandoned {
         lp: usize,
@@ -233,6 +234,8 @@ enum SlotState {
 
 struct SlotEntry {
     generation: u32,
+    /// The bytes of a value result, reused from call to call (no allocation).
+    body: Vec<u8>,
     /// The unit of the call the slot last held (for messages).
     unit: &'static str,
     state: SlotState,
@@ -252,6 +255,7 @@ impl SlotTable {
             entries: (0..size)
                 .map(|_| SlotEntry {
                     generation: 0,
+                    body: Vec::new(),
                     unit: "",
                     state: SlotState::Free,
                 })
@@ -447,11 +451,7 @@ impl<'r> MpiHandle<'r> {
     /// Waits for a call's result and frees its slot (the seed's `get`).
     pub fn get<R: DeserializeOwned>(&self, mut slot: Slot<'_, R>) -> Result<R, MpiError> {
         slot.taken = true;
-        let (bytes, unit) = self.wait_result(slot.index, slot.generation)?;
-        xme_core::frame::decode(&bytes, "a unit result").map_err(|e| MpiError::Decode {
-            unit: unit.to_string(),
-            reason: e.to_string(),
-        })
+        self.wait_result(slot.index, slot.generation, decode_result)
     }
 
     /// Ends logical processes (the seed's `close`): each finishes the calls
@@ -752,12 +752,15 @@ impl<'r> MpiHandle<'r> {
         }
     }
 
-    /// Waits for slot `index` to hold its result, reading replies meanwhile.
-    fn wait_result(
+    /// Waits for slot `index` to hold its result, reading replies meanwhile;
+    /// `decode` reads a value's bytes (with the unit's name) in place.
+    fn wait_result<T>(
         &self,
         index: u32,
         generation: u32,
-    ) -> Result<(Vec<u8>, &'static str), MpiError> {
+        decode: impl FnOnce(&[u8], &'static str) -> Result<T, MpiError>,
+    ) -> Result<T, MpiError> {
+        let mut decode = Some(decode);
         // Read the clock only once we have to wait (most results are ready).
         let mut last_check: Option<Instant> = None;
         loop {
@@ -769,11 +772,12 @@ impl<'r> MpiHandle<'r> {
                 }
                 match std::mem::replace(&mut e.state, SlotState::Free) {
                     SlotState::Ready(r) => {
-                        let unit = e.unit;
+                        let decode = decode.take().expect("returns after decoding");
+                        let out = r.and_then(|()| decode(&e.body, e.unit));
                         if table.release(index) {
                             self.slot_freed.notify_one();
                         }
-                        return r.map(|bytes| (bytes, unit));
+                        return out;
                     }
                     SlotState::Pending { lp, unit } => {
                         e.state = SlotState::Pending { lp, unit };
@@ -818,24 +822,33 @@ impl<'r> MpiHandle<'r> {
     /// reply channel has a single consumer.
     fn pump(&self, link: &Link<'_>, buf: &mut Vec<u8>) -> usize {
         let mut n = 0;
+        // One slot-table lock for every reply waiting (lock order: recv, then slots).
+        let mut table = lock(&self.slots);
+        let mut notify = false;
         loop {
             match link.replies.try_recv(buf) {
                 Ok(true) => {
                     n += 1;
                     match frame::read_reply(self.token, buf) {
                         Some((slot, generation, status, body)) => {
-                            self.deliver(link, slot, generation, status, body);
+                            notify |= deliver_to(&mut table, link, slot, generation, status, body);
                         }
                         None => log_foreign_reply(link, buf.len()),
                     }
                 }
-                Ok(false) => return n,
+                Ok(false) => break,
                 Err(corrupt) => {
+                    drop(table);
                     self.corrupt_replies(link, &corrupt);
                     return n;
                 }
             }
         }
+        drop(table);
+        if notify {
+            self.slot_freed.notify_all();
+        }
+        n
     }
 
     /// Ends `link` whose reply channel broke the ring's format.
@@ -857,26 +870,9 @@ impl<'r> MpiHandle<'r> {
     }
 
     fn deliver(&self, link: &Link<'_>, slot: u32, generation: u32, status: u8, body: &[u8]) {
-        let mut table = lock(&self.slots);
-        let Some(e) = table.entries.get_mut(slot as usize) else {
-            return;
-        };
-        if e.generation != generation {
-            return;
-        }
-        link.load.fetch_sub(1, Ordering::AcqRel);
-        let abandoned = match e.state {
-            SlotState::Pending { unit, .. } => {
-                e.state = SlotState::Ready(
-                    reply_outcome(unit, link.id, status, body).map(|()| body.to_vec()),
-                );
-                false
-            }
-            SlotState::Abandoned { .. } => true,
-            _ => false,
-        };
-        if abandoned && table.release(slot) {
-            self.slot_freed.notify_one();
+        let notify = deliver_to(&mut lock(&self.slots), link, slot, generation, status, body);
+        if notify {
+            self.slot_freed.notify_all();
         }
     }
 
@@ -950,6 +946,46 @@ impl<'r> MpiHandle<'r> {
         l.requests.inject_raw(u64::MAX);
         Ok(())
     }
+}
+
+/// Puts a reply into its slot; true if a thread waiting for a slot should be
+/// woken (the slot was abandoned and is free again).
+fn deliver_to(
+    table: &mut SlotTable,
+    link: &Link<'_>,
+    slot: u32,
+    generation: u32,
+    status: u8,
+    body: &[u8],
+) -> bool {
+    let Some(e) = table.entries.get_mut(slot as usize) else {
+        return false;
+    };
+    if e.generation != generation {
+        return false;
+    }
+    link.load.fetch_sub(1, Ordering::AcqRel);
+    match e.state {
+        SlotState::Pending { unit, .. } => {
+            let outcome = reply_outcome(unit, link.id, status, body);
+            if outcome.is_ok() {
+                e.body.clear();
+                e.body.extend_from_slice(body);
+            }
+            e.state = SlotState::Ready(outcome);
+            false
+        }
+        SlotState::Abandoned { .. } => table.release(slot),
+        _ => false,
+    }
+}
+
+/// Decodes a unit's result.
+fn decode_result<R: DeserializeOwned>(bytes: &[u8], unit: &str) -> Result<R, MpiError> {
+    xme_core::frame::decode(bytes, "a unit result").map_err(|e| MpiError::Decode {
+        unit: unit.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// The slot number of a direct call (`block_acquire` without a slot).
