@@ -6,7 +6,10 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use xme::exec::Job;
-use xme::{Array, Context, Same, Xme};
+use xme::monitor::rpc::{Client, Server};
+use xme::monitor::{Monitor, Sealed, XmeWire};
+use xme::shm::{Guard, Manager, SharedObject, XmemBuilder};
+use xme::{Array, Context, Operator, Same, Xme};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let xme = Xme::new(); // pnum = number of CPUs
@@ -92,6 +95,69 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let t = Instant::now();
     let serial: u64 = (0..4).map(work).sum();
     let t_serial = t.elapsed();
-    println!("   xme {split} in {t_split:.2?}, one process {serial} in {t_serial:.2?}");
+    println!("   xme {split} in {t_split:.2?}, one process {serial} in {t_serial:.2?}\n");
+
+    // 7. Shared state: a lock-free table, and a Guard that runs calls in order.
+    println!("7. shared memory: 8 workers append 100 calls each; a Guard runs them");
+    let xmem = XmemBuilder::new().build()?;
+    let counter = SharedObject::create(&xmem, "counter", &Counter::default())?;
+    let guard = Guard::new();
+    let t = Instant::now();
+    let (report, _) = Xme::new().pnum(3).print_in_screen(false).gfuns(
+        &xmem,
+        (
+            Job::with_context(|ctx: &mut Context<Manager>, ()| guard.serve(ctx), ()),
+            Job::with_context(
+                |ctx: &mut Context<Manager>, _w: u32| {
+                    let (m, op) = (ctx.data(), ctx.data().alloc_operator());
+                    for _ in 0..100 {
+                        m.append(&counter.call(Counter::add, &1).unwrap(), op)
+                            .unwrap();
+                    }
+                },
+                Array::new(0..8u32),
+            ),
+        ),
+    )?;
+    let report = report.into_result()?.remove(0);
+    println!(
+        "   counter = {} after {} buffered calls ({:.2?}, forks included)\n",
+        counter.get(&xmem)?.n,
+        report.executed,
+        t.elapsed()
+    );
+
+    // 8. Messages: a JSON map, sealed or in Python XME's wire format, and RPC.
+    println!("8. messages: a sealed frame, the Python wire format, an RPC call");
+    let key = [7u8; 32];
+    let monitor = Monitor::builder().key(key).build()?;
+    monitor.update(serde_json::json!({"temperature": 21.5}), Operator::ADMIN)?;
+    let sealed = monitor.marshal()?;
+    let wire = monitor.marshal_with(&XmeWire::default())?;
+    let server = Server::new(Sealed::new(key))
+        .register("double", |x: f64| 2.0 * x)
+        .serve_tcp("127.0.0.1:0")?;
+    let addr = server.local_addr().ok_or("no address")?;
+    let client = Client::connect_tcp(addr, Sealed::new(key))?;
+    let doubled: f64 = client.call("double", &21.0, Duration::from_secs(5))?;
+    drop(client);
+    server.shutdown();
+    println!(
+        "   sealed: {} bytes, Python wire: {} bytes, rpc double(21) = {doubled}",
+        sealed.len(),
+        wire.len()
+    );
     Ok(())
+}
+
+/// A shared object for section 7.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Counter {
+    n: i64,
+}
+
+impl Counter {
+    fn add(&mut self, by: i64) {
+        self.n += by;
+    }
 }
