@@ -33,7 +33,8 @@ pub struct Ticket<R> {
 }
 
 impl<R: DeserializeOwned> Ticket<R> {
-    /// Waits for the result, as [`Manager::get_result`].
+    /// Waits for the operator's latest result, as [`Manager::get_result`]:
+    /// this call's result if the operator appended nothing after it.
     pub fn wait(&self, manager: &Manager, max_wait: Duration) -> Result<R, ShmError> {
         manager.get_result(self.operator, max_wait)
     }

@@ -183,6 +183,12 @@ impl Client {
         let frame = encode_request(&*self.inner.codec, &mark, now, function, args)?;
         let (tx, rx) = mpsc::sync_channel(1);
         lock(&self.inner.pending).insert(mark.clone(), tx);
+        // The reader may have ended between the check above and the insert:
+        // then nobody would ever answer this call.
+        if let Some(why) = lock(&self.inner.closed).clone() {
+            lock(&self.inner.pending).remove(&mark);
+            return Err(MonitorError::ConnectionClosed(why));
+        }
         let sent = {
             let mut w = lock(&self.inner.writer);
             push_frame(&mut *w, &frame).and_then(|()| w.flush())
