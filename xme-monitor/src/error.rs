@@ -24,6 +24,9 @@ pub enum MonitorError {
         /// Bytes the Monitor holds.
         capacity: usize,
     },
+    /// Invalid builder settings.
+    #[error("invalid Monitor settings: {0}")]
+    Config(String),
     /// `marshal`/`unmarshal` with the default (sealed) codec, but no key given.
     #[error(
         "the Monitor has no key for its sealed codec: build it with .key([u8; 32]), or use marshal_with / unmarshal_with and another codec"

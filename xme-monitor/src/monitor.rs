@@ -73,10 +73,10 @@ impl MonitorBuilder {
     /// Builds the Monitor with an empty map.
     pub fn build(self) -> Result<Monitor, MonitorError> {
         if self.capacity < 2 || self.capacity > 1 << 32 {
-            return Err(MonitorError::MonitorFull {
-                needed: 2,
-                capacity: self.capacity,
-            });
+            return Err(MonitorError::Config(format!(
+                "capacity {} bytes is outside 2..=4 GiB",
+                self.capacity
+            )));
         }
         let slot_words = self.capacity.div_ceil(8);
         let data_offset = (SecurityState::SIZE.next_multiple_of(64)) + CONTROL_WORDS * 8;

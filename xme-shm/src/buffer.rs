@@ -2,31 +2,7 @@
 //! many-consumer ring of fixed-size cells, and one mailbox per operator, all in
 //! the Manager's region.
 //!
-//! # The ring
-//! `tail` and `head` count positions; position `p` uses cell `p % capacity`.
-//! Each cell has one state word `seq:32 | tag:32` (seq is `p` truncated):
-//!
-//! | seq   | tag             | meaning                                      |
-//! |-------|-----------------|----------------------------------------------|
-//! | p     | 0               | free for the producer of position `p`        |
-//! | p     | pid             | producer `pid` is writing it                 |
-//! | p + 1 | 0               | published: ready to run                      |
-//! | p + 1 | `SKIP`          | its producer died mid-write: never runs      |
-//! | p + 1 | pid \| RUNNING  | consumer `pid` took it and runs it           |
-//! | p + cap | 0             | done: free for the producer of `p + cap`     |
-//!
-//! Every transition is one compare-and-swap or store on that word, and the
-//! producer's pid is in the word from the first step. So a producer killed at
-//! any instruction leaves either nothing, or a cell naming a dead pid, which
-//! the consumer turns into `SKIP` (no half entry ever runs); and a consumer
-//! killed while running leaves a cell naming it, which the next Guard reports
-//! as failed (never runs twice). `tail` and `head` are advanced by whoever
-//! sees them lag, so a process killed between steps blocks no one.
-//!
-//! Ordering: cells are published in claim order of `tail`, and consumed in
-//! order of `head`, so calls from one producer thread run in the order it
-//! appended them (FIFO per producer); with one consumer (the Guard), they also
-//! finish in that order.
+//! The ring's protocol is in `ring.rs`.
 //!
 //! # Mailboxes
 //! One per operator, found by hashing the operator (linear probing; a slot is
@@ -277,21 +253,16 @@ impl CallBuffer {
 
     // ---- producers -------------------------------------------------------
 
-    /// Appends a payload if a cell is free; `Ok(false)` when the ring is full.
-    pub fn try_push(&self, op: Operator, serial: u64, call: &[u8]) -> Result<bool, ShmError> {
-        if call.len() > self.config.call_bytes {
-            return Err(ShmError::CallTooLarge {
-                len: call.len(),
-                max: self.config.call_bytes,
-            });
-        }
+    /// Appends a call (at most `call_bytes`, checked by the caller) if a
+    /// cell is free; false when the ring is full.
+    fn try_push(&self, op: Operator, serial: u64, call: &[u8]) -> bool {
         let pushed = self
             .ring
             .try_push(process::current_pid(), op.id(), serial, call);
         if pushed {
             self.signal(Event::Work);
         }
-        Ok(pushed)
+        pushed
     }
 
     /// Appends, waiting while the ring is full: forever with `deadline` None.
@@ -305,7 +276,7 @@ impl CallBuffer {
         let started = Instant::now();
         let mut spins = 0u32;
         loop {
-            if self.try_push(op, serial, call)? {
+            if self.try_push(op, serial, call) {
                 return Ok(());
             }
             let now = Instant::now();
@@ -406,8 +377,7 @@ impl CallBuffer {
         let me = u64::from(process::current_pid());
         let _ = self.words[H_GUARD].compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
         // Waiters re-check the Guard when woken.
-        self.futexes[Event::Done as usize].fetch_add(1, Ordering::SeqCst);
-        futex::wake(&self.futexes[Event::Done as usize], u32::MAX);
+        self.signal_all(Event::Done);
     }
 
     // ---- mailboxes -------------------------------------------------------

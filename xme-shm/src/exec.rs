@@ -12,7 +12,7 @@ use xme_security::LockType;
 
 use crate::buffer::Event;
 use crate::call::{Builtin, Call, Named, Target, Trampoline, reply};
-use crate::manager::{GUARD_KEY, Manager, ProcessStatus, XMEM_KEY, check_reserved_value};
+use crate::manager::{Manager, ProcessStatus, XMEM_KEY, check_reserved_value};
 use crate::ring::{Orphan, PAYLOAD_HEADER, Pop};
 use crate::{RawValue, ShmError};
 
@@ -51,7 +51,8 @@ pub enum Executed {
         call: String,
         /// Whether it ended in an error (also left in the mailbox).
         failed: bool,
-        /// Whether it touched `__GUARD__` (the Guard re-reads its status).
+        /// Whether it was a table write that may have changed `__GUARD__`
+        /// (`"Table::update"` / `"Table::set"`): the Guard re-reads its status.
         touched_guard: bool,
     },
     /// The buffer was empty.
@@ -284,7 +285,7 @@ impl Manager {
         let touched_guard = matches!(
             target,
             Target::Builtin(Builtin::TableUpdate | Builtin::TableSet)
-        ) && args_touch_guard(&target, args);
+        );
         let result = process::catch_panic(|| self.run_target(&target, args, op));
         let reply = match result {
             Ok(Ok(bytes)) if bytes.len() < self.buffer.reply_bytes() => reply::ok(bytes),
@@ -526,19 +527,6 @@ impl Manager {
             self.buffer.complete(pos);
         }
         n
-    }
-}
-
-fn args_touch_guard(target: &Target, args: &[u8]) -> bool {
-    match target {
-        Target::Builtin(Builtin::TableUpdate) => {
-            postcard::from_bytes::<Vec<(String, Vec<u8>)>>(args)
-                .is_ok_and(|e| e.iter().any(|(k, _)| k == GUARD_KEY))
-        }
-        Target::Builtin(Builtin::TableSet) => {
-            postcard::from_bytes::<(String, Vec<u8>)>(args).is_ok_and(|(k, _)| k == GUARD_KEY)
-        }
-        _ => false,
     }
 }
 

@@ -1,7 +1,33 @@
 //! The call buffer's ring: a bounded many-producer, many-consumer queue of
 //! fixed-size cells in shared words, safe against processes killed at any
-//! instruction. See `buffer.rs` for the cell states; this file holds only the
-//! lock-free protocol, so that loom can check it (`--cfg loom`).
+//! instruction. Only the lock-free protocol lives here, so that loom can
+//! check it (`--cfg loom`); waiting and mailboxes are in `buffer.rs`.
+//!
+//! # Cells
+//! `tail` and `head` count positions; position `p` uses cell `p % capacity`.
+//! Each cell has one state word `seq:32 | tag:32` (seq is `p` truncated):
+//!
+//! | seq   | tag             | meaning                                      |
+//! |-------|-----------------|----------------------------------------------|
+//! | p     | 0               | free for the producer of position `p`        |
+//! | p     | pid             | producer `pid` is writing it                 |
+//! | p + 1 | 0               | published: ready to run                      |
+//! | p + 1 | `SKIP`          | its producer died mid-write: never runs      |
+//! | p + 1 | pid \| RUNNING  | consumer `pid` took it and runs it           |
+//! | p + cap | 0             | done: free for the producer of `p + cap`     |
+//!
+//! Every transition is one compare-and-swap or store on that word, and the
+//! producer's pid is in the word from the first step. So a producer killed at
+//! any instruction leaves either nothing, or a cell naming a dead pid, which
+//! the consumer turns into `SKIP` (no half entry ever runs); and a consumer
+//! killed while running leaves a cell naming it, which the next Guard reports
+//! as failed (never runs twice). `tail` and `head` are advanced by whoever
+//! sees them lag, so a process killed between steps blocks no one.
+//!
+//! Ordering: cells are published in claim order of `tail`, and consumed in
+//! order of `head`, so calls from one producer thread run in the order it
+//! appended them (FIFO per producer); with one consumer (the Guard), they also
+//! finish in that order.
 
 use crate::block::{load_bytes, store_bytes};
 use crate::primitive::{AtomicU64, Ordering};
