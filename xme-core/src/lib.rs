@@ -25,6 +25,7 @@
 
 mod error;
 pub mod fdio;
+pub mod fence;
 pub mod frame;
 pub mod futex;
 mod operator;

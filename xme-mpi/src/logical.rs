@@ -29,6 +29,9 @@ pub(crate) struct LogicalProcess<'a> {
 impl LogicalProcess<'_> {
     pub fn run(&self) -> i32 {
         xme_core::process::install_quiet_panic_hook();
+        let light = xme_core::fence::register();
+        self.requests.use_light_fences(light);
+        self.replies.use_light_fences(light);
         let log = xme_log::Logger::new();
         let (mut req, mut rep) = (Vec::with_capacity(256), Vec::with_capacity(256));
         self.status.store(ST_IDLE, Ordering::Release);

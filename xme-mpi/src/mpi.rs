@@ -107,7 +107,7 @@ impl Mpi {
     /// Bytes of each direction's channel to a logical process (default 1 MiB);
     /// one call's arguments or result must fit in half of it.
     pub fn channel_bytes(mut self, bytes: usize) -> Mpi {
-        self.channel_bytes = bytes.next_multiple_of(8).max(4096);
+        self.channel_bytes = bytes.next_multiple_of(64).max(4096);
         self
     }
 
@@ -135,19 +135,27 @@ impl Mpi {
         } else {
             crate::ring::SPIN_SHARED
         };
+        // Each process registers for heavy fences itself (a fork child too),
+        // so that publishing a frame needs only a light one.
+        let light = xme_core::fence::register();
         let mut rings = Vec::with_capacity(lps);
         for i in 0..lps {
             let base = i * per_lp;
             rings.push((
-                Ring::at(&region, base, self.channel_bytes, spin)?,
+                Ring::at(&region, base, self.channel_bytes, token, spin)?,
                 Ring::at(
                     &region,
                     base + Ring::bytes(self.channel_bytes),
                     self.channel_bytes,
+                    token,
                     spin,
                 )?,
                 region.place::<AtomicU32>(base + 2 * Ring::bytes(self.channel_bytes))?,
             ));
+        }
+        for (requests, replies, _) in &rings {
+            requests.use_light_fences(light);
+            replies.use_light_fences(light);
         }
         let parent = xme_core::process::current_pid();
         let mut children = Vec::with_capacity(lps);
@@ -637,7 +645,7 @@ impl<'r> MpiHandle<'r> {
         req.slot = DIRECT_SLOT;
         req.generation = self.direct_generation.fetch_add(1, Ordering::Relaxed);
         self.write_request(link, req, unit, args)?;
-        let mut last_check = Instant::now();
+        let mut liveness = LivenessCheck::default();
         loop {
             match link.replies.try_recv(reader) {
                 Ok(true) => match frame::read_reply(self.token, reader) {
@@ -661,14 +669,11 @@ impl<'r> MpiHandle<'r> {
                     None => log_foreign_reply(link, reader.len()),
                 },
                 Ok(false) => {
-                    let waited = link.replies.wait_recv(LIVENESS);
-                    let quiet = matches!(waited, Waited::Idle) || last_check.elapsed() >= LIVENESS;
-                    if quiet {
-                        last_check = Instant::now();
-                        if !self.check_alive(link, reader) {
-                            self.fail_pending(link);
-                            return Err(self.ended_error(link, link.ended.get().expect("ended")));
-                        }
+                    if liveness.due(link.replies.wait_recv(LIVENESS))
+                        && !self.check_alive(link, reader)
+                    {
+                        self.fail_pending(link);
+                        return Err(self.ended_error(link, link.ended.get().expect("ended")));
                     }
                 }
                 Err(corrupt) => {
@@ -761,8 +766,7 @@ impl<'r> MpiHandle<'r> {
         decode: impl FnOnce(&[u8], &'static str) -> Result<T, MpiError>,
     ) -> Result<T, MpiError> {
         let mut decode = Some(decode);
-        // Read the clock only once we have to wait (most results are ready).
-        let mut last_check: Option<Instant> = None;
+        let mut liveness = LivenessCheck::default();
         loop {
             let lp = {
                 let mut table = lock(&self.slots);
@@ -799,14 +803,10 @@ impl<'r> MpiHandle<'r> {
             if self.pump(link, &mut reader) > 0 {
                 continue;
             }
-            let since = *last_check.get_or_insert_with(Instant::now);
-            let waited = link.replies.wait_recv(LIVENESS);
-            let quiet = matches!(waited, Waited::Idle) || since.elapsed() >= LIVENESS;
-            if quiet {
-                last_check = Some(Instant::now());
-                if !self.check_alive(link, &mut reader) {
-                    self.fail_pending(link);
-                }
+            if liveness.due(link.replies.wait_recv(LIVENESS))
+                && !self.check_alive(link, &mut reader)
+            {
+                self.fail_pending(link);
             }
         }
     }
@@ -943,7 +943,7 @@ impl<'r> MpiHandle<'r> {
     pub fn inject_corrupt_header(&self, id: usize) -> Result<(), MpiError> {
         let l = self.link(id)?;
         let _g = lock(&l.send);
-        l.requests.inject_raw(u64::MAX);
+        l.requests.inject_corrupt();
         Ok(())
     }
 }
@@ -986,6 +986,35 @@ fn decode_result<R: DeserializeOwned>(bytes: &[u8], unit: &str) -> Result<R, Mpi
         unit: unit.to_string(),
         reason: e.to_string(),
     })
+}
+
+/// When a thread waiting for replies checks that their process lives: after
+/// a wait that found nothing for [`LIVENESS`], and, in case wake-ups keep
+/// coming without its reply, once per `LIVENESS` of short waits. Reads the
+/// clock only every 64 short waits: a round trip must not pay for it.
+#[derive(Default)]
+struct LivenessCheck {
+    since: Option<Instant>,
+    short_waits: u32,
+}
+
+impl LivenessCheck {
+    fn due(&mut self, waited: Waited) -> bool {
+        if matches!(waited, Waited::Idle) {
+            self.since = Some(Instant::now());
+            return true;
+        }
+        self.short_waits = self.short_waits.wrapping_add(1);
+        if !self.short_waits.is_multiple_of(64) {
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() < LIVENESS {
+            return false;
+        }
+        self.since = Some(Instant::now());
+        true
+    }
 }
 
 /// The slot number of a direct call (`block_acquire` without a slot).

@@ -1,27 +1,38 @@
 //! A single-producer single-consumer byte ring in shared memory: the channel
 //! between the main process and one logical process.
 //!
-//! Frames are `[len:u32][kind:u32][payload][pad to 8]`; a frame that would
-//! cross the end is preceded by a wrap marker. `tail` (producer) and `head`
-//! (consumer) count bytes forever; the producer writes only `[tail, head+cap)`
-//! and the consumer reads only `[head, tail)`, each after an acquire load of
-//! the other's counter, so no byte is accessed by both at once.
+//! Frames start on cache lines: `[stamp:u64][len:u32][kind:u32][payload]`,
+//! padded to a multiple of 64 bytes; a frame that would cross the end is
+//! preceded by a wrap marker. `tail` (producer) and `head` (consumer) count
+//! bytes forever. The producer writes the payload and `len`/`kind`, then
+//! publishes the frame by storing its stamp (release): the frame's position
+//! XOR the run's key. The consumer polls the stamp word at `head` (acquire),
+//! so a small frame crosses between cores as one cache line, with no shared
+//! counter to pull over as well. Stale bytes from an earlier lap never match:
+//! an old stamp names another position, and other bytes would have to guess
+//! the 64-bit key. The producer reads `head` only when its last view says the
+//! ring is full.
 //!
-//! Waiting: spin, then yield, then sleep on a futex eventcount (`sleepers`
-//! announced before the re-check, SeqCst on both sides), each sleep bounded
-//! so the caller can check its peer is alive.
+//! Waiting: spin, then yield, then sleep on a futex eventcount. The side that
+//! publishes runs a light fence before looking for sleepers; a sleeper runs
+//! the heavy one (see [`xme_core::fence`]) before its last look. Each sleep is
+//! bounded so the caller can check its peer is alive.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use xme_core::{SharedRegion, futex};
+use xme_core::{SharedRegion, fence, futex};
 
 const KIND_FRAME: u32 = 0;
 const KIND_WRAP: u32 = 1;
 /// Control words and signals, each on its own cache lines, before the data.
 const HEADER_BYTES: usize = 256;
+/// Frames start on cache-line boundaries.
+const FRAME_ALIGN: usize = 64;
+/// Stamp, then length and kind.
+const FRAME_HEADER: usize = 16;
 
-/// The ring's control words, each pair on its own cache line.
+/// The ring's control words, each on its own cache line.
 #[repr(C)]
 struct Control {
     head: AtomicU64,
@@ -55,6 +66,9 @@ pub(crate) struct Ring<'r> {
     sig: &'r Signals,
     data: *mut u8,
     cap: usize,
+    /// XORed with a frame's position to make its stamp; top bit set, so no
+    /// stamp is zero (the ring starts zeroed).
+    key: u64,
     /// How long to spin before yielding: long when every process has a core
     /// (an idle spinner costs nobody anything and answers at once), very short
     /// when processes outnumber cores (a spinner then steals the time its peer
@@ -64,13 +78,15 @@ pub(crate) struct Ring<'r> {
     /// it says the ring is full, so the consumer's line is not pulled over
     /// on every push.
     seen_head: AtomicU64,
-    /// The consumer's last view of `tail` (process-local), likewise.
-    seen_tail: AtomicU64,
+    /// Whether this process registered for heavy fences, so that its side of
+    /// each handshake may use a light one (process-local, set after fork).
+    light: AtomicBool,
 }
 
 // SAFETY: the ring is used by one producer and one consumer (callers serialise
 // each side with a mutex); `data` accesses are confined to the regions the
-// SPSC protocol gives each side, synchronised by the acquire/release counters.
+// SPSC protocol gives each side, synchronised by the acquire/release stamps
+// and `head`.
 unsafe impl Send for Ring<'_> {}
 // SAFETY: as above.
 unsafe impl Sync for Ring<'_> {}
@@ -103,8 +119,8 @@ pub(crate) trait Channel: Send + Sync {
     fn max_frame(&self) -> usize;
     /// Bytes the channel holds.
     fn capacity(&self) -> usize;
-    /// Writes a raw word where the next frame header goes (tests of broken channels).
-    fn inject_raw(&self, word: u64);
+    /// Publishes a frame header that breaks the format (tests of broken channels).
+    fn inject_corrupt(&self);
 }
 
 impl Channel for Ring<'_> {
@@ -126,8 +142,8 @@ impl Channel for Ring<'_> {
     fn capacity(&self) -> usize {
         self.cap
     }
-    fn inject_raw(&self, word: u64) {
-        self.push_raw_word(word)
+    fn inject_corrupt(&self) {
+        self.push_corrupt_header()
     }
 }
 
@@ -144,32 +160,86 @@ impl<'r> Ring<'r> {
         HEADER_BYTES + cap
     }
 
-    /// The ring at `offset` of `region`, `cap` data bytes (a multiple of 8).
+    /// The ring at `offset` of `region` (64-byte aligned), `cap` data bytes (a
+    /// multiple of 64), its stamps keyed by `key`.
     pub fn at(
         region: &'r SharedRegion,
         offset: usize,
         cap: usize,
+        key: u64,
         spin: Duration,
     ) -> Result<Ring<'r>, xme_core::Error> {
+        let data = region.raw(offset + HEADER_BYTES, cap)?;
+        if !cap.is_multiple_of(FRAME_ALIGN)
+            || cap < 2 * FRAME_ALIGN
+            || !(data as usize).is_multiple_of(FRAME_ALIGN)
+        {
+            return Err(xme_core::Error::OutOfRegion {
+                offset: offset + HEADER_BYTES,
+                len: cap,
+                size: region.payload_len(),
+                align: FRAME_ALIGN,
+            });
+        }
         Ok(Ring {
             ctl: region.place(offset)?,
             sig: region.place(offset + std::mem::size_of::<Control>())?,
-            data: region.raw(offset + HEADER_BYTES, cap)?,
+            data,
             cap,
+            key: key | 1 << 63,
             spin,
             seen_head: AtomicU64::new(0),
-            seen_tail: AtomicU64::new(0),
+            light: AtomicBool::new(false),
         })
+    }
+
+    /// Lets this process's side use light fences: call after a successful
+    /// [`fence::register`] in the process that uses this ring.
+    pub fn use_light_fences(&self, registered: bool) {
+        self.light.store(registered, Ordering::Relaxed);
+    }
+
+    fn light_fence(&self) {
+        fence::light(self.light.load(Ordering::Relaxed));
     }
 
     /// Bytes a frame of `len` payload bytes occupies.
     fn frame_bytes(len: usize) -> usize {
-        8 + len.next_multiple_of(8)
+        (FRAME_HEADER + len).next_multiple_of(FRAME_ALIGN)
     }
 
     /// Largest payload one frame can carry.
     pub fn max_payload(&self) -> usize {
-        self.cap / 2 - 8
+        // Two largest frames fit in the ring (see `wait_space`).
+        (self.cap / 2) / FRAME_ALIGN * FRAME_ALIGN - FRAME_HEADER
+    }
+
+    fn stamp(&self, position: u64) -> u64 {
+        position ^ self.key
+    }
+
+    /// The stamp word of the frame at data offset `at`.
+    fn stamp_word(&self, at: usize) -> &AtomicU64 {
+        debug_assert!(at.is_multiple_of(FRAME_ALIGN) && at < self.cap);
+        // SAFETY: `at` is a 64-aligned offset inside the data area (frames
+        // start on cache lines, and the area is 64-aligned); the word is only
+        // accessed atomically while it may be a frame's stamp.
+        unsafe { &*(self.data.add(at) as *const AtomicU64) }
+    }
+
+    /// The length-and-kind word of the frame at data offset `at`.
+    fn kind_word(&self, at: usize) -> &AtomicU64 {
+        // SAFETY: as for `stamp_word`: `at + 8` is 8-aligned and, the frame
+        // header being 16 bytes inside one line, inside the data area.
+        unsafe { &*(self.data.add(at + 8) as *const AtomicU64) }
+    }
+
+    /// Writes a frame's length and kind, then publishes it with its stamp.
+    fn publish(&self, at: usize, position: u64, len: usize, kind: u32) {
+        let word = len as u64 | (u64::from(kind) << 32);
+        self.kind_word(at).store(word, Ordering::Relaxed);
+        self.stamp_word(at)
+            .store(self.stamp(position), Ordering::Release);
     }
 
     /// Writes a frame if there is room; false if the ring is full.
@@ -191,74 +261,71 @@ impl<'r> Ring<'r> {
         }
         let mut at = pos;
         if wrap > 0 {
-            self.write_header(at, 0, KIND_WRAP);
+            self.publish(at, tail, wrap, KIND_WRAP);
             at = 0;
         }
-        self.write_header(at, payload.len() as u32, KIND_FRAME);
-        // SAFETY: [at+8, at+8+len) lies inside the data area (need fits before
-        // the end, checked above) and in the producer's part of the ring.
+        // SAFETY: [at+16, at+16+len) lies inside the data area (the frame fits
+        // before the end, checked above) and in the producer's part of the
+        // ring, [tail, head + cap), which the consumer does not read.
         unsafe {
-            std::ptr::copy_nonoverlapping(payload.as_ptr(), self.data.add(at + 8), payload.len());
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                self.data.add(at + FRAME_HEADER),
+                payload.len(),
+            );
         }
-        // SeqCst: orders the publish before the sleeper check (eventcount).
+        self.publish(at, tail + wrap as u64, payload.len(), KIND_FRAME);
         self.ctl
             .tail
-            .store(tail + (wrap + need) as u64, Ordering::SeqCst);
-        if self.sig.data_sleepers.load(Ordering::SeqCst) > 0 {
+            .store(tail + (wrap + need) as u64, Ordering::Relaxed);
+        // Publish, then look for a sleeper (it fenced heavily after announcing).
+        self.light_fence();
+        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
             self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
             futex::wake(&self.sig.data_seq, u32::MAX);
         }
         true
     }
 
-    fn write_header(&self, at: usize, len: u32, kind: u32) {
-        let word = u64::from(len) | (u64::from(kind) << 32);
-        // SAFETY: `at` is 8-aligned inside the data area, in the producer's part.
-        unsafe { (self.data.add(at) as *mut u64).write_volatile(word) };
-    }
-
     /// Reads the next frame into `out`; false if the ring is empty.
     pub fn try_pop(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
         let mut head = self.ctl.head.load(Ordering::Relaxed);
-        let mut tail = self.seen_tail.load(Ordering::Relaxed);
         loop {
-            if head == tail {
-                // Acquire: the producer's bytes before `tail` are visible.
-                tail = self.ctl.tail.load(Ordering::Acquire);
-                self.seen_tail.store(tail, Ordering::Relaxed);
-                if head == tail {
-                    return Ok(false);
-                }
-            }
             let pos = (head % self.cap as u64) as usize;
-            // SAFETY: `pos` is 8-aligned inside the data area, in [head, tail).
-            let word = unsafe { (self.data.add(pos) as *const u64).read_volatile() };
+            // Acquire: the frame's bytes, written before its stamp, are visible.
+            if self.stamp_word(pos).load(Ordering::Acquire) != self.stamp(head) {
+                return Ok(false);
+            }
+            let word = self.kind_word(pos).load(Ordering::Relaxed);
             let (len, kind) = (word as u32 as usize, (word >> 32) as u32);
-            let avail = (tail - head) as usize;
             match kind {
-                KIND_WRAP if self.cap - pos <= avail => {
-                    head += (self.cap - pos) as u64;
+                KIND_WRAP if len == self.cap - pos => {
+                    head += len as u64;
+                    self.ctl.head.store(head, Ordering::Release);
                     continue;
                 }
                 KIND_FRAME
-                    if Self::frame_bytes(len) <= avail
-                        && pos + Self::frame_bytes(len) <= self.cap =>
+                    if len <= self.max_payload() && pos + Self::frame_bytes(len) <= self.cap =>
                 {
                     out.clear();
                     out.reserve(len);
-                    // SAFETY: the frame lies inside the data area and in [head, tail),
-                    // the consumer's part, published by the producer's release store.
+                    // SAFETY: the frame lies inside the data area (checked just
+                    // above) and was published by its stamp (acquired above);
+                    // the producer does not touch it until `head` passes it.
                     unsafe {
                         std::ptr::copy_nonoverlapping(
-                            self.data.add(pos + 8),
+                            self.data.add(pos + FRAME_HEADER),
                             out.as_mut_ptr(),
                             len,
                         );
                         out.set_len(len);
                     }
-                    let new_head = head + Self::frame_bytes(len) as u64;
-                    self.ctl.head.store(new_head, Ordering::SeqCst);
-                    if self.sig.space_sleepers.load(Ordering::SeqCst) > 0 {
+                    self.ctl
+                        .head
+                        .store(head + Self::frame_bytes(len) as u64, Ordering::Release);
+                    // Free the space, then look for a producer waiting for it.
+                    self.light_fence();
+                    if self.sig.space_sleepers.load(Ordering::Relaxed) > 0 {
                         self.sig.space_seq.fetch_add(1, Ordering::SeqCst);
                         futex::wake(&self.sig.space_seq, u32::MAX);
                     }
@@ -266,18 +333,26 @@ impl<'r> Ring<'r> {
                 }
                 _ => {
                     return Err(Corrupt(format!(
-                        "frame header {word:#018x} at byte {pos} does not fit the {avail} bytes written"
+                        "frame header {word:#018x} at byte {pos} does not fit a ring of {} bytes",
+                        self.cap
                     )));
                 }
             }
         }
     }
 
+    /// Whether the consumer has a frame (or a wrap marker) to read.
+    fn has_data(&self) -> bool {
+        let head = self.ctl.head.load(Ordering::Relaxed);
+        let pos = (head % self.cap as u64) as usize;
+        self.stamp_word(pos).load(Ordering::Acquire) == self.stamp(head)
+    }
+
     /// Waits until the ring may hold a frame, at most `max`.
     pub fn wait_data(&self, max: Duration) -> Waited {
         self.wait(
             max,
-            |r| r.ctl.tail.load(Ordering::SeqCst) != r.ctl.head.load(Ordering::Relaxed),
+            Self::has_data,
             &self.sig.data_seq,
             &self.sig.data_sleepers,
         )
@@ -289,7 +364,7 @@ impl<'r> Ring<'r> {
         self.wait(
             max,
             |r| {
-                let used = r.ctl.tail.load(Ordering::Relaxed) - r.ctl.head.load(Ordering::SeqCst);
+                let used = r.ctl.tail.load(Ordering::Relaxed) - r.ctl.head.load(Ordering::Acquire);
                 r.cap - used as usize >= need
             },
             &self.sig.space_seq,
@@ -304,7 +379,9 @@ impl<'r> Ring<'r> {
         seq: &AtomicU32,
         sleepers: &AtomicU32,
     ) -> Waited {
-        let spin_start = Instant::now();
+        // Read the clock only once the first round of spins found nothing:
+        // most waits of a round trip end within it.
+        let mut spin_start = None;
         'spin: loop {
             for _ in 0..256 {
                 if ready(self) {
@@ -312,7 +389,7 @@ impl<'r> Ring<'r> {
                 }
                 std::hint::spin_loop();
             }
-            if spin_start.elapsed() >= self.spin {
+            if spin_start.get_or_insert_with(Instant::now).elapsed() >= self.spin {
                 break 'spin;
             }
         }
@@ -324,8 +401,9 @@ impl<'r> Ring<'r> {
         }
         let start = Instant::now();
         sleepers.fetch_add(1, Ordering::SeqCst);
+        // Announce, then look: the heavy fence pairs with the publisher's light one.
+        fence::heavy();
         let seen = seq.load(Ordering::SeqCst);
-        fence(Ordering::SeqCst);
         let result = if ready(self) {
             Waited::Ready
         } else {
@@ -340,17 +418,83 @@ impl<'r> Ring<'r> {
         result
     }
 
-    /// Writes raw bytes as if they were a frame header (tests of corrupt channels).
+    /// Publishes a frame whose length does not fit the ring (tests of corrupt channels).
     #[doc(hidden)]
-    pub fn push_raw_word(&self, word: u64) {
+    pub fn push_corrupt_header(&self) {
         let tail = self.ctl.tail.load(Ordering::Relaxed);
         let pos = (tail % self.cap as u64) as usize;
-        // SAFETY: 8-aligned, inside the data area, in the producer's part.
-        unsafe { (self.data.add(pos) as *mut u64).write_volatile(word) };
-        self.ctl.tail.store(tail + 8, Ordering::SeqCst);
-        if self.sig.data_sleepers.load(Ordering::SeqCst) > 0 {
+        self.publish(pos, tail, u32::MAX as usize, KIND_FRAME);
+        self.ctl
+            .tail
+            .store(tail + FRAME_ALIGN as u64, Ordering::Relaxed);
+        self.light_fence();
+        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
             self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
             futex::wake(&self.sig.data_seq, u32::MAX);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(region: &SharedRegion, cap: usize) -> Ring<'_> {
+        Ring::at(region, 0, cap, 0x1234_5678_9abc_def0, SPIN_SHARED).unwrap()
+    }
+
+    #[test]
+    fn frames_cross_in_order_through_many_wraps() {
+        let region = SharedRegion::anonymous(Ring::bytes(4096)).unwrap();
+        let r = ring(&region, 4096);
+        let mut out = Vec::new();
+        let mut next_in = 0u32;
+        let mut next_out = 0u32;
+        // Frames of varying sizes, so that wraps land at many offsets.
+        while next_out < 5000 {
+            let len = (next_in as usize * 7) % 300;
+            let mut frame = next_in.to_le_bytes().to_vec();
+            frame.resize(4 + len, next_in as u8);
+            if r.try_push(&frame) {
+                next_in += 1;
+                continue;
+            }
+            while r.try_pop(&mut out).unwrap() {
+                let n = u32::from_le_bytes(out[..4].try_into().unwrap());
+                assert_eq!(n, next_out);
+                assert_eq!(out.len(), 4 + (n as usize * 7) % 300);
+                assert!(out[4..].iter().all(|&b| b == n as u8));
+                next_out += 1;
+            }
+        }
+        assert!(!r.try_pop(&mut out).unwrap() || next_in > next_out);
+    }
+
+    #[test]
+    fn a_full_ring_refuses_and_stale_bytes_are_not_frames() {
+        let region = SharedRegion::anonymous(Ring::bytes(1024)).unwrap();
+        let r = ring(&region, 1024);
+        let mut out = Vec::new();
+        assert!(!r.try_pop(&mut out).unwrap(), "a zeroed ring is empty");
+        let mut pushed = 0;
+        while r.try_push(&[7u8; 100]) {
+            pushed += 1;
+        }
+        assert_eq!(pushed, 1024 / 128);
+        for _ in 0..pushed {
+            assert!(r.try_pop(&mut out).unwrap());
+        }
+        // Every byte now holds an old frame: none of it reads as a new one.
+        assert!(!r.try_pop(&mut out).unwrap());
+        assert!(!r.has_data());
+    }
+
+    #[test]
+    fn a_corrupt_header_is_reported() {
+        let region = SharedRegion::anonymous(Ring::bytes(1024)).unwrap();
+        let r = ring(&region, 1024);
+        r.push_corrupt_header();
+        let err = r.try_pop(&mut Vec::new()).unwrap_err();
+        assert!(err.0.contains("does not fit"), "{}", err.0);
     }
 }

@@ -1,0 +1,92 @@
+//! Asymmetric fences between processes: a nearly free [`light`] fence for the
+//! side of a handshake that runs on every message, and an expensive [`heavy`]
+//! one (`membarrier(2)`) for the side that runs only before going to sleep.
+//!
+//! A sleep handshake is Dekker-shaped: the producer publishes a message, then
+//! looks for sleepers; a sleeper announces itself, then looks for messages.
+//! Each side needs a store-load fence between its store and its load, else
+//! both can miss the other's store (a lost wake-up). On x86 that fence is a
+//! locked instruction that waits for the store buffer to drain, including the
+//! cache-line transfers of the message just written, on every message.
+//! `MEMBARRIER_CMD_GLOBAL_EXPEDITED` moves that cost to the sleeper: it runs a
+//! full barrier on every CPU running a process that registered for it, so a
+//! registered producer needs only a compiler fence.
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use xme_core::fence;
+//!
+//! let light = fence::register(); // false where membarrier(2) is unavailable
+//! let (data, sleepers) = (AtomicU32::new(0), AtomicU32::new(0));
+//! // Producer: publish, fence, look for sleepers.
+//! data.store(1, Ordering::Release);
+//! fence::light(light);
+//! let wake_needed = sleepers.load(Ordering::Relaxed) > 0;
+//! // Sleeper: announce, fence, look for data.
+//! sleepers.fetch_add(1, Ordering::SeqCst);
+//! fence::heavy();
+//! assert!(wake_needed || data.load(Ordering::Acquire) == 1);
+//! ```
+
+use std::sync::atomic::{Ordering, compiler_fence, fence};
+
+// Kernel ABI of membarrier(2) (linux/membarrier.h).
+const CMD_QUERY: libc::c_int = 0;
+const CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
+const CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
+
+fn membarrier(cmd: libc::c_int) -> libc::c_long {
+    // SAFETY: membarrier(2) takes two integers and touches no user memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            cmd,
+            0 as libc::c_uint,
+            0 as libc::c_int,
+        )
+    }
+}
+
+/// Registers this process so that [`heavy`] fences reach its threads; true if
+/// it may use [`light`] fences. Call it in each process (a fork child
+/// too: registration is not promised to survive `fork`). Idempotent.
+pub fn register() -> bool {
+    let supported = membarrier(CMD_QUERY);
+    let needed = (CMD_GLOBAL_EXPEDITED | CMD_REGISTER_GLOBAL_EXPEDITED) as libc::c_long;
+    supported >= 0 && supported & needed == needed && membarrier(CMD_REGISTER_GLOBAL_EXPEDITED) == 0
+}
+
+/// The frequent side's store-load fence: a compiler fence if this process is
+/// `registered` (see [`register`]), else a full fence.
+#[inline]
+pub fn light(registered: bool) {
+    if registered {
+        compiler_fence(Ordering::SeqCst);
+    } else {
+        fence(Ordering::SeqCst);
+    }
+}
+
+/// The rare side's store-load fence: a full barrier on every CPU running a
+/// registered process, then a local one. Where the kernel refuses, only the
+/// local fence runs; the light side's stores are then ordered only if it was
+/// not registered either, so callers bound their sleeps (they all do).
+pub fn heavy() {
+    fence(Ordering::SeqCst);
+    let _ = membarrier(CMD_GLOBAL_EXPEDITED);
+    fence(Ordering::SeqCst);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn register_is_idempotent_and_heavy_returns() {
+        let first = register();
+        assert_eq!(register(), first);
+        heavy();
+        light(first);
+        light(false);
+    }
+}
