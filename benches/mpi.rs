@@ -6,7 +6,9 @@
 //!   (pnum = 4 puts 4 processes on this 2-core machine).
 //! - calls10k/serial vs calls10k/pipelined: 10,000 trivial calls, each
 //!   waited for, or all acquired (in windows of 250) then got.
-//! - pi/*: the mpi_pi workload, 10^7 points in calls of 10^4, pnum = 3 vs one process.
+//! - pi/*: the mpi_pi workload, 10^7 points in calls of 10^4: pnum = 3 vs one
+//!   process, and vs the same calls on two threads of one process (what two
+//!   cores of this machine give at best).
 //!
 //! Run: `cargo bench --bench mpi`.
 
@@ -99,7 +101,27 @@ fn pi(c: &mut Criterion) {
     let mut g = c.benchmark_group("pi");
     g.sample_size(10);
     g.measurement_time(Duration::from_secs(8));
-    g.bench_function("one_process", |b| b.iter(|| black_box(scatter((NUMS, 1)))));
+    g.bench_function("one_process", |b| {
+        b.iter(|| black_box((0..NUMS / SUB).map(|i| scatter((SUB, i + 1))).sum::<u64>()))
+    });
+    // The machine's own ceiling: the same calls over two threads of one
+    // process, no messages at all (two vCPUs need not give twice the work).
+    g.bench_function("two_threads", |b| {
+        b.iter(|| {
+            std::thread::scope(|s| {
+                let half = |first: u64| {
+                    move || {
+                        (first..NUMS / SUB)
+                            .step_by(2)
+                            .map(|i| scatter((SUB, i + 1)))
+                            .sum::<u64>()
+                    }
+                };
+                let (a, b) = (s.spawn(half(0)), s.spawn(half(1)));
+                black_box(a.join().unwrap() + b.join().unwrap())
+            })
+        })
+    });
     g.bench_function("mpi_pnum3", |b| {
         b.iter(|| {
             Mpi::new(3)

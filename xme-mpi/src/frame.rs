@@ -29,12 +29,14 @@ pub(crate) struct Request {
 
 impl Request {
     pub fn write(&self, token: u64, out: &mut Vec<u8>) {
+        let mut h = [0u8; REQUEST_HEADER];
+        h[..8].copy_from_slice(&token.to_le_bytes());
+        h[8] = self.kind;
+        h[9..13].copy_from_slice(&self.slot.to_le_bytes());
+        h[13..17].copy_from_slice(&self.generation.to_le_bytes());
+        h[17..21].copy_from_slice(&self.unit.to_le_bytes());
         out.clear();
-        out.extend_from_slice(&token.to_le_bytes());
-        out.push(self.kind);
-        out.extend_from_slice(&self.slot.to_le_bytes());
-        out.extend_from_slice(&self.generation.to_le_bytes());
-        out.extend_from_slice(&self.unit.to_le_bytes());
+        out.extend_from_slice(&h);
         // Only a direct function call needs the addresses: a unit call's
         // frame stays small (more frames per cache line).
         if self.kind == KIND_CALL_FN {
@@ -77,11 +79,13 @@ impl Request {
 
 /// Starts a reply for `slot` with outcome `status`; the body follows.
 pub(crate) fn reply_header(token: u64, slot: u32, generation: u32, status: u8, out: &mut Vec<u8>) {
+    let mut h = [0u8; REPLY_HEADER];
+    h[..8].copy_from_slice(&token.to_le_bytes());
+    h[8..12].copy_from_slice(&slot.to_le_bytes());
+    h[12..16].copy_from_slice(&generation.to_le_bytes());
+    h[16] = status;
     out.clear();
-    out.extend_from_slice(&token.to_le_bytes());
-    out.extend_from_slice(&slot.to_le_bytes());
-    out.extend_from_slice(&generation.to_le_bytes());
-    out.push(status);
+    out.extend_from_slice(&h);
 }
 
 /// Parses a reply: (slot, generation, status, body).

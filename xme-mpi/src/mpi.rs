@@ -184,6 +184,7 @@ impl Mpi {
                 pid: child.pid(),
                 child: Mutex::new(Some(child)),
                 load: AtomicUsize::new(0),
+                direct_generation: AtomicU32::new(0),
                 ended: OnceLock::new(),
             });
         }
@@ -192,7 +193,6 @@ impl Mpi {
             links,
             slots: Mutex::new(SlotTable::new(self.buffer_size)),
             slot_freed: Condvar::new(),
-            direct_generation: AtomicU32::new(0),
         };
         let out = panic::catch_unwind(AssertUnwindSafe(|| main(&handle)));
         let _ = handle.close(To::All);
@@ -217,6 +217,9 @@ struct Link<'r> {
     pid: i32,
     /// Calls sent and not yet answered.
     load: AtomicUsize,
+    /// Generation of the next direct call (`block_acquire` without a slot);
+    /// written only under `recv`.
+    direct_generation: AtomicU32,
     ended: OnceLock<Ended>,
 }
 
@@ -332,8 +335,6 @@ pub struct MpiHandle<'r> {
     links: Vec<Link<'r>>,
     slots: Mutex<SlotTable>,
     slot_freed: Condvar,
-    /// Generations of direct calls (`block_acquire` without a slot).
-    direct_generation: AtomicU32,
 }
 
 impl<'r> MpiHandle<'r> {
@@ -643,7 +644,10 @@ impl<'r> MpiHandle<'r> {
         args: &A,
     ) -> Result<R, MpiError> {
         req.slot = DIRECT_SLOT;
-        req.generation = self.direct_generation.fetch_add(1, Ordering::Relaxed);
+        // Only the holder of `link.recv` (the caller) counts: no atomic add.
+        req.generation = link.direct_generation.load(Ordering::Relaxed);
+        link.direct_generation
+            .store(req.generation.wrapping_add(1), Ordering::Relaxed);
         self.write_request(link, req, unit, args)?;
         let mut liveness = LivenessCheck::default();
         loop {
