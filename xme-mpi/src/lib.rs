@@ -35,6 +35,7 @@
 //! calls, kills one that lingers, and reaps them all; `run` closes everything
 //! even if `main` panics.
 
+mod cores;
 mod error;
 mod frame;
 mod logical;

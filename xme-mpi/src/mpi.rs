@@ -10,6 +10,7 @@ use xme_core::process::{Child, fork_child};
 use xme_core::{Fate, PanicReport, SharedRegion};
 
 use crate::MpiError;
+use crate::cores::CorePlan;
 use crate::frame::{self, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
 use crate::logical::{self, LogicalProcess};
 use crate::ring::{Channel, Ring, Waited};
@@ -80,6 +81,7 @@ pub struct Mpi {
     pnum: usize,
     buffer_size: usize,
     channel_bytes: usize,
+    bind_to_cores: bool,
     registry: Registry,
 }
 
@@ -93,6 +95,7 @@ impl Mpi {
             pnum,
             buffer_size: DEFAULT_BUFFER_SIZE,
             channel_bytes: DEFAULT_CHANNEL_BYTES,
+            bind_to_cores: true,
             registry: Registry::default(),
         })
     }
@@ -104,10 +107,22 @@ impl Mpi {
         self
     }
 
-    /// Bytes of each direction's channel to a logical process (default 1 MiB);
-    /// one call's arguments or result must fit in half of it.
+    /// Bytes of each direction's channel to a logical process (default 1 MiB,
+    /// rounded up to a power of two, 4 KiB to 1 TiB); one call's arguments or
+    /// result must fit in half of it.
     pub fn channel_bytes(mut self, bytes: usize) -> Mpi {
-        self.channel_bytes = bytes.next_multiple_of(64).max(4096);
+        self.channel_bytes = bytes.clamp(4096, 1 << 40).next_power_of_two();
+        self
+    }
+
+    /// Whether each logical process is bound to a core of its own, in turn
+    /// over the cores this process may use, starting off the one the main
+    /// process runs on (default: yes, as MPI launchers bind ranks). Unbound,
+    /// the scheduler tends to put a process on the core of the one that woke
+    /// it, where their spinning waits then take turns. The main process is
+    /// never bound.
+    pub fn bind_to_cores(mut self, bind: bool) -> Mpi {
+        self.bind_to_cores = bind;
         self
     }
 
@@ -158,6 +173,11 @@ impl Mpi {
             replies.use_light_fences(light);
         }
         let parent = xme_core::process::current_pid();
+        let cores = if self.bind_to_cores {
+            CorePlan::new()
+        } else {
+            None
+        };
         let mut children = Vec::with_capacity(lps);
         for (i, (requests, replies, status)) in rings.iter().enumerate() {
             let lp = LogicalProcess {
@@ -169,7 +189,11 @@ impl Mpi {
                 registry: &self.registry,
                 parent,
             };
-            children.push(fork_child(move || lp.run())?);
+            let child = fork_child(move || lp.run())?;
+            if let Some(cores) = &cores {
+                cores.bind(i + 1, child.pid()); // unbound if refused: slower, still correct
+            }
+            children.push(child);
         }
         let mut links = Vec::with_capacity(lps);
         for (i, ((requests, replies, status), child)) in rings.into_iter().zip(children).enumerate()

@@ -69,11 +69,17 @@ pub(crate) struct Ring<'r> {
     /// XORed with a frame's position to make its stamp; top bit set, so no
     /// stamp is zero (the ring starts zeroed).
     key: u64,
-    /// How long to spin before yielding: long when every process has a core
+    /// Longest spin before yielding: long when every process has a core
     /// (an idle spinner costs nobody anything and answers at once), very short
     /// when processes outnumber cores (a spinner then steals the time its peer
     /// needs to answer).
     spin: Duration,
+    /// This process's current spin budget in nanoseconds, at most `spin`:
+    /// cut to a sixteenth each time a spin finds nothing, doubled each time
+    /// one succeeds. Two processes that share a core for a while (a fork
+    /// child starts on its parent's CPU until the scheduler moves it) would
+    /// otherwise each burn a full `spin` per wait while the other cannot run.
+    spin_budget: AtomicU64,
     /// The producer's last view of `head` (process-local): re-read only when
     /// it says the ring is full, so the consumer's line is not pulled over
     /// on every push.
@@ -151,8 +157,12 @@ impl Channel for Ring<'_> {
 pub(crate) const SPIN_DEDICATED: Duration = Duration::from_micros(200);
 /// Spin time before sleeping when processes outnumber cores.
 pub(crate) const SPIN_SHARED: Duration = Duration::from_micros(2);
-/// Yields before sleeping.
+/// The spin budget never falls below this (about 40 polls).
+const MIN_SPIN: Duration = Duration::from_micros(1);
+/// Yields before sleeping, at least.
 const YIELDS: u32 = 4;
+/// How long to keep yielding before sleeping when every process has a core.
+const YIELD_DEDICATED: Duration = Duration::from_micros(100);
 
 impl<'r> Ring<'r> {
     /// Bytes a ring with `cap` data bytes takes in a region.
@@ -161,7 +171,7 @@ impl<'r> Ring<'r> {
     }
 
     /// The ring at `offset` of `region` (64-byte aligned), `cap` data bytes (a
-    /// multiple of 64), its stamps keyed by `key`.
+    /// power of two, at least 128), its stamps keyed by `key`.
     pub fn at(
         region: &'r SharedRegion,
         offset: usize,
@@ -170,7 +180,7 @@ impl<'r> Ring<'r> {
         spin: Duration,
     ) -> Result<Ring<'r>, xme_core::Error> {
         let data = region.raw(offset + HEADER_BYTES, cap)?;
-        if !cap.is_multiple_of(FRAME_ALIGN)
+        if !cap.is_power_of_two()
             || cap < 2 * FRAME_ALIGN
             || !(data as usize).is_multiple_of(FRAME_ALIGN)
         {
@@ -188,6 +198,7 @@ impl<'r> Ring<'r> {
             cap,
             key: key | 1 << 63,
             spin,
+            spin_budget: AtomicU64::new(spin.as_nanos() as u64),
             seen_head: AtomicU64::new(0),
             light: AtomicBool::new(false),
         })
@@ -212,6 +223,13 @@ impl<'r> Ring<'r> {
     pub fn max_payload(&self) -> usize {
         // Two largest frames fit in the ring (see `wait_space`).
         (self.cap / 2) / FRAME_ALIGN * FRAME_ALIGN - FRAME_HEADER
+    }
+
+    /// Where byte `position` (counted forever) lies in the data area: the
+    /// capacity is a power of two, so a mask, not a division, on every
+    /// push, pop and poll.
+    fn offset(&self, position: u64) -> usize {
+        (position & (self.cap as u64 - 1)) as usize
     }
 
     fn stamp(&self, position: u64) -> u64 {
@@ -247,7 +265,7 @@ impl<'r> Ring<'r> {
         let need = Self::frame_bytes(payload.len());
         debug_assert!(payload.len() <= self.max_payload());
         let tail = self.ctl.tail.load(Ordering::Relaxed);
-        let pos = (tail % self.cap as u64) as usize;
+        let pos = self.offset(tail);
         let to_end = self.cap - pos;
         let wrap = if need > to_end { to_end } else { 0 };
         let mut head = self.seen_head.load(Ordering::Relaxed);
@@ -291,7 +309,7 @@ impl<'r> Ring<'r> {
     pub fn try_pop(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
         let mut head = self.ctl.head.load(Ordering::Relaxed);
         loop {
-            let pos = (head % self.cap as u64) as usize;
+            let pos = self.offset(head);
             // Acquire: the frame's bytes, written before its stamp, are visible.
             if self.stamp_word(pos).load(Ordering::Acquire) != self.stamp(head) {
                 return Ok(false);
@@ -344,7 +362,7 @@ impl<'r> Ring<'r> {
     /// Whether the consumer has a frame (or a wrap marker) to read.
     fn has_data(&self) -> bool {
         let head = self.ctl.head.load(Ordering::Relaxed);
-        let pos = (head % self.cap as u64) as usize;
+        let pos = self.offset(head);
         self.stamp_word(pos).load(Ordering::Acquire) == self.stamp(head)
     }
 
@@ -381,23 +399,36 @@ impl<'r> Ring<'r> {
     ) -> Waited {
         // Read the clock only once the first round of spins found nothing:
         // most waits of a round trip end within it.
+        let budget = Duration::from_nanos(self.spin_budget.load(Ordering::Relaxed));
         let mut spin_start = None;
         'spin: loop {
-            for _ in 0..256 {
+            for _ in 0..64 {
                 if ready(self) {
+                    let grown = (budget.as_nanos() as u64 * 2).min(self.spin.as_nanos() as u64);
+                    self.spin_budget.store(grown, Ordering::Relaxed);
                     return Waited::Ready;
                 }
                 std::hint::spin_loop();
             }
-            if spin_start.get_or_insert_with(Instant::now).elapsed() >= self.spin {
+            if spin_start.get_or_insert_with(Instant::now).elapsed() >= budget {
                 break 'spin;
             }
         }
-        for _ in 0..YIELDS {
+        let cut = (budget.as_nanos() as u64 / 16).max(MIN_SPIN.as_nanos() as u64);
+        self.spin_budget.store(cut, Ordering::Relaxed);
+        // Then yield: where each process has a core, for a while (if the
+        // peer shares this core for now, it runs meanwhile, and no futex
+        // wake-up ties the two to one core again); else a few times.
+        let yield_start = Instant::now();
+        let dedicated = self.spin >= SPIN_DEDICATED;
+        for n in 1.. {
             if ready(self) {
                 return Waited::Ready;
             }
             std::thread::yield_now();
+            if n >= YIELDS && (!dedicated || yield_start.elapsed() >= YIELD_DEDICATED) {
+                break;
+            }
         }
         let start = Instant::now();
         sleepers.fetch_add(1, Ordering::SeqCst);
@@ -422,7 +453,7 @@ impl<'r> Ring<'r> {
     #[doc(hidden)]
     pub fn push_corrupt_header(&self) {
         let tail = self.ctl.tail.load(Ordering::Relaxed);
-        let pos = (tail % self.cap as u64) as usize;
+        let pos = self.offset(tail);
         self.publish(pos, tail, u32::MAX as usize, KIND_FRAME);
         self.ctl
             .tail

@@ -447,3 +447,48 @@ fn threads_mixing_block_acquire_and_slots_on_one_process_get_their_own_results()
         .unwrap();
     });
 }
+
+/// The cores a process may run on, from `/proc/<pid>/status`.
+fn allowed_cores(pid: i32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn logical_processes_are_bound_to_cores_in_turn_unless_told_not_to() {
+    clean(|| {
+        let ours = allowed_cores(std::process::id() as i32);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let bound = Mpi::new(3)
+            .unwrap()
+            .run(|m| [1, 2].map(|id| allowed_cores(m.pid(id).unwrap())))
+            .unwrap();
+        if cpus >= 2 {
+            for cores in &bound {
+                assert!(
+                    cores.parse::<usize>().is_ok(),
+                    "one core each, got {cores:?}"
+                );
+            }
+            assert_ne!(bound[0], bound[1], "two processes, two cores");
+        } else {
+            assert_eq!(bound, [ours.clone(), ours.clone()]);
+        }
+        let free = Mpi::new(2)
+            .unwrap()
+            .bind_to_cores(false)
+            .run(|m| allowed_cores(m.pid(1).unwrap()))
+            .unwrap();
+        assert_eq!(free, ours, "unbound: the main process's cores");
+        assert_eq!(
+            allowed_cores(std::process::id() as i32),
+            ours,
+            "the main process is never bound"
+        );
+    });
+}
