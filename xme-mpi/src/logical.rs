@@ -35,8 +35,23 @@ impl LogicalProcess<'_> {
         let log = xme_log::Logger::new();
         let (mut req, mut rep) = (Vec::with_capacity(256), Vec::with_capacity(256));
         self.status.store(ST_IDLE, Ordering::Release);
+        // The fast-lane request expected next (the main process numbers them from 1).
+        let mut fast_next = 1;
+        self.requests.expect_fast(fast_next);
         loop {
-            match self.requests.try_pop(&mut req) {
+            // The fast lane first: its caller waits for nothing else.
+            let mut fast = None;
+            let popped = match self.requests.recv_fast(&mut req) {
+                Ok(true) => {
+                    fast = Some(fast_next);
+                    fast_next += 1;
+                    self.requests.expect_fast(fast_next);
+                    Ok(true)
+                }
+                Ok(false) => self.requests.try_pop(&mut req),
+                Err(corrupt) => Err(corrupt),
+            };
+            match popped {
                 Ok(true) => {}
                 Ok(false) => {
                     if let Waited::Idle = self.requests.wait_data(Duration::from_millis(100))
@@ -117,7 +132,8 @@ impl LogicalProcess<'_> {
                 );
                 fail(&mut rep, frame::REPLY_FAILED, why.as_bytes());
             }
-            while !self.replies.try_push(&rep) {
+            let sent_fast = fast.is_some_and(|seq| self.replies.send_fast(seq, &rep));
+            while !sent_fast && !self.replies.try_push(&rep) {
                 if let Waited::Idle = self
                     .replies
                     .wait_space(rep.len(), Duration::from_millis(100))

@@ -1,6 +1,6 @@
 use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -198,6 +198,7 @@ impl Mpi {
         let mut links = Vec::with_capacity(lps);
         for (i, ((requests, replies, status), child)) in rings.into_iter().zip(children).enumerate()
         {
+            let max_frame = Channel::max_frame(&requests);
             links.push(Link {
                 id: i + 1,
                 requests: Box::new(requests),
@@ -209,6 +210,8 @@ impl Mpi {
                 child: Mutex::new(Some(child)),
                 load: AtomicUsize::new(0),
                 direct_generation: AtomicU32::new(0),
+                fast_seq: AtomicU64::new(0),
+                max_frame,
                 ended: OnceLock::new(),
             });
         }
@@ -244,6 +247,11 @@ struct Link<'r> {
     /// Generation of the next direct call (`block_acquire` without a slot);
     /// written only under `recv`.
     direct_generation: AtomicU32,
+    /// Sequence number of the last request sent by the fast lane; written
+    /// only under `recv`.
+    fast_seq: AtomicU64,
+    /// Largest request frame the channel carries.
+    max_frame: usize,
     ended: OnceLock<Ended>,
 }
 
@@ -611,7 +619,7 @@ impl<'r> MpiHandle<'r> {
         };
         req.slot = index;
         req.generation = generation;
-        if let Err(e) = self.write_request(link, req, unit, args) {
+        if let Err(e) = self.write_request(link, req, unit, args, None) {
             if !matches!(e, MpiError::ProcessDied { .. } | MpiError::Closed { .. }) {
                 self.release(index, generation);
             }
@@ -622,13 +630,17 @@ impl<'r> MpiHandle<'r> {
 
     /// Encodes `req` with `args` and writes it to `link`'s request channel,
     /// waiting for room; counts it in the link's load once it is written.
+    /// A direct call passes `direct`: the fast-lane sequence number to use,
+    /// and the reply buffer whose lock (`link.recv`) it holds. Returns
+    /// whether the request went by the fast lane.
     fn write_request<A: Serialize>(
         &self,
         link: &Link<'_>,
         req: Request,
         unit: &'static str,
         args: &A,
-    ) -> Result<(), MpiError> {
+        mut direct: Option<(u64, &mut Vec<u8>)>,
+    ) -> Result<bool, MpiError> {
         let mut buf = lock(&link.send);
         req.write(self.token, &mut buf);
         *buf =
@@ -636,23 +648,32 @@ impl<'r> MpiHandle<'r> {
                 unit: unit.to_string(),
                 reason: e.to_string(),
             })?;
-        if buf.len() > link.requests.max_frame() {
+        if buf.len() > link.max_frame {
             return Err(MpiError::FrameTooLarge {
                 len: buf.len(),
                 capacity: link.requests.capacity(),
             });
         }
         link.load.fetch_add(1, Ordering::AcqRel);
+        if let Some((seq, _)) = direct
+            && link.requests.send_fast(seq, &buf)
+        {
+            return Ok(true);
+        }
         while !link.requests.try_send(&buf) {
             // The process is slow or gone: check before waiting again.
-            if let Waited::Idle = link.requests.wait_send(buf.len(), LIVENESS)
-                && !self.check_alive(link, &mut lock(&link.recv))
-            {
-                drop(buf);
-                return Err(self.ended_error(link, link.ended.get().expect("just ended")));
+            if let Waited::Idle = link.requests.wait_send(buf.len(), LIVENESS) {
+                let alive = match direct.as_mut() {
+                    Some((_, reader)) => self.check_alive(link, reader),
+                    None => self.check_alive(link, &mut lock(&link.recv)),
+                };
+                if !alive {
+                    drop(buf);
+                    return Err(self.ended_error(link, link.ended.get().expect("just ended")));
+                }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// `block_acquire` without a slot, when no other call waits on `link` and
@@ -668,31 +689,45 @@ impl<'r> MpiHandle<'r> {
         args: &A,
     ) -> Result<R, MpiError> {
         req.slot = DIRECT_SLOT;
-        // Only the holder of `link.recv` (the caller) counts: no atomic add.
+        // Only the holder of `link.recv` (the caller) counts: no atomic adds.
         req.generation = link.direct_generation.load(Ordering::Relaxed);
         link.direct_generation
             .store(req.generation.wrapping_add(1), Ordering::Relaxed);
-        self.write_request(link, req, unit, args)?;
+        let seq = link.fast_seq.load(Ordering::Relaxed) + 1;
+        if self.write_request(link, req, unit, args, Some((seq, reader)))? {
+            link.fast_seq.store(seq, Ordering::Relaxed);
+            link.replies.expect_fast(seq);
+        }
+        let out = self.direct_reply(link, reader, req.generation, unit);
+        link.replies.expect_fast(0);
+        out
+    }
+
+    /// Reads `link`'s replies until the direct call `generation`'s arrives,
+    /// by the fast lane or the channel (delivering other calls' replies to
+    /// their slots on the way).
+    fn direct_reply<R: DeserializeOwned>(
+        &self,
+        link: &Link<'_>,
+        reader: &mut Vec<u8>,
+        generation: u32,
+        unit: &'static str,
+    ) -> Result<R, MpiError> {
         let mut liveness = LivenessCheck::default();
         loop {
-            match link.replies.try_recv(reader) {
+            let got = match link.replies.recv_fast(reader) {
+                Ok(false) => link.replies.try_recv(reader),
+                fast => fast,
+            };
+            match got {
                 Ok(true) => match frame::read_reply(self.token, reader) {
-                    Some((DIRECT_SLOT, generation, status, body))
-                        if generation == req.generation =>
-                    {
+                    Some((DIRECT_SLOT, g, status, body)) if g == generation => {
                         link.load.fetch_sub(1, Ordering::AcqRel);
-                        return match reply_outcome(unit, link.id, status, body) {
-                            Ok(()) => xme_core::frame::decode(body, "a unit result").map_err(|e| {
-                                MpiError::Decode {
-                                    unit: unit.to_string(),
-                                    reason: e.to_string(),
-                                }
-                            }),
-                            Err(e) => Err(e),
-                        };
+                        return reply_outcome(unit, link.id, status, body)
+                            .and_then(|()| decode_result(body, unit));
                     }
-                    Some((slot, generation, status, body)) => {
-                        self.deliver(link, slot, generation, status, body);
+                    Some((slot, g, status, body)) => {
+                        self.deliver(link, slot, g, status, body);
                     }
                     None => log_foreign_reply(link, reader.len()),
                 },
@@ -963,6 +998,18 @@ impl<'r> MpiHandle<'r> {
         while !l.requests.try_send(&junk) {
             l.requests.wait_send(junk.len(), LIVENESS);
         }
+        Ok(())
+    }
+
+    /// Writes a fast-lane frame header that breaks the channel of logical
+    /// process `id` (tests).
+    #[doc(hidden)]
+    pub fn inject_corrupt_fast_frame(&self, id: usize) -> Result<(), MpiError> {
+        let l = self.link(id)?;
+        let _reader = lock(&l.recv); // the fast lane's numbers are kept under it
+        let seq = l.fast_seq.load(Ordering::Relaxed) + 1;
+        l.fast_seq.store(seq, Ordering::Relaxed);
+        l.requests.inject_corrupt_fast(seq);
         Ok(())
     }
 

@@ -55,15 +55,40 @@ struct Signals {
 // SAFETY: only atomics.
 unsafe impl xme_core::InRegion for Signals {}
 
+/// The fast lane: one small frame on a cache line that never moves, for a
+/// call nothing else waits behind (Open MPI's shared-memory "fast box"). A
+/// round trip through the ring crosses a fresh line each way; through the
+/// lane, the same two lines each time, which stay in both cores' caches.
+#[repr(C, align(64))]
+struct FastLane {
+    /// `seq ^ key` of the frame in the lane (written last, release).
+    stamp: AtomicU64,
+    len: AtomicU64,
+    payload: [AtomicU64; FAST_WORDS],
+}
+// SAFETY: only atomics; zero is an empty lane (no stamp is zero).
+unsafe impl xme_core::InRegion for FastLane {}
+
+const FAST_WORDS: usize = 6;
+/// Largest frame the fast lane carries.
+pub(crate) const FAST_BYTES: usize = FAST_WORDS * 8;
+/// Where the fast lane lies in the header.
+const FAST_OFFSET: usize = HEADER_BYTES - std::mem::size_of::<FastLane>();
+
 const _: () = assert!(
-    std::mem::size_of::<Control>() + std::mem::size_of::<Signals>() <= HEADER_BYTES,
-    "ring control words overlap the data"
+    std::mem::size_of::<Control>() + std::mem::size_of::<Signals>() <= FAST_OFFSET
+        && std::mem::size_of::<FastLane>() == 64,
+    "ring control words overlap the fast lane"
 );
 
 /// One ring inside a region (the region outlives it).
 pub(crate) struct Ring<'r> {
     ctl: &'r Control,
     sig: &'r Signals,
+    lane: &'r FastLane,
+    /// The sequence number of the fast-lane frame this process's consumer
+    /// waits for; 0: none (process-local).
+    lane_expects: AtomicU64,
     data: *mut u8,
     cap: usize,
     /// XORed with a frame's position to make its stamp; top bit set, so no
@@ -127,6 +152,20 @@ pub(crate) trait Channel: Send + Sync {
     fn capacity(&self) -> usize;
     /// Publishes a frame header that breaks the format (tests of broken channels).
     fn inject_corrupt(&self);
+    /// Publishes fast frame `seq` with a header that breaks the format (tests).
+    fn inject_corrupt_fast(&self, _seq: u64) {}
+    /// Sends frame `seq` (from 1) of a one-at-a-time exchange by the
+    /// channel's fastest path; false if it has none for this frame (then
+    /// [`try_send`](Self::try_send) it).
+    fn send_fast(&self, _seq: u64, _frame: &[u8]) -> bool {
+        false
+    }
+    /// Makes the receiver wait for fast frame `seq` as well (0: none).
+    fn expect_fast(&self, _seq: u64) {}
+    /// Takes the expected fast frame, if it arrived.
+    fn recv_fast(&self, _out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        Ok(false)
+    }
 }
 
 impl Channel for Ring<'_> {
@@ -150,6 +189,18 @@ impl Channel for Ring<'_> {
     }
     fn inject_corrupt(&self) {
         self.push_corrupt_header()
+    }
+    fn inject_corrupt_fast(&self, seq: u64) {
+        self.push_corrupt_fast(seq)
+    }
+    fn send_fast(&self, seq: u64, frame: &[u8]) -> bool {
+        Ring::send_fast(self, seq, frame)
+    }
+    fn expect_fast(&self, seq: u64) {
+        Ring::expect_fast(self, seq)
+    }
+    fn recv_fast(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        Ring::recv_fast(self, out)
     }
 }
 
@@ -194,6 +245,8 @@ impl<'r> Ring<'r> {
         Ok(Ring {
             ctl: region.place(offset)?,
             sig: region.place(offset + std::mem::size_of::<Control>())?,
+            lane: region.place(offset + FAST_OFFSET)?,
+            lane_expects: AtomicU64::new(0),
             data,
             cap,
             key: key | 1 << 63,
@@ -359,11 +412,65 @@ impl<'r> Ring<'r> {
         }
     }
 
-    /// Whether the consumer has a frame (or a wrap marker) to read.
+    /// Whether the consumer has a frame (or a wrap marker) to read, in the
+    /// ring or, if it expects one, in the fast lane.
     fn has_data(&self) -> bool {
         let head = self.ctl.head.load(Ordering::Relaxed);
         let pos = self.offset(head);
-        self.stamp_word(pos).load(Ordering::Acquire) == self.stamp(head)
+        self.stamp_word(pos).load(Ordering::Acquire) == self.stamp(head) || self.lane_ready()
+    }
+
+    fn lane_ready(&self) -> bool {
+        let seq = self.lane_expects.load(Ordering::Relaxed);
+        seq != 0 && self.lane.stamp.load(Ordering::Acquire) == self.stamp(seq)
+    }
+
+    /// Puts frame number `seq` (from 1, one at a time: the consumer has
+    /// taken the one before) in the fast lane; false if it is too large for
+    /// it (send it through the ring instead).
+    pub fn send_fast(&self, seq: u64, frame: &[u8]) -> bool {
+        if frame.len() > FAST_BYTES || seq == 0 {
+            return false;
+        }
+        for (word, chunk) in self.lane.payload.iter().zip(frame.chunks(8)) {
+            let mut bytes = [0u8; 8];
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+        }
+        self.lane.len.store(frame.len() as u64, Ordering::Relaxed);
+        self.lane.stamp.store(self.stamp(seq), Ordering::Release);
+        self.light_fence();
+        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
+            self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&self.sig.data_seq, u32::MAX);
+        }
+        true
+    }
+
+    /// Makes this consumer wait for fast-lane frame `seq` too (0: none).
+    pub fn expect_fast(&self, seq: u64) {
+        self.lane_expects.store(seq, Ordering::Relaxed);
+    }
+
+    /// Takes the expected fast-lane frame into `out`, if it is there; the
+    /// lane then expects nothing until told again.
+    pub fn recv_fast(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        if !self.lane_ready() {
+            return Ok(false);
+        }
+        let len = self.lane.len.load(Ordering::Relaxed) as usize;
+        if len > FAST_BYTES {
+            return Err(Corrupt(format!(
+                "fast-lane frame of {len} bytes, at most {FAST_BYTES} fit"
+            )));
+        }
+        out.clear();
+        for word in &self.lane.payload[..len.div_ceil(8)] {
+            out.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        out.truncate(len);
+        self.lane_expects.store(0, Ordering::Relaxed);
+        Ok(true)
     }
 
     /// Waits until the ring may hold a frame, at most `max`.
@@ -449,6 +556,19 @@ impl<'r> Ring<'r> {
         result
     }
 
+    /// Publishes fast-lane frame `seq` with a length the lane cannot hold
+    /// (tests of corrupt channels).
+    #[doc(hidden)]
+    pub fn push_corrupt_fast(&self, seq: u64) {
+        self.lane.len.store(u64::MAX, Ordering::Relaxed);
+        self.lane.stamp.store(self.stamp(seq), Ordering::Release);
+        self.light_fence();
+        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
+            self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(&self.sig.data_seq, u32::MAX);
+        }
+    }
+
     /// Publishes a frame whose length does not fit the ring (tests of corrupt channels).
     #[doc(hidden)]
     pub fn push_corrupt_header(&self) {
@@ -518,6 +638,44 @@ mod tests {
         // Every byte now holds an old frame: none of it reads as a new one.
         assert!(!r.try_pop(&mut out).unwrap());
         assert!(!r.has_data());
+    }
+
+    #[test]
+    fn the_fast_lane_carries_the_expected_frame_once() {
+        let region = SharedRegion::anonymous(Ring::bytes(1024)).unwrap();
+        let r = ring(&region, 1024);
+        let mut out = Vec::new();
+        assert!(
+            !r.recv_fast(&mut out).unwrap(),
+            "nothing expected, nothing read"
+        );
+        assert!(
+            !r.send_fast(1, &[1u8; FAST_BYTES + 1]),
+            "too large for the lane"
+        );
+        assert!(!r.send_fast(0, b"x"), "sequence numbers start at 1");
+        r.expect_fast(1);
+        assert!(!r.has_data());
+        assert!(r.send_fast(1, b"hello, fast lane"));
+        assert!(r.has_data());
+        assert!(r.recv_fast(&mut out).unwrap());
+        assert_eq!(out, b"hello, fast lane");
+        assert!(!r.recv_fast(&mut out).unwrap(), "taken once");
+        r.expect_fast(2);
+        assert!(!r.has_data(), "the old frame is not the next one");
+        assert!(r.send_fast(2, &[7u8; FAST_BYTES]));
+        assert!(r.recv_fast(&mut out).unwrap());
+        assert_eq!(out, [7u8; FAST_BYTES]);
+        // The ring beside it is untouched.
+        assert!(!r.try_pop(&mut out).unwrap());
+        r.expect_fast(3);
+        r.push_corrupt_fast(3);
+        assert!(
+            r.recv_fast(&mut out)
+                .unwrap_err()
+                .0
+                .contains("fast-lane frame")
+        );
     }
 
     #[test]

@@ -492,3 +492,58 @@ fn logical_processes_are_bound_to_cores_in_turn_unless_told_not_to() {
         );
     });
 }
+
+#[test]
+fn blocking_calls_of_every_size_match_and_a_corrupt_fast_lane_ends_only_its_process() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        // Small calls go by the fast lane, large ones by the ring; a panic's
+        // report is too long for the lane's reply.
+        let echo = mpi.register("echo", |v: Vec<u8>| {
+            assert!(
+                v.first() != Some(&0xEE),
+                "asked to fail with {} bytes",
+                v.len()
+            );
+            v.into_iter().rev().collect::<Vec<u8>>()
+        });
+        mpi.run(|m| {
+            for n in [0usize, 1, 20, 27, 28, 40, 200, 5000, 3, 100_000, 2] {
+                let v: Vec<u8> = (0..n).map(|i| (i % 251) as u8 + 1).collect();
+                let back = m.block_acquire(&echo, &v, To::Process(1)).unwrap();
+                assert_eq!(
+                    back,
+                    v.iter().rev().copied().collect::<Vec<u8>>(),
+                    "{n} bytes"
+                );
+                let failed = m.block_acquire(&echo, &vec![0xEE; n.max(1)], To::Process(1));
+                match failed {
+                    Err(MpiError::UnitPanicked {
+                        process: 1, panic, ..
+                    }) => {
+                        assert!(panic.message.contains("asked to fail"), "{}", panic.message)
+                    }
+                    other => panic!("{n} bytes: {other:?}"),
+                }
+            }
+            m.inject_corrupt_fast_frame(2).unwrap();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while m.status()[1] != (2, LpStatus::End) {
+                assert!(
+                    Instant::now() < deadline,
+                    "process 2 read the corrupt frame"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(matches!(
+                m.block_acquire(&echo, &vec![1u8], To::Process(2)),
+                Err(MpiError::ProcessDied { process: 2, .. } | MpiError::Closed { process: 2, .. })
+            ));
+            assert_eq!(
+                m.block_acquire(&echo, &vec![1u8, 2], To::Any).unwrap(),
+                [2, 1]
+            );
+        })
+        .unwrap();
+    });
+}
