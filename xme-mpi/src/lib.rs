@@ -19,9 +19,12 @@
 //! # How calls travel
 //! Each logical process is forked at [`Mpi::run`] and joined to the main process
 //! by two single-producer single-consumer byte rings in shared memory (requests
-//! in, replies out). A waiting side spins briefly, yields, then sleeps on a
-//! futex, so a round trip costs no system call while both sides are busy, and
-//! nothing burns a core when idle or when processes outnumber cores. Calls are
+//! in, replies out); a blocking call that nothing else waits behind takes each
+//! ring's one-line fast lane instead. A waiting side spins briefly, yields,
+//! then sleeps on a futex, so a round trip costs no system call while both
+//! sides are busy, and nothing burns a core when idle or when processes
+//! outnumber cores; logical processes are bound to cores in turn
+//! ([`Mpi::bind_to_cores`]). Calls are
 //! pipelined: `acquire` only writes the request; `get` reads replies. Every
 //! frame carries the run's random token: a frame without it is dropped with a
 //! logged error; a frame that breaks the channel's format ends that logical

@@ -263,8 +263,25 @@ impl<'r> Ring<'r> {
         self.light.store(registered, Ordering::Relaxed);
     }
 
-    fn light_fence(&self) {
+    /// After publishing a frame: wakes a consumer that sleeps on the ring.
+    fn wake_consumer(&self) {
+        self.wake(&self.sig.data_seq, &self.sig.data_sleepers);
+    }
+
+    /// After freeing space: wakes a producer that sleeps on the ring.
+    fn wake_producer(&self) {
+        self.wake(&self.sig.space_seq, &self.sig.space_sleepers);
+    }
+
+    /// The publishing side of the eventcount: the light fence orders the
+    /// store just made before the look for sleepers (who fenced heavily after
+    /// announcing themselves, see `wait`).
+    fn wake(&self, seq: &AtomicU32, sleepers: &AtomicU32) {
         fence::light(self.light.load(Ordering::Relaxed));
+        if sleepers.load(Ordering::Relaxed) > 0 {
+            seq.fetch_add(1, Ordering::SeqCst);
+            futex::wake(seq, u32::MAX);
+        }
     }
 
     /// Bytes a frame of `len` payload bytes occupies.
@@ -349,12 +366,7 @@ impl<'r> Ring<'r> {
         self.ctl
             .tail
             .store(tail + (wrap + need) as u64, Ordering::Relaxed);
-        // Publish, then look for a sleeper (it fenced heavily after announcing).
-        self.light_fence();
-        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
-            self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&self.sig.data_seq, u32::MAX);
-        }
+        self.wake_consumer();
         true
     }
 
@@ -394,12 +406,7 @@ impl<'r> Ring<'r> {
                     self.ctl
                         .head
                         .store(head + Self::frame_bytes(len) as u64, Ordering::Release);
-                    // Free the space, then look for a producer waiting for it.
-                    self.light_fence();
-                    if self.sig.space_sleepers.load(Ordering::Relaxed) > 0 {
-                        self.sig.space_seq.fetch_add(1, Ordering::SeqCst);
-                        futex::wake(&self.sig.space_seq, u32::MAX);
-                    }
+                    self.wake_producer();
                     return Ok(true);
                 }
                 _ => {
@@ -439,11 +446,7 @@ impl<'r> Ring<'r> {
         }
         self.lane.len.store(frame.len() as u64, Ordering::Relaxed);
         self.lane.stamp.store(self.stamp(seq), Ordering::Release);
-        self.light_fence();
-        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
-            self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&self.sig.data_seq, u32::MAX);
-        }
+        self.wake_consumer();
         true
     }
 
@@ -562,11 +565,7 @@ impl<'r> Ring<'r> {
     pub fn push_corrupt_fast(&self, seq: u64) {
         self.lane.len.store(u64::MAX, Ordering::Relaxed);
         self.lane.stamp.store(self.stamp(seq), Ordering::Release);
-        self.light_fence();
-        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
-            self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&self.sig.data_seq, u32::MAX);
-        }
+        self.wake_consumer();
     }
 
     /// Publishes a frame whose length does not fit the ring (tests of corrupt channels).
@@ -578,11 +577,7 @@ impl<'r> Ring<'r> {
         self.ctl
             .tail
             .store(tail + FRAME_ALIGN as u64, Ordering::Relaxed);
-        self.light_fence();
-        if self.sig.data_sleepers.load(Ordering::Relaxed) > 0 {
-            self.sig.data_seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(&self.sig.data_seq, u32::MAX);
-        }
+        self.wake_consumer();
     }
 }
 
