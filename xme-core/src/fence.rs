@@ -90,3 +90,67 @@ mod tests {
         light(false);
     }
 }
+
+#[cfg(test)]
+mod litmus {
+    use super::*;
+    use crate::SharedRegion;
+    use std::sync::atomic::AtomicU64;
+
+    /// Store buffering between two processes: each stores its flag, fences,
+    /// then loads the other's. Returns the rounds where both loads missed the
+    /// other's store (what the fences exist to forbid). `fenced`: the child
+    /// runs `light`, the parent `heavy`; else both only stop the compiler.
+    fn store_buffering(rounds: u64, fenced: bool) -> u64 {
+        let region = SharedRegion::anonymous(5 * 64).unwrap();
+        let word = |line: usize| -> &AtomicU64 { region.place(line * 64).unwrap() };
+        let (go, x, y, seen, done) = (word(0), word(1), word(2), word(3), word(4));
+        let child = crate::process::fork_child(|| {
+            let registered = register();
+            for i in 1..=rounds {
+                while go.load(Ordering::Acquire) < i {
+                    std::hint::spin_loop();
+                }
+                x.store(i, Ordering::Relaxed);
+                if fenced {
+                    light(registered);
+                } else {
+                    compiler_fence(Ordering::SeqCst);
+                }
+                seen.store(y.load(Ordering::Relaxed), Ordering::Relaxed);
+                done.store(i, Ordering::Release);
+            }
+            0
+        })
+        .unwrap();
+        let mut both_missed = 0;
+        for i in 1..=rounds {
+            go.store(i, Ordering::Release);
+            y.store(i, Ordering::Relaxed);
+            if fenced {
+                heavy();
+            } else {
+                compiler_fence(Ordering::SeqCst);
+            }
+            let parent_saw = x.load(Ordering::Relaxed);
+            while done.load(Ordering::Acquire) < i {
+                std::hint::spin_loop();
+            }
+            if parent_saw < i && seen.load(Ordering::Relaxed) < i {
+                both_missed += 1;
+            }
+        }
+        assert!(child.wait().unwrap().is_success());
+        both_missed
+    }
+
+    #[test]
+    fn light_and_heavy_fences_forbid_store_buffering_across_processes() {
+        register();
+        // Without fences the reordering is common on x86; the test can see it.
+        let unfenced = store_buffering(20_000, false);
+        let fenced = store_buffering(20_000, true);
+        eprintln!("store buffering: {unfenced} rounds without fences, {fenced} with light + heavy");
+        assert_eq!(fenced, 0);
+    }
+}
