@@ -13,6 +13,10 @@
 //! the 64-bit key. The producer reads `head` only when its last view says the
 //! ring is full.
 //!
+//! Beside the ring, in its header, a *fast lane*: one fixed cache line that
+//! carries one small frame at a time, numbered by the two sides, for a
+//! blocking call nothing else waits behind (see [`FastLane`]).
+//!
 //! Waiting: spin, then yield, then sleep on a futex eventcount. The side that
 //! publishes runs a light fence before looking for sleepers; a sleeper runs
 //! the heavy one (see [`xme_core::fence`]) before its last look. Each sleep is
