@@ -8,7 +8,8 @@
 //!   waited for, or all acquired (in windows of 250) then got.
 //! - pi/*: the mpi_pi workload, 10^7 points in calls of 10^4: pnum = 3 vs one
 //!   process, and vs the same calls on two threads of one process (what two
-//!   cores of this machine give at best).
+//!   cores of this machine give at best); `mpi_pnum3_no_calls` is the fixed
+//!   cost, the forks and the close.
 //!
 //! Run: `cargo bench --bench mpi`.
 
@@ -121,6 +122,10 @@ fn pi(c: &mut Criterion) {
                 black_box(a.join().unwrap() + b.join().unwrap())
             })
         })
+    });
+    // The fixed part of mpi_pnum3: forking two logical processes and closing them.
+    g.bench_function("mpi_pnum3_no_calls", |b| {
+        b.iter(|| Mpi::new(3).unwrap().run(|_| ()).unwrap())
     });
     g.bench_function("mpi_pnum3", |b| {
         b.iter(|| {
