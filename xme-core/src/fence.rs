@@ -30,30 +30,15 @@
 
 use std::sync::atomic::{Ordering, compiler_fence, fence};
 
-// Kernel ABI of membarrier(2) (linux/membarrier.h).
-const CMD_QUERY: libc::c_int = 0;
-const CMD_GLOBAL_EXPEDITED: libc::c_int = 1 << 1;
-const CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_int = 1 << 2;
-
-fn membarrier(cmd: libc::c_int) -> libc::c_long {
-    // SAFETY: membarrier(2) takes two integers and touches no user memory.
-    unsafe {
-        libc::syscall(
-            libc::SYS_membarrier,
-            cmd,
-            0 as libc::c_uint,
-            0 as libc::c_int,
-        )
-    }
-}
+use rustix::thread::{MembarrierCommand, MembarrierQuery, membarrier, membarrier_query};
 
 /// Registers this process so that [`heavy`] fences reach its threads; true if
 /// it may use [`light`] fences. Call it in each process (a fork child
 /// too: registration is not promised to survive `fork`). Idempotent.
 pub fn register() -> bool {
-    let supported = membarrier(CMD_QUERY);
-    let needed = (CMD_GLOBAL_EXPEDITED | CMD_REGISTER_GLOBAL_EXPEDITED) as libc::c_long;
-    supported >= 0 && supported & needed == needed && membarrier(CMD_REGISTER_GLOBAL_EXPEDITED) == 0
+    let needed = MembarrierQuery::GLOBAL_EXPEDITED | MembarrierQuery::REGISTER_GLOBAL_EXPEDITED;
+    membarrier_query().contains(needed)
+        && membarrier(MembarrierCommand::RegisterGlobalExpedited).is_ok()
 }
 
 /// The frequent side's store-load fence: a compiler fence if this process is
@@ -73,7 +58,7 @@ pub fn light(registered: bool) {
 /// not registered either, so callers bound their sleeps (they all do).
 pub fn heavy() {
     fence(Ordering::SeqCst);
-    let _ = membarrier(CMD_GLOBAL_EXPEDITED);
+    let _ = membarrier(MembarrierCommand::GlobalExpedited);
     fence(Ordering::SeqCst);
 }
 
@@ -146,11 +131,14 @@ mod litmus {
 
     #[test]
     fn light_and_heavy_fences_forbid_store_buffering_across_processes() {
-        register();
+        let registered = register();
         // Without fences the reordering is common on x86; the test can see it.
         let unfenced = store_buffering(20_000, false);
         let fenced = store_buffering(20_000, true);
-        eprintln!("store buffering: {unfenced} rounds without fences, {fenced} with light + heavy");
+        eprintln!(
+            "store buffering: {unfenced} rounds without fences, {fenced} with light + heavy \
+             (membarrier registered: {registered})"
+        );
         assert_eq!(fenced, 0);
     }
 }
