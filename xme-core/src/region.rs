@@ -1,8 +1,7 @@
 use std::fs::File;
 use std::mem::{align_of, size_of};
 use std::sync::atomic::{
-    AtomicBool, AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize,
-    Ordering,
+    AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 
 use memmap2::MmapMut;
@@ -11,22 +10,45 @@ use crate::Error;
 
 /// Types that may live in a shared region.
 ///
+/// [`SharedRegion::place`] hands out a `&T` over whatever bytes are at an
+/// offset: zeros, bytes another process wrote there, or bytes an earlier
+/// `place` of another type left behind. So a `T` must be valid for **every
+/// bit pattern** of its size (like bytemuck's `AnyBitPattern`), not only for
+/// zero. Integers' atomics are; `AtomicBool` is not (only 0 and 1 are valid
+/// `bool`s), nor is anything holding an enum, a `char`, a reference or a
+/// pointer, so none of them can be placed:
+///
+/// ```compile_fail
+/// use std::sync::atomic::AtomicBool;
+/// let region = xme_core::SharedRegion::anonymous(64).unwrap();
+/// let flag: &AtomicBool = region.place(0).unwrap(); // AtomicBool is not InRegion
+/// ```
+///
+/// ```
+/// use std::sync::atomic::{AtomicU8, Ordering};
+/// let region = xme_core::SharedRegion::anonymous(64).unwrap();
+/// let flag: &AtomicU8 = region.place(0).unwrap(); // a flag as 0 / non-zero
+/// flag.store(2, Ordering::Relaxed);
+/// assert_ne!(flag.load(Ordering::Relaxed), 0);
+/// ```
+///
 /// # Safety
-/// An implementor must be valid when all its bytes are zero, contain no
-/// pointers or references (other processes map the region at other addresses),
-/// and be safe to access concurrently from several processes (atomics or data
-/// only touched under a protocol built from atomics).
+/// An implementor must be valid for every bit pattern of its size (no
+/// padding-sensitive or niche-carrying fields: no `bool`, enum, `char`,
+/// reference, pointer or `NonZero*`), contain no pointers or references
+/// (other processes map the region at other addresses), and be safe to access
+/// concurrently from several processes (atomics, or data only touched under a
+/// protocol built from atomics).
 pub unsafe trait InRegion: Sync {}
 
 macro_rules! in_region {
     ($($t:ty),*) => {$(
-        // SAFETY: atomics of primitive integers are valid at zero, hold no
-        // pointers, and are made for concurrent access.
+        // SAFETY: atomics of primitive integers are valid for every bit
+        // pattern, hold no pointers, and are made for concurrent access.
         unsafe impl InRegion for $t {}
     )*};
 }
 in_region!(
-    AtomicBool,
     AtomicI32,
     AtomicI64,
     AtomicU8,
@@ -35,8 +57,9 @@ in_region!(
     AtomicU64,
     AtomicUsize
 );
-// SAFETY: an array of InRegion values is zero-valid, pointer-free and Sync
-// element by element.
+// SAFETY: an array of InRegion values is valid for every bit pattern,
+// pointer-free and Sync element by element (arrays have no padding between
+// elements).
 unsafe impl<T: InRegion, const N: usize> InRegion for [T; N] {}
 
 /// The header at the start of every region: who made it and with which layout.
@@ -56,7 +79,9 @@ pub struct RegionHeader {
     pub token: AtomicU64,
 }
 
-// SAFETY: made only of atomics; all-zero means "not initialised yet".
+// SAFETY: made only of integer atomics (any bit pattern is valid; `_pad`
+// fills the only gap); all-zero means "not initialised yet", any other
+// content is judged by `check_header`.
 unsafe impl InRegion for RegionHeader {}
 
 impl RegionHeader {
@@ -312,8 +337,9 @@ impl SharedRegion {
     /// The region's header.
     pub fn header(&self) -> &RegionHeader {
         // SAFETY: the mapping is page-aligned and at least RESERVED (64) bytes
-        // long (checked at construction), RegionHeader is 40 bytes of atomics
-        // and valid at zero (InRegion).
+        // long (checked at construction); RegionHeader is 40 bytes of integer
+        // atomics, valid for every bit pattern (InRegion); the reference
+        // borrows `self`, so it cannot outlive the mapping.
         unsafe { &*(self.base as *const RegionHeader) }
     }
 
@@ -354,9 +380,11 @@ impl SharedRegion {
     pub fn place<T: InRegion>(&self, offset: usize) -> Result<&T, Error> {
         let ptr = self.checked(offset, size_of::<T>(), align_of::<T>())?;
         // SAFETY: `checked` proved the range lies inside the mapping and is
-        // aligned for T; T is InRegion, so any bytes another process left there
-        // (zero or written through T's own atomics) form a valid T, and shared
-        // access is sound because T is Sync across processes.
+        // aligned for T; T is InRegion, so it is valid for every bit pattern
+        // and whatever bytes are there (zero, another process's writes, an
+        // earlier `place` of another type) form a valid T; shared access is
+        // sound because T is Sync across processes. The reference borrows
+        // `self`, so it cannot outlive the mapping.
         Ok(unsafe { &*(ptr as *const T) })
     }
 

@@ -98,7 +98,9 @@ pub enum MpiError {
         reason: String,
     },
     /// The slot belongs to another run, or was already taken.
-    #[error("this slot is not pending in this MPI run")]
+    #[error(
+        "this slot belongs to another MPI run or was already taken: pass a slot to the handle that made it"
+    )]
     BadSlot,
     /// Setting up the run failed.
     #[error("could not start the MPI run: {0}")]

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::frame::{self, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
-use crate::ring::{Ring, Waited};
+use crate::ring::{Consumer, Producer, Waited};
 use crate::unit::{Ran, Registry};
 
 /// Status words (shared memory), as the seed names them.
@@ -19,15 +19,15 @@ pub(crate) const EXIT_CORRUPT: i32 = 3;
 pub(crate) struct LogicalProcess<'a> {
     pub id: usize,
     pub token: u64,
-    pub requests: &'a Ring<'a>,
-    pub replies: &'a Ring<'a>,
+    pub requests: Consumer<'a>,
+    pub replies: Producer<'a>,
     pub status: &'a AtomicU32,
     pub registry: &'a Registry,
     pub parent: u32,
 }
 
 impl LogicalProcess<'_> {
-    pub fn run(&self) -> i32 {
+    pub fn run(mut self) -> i32 {
         xme_core::process::install_quiet_panic_hook();
         let light = xme_core::fence::register();
         self.requests.use_light_fences(light);

@@ -13,7 +13,7 @@ use crate::MpiError;
 use crate::cores::CorePlan;
 use crate::frame::{self, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
 use crate::logical::{self, LogicalProcess};
-use crate::ring::{Channel, Ring, Waited};
+use crate::ring::{self, Consumer, Producer, RecvChannel, SendChannel, Waited};
 use crate::unit::{self, Registry, Unit};
 
 /// Where a call goes.
@@ -141,7 +141,7 @@ impl Mpi {
     /// panics (the panic then continues). Returns what `main` returns.
     pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
         let lps = self.pnum - 1;
-        let per_lp = 2 * Ring::bytes(self.channel_bytes) + 64;
+        let per_lp = 2 * ring::ring_bytes(self.channel_bytes) + 64;
         let region = SharedRegion::anonymous(lps * per_lp)?;
         let token = xme_core::Operator::alloc().id();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -153,38 +153,31 @@ impl Mpi {
         // Each process registers for heavy fences itself (a fork child too),
         // so that publishing a frame needs only a light one.
         let light = xme_core::fence::register();
-        let mut rings = Vec::with_capacity(lps);
-        for i in 0..lps {
-            let base = i * per_lp;
-            rings.push((
-                Ring::at(&region, base, self.channel_bytes, token, spin)?,
-                Ring::at(
-                    &region,
-                    base + Ring::bytes(self.channel_bytes),
-                    self.channel_bytes,
-                    token,
-                    spin,
-                )?,
-                region.place::<AtomicU32>(base + 2 * Ring::bytes(self.channel_bytes))?,
-            ));
-        }
-        for (requests, replies, _) in &rings {
-            requests.use_light_fences(light);
-            replies.use_light_fences(light);
-        }
         let parent = xme_core::process::current_pid();
         let cores = if self.bind_to_cores {
             CorePlan::new()
         } else {
             None
         };
-        let mut children = Vec::with_capacity(lps);
-        for (i, (requests, replies, status)) in rings.iter().enumerate() {
+        let mut links = Vec::with_capacity(lps);
+        for i in 0..lps {
+            let base = i * per_lp;
+            let ring_bytes = ring::ring_bytes(self.channel_bytes);
+            let (mut requests, lp_requests) =
+                ring::split(&region, base, self.channel_bytes, token, spin)?;
+            let (lp_replies, mut replies) =
+                ring::split(&region, base + ring_bytes, self.channel_bytes, token, spin)?;
+            let status = region.place::<AtomicU32>(base + 2 * ring_bytes)?;
+            requests.use_light_fences(light);
+            replies.use_light_fences(light);
+            // The logical process takes the request consumer and the reply
+            // producer; this process drops them when the closure is dropped
+            // after fork, so each side of each ring has one owner.
             let lp = LogicalProcess {
                 id: i + 1,
                 token,
-                requests,
-                replies,
+                requests: lp_requests,
+                replies: lp_replies,
                 status,
                 registry: &self.registry,
                 parent,
@@ -193,27 +186,7 @@ impl Mpi {
             if let Some(cores) = &cores {
                 cores.bind(i + 1, child.pid()); // unbound if refused: slower, still correct
             }
-            children.push(child);
-        }
-        let mut links = Vec::with_capacity(lps);
-        for (i, ((requests, replies, status), child)) in rings.into_iter().zip(children).enumerate()
-        {
-            let max_frame = Channel::max_frame(&requests);
-            links.push(Link {
-                id: i + 1,
-                requests: Box::new(requests),
-                replies: Box::new(replies),
-                status,
-                send: Mutex::new(Vec::new()),
-                recv: Mutex::new(Vec::new()),
-                pid: child.pid(),
-                child: Mutex::new(Some(child)),
-                load: AtomicUsize::new(0),
-                direct_generation: AtomicU32::new(0),
-                fast_seq: AtomicU64::new(0),
-                max_frame,
-                ended: OnceLock::new(),
-            });
+            links.push(Link::new(i + 1, requests, replies, status, child));
         }
         let handle = MpiHandle {
             token,
@@ -230,16 +203,26 @@ impl Mpi {
     }
 }
 
+/// The sending end of a link with its frame buffer.
+struct SendSide<'r> {
+    channel: Box<dyn SendChannel + 'r>,
+    buf: Vec<u8>,
+}
+
+/// The receiving end of a link with its frame buffer.
+struct RecvSide<'r> {
+    channel: Box<dyn RecvChannel + 'r>,
+    buf: Vec<u8>,
+}
+
 /// The main process's side of one logical process.
 struct Link<'r> {
     id: usize,
-    requests: Box<dyn Channel + 'r>,
-    replies: Box<dyn Channel + 'r>,
     status: &'r AtomicU32,
-    /// Serialises producers; holds the frame buffer.
-    send: Mutex<Vec<u8>>,
-    /// Serialises the reply consumer; holds the frame buffer.
-    recv: Mutex<Vec<u8>>,
+    /// The request channel: one producer at a time.
+    send: Mutex<SendSide<'r>>,
+    /// The reply channel: one consumer at a time.
+    recv: Mutex<RecvSide<'r>>,
     child: Mutex<Option<Child>>,
     pid: i32,
     /// Calls sent and not yet answered.
@@ -252,7 +235,40 @@ struct Link<'r> {
     fast_seq: AtomicU64,
     /// Largest request frame the channel carries.
     max_frame: usize,
+    /// Bytes the request channel holds.
+    capacity: usize,
     ended: OnceLock<Ended>,
+}
+
+impl<'r> Link<'r> {
+    fn new(
+        id: usize,
+        requests: Producer<'r>,
+        replies: Consumer<'r>,
+        status: &'r AtomicU32,
+        child: Child,
+    ) -> Link<'r> {
+        Link {
+            id,
+            max_frame: requests.max_frame(),
+            capacity: requests.capacity(),
+            send: Mutex::new(SendSide {
+                channel: Box::new(requests),
+                buf: Vec::new(),
+            }),
+            recv: Mutex::new(RecvSide {
+                channel: Box::new(replies),
+                buf: Vec::new(),
+            }),
+            status,
+            pid: child.pid(),
+            child: Mutex::new(Some(child)),
+            load: AtomicUsize::new(0),
+            direct_generation: AtomicU32::new(0),
+            fast_seq: AtomicU64::new(0),
+            ended: OnceLock::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -328,7 +344,9 @@ impl SlotTable {
 /// [`MpiHandle::get`]. Dropping it discards the result when it arrives.
 #[must_use = "a slot holds a result: get it, or drop it to discard the result"]
 pub struct Slot<'h, R> {
-    handle: &'h MpiHandle<'h>,
+    /// The run the slot belongs to (behind a trait object, so that a slot's
+    /// type does not name the run's channel lifetime).
+    handle: &'h (dyn SlotOwner + 'h),
     index: u32,
     generation: u32,
     process: usize,
@@ -357,6 +375,22 @@ impl<R> Drop for Slot<'_, R> {
         if !self.taken {
             self.handle.abandon(self.index, self.generation);
         }
+    }
+}
+
+/// What a [`Slot`] needs of its run: to give its slot back when dropped, and
+/// to say which run it is.
+trait SlotOwner: Sync {
+    fn abandon(&self, index: u32, generation: u32);
+    fn token(&self) -> u64;
+}
+
+impl SlotOwner for MpiHandle<'_> {
+    fn abandon(&self, index: u32, generation: u32) {
+        MpiHandle::abandon(self, index, generation)
+    }
+    fn token(&self) -> u64 {
+        self.token
     }
 }
 
@@ -490,7 +524,17 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// Waits for a call's result and frees its slot (the seed's `get`).
+    ///
+    /// # Errors
+    /// [`MpiError::BadSlot`] for a slot of another run (a nested or
+    /// concurrent [`Mpi::run`]): it is left to its own run, which discards
+    /// its result. Else the call's own error (see [`MpiError`]).
     pub fn get<R: DeserializeOwned>(&self, mut slot: Slot<'_, R>) -> Result<R, MpiError> {
+        if slot.handle.token() != self.token
+            || !std::ptr::addr_eq(slot.handle as *const dyn SlotOwner, self as *const Self)
+        {
+            return Err(MpiError::BadSlot);
+        }
         slot.taken = true;
         self.wait_result(slot.index, slot.generation, decode_result)
     }
@@ -514,11 +558,12 @@ impl<'r> MpiHandle<'r> {
         };
         for l in &targets {
             if l.ended.get().is_none() {
-                let mut buf = lock(&l.send);
-                exit.write(self.token, &mut buf);
+                let mut tx = lock(&l.send);
+                let tx = &mut *tx;
+                exit.write(self.token, &mut tx.buf);
                 let deadline = Instant::now() + CLOSE_GRACE;
-                while !l.requests.try_send(&buf) && Instant::now() < deadline {
-                    l.requests.wait_send(buf.len(), LIVENESS);
+                while !tx.channel.try_send(&tx.buf) && Instant::now() < deadline {
+                    tx.channel.wait_send(tx.buf.len(), LIVENESS);
                 }
             }
         }
@@ -639,36 +684,37 @@ impl<'r> MpiHandle<'r> {
         req: Request,
         unit: &'static str,
         args: &A,
-        mut direct: Option<(u64, &mut Vec<u8>)>,
+        mut direct: Option<(u64, &mut RecvSide<'_>)>,
     ) -> Result<bool, MpiError> {
-        let mut buf = lock(&link.send);
-        req.write(self.token, &mut buf);
-        *buf =
-            postcard::to_extend(args, std::mem::take(&mut *buf)).map_err(|e| MpiError::Encode {
+        let mut tx = lock(&link.send);
+        let tx = &mut *tx;
+        req.write(self.token, &mut tx.buf);
+        tx.buf = postcard::to_extend(args, std::mem::take(&mut tx.buf)).map_err(|e| {
+            MpiError::Encode {
                 unit: unit.to_string(),
                 reason: e.to_string(),
-            })?;
-        if buf.len() > link.max_frame {
+            }
+        })?;
+        if tx.buf.len() > link.max_frame {
             return Err(MpiError::FrameTooLarge {
-                len: buf.len(),
-                capacity: link.requests.capacity(),
+                len: tx.buf.len(),
+                capacity: link.capacity,
             });
         }
         link.load.fetch_add(1, Ordering::AcqRel);
         if let Some((seq, _)) = direct
-            && link.requests.send_fast(seq, &buf)
+            && tx.channel.send_fast(seq, &tx.buf)
         {
             return Ok(true);
         }
-        while !link.requests.try_send(&buf) {
+        while !tx.channel.try_send(&tx.buf) {
             // The process is slow or gone: check before waiting again.
-            if let Waited::Idle = link.requests.wait_send(buf.len(), LIVENESS) {
+            if let Waited::Idle = tx.channel.wait_send(tx.buf.len(), LIVENESS) {
                 let alive = match direct.as_mut() {
                     Some((_, reader)) => self.check_alive(link, reader),
                     None => self.check_alive(link, &mut lock(&link.recv)),
                 };
                 if !alive {
-                    drop(buf);
                     return Err(self.ended_error(link, link.ended.get().expect("just ended")));
                 }
             }
@@ -683,7 +729,7 @@ impl<'r> MpiHandle<'r> {
     fn direct_call<A: Serialize, R: DeserializeOwned>(
         &self,
         link: &Link<'_>,
-        reader: &mut Vec<u8>,
+        reader: &mut RecvSide<'_>,
         mut req: Request,
         unit: &'static str,
         args: &A,
@@ -696,10 +742,10 @@ impl<'r> MpiHandle<'r> {
         let seq = link.fast_seq.load(Ordering::Relaxed) + 1;
         if self.write_request(link, req, unit, args, Some((seq, reader)))? {
             link.fast_seq.store(seq, Ordering::Relaxed);
-            link.replies.expect_fast(seq);
+            reader.channel.expect_fast(seq);
         }
         let out = self.direct_reply(link, reader, req.generation, unit);
-        link.replies.expect_fast(0);
+        reader.channel.expect_fast(0);
         out
     }
 
@@ -709,18 +755,18 @@ impl<'r> MpiHandle<'r> {
     fn direct_reply<R: DeserializeOwned>(
         &self,
         link: &Link<'_>,
-        reader: &mut Vec<u8>,
+        reader: &mut RecvSide<'_>,
         generation: u32,
         unit: &'static str,
     ) -> Result<R, MpiError> {
         let mut liveness = LivenessCheck::default();
         loop {
-            let got = match link.replies.recv_fast(reader) {
-                Ok(false) => link.replies.try_recv(reader),
+            let got = match reader.channel.recv_fast(&mut reader.buf) {
+                Ok(false) => reader.channel.try_recv(&mut reader.buf),
                 fast => fast,
             };
             match got {
-                Ok(true) => match frame::read_reply(self.token, reader) {
+                Ok(true) => match frame::read_reply(self.token, &reader.buf) {
                     Some((DIRECT_SLOT, g, status, body)) if g == generation => {
                         link.load.fetch_sub(1, Ordering::AcqRel);
                         return reply_outcome(unit, link.id, status, body)
@@ -729,10 +775,10 @@ impl<'r> MpiHandle<'r> {
                     Some((slot, g, status, body)) => {
                         self.deliver(link, slot, g, status, body);
                     }
-                    None => log_foreign_reply(link, reader.len()),
+                    None => log_foreign_reply(link, reader.buf.len()),
                 },
                 Ok(false) => {
-                    if liveness.due(link.replies.wait_recv(LIVENESS))
+                    if liveness.due(reader.channel.wait_recv(LIVENESS))
                         && !self.check_alive(link, reader)
                     {
                         self.fail_pending(link);
@@ -866,7 +912,7 @@ impl<'r> MpiHandle<'r> {
             if self.pump(link, &mut reader) > 0 {
                 continue;
             }
-            if liveness.due(link.replies.wait_recv(LIVENESS))
+            if liveness.due(reader.channel.wait_recv(LIVENESS))
                 && !self.check_alive(link, &mut reader)
             {
                 self.fail_pending(link);
@@ -881,22 +927,21 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// Delivers every reply waiting in `link`'s channel; returns how many.
-    /// `buf` is the buffer of `link.recv`, whose lock the caller holds: the
-    /// reply channel has a single consumer.
-    fn pump(&self, link: &Link<'_>, buf: &mut Vec<u8>) -> usize {
+    /// `rx` is `link.recv`, whose lock the caller holds.
+    fn pump(&self, link: &Link<'_>, rx: &mut RecvSide<'_>) -> usize {
         let mut n = 0;
         // One slot-table lock for every reply waiting (lock order: recv, then slots).
         let mut table = lock(&self.slots);
         let mut notify = false;
         loop {
-            match link.replies.try_recv(buf) {
+            match rx.channel.try_recv(&mut rx.buf) {
                 Ok(true) => {
                     n += 1;
-                    match frame::read_reply(self.token, buf) {
+                    match frame::read_reply(self.token, &rx.buf) {
                         Some((slot, generation, status, body)) => {
                             notify |= deliver_to(&mut table, link, slot, generation, status, body);
                         }
-                        None => log_foreign_reply(link, buf.len()),
+                        None => log_foreign_reply(link, rx.buf.len()),
                     }
                 }
                 Ok(false) => break,
@@ -940,8 +985,8 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// Whether `link`'s process lives; records its death if not. `reader` is
-    /// the held `link.recv` buffer.
-    fn check_alive(&self, link: &Link<'_>, reader: &mut Vec<u8>) -> bool {
+    /// the held `link.recv`.
+    fn check_alive(&self, link: &Link<'_>, reader: &mut RecvSide<'_>) -> bool {
         if link.ended.get().is_some() {
             return false;
         }
@@ -992,11 +1037,11 @@ impl<'r> MpiHandle<'r> {
     #[doc(hidden)]
     pub fn inject_foreign_frame(&self, id: usize) -> Result<(), MpiError> {
         let l = self.link(id)?;
-        let _g = lock(&l.send);
+        let mut tx = lock(&l.send);
         let mut junk = vec![0xA5u8; 64];
         junk[..8].copy_from_slice(&(!self.token).to_le_bytes());
-        while !l.requests.try_send(&junk) {
-            l.requests.wait_send(junk.len(), LIVENESS);
+        while !tx.channel.try_send(&junk) {
+            tx.channel.wait_send(junk.len(), LIVENESS);
         }
         Ok(())
     }
@@ -1009,7 +1054,7 @@ impl<'r> MpiHandle<'r> {
         let _reader = lock(&l.recv); // the fast lane's numbers are kept under it
         let seq = l.fast_seq.load(Ordering::Relaxed) + 1;
         l.fast_seq.store(seq, Ordering::Relaxed);
-        l.requests.inject_corrupt_fast(seq);
+        lock(&l.send).channel.inject_corrupt_fast(seq);
         Ok(())
     }
 
@@ -1017,8 +1062,7 @@ impl<'r> MpiHandle<'r> {
     #[doc(hidden)]
     pub fn inject_corrupt_header(&self, id: usize) -> Result<(), MpiError> {
         let l = self.link(id)?;
-        let _g = lock(&l.send);
-        l.requests.inject_corrupt();
+        lock(&l.send).channel.inject_corrupt();
         Ok(())
     }
 }

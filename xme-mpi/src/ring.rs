@@ -22,7 +22,7 @@
 //! the heavy one (see [`xme_core::fence`]) before its last look. Each sleep is
 //! bounded so the caller can check its peer is alive.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use xme_core::{SharedRegion, fence, futex};
@@ -44,7 +44,8 @@ struct Control {
     tail: AtomicU64,
     _pad1: [AtomicU64; 7],
 }
-// SAFETY: only atomics; zero is an empty ring.
+// SAFETY: only integer atomics (valid for every bit pattern, no pointers);
+// zero is an empty ring, other values are checked where they are read.
 unsafe impl xme_core::InRegion for Control {}
 
 #[repr(C)]
@@ -56,7 +57,7 @@ struct Signals {
     space_seq: AtomicU32,
     space_sleepers: AtomicU32,
 }
-// SAFETY: only atomics.
+// SAFETY: only integer atomics (valid for every bit pattern, no pointers).
 unsafe impl xme_core::InRegion for Signals {}
 
 /// The fast lane: one small frame on a cache line that never moves, for a
@@ -70,7 +71,8 @@ struct FastLane {
     len: AtomicU64,
     payload: [AtomicU64; FAST_WORDS],
 }
-// SAFETY: only atomics; zero is an empty lane (no stamp is zero).
+// SAFETY: only integer atomics (valid for every bit pattern, no pointers);
+// zero is an empty lane (no stamp is zero), a bad length is refused on read.
 unsafe impl xme_core::InRegion for FastLane {}
 
 const FAST_WORDS: usize = 6;
@@ -85,46 +87,117 @@ const _: () = assert!(
     "ring control words overlap the fast lane"
 );
 
-/// One ring inside a region (the region outlives it).
-pub(crate) struct Ring<'r> {
+/// Where one ring lies and how its stamps are keyed: what both sides share.
+#[derive(Clone, Copy)]
+struct RingParts<'r> {
     ctl: &'r Control,
     sig: &'r Signals,
     lane: &'r FastLane,
-    /// The sequence number of the fast-lane frame this process's consumer
-    /// waits for; 0: none (process-local).
-    lane_expects: AtomicU64,
     data: *mut u8,
     cap: usize,
     /// XORed with a frame's position to make its stamp; top bit set, so no
     /// stamp is zero (the ring starts zeroed).
     key: u64,
+}
+
+/// How one side of a ring waits (process-local).
+struct Backoff {
     /// Longest spin before yielding: long when every process has a core
     /// (an idle spinner costs nobody anything and answers at once), very short
     /// when processes outnumber cores (a spinner then steals the time its peer
     /// needs to answer).
     spin: Duration,
-    /// This process's current spin budget in nanoseconds, at most `spin`:
-    /// cut to a sixteenth each time a spin finds nothing, doubled each time
-    /// one succeeds. Two processes that share a core for a while (a fork
-    /// child starts on its parent's CPU until the scheduler moves it) would
+    /// The current spin budget in nanoseconds, at most `spin`: cut to a
+    /// sixteenth each time a spin finds nothing, doubled each time one
+    /// succeeds. Two processes that share a core for a while (a fork child
+    /// starts on its parent's CPU until the scheduler moves it) would
     /// otherwise each burn a full `spin` per wait while the other cannot run.
-    spin_budget: AtomicU64,
-    /// The producer's last view of `head` (process-local): re-read only when
-    /// it says the ring is full, so the consumer's line is not pulled over
-    /// on every push.
-    seen_head: AtomicU64,
+    budget_ns: u64,
     /// Whether this process registered for heavy fences, so that its side of
-    /// each handshake may use a light one (process-local, set after fork).
-    light: AtomicBool,
+    /// each handshake may use a light one (set after fork).
+    light: bool,
 }
 
-// SAFETY: the ring is used by one producer and one consumer (callers serialise
-// each side with a mutex); `data` accesses are confined to the regions the
-// SPSC protocol gives each side, synchronised by the acquire/release stamps
-// and `head`.
-unsafe impl Send for Ring<'_> {}
-// SAFETY: as above.
-unsafe impl Sync for Ring<'_> {}
+/// The producing side of a ring: the only writer of its frames and of the
+/// fast lane. Its methods take `&mut self` and it is not `Sync`, so within a
+/// process one thread at a time produces (share it behind a `Mutex`); across
+/// processes, [`split`] hands out one producer per ring, which one process
+/// keeps after fork and the other drops.
+pub(crate) struct Producer<'r> {
+    ring: RingParts<'r>,
+    /// The last view of `head`: re-read only when it says the ring is full,
+    /// so the consumer's line is not pulled over on every push.
+    seen_head: u64,
+    backoff: Backoff,
+}
+
+/// The consuming side of a ring (see [`Producer`] for who may hold it).
+pub(crate) struct Consumer<'r> {
+    ring: RingParts<'r>,
+    /// The sequence number of the fast-lane frame this consumer waits for;
+    /// 0: none.
+    lane_expects: u64,
+    backoff: Backoff,
+}
+
+// SAFETY: a Producer is the one writer of its ring's frames, tail and fast
+// lane (`split` makes one per ring and it is not Clone); moving it to another
+// thread keeps it the only one. `data` points into a mapping that outlives
+// 'r. It is deliberately not Sync: `&mut self` methods plus a Mutex (or one
+// owning thread) serialise production.
+unsafe impl Send for Producer<'_> {}
+// SAFETY: as for Producer, for the reader of frames and the writer of `head`.
+unsafe impl Send for Consumer<'_> {}
+
+/// The producer and the consumer of the ring at `offset` of `region`
+/// (64-byte aligned), `cap` data bytes (a power of two, at least 128), its
+/// stamps keyed by `key`. Call once per ring; after fork, each process keeps
+/// the half it uses and drops the other.
+pub(crate) fn split<'r>(
+    region: &'r SharedRegion,
+    offset: usize,
+    cap: usize,
+    key: u64,
+    spin: Duration,
+) -> Result<(Producer<'r>, Consumer<'r>), xme_core::Error> {
+    let data = region.raw(offset + HEADER_BYTES, cap)?;
+    if !cap.is_power_of_two()
+        || cap < 2 * FRAME_ALIGN
+        || !(data as usize).is_multiple_of(FRAME_ALIGN)
+    {
+        return Err(xme_core::Error::OutOfRegion {
+            offset: offset + HEADER_BYTES,
+            len: cap,
+            size: region.payload_len(),
+            align: FRAME_ALIGN,
+        });
+    }
+    let ring = RingParts {
+        ctl: region.place(offset)?,
+        sig: region.place(offset + std::mem::size_of::<Control>())?,
+        lane: region.place(offset + FAST_OFFSET)?,
+        data,
+        cap,
+        key: key | 1 << 63,
+    };
+    let backoff = || Backoff {
+        spin,
+        budget_ns: spin.as_nanos() as u64,
+        light: false,
+    };
+    Ok((
+        Producer {
+            ring,
+            seen_head: 0,
+            backoff: backoff(),
+        },
+        Consumer {
+            ring,
+            lane_expects: 0,
+            backoff: backoff(),
+        },
+    ))
+}
 
 /// The frame read or written does not follow the ring's format.
 #[derive(Debug)]
@@ -138,73 +211,81 @@ pub(crate) enum Waited {
     Idle,
 }
 
-/// How frames travel between the main process and one logical process, in
-/// one direction. The shared-memory [`Ring`] is today's only kind; a backend
-/// over a real MPI library or sockets would implement this too.
-pub(crate) trait Channel: Send + Sync {
+/// The sending end of a channel between the main process and one logical
+/// process. The shared-memory ring's [`Producer`] is today's only kind; a
+/// backend over a real MPI library or sockets would implement this too.
+/// `&mut self`: one sender at a time (callers keep it behind a `Mutex`).
+pub(crate) trait SendChannel: Send {
     /// Writes a frame if there is room.
-    fn try_send(&self, frame: &[u8]) -> bool;
+    fn try_send(&mut self, frame: &[u8]) -> bool;
     /// Waits at most `max` for room for a frame of `len` bytes.
-    fn wait_send(&self, len: usize, max: Duration) -> Waited;
-    /// Reads the next frame into `out`, if any.
-    fn try_recv(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt>;
-    /// Waits at most `max` for a frame.
-    fn wait_recv(&self, max: Duration) -> Waited;
+    fn wait_send(&mut self, len: usize, max: Duration) -> Waited;
     /// Largest frame the channel carries.
     fn max_frame(&self) -> usize;
     /// Bytes the channel holds.
     fn capacity(&self) -> usize;
-    /// Publishes a frame header that breaks the format (tests of broken channels).
-    fn inject_corrupt(&self);
-    /// Publishes fast frame `seq` with a header that breaks the format (tests).
-    fn inject_corrupt_fast(&self, _seq: u64) {}
     /// Sends frame `seq` (from 1) of a one-at-a-time exchange by the
     /// channel's fastest path; false if it has none for this frame (then
     /// [`try_send`](Self::try_send) it).
-    fn send_fast(&self, _seq: u64, _frame: &[u8]) -> bool {
+    fn send_fast(&mut self, _seq: u64, _frame: &[u8]) -> bool {
         false
     }
+    /// Publishes a frame header that breaks the format (tests of broken channels).
+    fn inject_corrupt(&mut self);
+    /// Publishes fast frame `seq` with a header that breaks the format (tests).
+    fn inject_corrupt_fast(&mut self, _seq: u64) {}
+}
+
+/// The receiving end of a channel (see [`SendChannel`]).
+pub(crate) trait RecvChannel: Send {
+    /// Reads the next frame into `out`, if any.
+    fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<bool, Corrupt>;
+    /// Waits at most `max` for a frame.
+    fn wait_recv(&mut self, max: Duration) -> Waited;
     /// Makes the receiver wait for fast frame `seq` as well (0: none).
-    fn expect_fast(&self, _seq: u64) {}
+    fn expect_fast(&mut self, _seq: u64) {}
     /// Takes the expected fast frame, if it arrived.
-    fn recv_fast(&self, _out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+    fn recv_fast(&mut self, _out: &mut Vec<u8>) -> Result<bool, Corrupt> {
         Ok(false)
     }
 }
 
-impl Channel for Ring<'_> {
-    fn try_send(&self, frame: &[u8]) -> bool {
+impl SendChannel for Producer<'_> {
+    fn try_send(&mut self, frame: &[u8]) -> bool {
         self.try_push(frame)
     }
-    fn wait_send(&self, len: usize, max: Duration) -> Waited {
+    fn wait_send(&mut self, len: usize, max: Duration) -> Waited {
         self.wait_space(len, max)
     }
-    fn try_recv(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
-        self.try_pop(out)
-    }
-    fn wait_recv(&self, max: Duration) -> Waited {
-        self.wait_data(max)
-    }
     fn max_frame(&self) -> usize {
-        self.max_payload()
+        self.ring.max_payload()
     }
     fn capacity(&self) -> usize {
-        self.cap
+        self.ring.cap
     }
-    fn inject_corrupt(&self) {
+    fn send_fast(&mut self, seq: u64, frame: &[u8]) -> bool {
+        Producer::send_fast(self, seq, frame)
+    }
+    fn inject_corrupt(&mut self) {
         self.push_corrupt_header()
     }
-    fn inject_corrupt_fast(&self, seq: u64) {
+    fn inject_corrupt_fast(&mut self, seq: u64) {
         self.push_corrupt_fast(seq)
     }
-    fn send_fast(&self, seq: u64, frame: &[u8]) -> bool {
-        Ring::send_fast(self, seq, frame)
+}
+
+impl RecvChannel for Consumer<'_> {
+    fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        self.try_pop(out)
     }
-    fn expect_fast(&self, seq: u64) {
-        Ring::expect_fast(self, seq)
+    fn wait_recv(&mut self, max: Duration) -> Waited {
+        self.wait_data(max)
     }
-    fn recv_fast(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
-        Ring::recv_fast(self, out)
+    fn expect_fast(&mut self, seq: u64) {
+        Consumer::expect_fast(self, seq)
+    }
+    fn recv_fast(&mut self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        Consumer::recv_fast(self, out)
     }
 }
 
@@ -219,69 +300,17 @@ const YIELDS: u32 = 4;
 /// How long to keep yielding before sleeping when every process has a core.
 const YIELD_DEDICATED: Duration = Duration::from_micros(100);
 
-impl<'r> Ring<'r> {
-    /// Bytes a ring with `cap` data bytes takes in a region.
-    pub fn bytes(cap: usize) -> usize {
-        HEADER_BYTES + cap
-    }
+/// Bytes a ring with `cap` data bytes takes in a region.
+pub(crate) fn ring_bytes(cap: usize) -> usize {
+    HEADER_BYTES + cap
+}
 
-    /// The ring at `offset` of `region` (64-byte aligned), `cap` data bytes (a
-    /// power of two, at least 128), its stamps keyed by `key`.
-    pub fn at(
-        region: &'r SharedRegion,
-        offset: usize,
-        cap: usize,
-        key: u64,
-        spin: Duration,
-    ) -> Result<Ring<'r>, xme_core::Error> {
-        let data = region.raw(offset + HEADER_BYTES, cap)?;
-        if !cap.is_power_of_two()
-            || cap < 2 * FRAME_ALIGN
-            || !(data as usize).is_multiple_of(FRAME_ALIGN)
-        {
-            return Err(xme_core::Error::OutOfRegion {
-                offset: offset + HEADER_BYTES,
-                len: cap,
-                size: region.payload_len(),
-                align: FRAME_ALIGN,
-            });
-        }
-        Ok(Ring {
-            ctl: region.place(offset)?,
-            sig: region.place(offset + std::mem::size_of::<Control>())?,
-            lane: region.place(offset + FAST_OFFSET)?,
-            lane_expects: AtomicU64::new(0),
-            data,
-            cap,
-            key: key | 1 << 63,
-            spin,
-            spin_budget: AtomicU64::new(spin.as_nanos() as u64),
-            seen_head: AtomicU64::new(0),
-            light: AtomicBool::new(false),
-        })
-    }
-
-    /// Lets this process's side use light fences: call after a successful
-    /// [`fence::register`] in the process that uses this ring.
-    pub fn use_light_fences(&self, registered: bool) {
-        self.light.store(registered, Ordering::Relaxed);
-    }
-
-    /// After publishing a frame: wakes a consumer that sleeps on the ring.
-    fn wake_consumer(&self) {
-        self.wake(&self.sig.data_seq, &self.sig.data_sleepers);
-    }
-
-    /// After freeing space: wakes a producer that sleeps on the ring.
-    fn wake_producer(&self) {
-        self.wake(&self.sig.space_seq, &self.sig.space_sleepers);
-    }
-
+impl RingParts<'_> {
     /// The publishing side of the eventcount: the light fence orders the
     /// store just made before the look for sleepers (who fenced heavily after
-    /// announcing themselves, see `wait`).
-    fn wake(&self, seq: &AtomicU32, sleepers: &AtomicU32) {
-        fence::light(self.light.load(Ordering::Relaxed));
+    /// announcing themselves, see `Backoff::wait`).
+    fn wake(&self, light: bool, seq: &AtomicU32, sleepers: &AtomicU32) {
+        fence::light(light);
         if sleepers.load(Ordering::Relaxed) > 0 {
             seq.fetch_add(1, Ordering::SeqCst);
             futex::wake(seq, u32::MAX);
@@ -294,7 +323,7 @@ impl<'r> Ring<'r> {
     }
 
     /// Largest payload one frame can carry.
-    pub fn max_payload(&self) -> usize {
+    fn max_payload(&self) -> usize {
         // Two largest frames fit in the ring (see `wait_space`).
         (self.cap / 2) / FRAME_ALIGN * FRAME_ALIGN - FRAME_HEADER
     }
@@ -334,192 +363,37 @@ impl<'r> Ring<'r> {
             .store(self.stamp(position), Ordering::Release);
     }
 
-    /// Writes a frame if there is room; false if the ring is full.
-    pub fn try_push(&self, payload: &[u8]) -> bool {
-        let need = Self::frame_bytes(payload.len());
-        debug_assert!(payload.len() <= self.max_payload());
-        let tail = self.ctl.tail.load(Ordering::Relaxed);
-        let pos = self.offset(tail);
-        let to_end = self.cap - pos;
-        let wrap = if need > to_end { to_end } else { 0 };
-        let mut head = self.seen_head.load(Ordering::Relaxed);
-        if self.cap - ((tail - head) as usize) < need + wrap {
-            // Acquire: the consumer is done with the bytes before `head`.
-            head = self.ctl.head.load(Ordering::Acquire);
-            self.seen_head.store(head, Ordering::Relaxed);
-            if self.cap - ((tail - head) as usize) < need + wrap {
-                return false;
-            }
-        }
-        let mut at = pos;
-        if wrap > 0 {
-            self.publish(at, tail, wrap, KIND_WRAP);
-            at = 0;
-        }
-        // SAFETY: [at+16, at+16+len) lies inside the data area (the frame fits
-        // before the end, checked above) and in the producer's part of the
-        // ring, [tail, head + cap), which the consumer does not read.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                payload.as_ptr(),
-                self.data.add(at + FRAME_HEADER),
-                payload.len(),
-            );
-        }
-        self.publish(at, tail + wrap as u64, payload.len(), KIND_FRAME);
-        self.ctl
-            .tail
-            .store(tail + (wrap + need) as u64, Ordering::Relaxed);
-        self.wake_consumer();
-        true
-    }
-
-    /// Reads the next frame into `out`; false if the ring is empty.
-    pub fn try_pop(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
-        let mut head = self.ctl.head.load(Ordering::Relaxed);
-        loop {
-            let pos = self.offset(head);
-            // Acquire: the frame's bytes, written before its stamp, are visible.
-            if self.stamp_word(pos).load(Ordering::Acquire) != self.stamp(head) {
-                return Ok(false);
-            }
-            let word = self.kind_word(pos).load(Ordering::Relaxed);
-            let (len, kind) = (word as u32 as usize, (word >> 32) as u32);
-            match kind {
-                KIND_WRAP if len == self.cap - pos => {
-                    head += len as u64;
-                    self.ctl.head.store(head, Ordering::Release);
-                    continue;
-                }
-                KIND_FRAME
-                    if len <= self.max_payload() && pos + Self::frame_bytes(len) <= self.cap =>
-                {
-                    out.clear();
-                    out.reserve(len);
-                    // SAFETY: the frame lies inside the data area (checked just
-                    // above) and was published by its stamp (acquired above);
-                    // the producer does not touch it until `head` passes it.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            self.data.add(pos + FRAME_HEADER),
-                            out.as_mut_ptr(),
-                            len,
-                        );
-                        out.set_len(len);
-                    }
-                    self.ctl
-                        .head
-                        .store(head + Self::frame_bytes(len) as u64, Ordering::Release);
-                    self.wake_producer();
-                    return Ok(true);
-                }
-                _ => {
-                    return Err(Corrupt(format!(
-                        "frame header {word:#018x} at byte {pos} does not fit a ring of {} bytes",
-                        self.cap
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Whether the consumer has a frame (or a wrap marker) to read, in the
-    /// ring or, if it expects one, in the fast lane.
-    fn has_data(&self) -> bool {
+    /// Whether a frame (or a wrap marker) waits at `head`, or the expected
+    /// fast-lane frame `lane_expects` (0: none) is in the lane.
+    fn has_data(&self, lane_expects: u64) -> bool {
         let head = self.ctl.head.load(Ordering::Relaxed);
         let pos = self.offset(head);
-        self.stamp_word(pos).load(Ordering::Acquire) == self.stamp(head) || self.lane_ready()
+        self.stamp_word(pos).load(Ordering::Acquire) == self.stamp(head)
+            || self.lane_ready(lane_expects)
     }
 
-    fn lane_ready(&self) -> bool {
-        let seq = self.lane_expects.load(Ordering::Relaxed);
+    fn lane_ready(&self, seq: u64) -> bool {
         seq != 0 && self.lane.stamp.load(Ordering::Acquire) == self.stamp(seq)
     }
+}
 
-    /// Puts frame number `seq` (from 1, one at a time: the consumer has
-    /// taken the one before) in the fast lane; false if it is too large for
-    /// it (send it through the ring instead).
-    pub fn send_fast(&self, seq: u64, frame: &[u8]) -> bool {
-        if frame.len() > FAST_BYTES || seq == 0 {
-            return false;
-        }
-        for (word, chunk) in self.lane.payload.iter().zip(frame.chunks(8)) {
-            let mut bytes = [0u8; 8];
-            bytes[..chunk.len()].copy_from_slice(chunk);
-            word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
-        }
-        self.lane.len.store(frame.len() as u64, Ordering::Relaxed);
-        self.lane.stamp.store(self.stamp(seq), Ordering::Release);
-        self.wake_consumer();
-        true
-    }
-
-    /// Makes this consumer wait for fast-lane frame `seq` too (0: none).
-    pub fn expect_fast(&self, seq: u64) {
-        self.lane_expects.store(seq, Ordering::Relaxed);
-    }
-
-    /// Takes the expected fast-lane frame into `out`, if it is there; the
-    /// lane then expects nothing until told again.
-    pub fn recv_fast(&self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
-        if !self.lane_ready() {
-            return Ok(false);
-        }
-        let len = self.lane.len.load(Ordering::Relaxed) as usize;
-        if len > FAST_BYTES {
-            return Err(Corrupt(format!(
-                "fast-lane frame of {len} bytes, at most {FAST_BYTES} fit"
-            )));
-        }
-        out.clear();
-        for word in &self.lane.payload[..len.div_ceil(8)] {
-            out.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
-        }
-        out.truncate(len);
-        self.lane_expects.store(0, Ordering::Relaxed);
-        Ok(true)
-    }
-
-    /// Waits until the ring may hold a frame, at most `max`.
-    pub fn wait_data(&self, max: Duration) -> Waited {
-        self.wait(
-            max,
-            Self::has_data,
-            &self.sig.data_seq,
-            &self.sig.data_sleepers,
-        )
-    }
-
-    /// Waits until the ring may have room, at most `max`.
-    pub fn wait_space(&self, need: usize, max: Duration) -> Waited {
-        let need = Self::frame_bytes(need) * 2;
-        self.wait(
-            max,
-            |r| {
-                let used = r.ctl.tail.load(Ordering::Relaxed) - r.ctl.head.load(Ordering::Acquire);
-                r.cap - used as usize >= need
-            },
-            &self.sig.space_seq,
-            &self.sig.space_sleepers,
-        )
-    }
-
+impl Backoff {
     fn wait(
-        &self,
+        &mut self,
         max: Duration,
-        ready: impl Fn(&Self) -> bool,
+        ready: impl Fn() -> bool,
         seq: &AtomicU32,
         sleepers: &AtomicU32,
     ) -> Waited {
         // Read the clock only once the first round of spins found nothing:
         // most waits of a round trip end within it.
-        let budget = Duration::from_nanos(self.spin_budget.load(Ordering::Relaxed));
+        let budget = Duration::from_nanos(self.budget_ns);
         let mut spin_start = None;
         'spin: loop {
             for _ in 0..64 {
-                if ready(self) {
-                    let grown = (budget.as_nanos() as u64 * 2).min(self.spin.as_nanos() as u64);
-                    self.spin_budget.store(grown, Ordering::Relaxed);
+                if ready() {
+                    self.budget_ns =
+                        (budget.as_nanos() as u64 * 2).min(self.spin.as_nanos() as u64);
                     return Waited::Ready;
                 }
                 std::hint::spin_loop();
@@ -528,15 +402,14 @@ impl<'r> Ring<'r> {
                 break 'spin;
             }
         }
-        let cut = (budget.as_nanos() as u64 / 16).max(MIN_SPIN.as_nanos() as u64);
-        self.spin_budget.store(cut, Ordering::Relaxed);
+        self.budget_ns = (budget.as_nanos() as u64 / 16).max(MIN_SPIN.as_nanos() as u64);
         // Then yield: where each process has a core, for a while (if the
         // peer shares this core for now, it runs meanwhile, and no futex
         // wake-up ties the two to one core again); else a few times.
         let yield_start = Instant::now();
         let dedicated = self.spin >= SPIN_DEDICATED;
         for n in 1.. {
-            if ready(self) {
+            if ready() {
                 return Waited::Ready;
             }
             std::thread::yield_now();
@@ -549,11 +422,11 @@ impl<'r> Ring<'r> {
         // Announce, then look: the heavy fence pairs with the publisher's light one.
         fence::heavy();
         let seen = seq.load(Ordering::SeqCst);
-        let result = if ready(self) {
+        let result = if ready() {
             Waited::Ready
         } else {
             futex::wait(seq, seen, Some(max));
-            if ready(self) || start.elapsed() < max {
+            if ready() || start.elapsed() < max {
                 Waited::Ready
             } else {
                 Waited::Idle
@@ -562,26 +435,225 @@ impl<'r> Ring<'r> {
         sleepers.fetch_sub(1, Ordering::SeqCst);
         result
     }
+}
+
+impl Producer<'_> {
+    /// Lets this side use light fences: call after a successful
+    /// [`fence::register`] in the process that uses it.
+    pub fn use_light_fences(&mut self, registered: bool) {
+        self.backoff.light = registered;
+    }
+
+    /// Largest payload one frame can carry.
+    pub fn max_payload(&self) -> usize {
+        self.ring.max_payload()
+    }
+
+    /// After publishing a frame: wakes a consumer that sleeps on the ring.
+    fn wake_consumer(&self) {
+        let r = &self.ring;
+        r.wake(self.backoff.light, &r.sig.data_seq, &r.sig.data_sleepers);
+    }
+
+    /// Writes a frame if there is room; false if the ring is full.
+    pub fn try_push(&mut self, payload: &[u8]) -> bool {
+        let r = self.ring;
+        let need = RingParts::frame_bytes(payload.len());
+        debug_assert!(payload.len() <= r.max_payload());
+        let tail = r.ctl.tail.load(Ordering::Relaxed);
+        let pos = r.offset(tail);
+        let to_end = r.cap - pos;
+        let wrap = if need > to_end { to_end } else { 0 };
+        let mut head = self.seen_head;
+        if r.cap - ((tail - head) as usize) < need + wrap {
+            // Acquire: the consumer is done with the bytes before `head`.
+            head = r.ctl.head.load(Ordering::Acquire);
+            self.seen_head = head;
+            if r.cap - ((tail - head) as usize) < need + wrap {
+                return false;
+            }
+        }
+        let mut at = pos;
+        if wrap > 0 {
+            r.publish(at, tail, wrap, KIND_WRAP);
+            at = 0;
+        }
+        // SAFETY: [at+16, at+16+len) lies inside the data area (the frame fits
+        // before the end, checked above) and in the producer's part of the
+        // ring, [tail, head + cap), which the consumer does not read; this is
+        // the ring's only producer (`&mut self`, one per ring).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                r.data.add(at + FRAME_HEADER),
+                payload.len(),
+            );
+        }
+        r.publish(at, tail + wrap as u64, payload.len(), KIND_FRAME);
+        r.ctl
+            .tail
+            .store(tail + (wrap + need) as u64, Ordering::Relaxed);
+        self.wake_consumer();
+        true
+    }
+
+    /// Puts frame number `seq` (from 1, one at a time: the consumer has
+    /// taken the one before) in the fast lane; false if it is too large for
+    /// it (send it through the ring instead).
+    pub fn send_fast(&mut self, seq: u64, frame: &[u8]) -> bool {
+        if frame.len() > FAST_BYTES || seq == 0 {
+            return false;
+        }
+        let lane = self.ring.lane;
+        for (word, chunk) in lane.payload.iter().zip(frame.chunks(8)) {
+            let mut bytes = [0u8; 8];
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+        }
+        lane.len.store(frame.len() as u64, Ordering::Relaxed);
+        lane.stamp.store(self.ring.stamp(seq), Ordering::Release);
+        self.wake_consumer();
+        true
+    }
+
+    /// Waits until the ring may have room, at most `max`.
+    pub fn wait_space(&mut self, need: usize, max: Duration) -> Waited {
+        let need = RingParts::frame_bytes(need) * 2;
+        let r = self.ring;
+        self.backoff.wait(
+            max,
+            || {
+                let used = r.ctl.tail.load(Ordering::Relaxed) - r.ctl.head.load(Ordering::Acquire);
+                r.cap - used as usize >= need
+            },
+            &r.sig.space_seq,
+            &r.sig.space_sleepers,
+        )
+    }
 
     /// Publishes fast-lane frame `seq` with a length the lane cannot hold
     /// (tests of corrupt channels).
-    #[doc(hidden)]
-    pub fn push_corrupt_fast(&self, seq: u64) {
-        self.lane.len.store(u64::MAX, Ordering::Relaxed);
-        self.lane.stamp.store(self.stamp(seq), Ordering::Release);
+    pub fn push_corrupt_fast(&mut self, seq: u64) {
+        self.ring.lane.len.store(u64::MAX, Ordering::Relaxed);
+        self.ring
+            .lane
+            .stamp
+            .store(self.ring.stamp(seq), Ordering::Release);
         self.wake_consumer();
     }
 
     /// Publishes a frame whose length does not fit the ring (tests of corrupt channels).
-    #[doc(hidden)]
-    pub fn push_corrupt_header(&self) {
-        let tail = self.ctl.tail.load(Ordering::Relaxed);
-        let pos = self.offset(tail);
-        self.publish(pos, tail, u32::MAX as usize, KIND_FRAME);
-        self.ctl
+    pub fn push_corrupt_header(&mut self) {
+        let r = self.ring;
+        let tail = r.ctl.tail.load(Ordering::Relaxed);
+        let pos = r.offset(tail);
+        r.publish(pos, tail, u32::MAX as usize, KIND_FRAME);
+        r.ctl
             .tail
             .store(tail + FRAME_ALIGN as u64, Ordering::Relaxed);
         self.wake_consumer();
+    }
+}
+
+impl Consumer<'_> {
+    /// Lets this side use light fences (see [`Producer::use_light_fences`]).
+    pub fn use_light_fences(&mut self, registered: bool) {
+        self.backoff.light = registered;
+    }
+
+    /// Reads the next frame into `out`; false if the ring is empty.
+    pub fn try_pop(&mut self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        let r = self.ring;
+        let mut head = r.ctl.head.load(Ordering::Relaxed);
+        loop {
+            let pos = r.offset(head);
+            // Acquire: the frame's bytes, written before its stamp, are visible.
+            if r.stamp_word(pos).load(Ordering::Acquire) != r.stamp(head) {
+                return Ok(false);
+            }
+            let word = r.kind_word(pos).load(Ordering::Relaxed);
+            let (len, kind) = (word as u32 as usize, (word >> 32) as u32);
+            match kind {
+                KIND_WRAP if len == r.cap - pos => {
+                    head += len as u64;
+                    r.ctl.head.store(head, Ordering::Release);
+                    continue;
+                }
+                KIND_FRAME
+                    if len <= r.max_payload() && pos + RingParts::frame_bytes(len) <= r.cap =>
+                {
+                    out.clear();
+                    out.reserve(len);
+                    // SAFETY: the frame lies inside the data area (checked just
+                    // above) and was published by its stamp (acquired above);
+                    // the producer does not touch it until `head` passes it,
+                    // and only this consumer (`&mut self`) moves `head`.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            r.data.add(pos + FRAME_HEADER),
+                            out.as_mut_ptr(),
+                            len,
+                        );
+                        out.set_len(len);
+                    }
+                    r.ctl
+                        .head
+                        .store(head + RingParts::frame_bytes(len) as u64, Ordering::Release);
+                    r.wake(self.backoff.light, &r.sig.space_seq, &r.sig.space_sleepers);
+                    return Ok(true);
+                }
+                _ => {
+                    return Err(Corrupt(format!(
+                        "frame header {word:#018x} at byte {pos} does not fit a ring of {} bytes",
+                        r.cap
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Whether a frame waits in the ring or the expected one in the lane.
+    #[cfg(test)]
+    fn has_data(&self) -> bool {
+        self.ring.has_data(self.lane_expects)
+    }
+
+    /// Makes this consumer wait for fast-lane frame `seq` too (0: none).
+    pub fn expect_fast(&mut self, seq: u64) {
+        self.lane_expects = seq;
+    }
+
+    /// Takes the expected fast-lane frame into `out`, if it is there; the
+    /// lane then expects nothing until told again.
+    pub fn recv_fast(&mut self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        let r = self.ring;
+        if !r.lane_ready(self.lane_expects) {
+            return Ok(false);
+        }
+        let len = r.lane.len.load(Ordering::Relaxed) as usize;
+        if len > FAST_BYTES {
+            return Err(Corrupt(format!(
+                "fast-lane frame of {len} bytes, at most {FAST_BYTES} fit"
+            )));
+        }
+        out.clear();
+        for word in &r.lane.payload[..len.div_ceil(8)] {
+            out.extend_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+        }
+        out.truncate(len);
+        self.lane_expects = 0;
+        Ok(true)
+    }
+
+    /// Waits until the ring may hold a frame, at most `max`.
+    pub fn wait_data(&mut self, max: Duration) -> Waited {
+        let (r, expects) = (self.ring, self.lane_expects);
+        self.backoff.wait(
+            max,
+            || r.has_data(expects),
+            &r.sig.data_seq,
+            &r.sig.data_sleepers,
+        )
     }
 }
 
@@ -589,14 +661,14 @@ impl<'r> Ring<'r> {
 mod tests {
     use super::*;
 
-    fn ring(region: &SharedRegion, cap: usize) -> Ring<'_> {
-        Ring::at(region, 0, cap, 0x1234_5678_9abc_def0, SPIN_SHARED).unwrap()
+    fn ring(region: &SharedRegion, cap: usize) -> (Producer<'_>, Consumer<'_>) {
+        split(region, 0, cap, 0x1234_5678_9abc_def0, SPIN_SHARED).unwrap()
     }
 
     #[test]
     fn frames_cross_in_order_through_many_wraps() {
-        let region = SharedRegion::anonymous(Ring::bytes(4096)).unwrap();
-        let r = ring(&region, 4096);
+        let region = SharedRegion::anonymous(ring_bytes(4096)).unwrap();
+        let (mut p, mut c) = ring(&region, 4096);
         let mut out = Vec::new();
         let mut next_in = 0u32;
         let mut next_out = 0u32;
@@ -605,11 +677,11 @@ mod tests {
             let len = (next_in as usize * 7) % 300;
             let mut frame = next_in.to_le_bytes().to_vec();
             frame.resize(4 + len, next_in as u8);
-            if r.try_push(&frame) {
+            if p.try_push(&frame) {
                 next_in += 1;
                 continue;
             }
-            while r.try_pop(&mut out).unwrap() {
+            while c.try_pop(&mut out).unwrap() {
                 let n = u32::from_le_bytes(out[..4].try_into().unwrap());
                 assert_eq!(n, next_out);
                 assert_eq!(out.len(), 4 + (n as usize * 7) % 300);
@@ -617,60 +689,60 @@ mod tests {
                 next_out += 1;
             }
         }
-        assert!(!r.try_pop(&mut out).unwrap() || next_in > next_out);
+        assert!(!c.try_pop(&mut out).unwrap() || next_in > next_out);
     }
 
     #[test]
     fn a_full_ring_refuses_and_stale_bytes_are_not_frames() {
-        let region = SharedRegion::anonymous(Ring::bytes(1024)).unwrap();
-        let r = ring(&region, 1024);
+        let region = SharedRegion::anonymous(ring_bytes(1024)).unwrap();
+        let (mut p, mut c) = ring(&region, 1024);
         let mut out = Vec::new();
-        assert!(!r.try_pop(&mut out).unwrap(), "a zeroed ring is empty");
+        assert!(!c.try_pop(&mut out).unwrap(), "a zeroed ring is empty");
         let mut pushed = 0;
-        while r.try_push(&[7u8; 100]) {
+        while p.try_push(&[7u8; 100]) {
             pushed += 1;
         }
         assert_eq!(pushed, 1024 / 128);
         for _ in 0..pushed {
-            assert!(r.try_pop(&mut out).unwrap());
+            assert!(c.try_pop(&mut out).unwrap());
         }
         // Every byte now holds an old frame: none of it reads as a new one.
-        assert!(!r.try_pop(&mut out).unwrap());
-        assert!(!r.has_data());
+        assert!(!c.try_pop(&mut out).unwrap());
+        assert!(!c.has_data());
     }
 
     #[test]
     fn the_fast_lane_carries_the_expected_frame_once() {
-        let region = SharedRegion::anonymous(Ring::bytes(1024)).unwrap();
-        let r = ring(&region, 1024);
+        let region = SharedRegion::anonymous(ring_bytes(1024)).unwrap();
+        let (mut p, mut c) = ring(&region, 1024);
         let mut out = Vec::new();
         assert!(
-            !r.recv_fast(&mut out).unwrap(),
+            !c.recv_fast(&mut out).unwrap(),
             "nothing expected, nothing read"
         );
         assert!(
-            !r.send_fast(1, &[1u8; FAST_BYTES + 1]),
+            !p.send_fast(1, &[1u8; FAST_BYTES + 1]),
             "too large for the lane"
         );
-        assert!(!r.send_fast(0, b"x"), "sequence numbers start at 1");
-        r.expect_fast(1);
-        assert!(!r.has_data());
-        assert!(r.send_fast(1, b"hello, fast lane"));
-        assert!(r.has_data());
-        assert!(r.recv_fast(&mut out).unwrap());
+        assert!(!p.send_fast(0, b"x"), "sequence numbers start at 1");
+        c.expect_fast(1);
+        assert!(!c.has_data());
+        assert!(p.send_fast(1, b"hello, fast lane"));
+        assert!(c.has_data());
+        assert!(c.recv_fast(&mut out).unwrap());
         assert_eq!(out, b"hello, fast lane");
-        assert!(!r.recv_fast(&mut out).unwrap(), "taken once");
-        r.expect_fast(2);
-        assert!(!r.has_data(), "the old frame is not the next one");
-        assert!(r.send_fast(2, &[7u8; FAST_BYTES]));
-        assert!(r.recv_fast(&mut out).unwrap());
+        assert!(!c.recv_fast(&mut out).unwrap(), "taken once");
+        c.expect_fast(2);
+        assert!(!c.has_data(), "the old frame is not the next one");
+        assert!(p.send_fast(2, &[7u8; FAST_BYTES]));
+        assert!(c.recv_fast(&mut out).unwrap());
         assert_eq!(out, [7u8; FAST_BYTES]);
         // The ring beside it is untouched.
-        assert!(!r.try_pop(&mut out).unwrap());
-        r.expect_fast(3);
-        r.push_corrupt_fast(3);
+        assert!(!c.try_pop(&mut out).unwrap());
+        c.expect_fast(3);
+        p.push_corrupt_fast(3);
         assert!(
-            r.recv_fast(&mut out)
+            c.recv_fast(&mut out)
                 .unwrap_err()
                 .0
                 .contains("fast-lane frame")
@@ -679,10 +751,10 @@ mod tests {
 
     #[test]
     fn a_corrupt_header_is_reported() {
-        let region = SharedRegion::anonymous(Ring::bytes(1024)).unwrap();
-        let r = ring(&region, 1024);
-        r.push_corrupt_header();
-        let err = r.try_pop(&mut Vec::new()).unwrap_err();
+        let region = SharedRegion::anonymous(ring_bytes(1024)).unwrap();
+        let (mut p, mut c) = ring(&region, 1024);
+        p.push_corrupt_header();
+        let err = c.try_pop(&mut Vec::new()).unwrap_err();
         assert!(err.0.contains("does not fit"), "{}", err.0);
     }
 }

@@ -547,3 +547,34 @@ fn blocking_calls_of_every_size_match_and_a_corrupt_fast_lane_ends_only_its_proc
         .unwrap();
     });
 }
+
+#[test]
+fn a_slot_of_another_run_is_refused_not_answered() {
+    clean(|| {
+        let mut outer = Mpi::new(2).unwrap();
+        let double = outer.register("double", |x: u64| x * 2);
+        outer
+            .run(|m| {
+                let mut inner = Mpi::new(2).unwrap();
+                let triple = inner.register("triple", |x: u64| x * 3);
+                inner
+                    .run(|n| {
+                        // A slot of the inner run given to the outer handle.
+                        let s = n.acquire(&triple, &5, To::Any).unwrap();
+                        assert!(matches!(m.get(s), Err(MpiError::BadSlot)));
+                        // And the other way round.
+                        let s = m.acquire(&double, &7, To::Any).unwrap();
+                        let err = n.get(s).unwrap_err();
+                        assert!(matches!(err, MpiError::BadSlot), "{err}");
+                        assert!(err.to_string().contains("another MPI run"), "{err}");
+                        // Both runs go on: the refused slots were discarded.
+                        assert_eq!(n.block_acquire(&triple, &5, To::Any).unwrap(), 15);
+                    })
+                    .unwrap();
+                assert_eq!(m.block_acquire(&double, &7, To::Any).unwrap(), 14);
+                let s = m.acquire(&double, &8, To::Any).unwrap();
+                assert_eq!(m.get(s).unwrap(), 16);
+            })
+            .unwrap();
+    });
+}

@@ -58,8 +58,10 @@ pub struct SecurityState {
 }
 
 #[cfg(not(loom))]
-// SAFETY: all fields are atomics of primitive integers (valid at zero, no
-// pointers); all-zero means "not initialised", which attach checks.
+// SAFETY: all fields are atomics of primitive integers (valid for every bit
+// pattern, no pointers; `_pad` fills the only gap); all-zero means "not
+// initialised", which attach checks, and every other value is range-checked
+// where it is used (lock type, auth_len, pids).
 unsafe impl xme_core::InRegion for SecurityState {}
 
 /// What a read attempt found.
