@@ -35,7 +35,7 @@ mod time;
 
 pub use error::{Error, Fate, PanicReport};
 pub use operator::Operator;
-pub use region::{InRegion, RegionHeader, SharedRegion};
+pub use region::{InRegion, Mapped, RegionHeader, SharedRegion};
 pub use time::monotonic_ns;
 
 /// The crate version, as shown by `show_version_info`.

@@ -1,5 +1,7 @@
 use std::fs::File;
 use std::mem::{align_of, size_of};
+use std::ptr::NonNull;
+use std::sync::Arc;
 use std::sync::atomic::{
     AtomicI32, AtomicI64, AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
@@ -403,6 +405,31 @@ impl SharedRegion {
         Ok(unsafe { std::slice::from_raw_parts(ptr as *const T, count) })
     }
 
+    /// Like [`place`](Self::place), but the reference keeps the region alive
+    /// itself: a [`Mapped`] holds a clone of the `Arc`, so a struct can keep
+    /// it beside other fields without borrowing the region.
+    pub fn place_owned<T: InRegion>(self: &Arc<Self>, offset: usize) -> Result<Mapped<T>, Error> {
+        let ptr = NonNull::from(self.place::<T>(offset)?);
+        Ok(Mapped {
+            ptr,
+            _region: self.clone(),
+        })
+    }
+
+    /// Like [`slice`](Self::slice), keeping the region alive (see
+    /// [`place_owned`](Self::place_owned)).
+    pub fn slice_owned<T: InRegion>(
+        self: &Arc<Self>,
+        offset: usize,
+        count: usize,
+    ) -> Result<Mapped<[T]>, Error> {
+        let ptr = NonNull::from(self.slice::<T>(offset, count)?);
+        Ok(Mapped {
+            ptr,
+            _region: self.clone(),
+        })
+    }
+
     /// The address of the payload byte at `offset`, bounds-checked for `len`
     /// bytes. For byte-level protocols (arenas) that synchronise through atomics
     /// placed elsewhere in the region.
@@ -432,6 +459,69 @@ impl SharedRegion {
         Ok(unsafe { self.base.add(start) })
     }
 }
+
+/// A `T` (or `[T]`) in a shared region, holding the region alive: it
+/// dereferences to `&T` for as long as it lives, and no longer (the borrow
+/// is tied to the `Mapped`, never `'static`). Made by
+/// [`SharedRegion::place_owned`] and [`SharedRegion::slice_owned`].
+///
+/// ```
+/// use std::sync::{Arc, atomic::{AtomicU64, Ordering}};
+/// use xme_core::SharedRegion;
+///
+/// let region = Arc::new(SharedRegion::anonymous(64).unwrap());
+/// let words = region.slice_owned::<AtomicU64>(0, 8).unwrap();
+/// drop(region); // `words` keeps the mapping alive
+/// words[3].store(7, Ordering::Relaxed);
+/// assert_eq!(words[3].load(Ordering::Relaxed), 7);
+/// ```
+///
+/// A borrow never outlives the `Mapped` it came from:
+///
+/// ```compile_fail
+/// use std::sync::{Arc, atomic::AtomicU64};
+/// let region = Arc::new(xme_core::SharedRegion::anonymous(64).unwrap());
+/// let words = region.slice_owned::<AtomicU64>(0, 8).unwrap();
+/// let escaped: &'static [AtomicU64] = &words; // does not compile
+/// ```
+pub struct Mapped<T: ?Sized> {
+    ptr: NonNull<T>,
+    _region: Arc<SharedRegion>,
+}
+
+impl<T: ?Sized> Clone for Mapped<T> {
+    fn clone(&self) -> Self {
+        Mapped {
+            ptr: self.ptr,
+            _region: self._region.clone(),
+        }
+    }
+}
+
+impl<T: ?Sized> std::ops::Deref for Mapped<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // SAFETY: `ptr` came from `place`/`slice` of the region held in
+        // `_region` (bounds and alignment checked, InRegion contents valid
+        // for any bytes); the Arc keeps the mapping alive at least as long
+        // as `self`, and the returned borrow cannot outlive `self`.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T: ?Sized> std::fmt::Debug for Mapped<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mapped")
+            .field("region", &self._region)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: a Mapped only hands out `&T`, and T is InRegion (so Sync: shared
+// access from any thread is sound); the Arc<SharedRegion> is Send + Sync.
+unsafe impl<T: ?Sized + Sync> Send for Mapped<T> {}
+// SAFETY: as above.
+unsafe impl<T: ?Sized + Sync> Sync for Mapped<T> {}
 
 fn total_size(payload_len: usize) -> Result<usize, Error> {
     payload_len

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering, fence};
 
 use serde_json::Value;
-use xme_core::{Operator, SharedRegion, process};
+use xme_core::{Mapped, Operator, SharedRegion, process};
 use xme_security::{LockType, Security, SecurityState};
 
 use crate::codec::{Codec, Sealed};
@@ -135,8 +135,8 @@ impl MonitorBuilder {
 #[derive(Clone)]
 pub struct Monitor {
     security: Security<'static>,
-    control: &'static [AtomicU64],
-    data: &'static [AtomicU64],
+    control: Mapped<[AtomicU64]>,
+    data: Mapped<[AtomicU64]>,
     slot_words: usize,
     sealed: Option<Arc<Sealed>>,
     /// Keeps the mapping behind the slices alive; declared last.
@@ -196,17 +196,8 @@ impl Monitor {
         let control_offset = SecurityState::SIZE.next_multiple_of(64);
         let data_offset = control_offset + CONTROL_WORDS * 8;
         let data_words = region.payload_len().saturating_sub(data_offset) / 8;
-        let control: &[AtomicU64] = region.slice(control_offset, CONTROL_WORDS)?;
-        let data: &[AtomicU64] = region.slice(data_offset, data_words)?;
-        // SAFETY: both slices point into the mapping owned by `region`, which
-        // the Monitor keeps alive (field `region`, dropped last) for as long
-        // as the slices are reachable; the fields are private.
-        let (control, data) = unsafe {
-            (
-                &*(control as *const [AtomicU64]),
-                &*(data as *const [AtomicU64]),
-            )
-        };
+        let control = region.slice_owned(control_offset, CONTROL_WORDS)?;
+        let data = region.slice_owned(data_offset, data_words)?;
         let security = Security::in_shared_region(region.clone(), 0, lock_type)?;
         Ok(Monitor {
             security,
@@ -218,7 +209,7 @@ impl Monitor {
         })
     }
 
-    fn slot(&self, s: usize) -> &'static [AtomicU64] {
+    fn slot(&self, s: usize) -> &[AtomicU64] {
         &self.data[s * self.slot_words..(s + 1) * self.slot_words]
     }
 

@@ -1,4 +1,6 @@
 use std::fmt;
+use std::marker::PhantomData;
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,18 +58,28 @@ pub struct Acquired {
 /// ```
 #[derive(Clone)]
 pub struct Security<'a> {
-    state: &'a SecurityState,
+    /// The lock's state: borrowed for `'a`, or inside the mapping `_owner`
+    /// keeps alive (then `'a` is `'static` and only `state()` reaches it,
+    /// with a borrow of `self`).
+    state: NonNull<SecurityState>,
+    _borrow: PhantomData<&'a SecurityState>,
     on_lock: Option<DeadLockFun>,
     on_unlock: Option<DeadLockFun>,
-    /// Keeps the mapping behind `state` alive for locks made by `new`.
+    /// Keeps the mapping behind `state` alive for locks that own their region.
     _owner: Option<Arc<SharedRegion>>,
 }
+
+// SAFETY: a Security hands out only `&SecurityState` (atomics, Sync), valid
+// for 'a or while `_owner` lives; the handlers are Send + Sync.
+unsafe impl Send for Security<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Security<'_> {}
 
 impl fmt::Debug for Security<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Security")
             .field("lock_type", &self.lock_type())
-            .field("holder_pid", &self.state.holder_pid())
+            .field("holder_pid", &self.state().holder_pid())
             .finish()
     }
 }
@@ -87,15 +99,14 @@ impl Security<'static> {
         offset: usize,
         lock_type: LockType,
     ) -> Result<Security<'static>, SecurityError> {
-        let state: &SecurityState = region.place(offset)?;
-        // SAFETY: `state` points into the mapping owned by `region`; the Arc is
-        // stored in the returned Security and every clone of it, and the field
-        // is private, only ever re-borrowed for `&self`'s lifetime, so no
-        // reference outlives the mapping.
-        let state: &'static SecurityState = unsafe { &*(state as *const SecurityState) };
-        let mut sec = Security::from_state(state, lock_type)?;
-        sec._owner = Some(region);
-        Ok(sec)
+        let sec = Security::from_state(region.place(offset)?, lock_type)?;
+        Ok(Security {
+            state: sec.state,
+            _borrow: PhantomData,
+            on_lock: None,
+            on_unlock: None,
+            _owner: Some(region),
+        })
     }
 }
 
@@ -134,16 +145,27 @@ impl<'a> Security<'a> {
             Err(_) => wait_initialised(state)?,
         }
         Ok(Security {
-            state,
+            state: NonNull::from(state),
+            _borrow: PhantomData,
             on_lock: None,
             on_unlock: None,
             _owner: None,
         })
     }
 
+    /// The lock's state in shared memory.
+    #[inline]
+    fn state(&self) -> &SecurityState {
+        // SAFETY: `state` came from a `&'a SecurityState` (valid for 'a, which
+        // `_borrow` ties this handle to) or from a place in the region that
+        // `_owner` keeps mapped for as long as `self` lives; the borrow
+        // returned cannot outlive `self`.
+        unsafe { self.state.as_ref() }
+    }
+
     /// The lock's current type.
     pub fn lock_type(&self) -> LockType {
-        LockType::from_raw(self.state.lock_type.load(Ordering::Acquire))
+        LockType::from_raw(self.state().lock_type.load(Ordering::Acquire))
     }
 
     /// Switches the lock's type (the seed's `update_lock`), for every process.
@@ -152,10 +174,10 @@ impl<'a> Security<'a> {
     /// stay valid; waiters apply the new type's rules at their next attempt
     /// (an operator no longer allowed is then refused).
     pub fn update_lock(&self, lock_type: LockType) {
-        self.state
+        self.state()
             .lock_type
             .store(lock_type as u32, Ordering::Release);
-        self.state.notify();
+        self.state().notify();
     }
 
     /// How long a MUTEX, AUTHORISATION or READWRITE waiter sleeps at most
@@ -163,12 +185,12 @@ impl<'a> Security<'a> {
     /// holder is noticed. Default 0.1 s.
     pub fn set_mute_time(&self, mute: Duration) {
         let ns = mute.as_nanos().clamp(1_000, u64::MAX as u128) as u64;
-        self.state.mute_time_ns.store(ns, Ordering::Relaxed);
+        self.state().mute_time_ns.store(ns, Ordering::Relaxed);
     }
 
     /// The current `MuteTime`.
     pub fn mute_time(&self) -> Duration {
-        Duration::from_nanos(self.state.mute_time_ns.load(Ordering::Relaxed))
+        Duration::from_nanos(self.state().mute_time_ns.load(Ordering::Relaxed))
     }
 
     /// Bounds every wait (the seed's `WaitTime`); `None`, the default, waits
@@ -176,12 +198,12 @@ impl<'a> Security<'a> {
     /// [`SecurityError::Deadlock`] is returned.
     pub fn set_wait_time(&self, wait: Option<Duration>) {
         let ns = wait.map_or(0, |w| w.as_nanos().clamp(1, u64::MAX as u128) as u64);
-        self.state.wait_time_ns.store(ns, Ordering::Relaxed);
+        self.state().wait_time_ns.store(ns, Ordering::Relaxed);
     }
 
     /// The current `WaitTime`.
     pub fn wait_time(&self) -> Option<Duration> {
-        match self.state.wait_time_ns.load(Ordering::Relaxed) {
+        match self.state().wait_time_ns.load(Ordering::Relaxed) {
             0 => None,
             ns => Some(Duration::from_nanos(ns)),
         }
@@ -206,22 +228,22 @@ impl<'a> Security<'a> {
             if self.is_authorised(*op) {
                 continue;
             }
-            let i = self.state.auth_len.fetch_add(1, Ordering::AcqRel) as usize;
+            let i = self.state().auth_len.fetch_add(1, Ordering::AcqRel) as usize;
             if i >= AUTH_CAPACITY {
-                self.state.auth_len.fetch_sub(1, Ordering::AcqRel);
+                self.state().auth_len.fetch_sub(1, Ordering::AcqRel);
                 return Err(SecurityError::AuthListFull {
                     capacity: AUTH_CAPACITY,
                 });
             }
-            self.state.auth[i].store(op.id(), Ordering::Release);
+            self.state().auth[i].store(op.id(), Ordering::Release);
         }
         Ok(())
     }
 
     /// Whether `op` is on the AUTHORISATION list.
     pub fn is_authorised(&self, op: Operator) -> bool {
-        let len = (self.state.auth_len.load(Ordering::Acquire) as usize).min(AUTH_CAPACITY);
-        self.state.auth[..len]
+        let len = (self.state().auth_len.load(Ordering::Acquire) as usize).min(AUTH_CAPACITY);
+        self.state().auth[..len]
             .iter()
             .any(|a| a.load(Ordering::Acquire) == op.id())
     }
@@ -229,20 +251,20 @@ impl<'a> Security<'a> {
     /// Makes `op` the only writer of a READWRITE lock (the seed's `registe`;
     /// initially `ADMIN`).
     pub fn register(&self, op: Operator) {
-        self.state.writer.store(op.id(), Ordering::Release);
+        self.state().writer.store(op.id(), Ordering::Release);
     }
 
     /// The registered writer of a READWRITE lock.
     pub fn writer(&self) -> Operator {
-        Operator::from_id(self.state.writer.load(Ordering::Acquire)).unwrap_or(Operator::ADMIN)
+        Operator::from_id(self.state().writer.load(Ordering::Acquire)).unwrap_or(Operator::ADMIN)
     }
 
     /// The exclusive holder's operator and pid, if the lock is held.
     pub fn holder(&self) -> Option<(Option<Operator>, u32)> {
-        match self.state.holder_pid() {
+        match self.state().holder_pid() {
             0 => None,
             pid => Some((
-                Operator::from_id(self.state.holder_op.load(Ordering::Acquire)),
+                Operator::from_id(self.state().holder_op.load(Ordering::Acquire)),
                 pid,
             )),
         }
@@ -266,10 +288,11 @@ impl<'a> Security<'a> {
     #[inline]
     pub fn release(&self, op: Operator) -> Result<(), SecurityError> {
         let pid = process::current_pid();
-        if self.state.holder_pid() == pid && self.state.holder_op.load(Ordering::Acquire) == op.id()
+        if self.state().holder_pid() == pid
+            && self.state().holder_op.load(Ordering::Acquire) == op.id()
         {
-            self.state.holder_op.store(0, Ordering::Relaxed);
-            self.state.unlock(pid);
+            self.state().holder_op.store(0, Ordering::Relaxed);
+            self.state().unlock(pid);
             return Ok(());
         }
         self.release_refused(op)
@@ -280,7 +303,7 @@ impl<'a> Security<'a> {
         if self.lock_type() == LockType::Disable {
             return Ok(());
         }
-        let holder_pid = Some(self.state.holder_pid()).filter(|&p| p != 0);
+        let holder_pid = Some(self.state().holder_pid()).filter(|&p| p != 0);
         self.run_handler(
             &self.on_unlock,
             DEADLOCKMARK_UNLOCK,
@@ -291,7 +314,7 @@ impl<'a> Security<'a> {
         Err(SecurityError::NotHolder {
             operator: op,
             holder: holder_pid
-                .and_then(|_| Operator::from_id(self.state.holder_op.load(Ordering::Acquire))),
+                .and_then(|_| Operator::from_id(self.state().holder_op.load(Ordering::Acquire))),
         })
     }
 
@@ -318,7 +341,8 @@ impl<'a> Security<'a> {
         if self.lock_type() == LockType::ReadWrite {
             // Fast path: no writer, a free slot.
             let pid = process::current_pid();
-            if let ReadTry::Acquired(slot) = self.state.try_read(pid, pid as usize % READER_SLOTS) {
+            if let ReadTry::Acquired(slot) = self.state().try_read(pid, pid as usize % READER_SLOTS)
+            {
                 return Ok(ReadGuard::new(self, ReadHold::Shared(slot), false));
             }
         }
@@ -358,7 +382,7 @@ impl<'a> Security<'a> {
         let mut died = false;
         loop {
             let seen = waiter.seen();
-            match self.state.try_read(pid, hint) {
+            match self.state().try_read(pid, hint) {
                 ReadTry::Acquired(slot) => {
                     return Ok(ReadGuard::new(self, ReadHold::Shared(slot), died));
                 }
@@ -366,10 +390,10 @@ impl<'a> Security<'a> {
                     if writer != pid
                         && waiter.liveness_due()
                         && !process::is_alive(writer as i32)
-                        && self.state.take_over(writer, 0)
+                        && self.state().take_over(writer, 0)
                     {
-                        self.state.holder_op.store(0, Ordering::Release);
-                        self.state.notify();
+                        self.state().holder_op.store(0, Ordering::Release);
+                        self.state().notify();
                         died = true;
                         continue;
                     }
@@ -402,20 +426,20 @@ impl<'a> Security<'a> {
                 });
             }
             LockType::Mutex | LockType::Spin => true,
-            LockType::ReadWrite => self.state.writer.load(Ordering::Acquire) == op.id(),
+            LockType::ReadWrite => self.state().writer.load(Ordering::Acquire) == op.id(),
             LockType::Authorisation => false,
         };
         if fast {
             let pid = process::current_pid();
-            if self.state.try_lock(pid).is_ok() {
-                if self.state.busy_reader().is_none() {
-                    self.state.holder_op.store(op.id(), Ordering::Release);
+            if self.state().try_lock(pid).is_ok() {
+                if self.state().busy_reader().is_none() {
+                    self.state().holder_op.store(op.id(), Ordering::Release);
                     return Ok(Acquired {
                         previous_owner_died: false,
                     });
                 }
                 // Readers inside: give the word back and take the full path.
-                self.state.unlock(pid);
+                self.state().unlock(pid);
             }
         }
         self.acquire_slow(op, limit, lock_type)
@@ -449,20 +473,20 @@ impl<'a> Security<'a> {
         let spin_only = lock_type == LockType::Spin;
         let mut died = false;
         // 1. Take the holder word: one CAS when the lock is free.
-        if let Err(holder) = self.state.try_lock(pid) {
-            if holder == pid && self.state.holder_op.load(Ordering::Acquire) == op.id() {
+        if let Err(holder) = self.state().try_lock(pid) {
+            if holder == pid && self.state().holder_op.load(Ordering::Acquire) == op.id() {
                 return Err(SecurityError::AlreadyHeld { operator: op });
             }
             let mut waiter = self.waiter(spin_only, limit);
             loop {
                 let seen = waiter.seen();
-                match self.state.try_lock(pid) {
+                match self.state().try_lock(pid) {
                     Ok(()) => break,
                     Err(other) => {
                         if other != pid
                             && waiter.liveness_due()
                             && !process::is_alive(other as i32)
-                            && self.state.take_over(other, pid)
+                            && self.state().take_over(other, pid)
                         {
                             died = true;
                             break;
@@ -475,44 +499,44 @@ impl<'a> Security<'a> {
             }
         }
         // 2. Wait for readers inside to leave (new ones back off from us).
-        if self.state.busy_reader().is_some() {
+        if self.state().busy_reader().is_some() {
             let mut waiter = self.waiter(spin_only, limit);
             loop {
                 let seen = waiter.seen();
-                let Some((slot, reader)) = self.state.busy_reader() else {
+                let Some((slot, reader)) = self.state().busy_reader() else {
                     break;
                 };
                 if waiter.liveness_due() && !process::is_alive(reader as i32) {
-                    self.state.clear_reader(slot, reader);
+                    self.state().clear_reader(slot, reader);
                     continue;
                 }
                 if waiter.pause(seen).is_err() {
-                    self.state.unlock(pid);
+                    self.state().unlock(pid);
                     return Err(self.give_up(op, &waiter));
                 }
             }
         }
-        self.state.holder_op.store(op.id(), Ordering::Release);
+        self.state().holder_op.store(op.id(), Ordering::Release);
         Ok(Acquired {
             previous_owner_died: died,
         })
     }
 
     fn waiter(&self, spin_only: bool, limit: Option<Duration>) -> Waiter<'_> {
-        Waiter::new(self.state, spin_only, limit, self.mute_time())
+        Waiter::new(self.state(), spin_only, limit, self.mute_time())
     }
 
     fn clear_dead_readers(&self) {
-        for (slot, r) in self.state.readers.iter().enumerate() {
+        for (slot, r) in self.state().readers.iter().enumerate() {
             let pid = r.load(Ordering::SeqCst);
             if pid != 0 && !process::is_alive(pid as i32) {
-                self.state.clear_reader(slot, pid);
+                self.state().clear_reader(slot, pid);
             }
         }
     }
 
     fn give_up(&self, op: Operator, waiter: &Waiter<'_>) -> SecurityError {
-        let holder_pid = Some(self.state.holder_pid()).filter(|&p| p != 0);
+        let holder_pid = Some(self.state().holder_pid()).filter(|&p| p != 0);
         let waited = waiter.start().elapsed();
         self.run_handler(&self.on_lock, DEADLOCKMARK_ONLOCK, op, waited, holder_pid);
         SecurityError::Deadlock(Deadlock {
@@ -542,7 +566,7 @@ impl<'a> Security<'a> {
     }
 
     pub(crate) fn release_read_slot(&self, slot: usize) {
-        self.state.unlock_read(slot);
+        self.state().unlock_read(slot);
     }
 }
 

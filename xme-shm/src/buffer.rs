@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use xme_core::{Operator, SharedRegion, futex, process};
+use xme_core::{Mapped, Operator, SharedRegion, futex, process};
 
 use crate::ShmError;
 use crate::block::{load_bytes, store_bytes, words};
@@ -132,12 +132,9 @@ impl BufferConfig {
 /// The call buffer in a region; see the module docs.
 #[derive(Clone)]
 pub(crate) struct CallBuffer {
-    futexes: &'static [AtomicU32],
-    words: &'static [AtomicU64],
+    futexes: Mapped<[AtomicU32]>,
+    words: Mapped<[AtomicU64]>,
     config: BufferConfig,
-    ring: Ring<'static>,
-    /// Keeps the mapping behind the slices alive.
-    _region: Arc<SharedRegion>,
 }
 
 fn alive(pid: u32) -> bool {
@@ -150,24 +147,11 @@ impl CallBuffer {
         offset: usize,
         config: BufferConfig,
     ) -> Result<CallBuffer, ShmError> {
-        let futexes: &[AtomicU32] = region.slice(offset, FUTEX_BYTES / 4)?;
         let n = (config.bytes() - FUTEX_BYTES) / 8;
-        let words: &[AtomicU64] = region.slice(offset + FUTEX_BYTES, n)?;
-        // SAFETY: both slices point into the mapping owned by `region`, which
-        // this struct keeps alive in `_region` for as long as it (or a clone)
-        // exists; the fields are private, so no reference outlives it.
-        let (futexes, words) = unsafe {
-            (
-                &*(futexes as *const [AtomicU32]),
-                &*(words as *const [AtomicU64]),
-            )
-        };
         Ok(CallBuffer {
-            futexes,
-            words,
+            futexes: region.slice_owned(offset, FUTEX_BYTES / 4)?,
+            words: region.slice_owned(offset + FUTEX_BYTES, n)?,
             config,
-            ring: Ring::attach(words, config.capacity, config.cell_words()),
-            _region: region.clone(),
         })
     }
 
@@ -180,13 +164,13 @@ impl CallBuffer {
     ) -> Result<CallBuffer, ShmError> {
         config.check()?;
         let b = CallBuffer::map(region, offset, config)?;
-        let h = b.words;
+        let h = &*b.words;
         h[H_CAPACITY].store(config.capacity as u64, Ordering::Relaxed);
         h[H_CELL_WORDS].store(config.cell_words() as u64, Ordering::Relaxed);
         h[H_BOXES].store(config.mailboxes as u64, Ordering::Relaxed);
         h[H_REPLY_WORDS].store(words(config.reply_bytes) as u64, Ordering::Relaxed);
         h[H_FAMILY].store(family, Ordering::Relaxed);
-        Ring::init(b.words, config.capacity, config.cell_words());
+        Ring::init(&b.words, config.capacity, config.cell_words());
         Ok(b)
     }
 
@@ -216,7 +200,12 @@ impl CallBuffer {
         self.words[H_FAMILY].load(Ordering::Relaxed)
     }
 
-    fn mailbox_words(&self, i: usize) -> &'static [AtomicU64] {
+    /// The call ring in the buffer's words.
+    fn ring(&self) -> Ring<'_> {
+        Ring::attach(&self.words, self.config.capacity, self.config.cell_words())
+    }
+
+    fn mailbox_words(&self, i: usize) -> &[AtomicU64] {
         let bw = self.config.box_words();
         let at = Ring::words_for(self.config.capacity, self.config.cell_words()) + i * bw;
         &self.words[at..at + bw]
@@ -257,7 +246,7 @@ impl CallBuffer {
     /// cell is free; false when the ring is full.
     fn try_push(&self, op: Operator, serial: u64, call: &[u8]) -> bool {
         let pushed = self
-            .ring
+            .ring()
             .try_push(process::current_pid(), op.id(), serial, call);
         if pushed {
             self.signal(Event::Work);
@@ -302,49 +291,49 @@ impl CallBuffer {
     }
 
     fn has_space(&self) -> bool {
-        self.ring.has_space()
+        self.ring().has_space()
     }
 
     /// True when a published or in-progress call is at the head.
     pub fn has_work(&self) -> bool {
-        self.ring.has_work()
+        self.ring().has_work()
     }
 
     /// True when the call at the head is published (or the head moved on).
     pub fn head_ready(&self) -> bool {
-        self.ring.head_ready()
+        self.ring().head_ready()
     }
 
     /// Calls appended (or being appended) and not yet taken by a consumer.
     pub fn len(&self) -> usize {
-        self.ring.len()
+        self.ring().len()
     }
 
     /// Takes the call at the head, marking it as run by this process.
     pub fn pop(&self) -> Pop {
-        self.ring.pop(process::current_pid(), alive)
+        self.ring().pop(process::current_pid(), alive)
     }
 
     /// Frees the cell of position `pos` after its call ran.
     pub fn complete(&self, pos: u64) {
-        self.ring.complete(pos);
+        self.ring().complete(pos);
         self.signal(Event::Space);
     }
 
     /// Calls run so far (skipped entries included).
     pub fn executed(&self) -> u64 {
-        self.ring.executed()
+        self.ring().executed()
     }
 
     /// Takes over the calls a dead consumer was running (for the caller to
     /// report as failed, then [`complete`](Self::complete) by position).
     pub fn recover(&self) -> Vec<(u64, Orphan)> {
-        self.ring.recover(process::current_pid(), alive)
+        self.ring().recover(process::current_pid(), alive)
     }
 
     /// A snapshot of the cells holding calls: (position, payload, running pid).
     pub fn pending(&self) -> Vec<(u64, Vec<u8>, Option<u32>)> {
-        self.ring.pending()
+        self.ring().pending()
     }
 
     // ---- the Guard's registration ----------------------------------------

@@ -334,7 +334,9 @@ impl Manager {
                 Builtin::TableSet => {
                     let (k, v): (String, Vec<u8>) = de(args)?;
                     check_reserved_value(&k, &v).map_err(s)?;
-                    self.table.set(&k, &v, process::current_pid()).map_err(s)?;
+                    self.table()
+                        .set(&k, &v, process::current_pid())
+                        .map_err(s)?;
                     en(&())
                 }
                 Builtin::TableDelete => {

@@ -4,7 +4,7 @@ use std::sync::atomic::AtomicU64;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use xme_core::{Operator, SharedRegion, process};
+use xme_core::{Mapped, Operator, SharedRegion, process};
 use xme_security::{LockType, Security, SecurityState};
 
 use crate::arena::ArenaStats;
@@ -219,10 +219,11 @@ impl XmemBuilder {
         header[M_BUFFER_OFFSET].store(buffer_offset as u64, std::sync::atomic::Ordering::Relaxed);
         header[M_TABLE_OFFSET].store(table_offset as u64, std::sync::atomic::Ordering::Release);
         let security = Security::in_shared_region(region.clone(), LOCK_OFFSET, self.lock_type)?;
-        let mem = table_words(&region, table_offset, layout.words())?;
-        let table = ValueTable::init(mem, layout)?;
+        let table_mem = region.slice_owned(table_offset, layout.words())?;
+        ValueTable::init(&table_mem, layout)?;
         let manager = Manager {
-            table,
+            table_mem,
+            layout,
             security,
             buffer,
             family,
@@ -232,19 +233,19 @@ impl XmemBuilder {
         };
         let pid = process::current_pid();
         manager
-            .table
+            .table()
             .set(STATUS_KEY, &encode(STATUS_KEY, &StatusTable::new())?, pid)?;
         let guard: GuardTable = [("Status".to_string(), true)].into();
         manager
-            .table
+            .table()
             .set(GUARD_KEY, &encode(GUARD_KEY, &guard)?, pid)?;
         let builtins: Vec<String> = BUILTINS.iter().map(|s| s.to_string()).collect();
         manager
-            .table
+            .table()
             .set(XMEM_KEY, &encode(XMEM_KEY, &builtins)?, pid)?;
         for (key, bytes) in &self.initial {
             check_reserved_value(key, bytes)?;
-            manager.table.set(key, bytes, pid)?;
+            manager.table().set(key, bytes, pid)?;
         }
         Ok(manager)
     }
@@ -281,14 +282,16 @@ impl XmemBuilder {
 /// ```
 #[derive(Clone)]
 pub struct Manager {
-    pub(crate) table: ValueTable<'static>,
+    /// The value table's words and its layout (checked once, at build or
+    /// attach): [`Manager::table`] views them.
+    table_mem: Mapped<[AtomicU64]>,
+    layout: Layout,
     security: Security<'static>,
     pub(crate) buffer: CallBuffer,
     /// The builder's fork-family token, or 0 in a process that attached by name.
     pub(crate) family: u64,
     pub(crate) registry: Arc<Registry>,
     op_size: usize,
-    /// Keeps the mapping behind `table` alive; declared last.
     region: Arc<SharedRegion>,
 }
 
@@ -296,22 +299,10 @@ impl std::fmt::Debug for Manager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Manager")
             .field("region", &self.region)
-            .field("capacity", &self.table.layout().capacity)
+            .field("capacity", &self.table().layout().capacity)
             .field("lock", &self.security)
             .finish()
     }
-}
-
-fn table_words(
-    region: &Arc<SharedRegion>,
-    offset: usize,
-    words: usize,
-) -> Result<&'static [AtomicU64], ShmError> {
-    let mem: &[AtomicU64] = region.slice(offset, words)?;
-    // SAFETY: the slice points into the mapping owned by `region`; every
-    // Manager holding this slice also holds an Arc of the region, and the
-    // field is private, so the memory outlives every use of the slice.
-    Ok(unsafe { &*(mem as *const [AtomicU64]) })
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, ShmError> {
@@ -368,10 +359,12 @@ impl Manager {
             header[M_BUFFER_OFFSET].load(std::sync::atomic::Ordering::Relaxed) as usize;
         let security =
             Security::in_shared_region(region.clone(), LOCK_OFFSET, LockType::ReadWrite)?;
-        let table = ValueTable::attach(table_words(&region, table_offset, words)?)?;
+        let table_mem = region.slice_owned(table_offset, words)?;
+        let layout = ValueTable::attach(&table_mem)?.layout();
         let buffer = CallBuffer::attach(&region, buffer_offset)?;
         Ok(Manager {
-            table,
+            table_mem,
+            layout,
             security,
             buffer,
             family: 0,
@@ -379,6 +372,11 @@ impl Manager {
             op_size,
             region,
         })
+    }
+
+    /// The value table, viewed over this handle's mapping.
+    pub(crate) fn table(&self) -> ValueTable<'_> {
+        ValueTable::with_layout(&self.table_mem, self.layout)
     }
 
     /// A fresh operator (the seed's `AllocOperator`).
@@ -409,7 +407,7 @@ impl Manager {
     pub fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), ShmError> {
         let bytes = encode(key, value)?;
         check_reserved_value(key, &bytes)?;
-        self.table.set(key, &bytes, process::current_pid())
+        self.table().set(key, &bytes, process::current_pid())
     }
 
     /// The value of `key` as a `T`.
@@ -429,7 +427,7 @@ impl Manager {
     pub fn get_raw(&self, key: &str) -> Result<Option<RawValue>, ShmError> {
         let mut out = Vec::new();
         Ok(self
-            .table
+            .table()
             .get_into(key, &mut out)?
             .then(|| RawValue::new(out)))
     }
@@ -453,7 +451,7 @@ impl Manager {
     /// Every entry (the seed's `items`).
     pub fn items(&self) -> Result<Vec<(String, RawValue)>, ShmError> {
         Ok(self
-            .table
+            .table()
             .entries()?
             .into_iter()
             .map(|(k, v)| (k, RawValue::new(v)))
@@ -462,7 +460,7 @@ impl Manager {
 
     /// Number of keys, reserved keys included.
     pub fn len(&self) -> Result<usize, ShmError> {
-        self.table.len()
+        self.table().len()
     }
 
     /// True when only the reserved keys exist.
@@ -501,7 +499,7 @@ impl Manager {
         let _guard = self.security.lock(op)?;
         let pid = process::current_pid();
         for (key, bytes) in encoded {
-            self.table.set(key, bytes, pid)?;
+            self.table().set(key, bytes, pid)?;
         }
         Ok(())
     }
@@ -516,7 +514,7 @@ impl Manager {
         F: FnMut(&mut T) -> R,
     {
         let mut out = None;
-        self.table.update(key, process::current_pid(), |old| {
+        self.table().update(key, process::current_pid(), |old| {
             let Some(old) = old else {
                 return Err(ShmError::NotFound(key.to_string()));
             };
@@ -545,7 +543,7 @@ impl Manager {
         let all: Vec<String>;
         let keys: Vec<&str> = if keys.is_empty() {
             all = self
-                .table
+                .table()
                 .entries()?
                 .into_iter()
                 .map(|(k, _)| k)
@@ -557,7 +555,7 @@ impl Manager {
         };
         let mut n = 0;
         for key in keys {
-            n += usize::from(self.table.delete(key, pid)?);
+            n += usize::from(self.table().delete(key, pid)?);
         }
         Ok(n)
     }
@@ -572,7 +570,7 @@ impl Manager {
         F: FnMut(Option<T>) -> T,
     {
         let mut stored = None;
-        let result = self.table.update(key, process::current_pid(), |old| {
+        let result = self.table().update(key, process::current_pid(), |old| {
             let old = old.map(|b| decode::<T>(key, b)).transpose()?;
             let new = f(old);
             let bytes = encode(key, &new)?;
@@ -624,22 +622,22 @@ impl Manager {
 
     /// Keys the table can hold, reserved keys included.
     pub fn capacity(&self) -> usize {
-        self.table.layout().capacity
+        self.table().layout().capacity
     }
 
     /// Slots taken by keys, live or deleted (a deleted key keeps its slot).
     pub fn keys_claimed(&self) -> usize {
-        self.table.keys_claimed()
+        self.table().keys_claimed()
     }
 
     /// Frees blocks left by processes that died while writing; returns how many.
     /// Runs by itself when the arena seems full.
     pub fn sweep(&self) -> usize {
-        self.table.sweep()
+        self.table().sweep()
     }
 
     /// Checks the table's consistency and counts the arena's blocks.
     pub fn check(&self) -> Result<ArenaStats, ShmError> {
-        self.table.check()
+        self.table().check()
     }
 }

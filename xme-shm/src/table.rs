@@ -105,6 +105,13 @@ impl<'m> ValueTable<'m> {
         Ok(ValueTable { mem, layout })
     }
 
+    /// The table in `mem` with a layout [`attach`](Self::attach) or
+    /// [`init`](Self::init) already checked against it.
+    pub(crate) fn with_layout(mem: &'m [AtomicU64], layout: Layout) -> Self {
+        debug_assert!(mem.len() >= layout.total_words);
+        ValueTable { mem, layout }
+    }
+
     /// The table's layout.
     pub fn layout(&self) -> Layout {
         self.layout
