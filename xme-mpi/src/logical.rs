@@ -94,9 +94,16 @@ impl LogicalProcess<'_> {
                 }
                 KIND_CALL_FN => {
                     self.status.store(ST_INRUN, Ordering::Release);
-                    // SAFETY: the frame carries this run's random token, so it was
-                    // written by our main process, which put there the address of
-                    // a `fn(A) -> R` and of `trampoline::<A, R>` for the same A and
+                    // SAFETY: what is trusted: the request ring lies in an
+                    // anonymous memfd mapping (no name in /dev/shm) that only the
+                    // main process and its forked logical processes map; another
+                    // process could reach it only through /proc/<pid>/fd, which
+                    // needs the ptrace access that would let it rewrite this
+                    // process anyway. Within the family, only the main process
+                    // produces requests (it owns the ring's single Producer), and
+                    // the frame carries this run's random token. So this frame is
+                    // the main process's, which put there the address of a
+                    // `fn(A) -> R` and of `trampoline::<A, R>` for the same A and
                     // R (see MpiHandle::acquire_fn); both are valid in this forked
                     // copy of the same program.
                     unsafe {

@@ -35,7 +35,9 @@ const H_CAPACITY: usize = 4;
 const H_CELL_WORDS: usize = 5;
 const H_BOXES: usize = 6;
 const H_REPLY_WORDS: usize = 7;
-const H_FAMILY: usize = 8;
+/// Word 8 is unused: it held a fork-family token, which the region must not
+/// carry (see `FamilyKey`).
+const _H_UNUSED: usize = 8;
 const H_SLEEPERS: usize = 9; // three words: work, space, done
 /// Futex words (u32) before the header.
 const FUTEX_BYTES: usize = 64;
@@ -160,7 +162,6 @@ impl CallBuffer {
         region: &Arc<SharedRegion>,
         offset: usize,
         config: BufferConfig,
-        family: u64,
     ) -> Result<CallBuffer, ShmError> {
         config.check()?;
         let b = CallBuffer::map(region, offset, config)?;
@@ -169,7 +170,6 @@ impl CallBuffer {
         h[H_CELL_WORDS].store(config.cell_words() as u64, Ordering::Relaxed);
         h[H_BOXES].store(config.mailboxes as u64, Ordering::Relaxed);
         h[H_REPLY_WORDS].store(words(config.reply_bytes) as u64, Ordering::Relaxed);
-        h[H_FAMILY].store(family, Ordering::Relaxed);
         Ring::init(&b.words, config.capacity, config.cell_words());
         Ok(b)
     }
@@ -193,11 +193,6 @@ impl CallBuffer {
 
     pub fn config(&self) -> BufferConfig {
         self.config
-    }
-
-    /// The fork-family token of the Manager's builder.
-    pub fn family(&self) -> u64 {
-        self.words[H_FAMILY].load(Ordering::Relaxed)
     }
 
     /// The call ring in the buffer's words.

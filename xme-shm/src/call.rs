@@ -69,6 +69,43 @@ impl Builtin {
 /// Runs a function-pointer call: `(manager, function, object key, args) -> result`.
 pub(crate) type Trampoline = fn(&Manager, u64, &str, &[u8]) -> Result<Vec<u8>, String>;
 
+/// The fork family's secret: 128 random bits made when the Manager is
+/// built, kept only in process memory (never in the region), so it reaches
+/// exactly the processes forked from the builder. A function-pointer call
+/// carries a SipHash-2-4 tag under this key over its addresses, object key
+/// and arguments; the Guard runs the call only if the tag checks under its own
+/// key. A process that attached by name (or wrote the region by hand) has no
+/// key, so it cannot make the Guard jump to an address of its choosing.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FamilyKey([u64; 2]);
+
+impl std::fmt::Debug for FamilyKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FamilyKey(..)")
+    }
+}
+
+impl FamilyKey {
+    pub fn random() -> FamilyKey {
+        FamilyKey([
+            xme_core::Operator::alloc().id(),
+            xme_core::Operator::alloc().id(),
+        ])
+    }
+
+    /// The tag of a pointer call.
+    pub fn tag(&self, function: u64, trampoline: u64, object: &str, args: &[u8]) -> u64 {
+        use std::hash::Hasher;
+        let mut h = siphasher::sip::SipHasher24::new_with_keys(self.0[0], self.0[1]);
+        h.write_u64(function);
+        h.write_u64(trampoline);
+        h.write_usize(object.len());
+        h.write(object.as_bytes());
+        h.write(args);
+        h.finish()
+    }
+}
+
 /// What a call runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Target {
@@ -76,8 +113,9 @@ pub(crate) enum Target {
     Named(String),
     /// A function pointer (and for a method, the shared object's key) with its
     /// monomorphised trampoline; valid only within the builder's fork family.
+    /// `tag` authenticates the call (see [`FamilyKey`]).
     Pointer {
-        family: u64,
+        tag: u64,
         function: u64,
         trampoline: u64,
         object: String,
@@ -213,7 +251,7 @@ impl<R: Serialize + DeserializeOwned> Call<R> {
         let trampoline: Trampoline = run_function::<A, R>;
         Ok(Call::new(
             Target::Pointer {
-                family: 0, // filled in by `append`
+                tag: 0, // filled in by `append`
                 function: f as usize as u64,
                 trampoline: trampoline as usize as u64,
                 object: String::new(),
@@ -231,9 +269,10 @@ fn run_function<A: DeserializeOwned, R: Serialize>(
 ) -> Result<Vec<u8>, String> {
     // SAFETY: `f` was made from a `fn(&Manager, A) -> R` by `Call::function`,
     // and this trampoline was instantiated with the same A and R there. The
-    // Guard only runs pointer calls whose family token matches its own, i.e.
-    // in a process forked (without exec) from the builder, where the function
-    // sits at the same address.
+    // Guard runs a pointer call only if its tag checks under the family key
+    // (`FamilyKey`), which exists only in processes forked (without exec)
+    // from the builder, where the function sits at the same address; a
+    // process without the key cannot make a tag that checks.
     let f = unsafe { std::mem::transmute::<usize, fn(&Manager, A) -> R>(f as usize) };
     let args: A = postcard::from_bytes(args).map_err(|e| format!("bad arguments: {e}"))?;
     postcard::to_stdvec(&f(m, args)).map_err(|e| format!("could not encode the result: {e}"))
@@ -251,7 +290,8 @@ where
     R: Serialize,
 {
     // SAFETY: as in `run_function`: `f` is a `fn(&mut T, A) -> R` made by
-    // `SharedObject::call` with the same T, A, R, run in the same fork family.
+    // `SharedObject::call` with the same T, A, R, and the tag checked under
+    // the family key, so it was appended by this fork family.
     let f = unsafe { std::mem::transmute::<usize, fn(&mut T, A) -> R>(f as usize) };
     let args: A = postcard::from_bytes(args).map_err(|e| format!("bad arguments: {e}"))?;
     let out = m

@@ -213,20 +213,53 @@ impl Manager {
         match &mut target {
             Target::Builtin(_) => {}
             Target::Named(name) => self.check_name(name)?,
-            Target::Pointer { family, .. } => {
-                let ours = self.buffer.family();
-                if self.family != ours {
-                    return Err(ShmError::ForeignFunction);
-                }
-                *family = ours;
+            Target::Pointer {
+                tag,
+                function,
+                trampoline,
+                object,
+            } => {
+                let key = self.family.ok_or(ShmError::ForeignFunction)?;
+                *tag = key.tag(*function, *trampoline, object, &call.args);
             }
         }
-        let mut bytes = Vec::with_capacity(16 + call.args.len());
-        postcard::to_io(&target, &mut bytes).map_err(|source| ShmError::Encode {
+        self.append_target(&target, &call.args, op, deadline)
+    }
+
+    /// Appends a function-pointer call as a process outside the fork family
+    /// could, by writing the region itself: with an address of its choosing
+    /// and a guessed tag (tests of the Guard's refusal).
+    #[doc(hidden)]
+    pub fn append_forged_pointer_call(
+        &self,
+        function: usize,
+        trampoline: usize,
+        guessed_tag: u64,
+        op: Operator,
+    ) -> Result<Ticket<()>, ShmError> {
+        let target = Target::Pointer {
+            tag: guessed_tag,
+            function: function as u64,
+            trampoline: trampoline as u64,
+            object: String::new(),
+        };
+        let args = postcard::to_stdvec(&()).expect("the unit encodes");
+        self.append_target(&target, &args, op, None)
+    }
+
+    fn append_target<R>(
+        &self,
+        target: &Target,
+        args: &[u8],
+        op: Operator,
+        deadline: Option<Instant>,
+    ) -> Result<Ticket<R>, ShmError> {
+        let mut bytes = Vec::with_capacity(16 + args.len());
+        postcard::to_io(target, &mut bytes).map_err(|source| ShmError::Encode {
             key: "<call>".into(),
             source,
         })?;
-        postcard::to_io(&call.args[..], &mut bytes).map_err(|source| ShmError::Encode {
+        postcard::to_io(args, &mut bytes).map_err(|source| ShmError::Encode {
             key: "<call>".into(),
             source,
         })?;
@@ -369,20 +402,22 @@ impl Manager {
                 f(self, args)
             }
             Target::Pointer {
-                family,
+                tag,
                 function,
                 trampoline,
                 object,
             } => {
-                let ours = self.buffer.family();
-                if self.family != ours || *family != ours {
+                let Some(key) = self.family else {
                     return Err("a function pointer can only run in a Guard forked from the Manager's builder".into());
+                };
+                if key.tag(*function, *trampoline, object, args) != *tag {
+                    return Err("refused a function-pointer call whose tag does not check: it was not appended by a process of the Manager's fork family".into());
                 }
-                // SAFETY: `trampoline` was made from a `Trampoline` by
-                // `Call::function` / `SharedObject::call` in a process of this
-                // fork family (the family token matches ours and the appender's,
-                // checked above and in `append`), so it is a valid function at
-                // the same address here.
+                // SAFETY: the tag checks under the family key, which only
+                // processes forked from the builder hold (never the region), so
+                // `Call::function` / `SharedObject::call` made this call in this
+                // fork family: `trampoline` is a `Trampoline` and `function` a
+                // function of the types it expects, at the same addresses here.
                 let t = unsafe { std::mem::transmute::<usize, Trampoline>(*trampoline as usize) };
                 t(self, *function, object, args)
             }

@@ -9,7 +9,7 @@ use xme_security::{LockType, Security, SecurityState};
 
 use crate::arena::ArenaStats;
 use crate::buffer::{BufferConfig, CallBuffer};
-use crate::call::Registry;
+use crate::call::{FamilyKey, Registry};
 use crate::layout::Layout;
 use crate::table::ValueTable;
 use crate::{RawValue, ShmError};
@@ -212,10 +212,11 @@ impl XmemBuilder {
         });
         let header: &[AtomicU64] = region.slice(0, HEADER_WORDS)?;
         header[M_OP_SIZE].store(self.op_size as u64, std::sync::atomic::Ordering::Relaxed);
-        // The fork-family token: children forked from here inherit it in their
-        // handle; a process attaching by name does not.
-        let family = Operator::alloc().id();
-        let buffer = CallBuffer::init(&region, buffer_offset, self.buffer, family)?;
+        // The fork family's key: children forked from here inherit it in their
+        // handle; a process attaching by name does not (it is never written
+        // to the region).
+        let family = Some(FamilyKey::random());
+        let buffer = CallBuffer::init(&region, buffer_offset, self.buffer)?;
         header[M_BUFFER_OFFSET].store(buffer_offset as u64, std::sync::atomic::Ordering::Relaxed);
         header[M_TABLE_OFFSET].store(table_offset as u64, std::sync::atomic::Ordering::Release);
         let security = Security::in_shared_region(region.clone(), LOCK_OFFSET, self.lock_type)?;
@@ -288,8 +289,8 @@ pub struct Manager {
     layout: Layout,
     security: Security<'static>,
     pub(crate) buffer: CallBuffer,
-    /// The builder's fork-family token, or 0 in a process that attached by name.
-    pub(crate) family: u64,
+    /// The builder's fork-family key; `None` in a process that attached by name.
+    pub(crate) family: Option<FamilyKey>,
     pub(crate) registry: Arc<Registry>,
     op_size: usize,
     region: Arc<SharedRegion>,
@@ -367,7 +368,7 @@ impl Manager {
             layout,
             security,
             buffer,
-            family: 0,
+            family: None,
             registry: Arc::default(),
             op_size,
             region,

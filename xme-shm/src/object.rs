@@ -115,7 +115,7 @@ impl<T: Serialize + DeserializeOwned> SharedObject<T> {
         })?;
         Ok(Call::new(
             Target::Pointer {
-                family: 0, // filled in by `append`
+                tag: 0, // filled in by `append`
                 function: method as usize as u64,
                 trampoline: trampoline as usize as u64,
                 object: self.key.clone(),

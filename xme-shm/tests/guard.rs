@@ -628,3 +628,55 @@ fn verbose_status_lines_and_a_script_beside_the_loop() {
     assert!(lines >= 3, "{text}");
     let _ = std::fs::remove_file(&log);
 }
+
+/// What a forged pointer call would make the Guard run, if it ran it.
+fn evil_trampoline(m: &Manager, _f: u64, _object: &str, _args: &[u8]) -> Result<Vec<u8>, String> {
+    m.set("jumped", &true).map_err(|e| e.to_string())?;
+    Ok(Vec::new())
+}
+
+#[test]
+fn a_pointer_call_forged_outside_the_fork_family_never_runs() {
+    let _s = serial();
+    let n = format!("xme-forge-test-{}", std::process::id());
+    let xmem = XmemBuilder::new().named(&n).build().unwrap();
+    let guard = Guard::new().spawn(&xmem).unwrap();
+    // A child that attached by name has the same addresses (a fork) but not
+    // the family key: it tries every word it can read in the region as a tag.
+    let child = fork_child(|| {
+        let attached = Manager::attach(&n).unwrap();
+        let op = attached.alloc_operator();
+        let words = attached.region().payload_len().min(64 * 1024) / 8;
+        let region: &[std::sync::atomic::AtomicU64] = attached.region().slice(0, words).unwrap();
+        let mut tags: Vec<u64> = region
+            .iter()
+            .map(|w| w.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        tags.sort_unstable();
+        tags.dedup();
+        let evil = evil_trampoline as fn(&Manager, u64, &str, &[u8]) -> _ as usize;
+        for tag in tags {
+            attached
+                .append_forged_pointer_call(evil, evil, tag, op)
+                .unwrap();
+            match attached.get_result::<()>(op, WAIT) {
+                Err(ShmError::CallFailed { message, .. }) if message.contains("does not check") => {
+                }
+                other => {
+                    eprintln!("tag {tag:#x}: {other:?}");
+                    return 1;
+                }
+            }
+        }
+        0
+    })
+    .unwrap();
+    assert!(child.wait().unwrap().is_success());
+    assert_eq!(xmem.get::<bool>("jumped").ok(), None, "the Guard jumped");
+    // The family's own pointer calls still run.
+    let op = xmem.alloc_operator();
+    xmem.append(&Call::function(add_pair, &(2, 3)).unwrap(), op)
+        .unwrap();
+    assert_eq!(xmem.get_result::<i64>(op, WAIT).unwrap(), 5);
+    assert!(guard.stop(WAIT).unwrap());
+}
