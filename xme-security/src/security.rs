@@ -382,6 +382,12 @@ impl<'a> Security<'a> {
         let mut died = false;
         loop {
             let seen = waiter.seen();
+            if self.lock_type() != LockType::ReadWrite {
+                // The type changed while we waited: read under its rules,
+                // within what is left of the wait.
+                let left = limit.map(|l| l.saturating_sub(waiter.start().elapsed()));
+                return self.read_within(op, left);
+            }
             match self.state().try_read(pid, hint) {
                 ReadTry::Acquired(slot) => {
                     return Ok(ReadGuard::new(self, ReadHold::Shared(slot), died));
@@ -442,7 +448,24 @@ impl<'a> Security<'a> {
                 self.state().unlock(pid);
             }
         }
-        self.acquire_slow(op, limit, lock_type)
+        self.acquire_slow(op, limit)
+    }
+
+    /// The rules as they stand now, for `op`: the lock type if `op` may take
+    /// the lock under it, else the refusal. Waiters call it at every attempt,
+    /// so `update_lock`, `register` and `authorize` reach them mid-wait.
+    fn admit(&self, op: Operator) -> Result<LockType, SecurityError> {
+        let lock_type = self.lock_type();
+        match lock_type {
+            LockType::Authorisation if !self.is_authorised(op) => {
+                Err(SecurityError::Unauthorised { operator: op })
+            }
+            LockType::ReadWrite if self.writer() != op => Err(SecurityError::NotWriter {
+                operator: op,
+                writer: self.writer(),
+            }),
+            _ => Ok(lock_type),
+        }
     }
 
     #[cold]
@@ -450,27 +473,15 @@ impl<'a> Security<'a> {
         &self,
         op: Operator,
         limit: Option<Duration>,
-        lock_type: LockType,
     ) -> Result<Acquired, SecurityError> {
-        match lock_type {
-            LockType::Disable => {
-                return Ok(Acquired {
-                    previous_owner_died: false,
-                });
-            }
-            LockType::Authorisation if !self.is_authorised(op) => {
-                return Err(SecurityError::Unauthorised { operator: op });
-            }
-            LockType::ReadWrite if self.writer() != op => {
-                return Err(SecurityError::NotWriter {
-                    operator: op,
-                    writer: self.writer(),
-                });
-            }
-            _ => {}
+        let free = Acquired {
+            previous_owner_died: false,
+        };
+        if self.admit(op)? == LockType::Disable {
+            return Ok(free);
         }
         let pid = process::current_pid();
-        let spin_only = lock_type == LockType::Spin;
+        let spin_only = self.lock_type() == LockType::Spin;
         let mut died = false;
         // 1. Take the holder word: one CAS when the lock is free.
         if let Err(holder) = self.state().try_lock(pid) {
@@ -480,6 +491,10 @@ impl<'a> Security<'a> {
             let mut waiter = self.waiter(spin_only, limit);
             loop {
                 let seen = waiter.seen();
+                // The rules may have changed while we waited.
+                if self.admit(op)? == LockType::Disable {
+                    return Ok(free);
+                }
                 match self.state().try_lock(pid) {
                     Ok(()) => break,
                     Err(other) => {
@@ -498,6 +513,19 @@ impl<'a> Security<'a> {
                 }
             }
         }
+        // The word is ours: the rules are checked once more, since a change
+        // made while we took it must not let a refused operator in.
+        match self.admit(op) {
+            Ok(LockType::Disable) => {
+                self.state().unlock(pid);
+                return Ok(free);
+            }
+            Ok(_) => {}
+            Err(refused) => {
+                self.state().unlock(pid);
+                return Err(refused);
+            }
+        }
         // 2. Wait for readers inside to leave (new ones back off from us).
         if self.state().busy_reader().is_some() {
             let mut waiter = self.waiter(spin_only, limit);
@@ -506,6 +534,10 @@ impl<'a> Security<'a> {
                 let Some((slot, reader)) = self.state().busy_reader() else {
                     break;
                 };
+                if let Err(refused) = self.admit(op) {
+                    self.state().unlock(pid);
+                    return Err(refused);
+                }
                 if waiter.liveness_due() && !process::is_alive(reader as i32) {
                     self.state().clear_reader(slot, reader);
                     continue;

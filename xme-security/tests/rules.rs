@@ -186,3 +186,67 @@ fn a_lock_in_a_region_is_attached_not_reinitialised() {
         Err(SecurityError::Region(_))
     ));
 }
+
+/// A child waits for `sec` (held here by `holder`) as `waiter`; `change`
+/// then changes the rules and the hold is released. The child reports how
+/// its wait ended: 0 refused as `expect` says, 1 got the lock, 2 other.
+fn waiter_sees_new_rules(
+    start: LockType,
+    waiter: Operator,
+    holder: Operator,
+    change: impl Fn(&Security<'_>),
+    expect: fn(&SecurityError) -> bool,
+) {
+    let sec = Security::new(start).unwrap();
+    sec.register(holder);
+    sec.authorize(&[holder]).unwrap();
+    let held = sec.lock(holder).unwrap();
+    let child = fork_child(
+        || match sec.acquire_timeout(waiter, Duration::from_secs(10)) {
+            Ok(_) => 1,
+            Err(e) if expect(&e) => 0,
+            Err(e) => {
+                eprintln!("unexpected: {e}");
+                2
+            }
+        },
+    )
+    .unwrap();
+    // Let the child start waiting (past its spin, asleep), then change the
+    // rules under it.
+    std::thread::sleep(Duration::from_millis(100));
+    change(&sec);
+    drop(held);
+    let fate = child.wait().unwrap();
+    assert!(fate.is_success(), "the waiter kept the old rules: {fate}");
+}
+
+#[test]
+fn a_waiter_applies_rules_changed_while_it_waits() {
+    let (waiter, holder) = (Operator::alloc(), Operator::alloc());
+    // MUTEX -> READWRITE: the waiter is not the writer.
+    waiter_sees_new_rules(
+        LockType::Mutex,
+        waiter,
+        holder,
+        |s| s.update_lock(LockType::ReadWrite),
+        |e| matches!(e, SecurityError::NotWriter { .. }),
+    );
+    // MUTEX -> AUTHORISATION: the waiter is not on the list.
+    let sec_waiter = Operator::alloc();
+    waiter_sees_new_rules(
+        LockType::Mutex,
+        sec_waiter,
+        holder,
+        |s| s.update_lock(LockType::Authorisation),
+        |e| matches!(e, SecurityError::Unauthorised { .. }),
+    );
+    // READWRITE, writer changed by `register` while the old writer waits.
+    waiter_sees_new_rules(
+        LockType::ReadWrite,
+        holder,
+        holder,
+        |s| s.register(Operator::alloc()),
+        |e| matches!(e, SecurityError::NotWriter { .. }),
+    );
+}
