@@ -150,7 +150,7 @@ impl Manager {
             });
         }
         self.registry.insert(name, f);
-        self.update_with(XMEM_KEY, |names: Option<Vec<String>>| {
+        self.update_with_as(XMEM_KEY, true, |names: Option<Vec<String>>| {
             let mut names = names.unwrap_or_default();
             if !names.iter().any(|n| n == name) {
                 names.push(name.to_string());

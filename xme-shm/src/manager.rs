@@ -324,21 +324,26 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
-/// A reserved key accepts only a value of its own type.
+/// Whether a caller may write `bytes` under `key`. `__STATUS__` and
+/// `__XMEM__` belong to the Manager (written only through
+/// [`Manager::status`] and [`Manager::register`]); `__GUARD__` accepts a
+/// [`GuardTable`] from anyone, since writing it is the seed's way of stopping
+/// the Guard; every other key is the caller's.
 pub(crate) fn check_reserved_value(key: &str, bytes: &[u8]) -> Result<(), ShmError> {
-    let ok = match key {
-        STATUS_KEY => decode::<StatusTable>(key, bytes).is_ok(),
-        GUARD_KEY => decode::<GuardTable>(key, bytes).is_ok(),
-        XMEM_KEY => decode::<Vec<String>>(key, bytes).is_ok(),
-        _ => true,
-    };
-    if ok {
-        Ok(())
-    } else {
-        Err(ShmError::Reserved {
+    match key {
+        STATUS_KEY => Err(ShmError::Reserved {
+            key: key.to_string(),
+            what: "only Manager::status writes it",
+        }),
+        XMEM_KEY => Err(ShmError::Reserved {
+            key: key.to_string(),
+            what: "only Manager::register writes it",
+        }),
+        GUARD_KEY if decode::<GuardTable>(key, bytes).is_err() => Err(ShmError::Reserved {
             key: key.to_string(),
             what: "the value is not of this reserved table's type",
-        })
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -565,7 +570,22 @@ impl Manager {
     /// and returns the new one; if another process changed the key meanwhile,
     /// `f` runs again on the newer value. Lock-free, no lost update. Returns
     /// the value stored.
-    pub fn update_with<T, F>(&self, key: &str, mut f: F) -> Result<T, ShmError>
+    pub fn update_with<T, F>(&self, key: &str, f: F) -> Result<T, ShmError>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnMut(Option<T>) -> T,
+    {
+        self.update_with_as(key, false, f)
+    }
+
+    /// [`update_with`](Self::update_with) as the owner of a reserved key
+    /// (`owner`: no reserved-key check).
+    pub(crate) fn update_with_as<T, F>(
+        &self,
+        key: &str,
+        owner: bool,
+        mut f: F,
+    ) -> Result<T, ShmError>
     where
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> T,
@@ -575,7 +595,9 @@ impl Manager {
             let old = old.map(|b| decode::<T>(key, b)).transpose()?;
             let new = f(old);
             let bytes = encode(key, &new)?;
-            check_reserved_value(key, &bytes)?;
+            if !owner {
+                check_reserved_value(key, &bytes)?;
+            }
             stored = Some(new);
             Ok::<_, ShmError>(Some(bytes))
         })?;
@@ -589,7 +611,7 @@ impl Manager {
     }
 
     pub(crate) fn record_status(&self, op: Operator, entry: ProcessStatus) -> Result<(), ShmError> {
-        self.update_with(STATUS_KEY, |t: Option<StatusTable>| {
+        self.update_with_as(STATUS_KEY, true, |t: Option<StatusTable>| {
             let mut t = t.unwrap_or_default();
             t.insert(op, entry.clone());
             t
@@ -613,7 +635,7 @@ impl Manager {
 
     /// Sets `__GUARD__["Status"]`.
     pub fn set_guard_status(&self, running: bool) -> Result<(), ShmError> {
-        self.update_with(GUARD_KEY, |t: Option<GuardTable>| {
+        self.update_with_as(GUARD_KEY, true, |t: Option<GuardTable>| {
             let mut t = t.unwrap_or_default();
             t.insert("Status".to_string(), running);
             t

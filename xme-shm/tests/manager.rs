@@ -341,3 +341,69 @@ fn bad_settings_are_refused() {
     let op = x.alloc_operator();
     assert_eq!(x.operator_name(op).len(), "<Operator::>".len() + 8);
 }
+
+#[test]
+fn reserved_tables_are_written_only_by_their_owners() {
+    use xme_shm::{Call, StatusTable};
+    let xmem = XmemBuilder::new().build().unwrap();
+    let op = xmem.alloc_operator();
+    xmem.status(op, "working").unwrap();
+    let empty = StatusTable::new();
+    let names: Vec<String> = Vec::new();
+    let refused = |r: Result<(), ShmError>| {
+        let e = r.unwrap_err();
+        assert!(matches!(e, ShmError::Reserved { .. }), "{e}");
+    };
+    // Every write path, with a value of the right type.
+    refused(xmem.set(STATUS_KEY, &empty));
+    refused(xmem.set(XMEM_KEY, &names));
+    refused(xmem.update([(STATUS_KEY, &empty)], Operator::ADMIN));
+    refused(
+        xmem.update_with(STATUS_KEY, |_: Option<StatusTable>| StatusTable::new())
+            .map(drop),
+    );
+    refused(xmem.modify(STATUS_KEY, |t: &mut StatusTable| t.clear()));
+    refused(
+        xmem.update_with(XMEM_KEY, |_: Option<Vec<String>>| Vec::new())
+            .map(drop),
+    );
+    refused(
+        XmemBuilder::new()
+            .value(STATUS_KEY, &empty)
+            .unwrap()
+            .build()
+            .map(drop),
+    );
+    // Through the call buffer, run by exec as a Guard would.
+    for call in [
+        Call::table_set(STATUS_KEY, &empty).unwrap(),
+        Call::table_update([(XMEM_KEY, &names)]).unwrap(),
+    ] {
+        xmem.append(&call, op).unwrap();
+        xmem.exec().unwrap();
+        let e = xmem
+            .get_result::<()>(op, Duration::from_secs(5))
+            .unwrap_err();
+        assert!(e.to_string().contains("reserved"), "{e}");
+    }
+    // Nothing was wiped: the status and the built-ins are still there.
+    assert_eq!(xmem.statuses().unwrap()[&op].status, "working");
+    let builtins: Vec<String> = xmem.get(XMEM_KEY).unwrap();
+    assert!(builtins.contains(&"Table::update".to_string()));
+    // The owners' own paths still write them.
+    xmem.register("f", |_m: &Manager, x: u8| x).unwrap();
+    assert!(
+        xmem.get::<Vec<String>>(XMEM_KEY)
+            .unwrap()
+            .contains(&"f".to_string())
+    );
+    xmem.status(op, "done").unwrap();
+    assert_eq!(xmem.statuses().unwrap()[&op].status, "done");
+    // __GUARD__ is the seed's way to stop a Guard: a GuardTable is accepted.
+    xmem.set(
+        GUARD_KEY,
+        &xme_shm::GuardTable::from([("Status".to_string(), false)]),
+    )
+    .unwrap();
+    assert!(!xmem.guard_status().unwrap());
+}
