@@ -236,3 +236,184 @@ fn shutdown_lets_calls_in_flight_finish() {
     assert_eq!(pending.wait(WAIT).unwrap(), 300);
     assert!(client.call::<_, i64>("add", &(1, 2), WAIT).is_err());
 }
+
+fn threads(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count()
+}
+
+fn rss_bytes(pid: i32) -> usize {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).unwrap();
+    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+/// A server in a process of its own (so that its threads and memory are
+/// measured alone), serving on loopback until killed.
+fn server_in_child(
+    configure: fn(Server) -> Server,
+) -> (xme_core::process::Child, std::net::SocketAddr) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let region = xme_core::SharedRegion::anonymous(64).unwrap();
+    let port: &AtomicU64 = region.place(0).unwrap();
+    let child = fork_child(|| {
+        let h = configure(server()).serve_tcp("127.0.0.1:0").unwrap();
+        port.store(u64::from(h.local_addr().unwrap().port()), Ordering::Release);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+    .unwrap();
+    let t = Instant::now();
+    while port.load(Ordering::Acquire) == 0 {
+        assert!(t.elapsed() < WAIT, "the server did not start");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.load(Ordering::Acquire) as u16));
+    (child, addr)
+}
+
+#[test]
+fn connections_past_the_bound_are_refused_with_a_reason_and_cost_no_thread() {
+    let (child, addr) = server_in_child(|s| s.max_connections(8));
+    let before = threads(child.pid());
+    // 300 idle connections: 8 are served, the rest refused and closed.
+    let idle: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = threads(child.pid()) - before;
+    assert!(
+        grown <= 8,
+        "{grown} threads for 300 connections with a bound of 8"
+    );
+    // A client past the bound learns why.
+    let refused = Client::connect_tcp(addr, Sealed::new(KEY)).unwrap();
+    let e = refused.call::<_, i64>("add", &(1, 2), WAIT).unwrap_err();
+    assert!(
+        matches!(&e, MonitorError::ConnectionClosed(why) if why.contains("refused") && why.contains("at most 8")),
+        "{e}"
+    );
+    // Once the idle ones go, new clients are served again.
+    drop(idle);
+    let t = Instant::now();
+    let answer = loop {
+        let c = Client::connect_tcp(addr, Sealed::new(KEY)).unwrap();
+        match c.call::<_, i64>("add", &(2, 3), WAIT) {
+            Ok(v) => break v,
+            Err(_) if t.elapsed() < WAIT => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_eq!(answer, 5);
+    child.kill().unwrap();
+}
+
+#[test]
+fn idle_and_slow_connections_are_closed() {
+    let _s = serial();
+    let handle = server()
+        .idle_timeout(Duration::from_millis(200))
+        .read_timeout(Duration::from_millis(300))
+        .serve_tcp("127.0.0.1:0")
+        .unwrap();
+    let addr = handle.local_addr().unwrap();
+    // Idle: nothing sent.
+    let mut idle = TcpStream::connect(addr).unwrap();
+    idle.set_read_timeout(Some(WAIT)).unwrap();
+    let t = Instant::now();
+    assert_eq!(idle.read(&mut [0u8; 16]).unwrap(), 0);
+    assert!(
+        t.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    // Slow: a frame started and never finished.
+    let frame = sealed_request("slow0123", "add", json!([1, 2]));
+    let mut slow = TcpStream::connect(addr).unwrap();
+    slow.write_all(&frame[..frame.len() / 2]).unwrap();
+    slow.set_read_timeout(Some(WAIT)).unwrap();
+    let t = Instant::now();
+    assert_eq!(slow.read(&mut [0u8; 16]).unwrap(), 0);
+    assert!(t.elapsed() < WAIT);
+    // A client that keeps calling is not idle.
+    let client = Client::connect_tcp(addr, Sealed::new(KEY)).unwrap();
+    for i in 0..5 {
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(client.call::<_, i64>("add", &(i, 1), WAIT).unwrap(), i + 1);
+    }
+    drop(client);
+    handle.shutdown();
+}
+
+#[test]
+fn unauthenticated_peers_announcing_huge_frames_cost_little_memory() {
+    let (child, addr) = server_in_child(|s| s);
+    let before = rss_bytes(child.pid());
+    // 16 peers announce 60 MiB frames and send 1 MiB of garbage each.
+    let mut peers = Vec::new();
+    for _ in 0..16 {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(&(60u32 << 20).to_le_bytes()).unwrap();
+        let _ = s.write_all(&vec![0x5a; 1 << 20]);
+        peers.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let grown = rss_bytes(child.pid()).saturating_sub(before);
+    assert!(grown < 8 << 20, "the server grew by {grown} bytes");
+    // Each was closed: the frame is over the unauthenticated limit.
+    for mut s in peers {
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+        assert!(rest.is_empty());
+    }
+    // A keyed client may still send a large frame once it has authenticated.
+    let client = Client::connect_tcp(addr, Sealed::new(KEY)).unwrap();
+    assert_eq!(client.call::<_, i64>("add", &(1, 1), WAIT).unwrap(), 2);
+    let big = "x".repeat(1 << 20);
+    assert_eq!(
+        client.call::<_, String>("echo", &big, WAIT).unwrap().len(),
+        1 << 20
+    );
+    drop(client);
+    child.kill().unwrap();
+}
+
+#[test]
+fn a_unix_socket_left_by_a_dead_server_is_reclaimed() {
+    let _s = serial();
+    let path = std::env::temp_dir().join(format!("xme-rpc-stale-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    // A server process that dies by SIGKILL leaves its socket file behind.
+    let child = fork_child(|| {
+        let h = server().serve_unix(&path).unwrap();
+        std::mem::forget(h);
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    })
+    .unwrap();
+    let t = Instant::now();
+    while !path.exists() && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // While it lives, a second server is refused with a clear reason.
+    let e = server().serve_unix(&path).unwrap_err();
+    assert!(e.to_string().contains("listening"), "{e}");
+    child.kill().unwrap();
+    assert!(path.exists(), "the killed server left its socket");
+    let handle = server().serve_unix(&path).unwrap();
+    let client = Client::connect_unix(&path, Sealed::new(KEY)).unwrap();
+    assert_eq!(client.call::<_, i64>("add", &(4, 5), WAIT).unwrap(), 9);
+    drop(client);
+    handle.shutdown();
+    assert!(!path.exists());
+    // A path that is not a socket is never removed.
+    std::fs::write(&path, b"user data").unwrap();
+    let e = server().serve_unix(&path).unwrap_err();
+    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert_eq!(std::fs::read(&path).unwrap(), b"user data");
+    std::fs::remove_file(&path).unwrap();
+}

@@ -234,6 +234,12 @@ fn read_replies(inner: &Inner, stream: Stream) {
             Ok(r) => r,
             Err(e) => break format!("bad reply from the server: {e}"),
         };
+        if reply.mark.is_empty()
+            && let Err((kind, message)) = &reply.result
+        {
+            // Not an answer to a call: the server refuses the connection.
+            break format!("the server refused the connection ({kind}): {message}");
+        }
         let waiter = lock(&inner.pending).remove(&reply.mark);
         if let Some(tx) = waiter {
             let outcome = reply

@@ -20,16 +20,39 @@ pub(crate) fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>
             });
         }
     }
-    let len = u32::from_le_bytes(len) as usize;
+    read_body(r, u32::from_le_bytes(len) as usize, max).map(Some)
+}
+
+/// Reads a frame's body of `len` bytes (its length already read), refusing
+/// one over `max`. Memory grows with the bytes that arrive, not with the
+/// length announced: a peer that announces a large frame and sends little
+/// costs little.
+pub(crate) fn read_body(
+    r: &mut impl Read,
+    len: usize,
+    max: usize,
+) -> Result<Vec<u8>, MonitorError> {
     if len > max {
         return Err(MonitorError::FrameTooLarge { len, max });
     }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).map_err(|source| MonitorError::Io {
-        doing: "reading a frame body",
-        source,
-    })?;
-    Ok(Some(body))
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    let got = r
+        .take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(|source| MonitorError::Io {
+            doing: "reading a frame body",
+            source,
+        })?;
+    if got < len {
+        return Err(MonitorError::Io {
+            doing: "reading a frame body",
+            source: io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the connection ended after {got} of {len} bytes"),
+            ),
+        });
+    }
+    Ok(body)
 }
 
 /// Appends one frame (length, then body) to `out`.
