@@ -31,8 +31,51 @@ enum Read {
     OtherKey,
     /// The block holds our key; `true` if it is a tombstone.
     OurKey { deleted: bool },
-    /// The block changed while being read: reload the slot.
-    Stale,
+}
+
+/// Consecutive inconsistent reads of one unchanged slot after which the table
+/// is reported corrupt (a live writer changes the slot long before).
+const STALE_READS: u32 = 1 << 12;
+
+/// Called before each publish attempt of a read-modify-write with what the
+/// lookup found. A publish conflicts only when the key's slot changed since
+/// its lookup, so the next lookup finds something else; finding the same
+/// slot and handle again means the table is corrupt (two slots claim the
+/// key, or an empty slot before it is not empty to the writer).
+fn check_progress(
+    last: &mut Option<Option<(usize, u64)>>,
+    found: Option<(usize, u64)>,
+    key: &str,
+) -> Result<(), ShmError> {
+    if *last == Some(found) {
+        return Err(ShmError::BadLayout(format!(
+            "key {key:?} cannot be written: its slot does not change yet every write conflicts; the table is corrupt"
+        )));
+    }
+    *last = Some(found);
+    Ok(())
+}
+
+/// What block `e` holds for a reader of `key`; copies the value into `value`
+/// if asked and the key matches.
+fn classify(
+    e: &Snapshot<'_>,
+    key: &[u8],
+    hash: u64,
+    scratch: &mut Vec<u8>,
+    value: Option<&mut Vec<u8>>,
+) -> Read {
+    if e.hash != hash & 0xffff_ffff || e.klen != key.len() {
+        return Read::OtherKey;
+    }
+    block::load_bytes(e.data, e.klen, scratch);
+    if scratch != key {
+        return Read::OtherKey;
+    }
+    if let Some(out) = value {
+        block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, out);
+    }
+    Read::OurKey { deleted: e.deleted }
 }
 
 /// What [`ValueTable::snapshot`] lets a reader see of a block.
@@ -196,30 +239,38 @@ impl<'m> ValueTable<'m> {
         Ok(out)
     }
 
-    /// Reads the block `h`: compares its key with `key`, and copies its value
-    /// into `value` if asked and the key matches.
-    fn read(
+    /// Reads the block in slot `i` the seqlock way (see
+    /// [`snapshot`](Self::snapshot)), reloading the slot while its block
+    /// changes under the reader: `Some((handle, copy's result))`, or `None`
+    /// for an empty slot. A block changes only after its slot was given
+    /// another handle, so a slot that keeps the same handle while its block
+    /// never reads consistently is corrupt: reported, never waited on.
+    fn read_slot<T>(
         &self,
-        h: u64,
-        key: &[u8],
-        hash: u64,
-        scratch: &mut Vec<u8>,
-        value: Option<&mut Vec<u8>>,
-    ) -> Result<Read, ShmError> {
-        let seen = self.snapshot(h, |e| {
-            if e.hash != hash & 0xffff_ffff || e.klen != key.len() {
-                return Read::OtherKey;
+        i: usize,
+        mut copy: impl FnMut(&Snapshot<'_>) -> T,
+    ) -> Result<Option<(u64, T)>, ShmError> {
+        let (mut last, mut same) = (0, 0u32);
+        loop {
+            let h = self.slot(i).load(Ordering::Acquire);
+            if h == 0 {
+                return Ok(None);
             }
-            block::load_bytes(e.data, e.klen, scratch);
-            if scratch != key {
-                return Read::OtherKey;
+            if let Some(t) = self.snapshot(h, &mut copy)? {
+                return Ok(Some((h, t)));
             }
-            if let Some(out) = value {
-                block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, out);
+            if h != last {
+                (last, same) = (h, 0);
+                continue;
             }
-            Read::OurKey { deleted: e.deleted }
-        })?;
-        Ok(seen.unwrap_or(Read::Stale))
+            same += 1;
+            if same >= STALE_READS {
+                return Err(ShmError::BadLayout(format!(
+                    "slot {i} holds handle {h:#x}, whose block does not match it: the table is corrupt"
+                )));
+            }
+            std::hint::spin_loop();
+        }
     }
 
     /// Finds `key`: (slot, handle, deleted), copying its value into `value`.
@@ -231,16 +282,13 @@ impl<'m> ValueTable<'m> {
     ) -> Result<Option<(usize, u64, bool)>, ShmError> {
         let mut scratch = Vec::new();
         for i in self.probe(hash) {
-            loop {
-                let h = self.slot(i).load(Ordering::Acquire);
-                if h == 0 {
-                    return Ok(None);
-                }
-                match self.read(h, key, hash, &mut scratch, value.as_deref_mut())? {
-                    Read::Stale => continue,
-                    Read::OtherKey => break,
-                    Read::OurKey { deleted } => return Ok(Some((i, h, deleted))),
-                }
+            let found = self.read_slot(i, |e| {
+                classify(e, key, hash, &mut scratch, value.as_deref_mut())
+            })?;
+            match found {
+                None => return Ok(None),
+                Some((_, Read::OtherKey)) => {}
+                Some((h, Read::OurKey { deleted })) => return Ok(Some((i, h, deleted))),
             }
         }
         Ok(None)
@@ -269,10 +317,12 @@ impl<'m> ValueTable<'m> {
     pub fn delete(&self, key: &str, pid: u32) -> Result<bool, ShmError> {
         let k = key.as_bytes();
         let hash = block::key_hash(k);
+        let mut last = None;
         loop {
-            let Some((_, h, false)) = self.lookup(k, hash, None)? else {
+            let Some((i, h, false)) = self.lookup(k, hash, None)? else {
                 return Ok(false);
             };
+            check_progress(&mut last, Some((i, h)), key)?;
             let (b, generation) = self.fill(k, None, pid)?;
             if self
                 .publish(k, b, generation, pid, Expect::Exactly(h))?
@@ -295,8 +345,10 @@ impl<'m> ValueTable<'m> {
         let k = key.as_bytes();
         let hash = block::key_hash(k);
         let mut current = Vec::new();
+        let mut last = None;
         loop {
             let found = self.lookup(k, hash, Some(&mut current))?;
+            check_progress(&mut last, found.map(|(i, h, _)| (i, h)), key)?;
             let (expected, old) = match found {
                 Some((_, h, false)) => (h, Some(current.as_slice())),
                 Some((_, h, true)) => (h, None),
@@ -386,20 +438,16 @@ impl<'m> ValueTable<'m> {
         for i in self.probe(hash) {
             let place = &self.mem[b + W_PLACE];
             loop {
-                let cur = self.slot(i).load(Ordering::Acquire);
-                let ours = if cur == 0 {
-                    true
-                } else {
-                    match self.read(cur, key, hash, &mut scratch, None) {
-                        Ok(Read::Stale) => continue,
-                        Ok(Read::OtherKey) => false,
-                        Ok(Read::OurKey { .. }) => true,
+                let (cur, ours) =
+                    match self.read_slot(i, |e| classify(e, key, hash, &mut scratch, None)) {
+                        Ok(None) => (0, true),
+                        Ok(Some((h, Read::OtherKey))) => (h, false),
+                        Ok(Some((h, Read::OurKey { .. }))) => (h, true),
                         Err(e) => {
                             give_back(&arena);
                             return Err(e);
                         }
-                    }
-                };
+                    };
                 if !ours {
                     break;
                 }
@@ -464,43 +512,28 @@ impl<'m> ValueTable<'m> {
 
     /// The live entry in slot `i`, if any.
     fn entry_at(&self, i: usize) -> Result<Option<(String, Vec<u8>)>, ShmError> {
-        loop {
-            let h = self.slot(i).load(Ordering::Acquire);
-            if h == 0 {
-                return Ok(None);
-            }
-            let copied = self.snapshot(h, |e| {
-                (!e.deleted).then(|| {
-                    let (mut key, mut value) = (Vec::new(), Vec::new());
-                    block::load_bytes(e.data, e.klen, &mut key);
-                    block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
-                    (key, value)
-                })
-            })?;
-            let Some(entry) = copied else { continue };
-            let Some((key, value)) = entry else {
-                return Ok(None);
-            };
-            let key = String::from_utf8(key).map_err(|_| {
-                ShmError::BadLayout(format!("slot {i} holds a key that is not UTF-8"))
-            })?;
-            return Ok(Some((key, value)));
-        }
+        let copied = self.read_slot(i, |e| {
+            (!e.deleted).then(|| {
+                let (mut key, mut value) = (Vec::new(), Vec::new());
+                block::load_bytes(e.data, e.klen, &mut key);
+                block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
+                (key, value)
+            })
+        })?;
+        let Some((_, Some((key, value)))) = copied else {
+            return Ok(None);
+        };
+        let key = String::from_utf8(key)
+            .map_err(|_| ShmError::BadLayout(format!("slot {i} holds a key that is not UTF-8")))?;
+        Ok(Some((key, value)))
     }
 
     /// Number of live keys (deleted keys not counted); copies no key or value.
     pub fn len(&self) -> Result<usize, ShmError> {
         let mut n = 0;
         for i in 0..self.layout.nslots {
-            loop {
-                let h = self.slot(i).load(Ordering::Acquire);
-                if h == 0 {
-                    break;
-                }
-                if let Some(deleted) = self.snapshot(h, |e| e.deleted)? {
-                    n += usize::from(!deleted);
-                    break;
-                }
+            if let Some((_, deleted)) = self.read_slot(i, |e| e.deleted)? {
+                n += usize::from(!deleted);
             }
         }
         Ok(n)
