@@ -145,10 +145,10 @@ impl<'m> Arena<'m> {
             let c = self
                 .word(self.layout.page_class_word(page))
                 .load(Ordering::Acquire);
-            if c == 0 {
+            let Some(class) = Layout::class_of(c) else {
                 return;
-            }
-            let n = offset / Layout::class_words(c as usize - 1);
+            };
+            let n = offset / Layout::class_words(class);
             self.word(self.layout.bitmap_word(page, n / 64))
                 .fetch_or(1 << (n % 64), Ordering::Release);
         }
@@ -181,6 +181,9 @@ impl<'m> Arena<'m> {
     /// state it is in, as long as it still has that handle's generation.
     pub fn retire(&self, handle: u64) {
         let (generation, block) = block::unhandle(handle);
+        if self.layout.block_position(block).is_none() {
+            return; // not a block of this arena (a corrupt handle)
+        }
         let meta = self.word(block + block::W_META);
         loop {
             let m = Meta::unpack(meta.load(Ordering::Acquire));
@@ -196,15 +199,16 @@ impl<'m> Arena<'m> {
     /// Visits every block of every assigned page: (block word index, class).
     pub fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
         (0..self.layout.page_count).flat_map(move |page| {
-            let c = self
-                .word(self.layout.page_class_word(page))
-                .load(Ordering::Acquire) as usize;
-            let (n, words) = if c == 0 {
-                (0, 1)
-            } else {
-                (Layout::blocks_per_page(c - 1), Layout::class_words(c - 1))
-            };
-            (0..n).map(move |i| (self.layout.page_start(page) + i * words, c - 1))
+            // A page without a class (or with a corrupt class word) has no blocks.
+            let class = Layout::class_of(
+                self.word(self.layout.page_class_word(page))
+                    .load(Ordering::Acquire),
+            );
+            let (n, words) = class.map_or((0, 1), |c| {
+                (Layout::blocks_per_page(c), Layout::class_words(c))
+            });
+            let class = class.unwrap_or(0);
+            (0..n).map(move |i| (self.layout.page_start(page) + i * words, class))
         })
     }
 

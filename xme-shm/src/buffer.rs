@@ -238,15 +238,15 @@ impl CallBuffer {
     // ---- producers -------------------------------------------------------
 
     /// Appends a call (at most `call_bytes`, checked by the caller) if a
-    /// cell is free; false when the ring is full.
-    fn try_push(&self, op: Operator, serial: u64, call: &[u8]) -> bool {
+    /// cell is free; false when the ring is full, `Err` when it is corrupt.
+    fn try_push(&self, op: Operator, serial: u64, call: &[u8]) -> Result<bool, String> {
         let pushed = self
             .ring()
-            .try_push(process::current_pid(), op.id(), serial, call);
+            .try_push(process::current_pid(), op.id(), serial, call)?;
         if pushed {
             self.signal(Event::Work);
         }
-        pushed
+        Ok(pushed)
     }
 
     /// Appends, waiting while the ring is full: forever with `deadline` None.
@@ -260,7 +260,10 @@ impl CallBuffer {
         let started = Instant::now();
         let mut spins = 0u32;
         loop {
-            if self.try_push(op, serial, call) {
+            if self
+                .try_push(op, serial, call)
+                .map_err(ShmError::BadLayout)?
+            {
                 return Ok(());
             }
             let now = Instant::now();

@@ -293,6 +293,7 @@ impl Manager {
         let (pos, payload) = match self.buffer.pop() {
             Pop::Empty => return Ok(Executed::Empty),
             Pop::Busy => return Ok(Executed::Busy),
+            Pop::Corrupt(why) => return Err(ShmError::BadLayout(why)),
             Pop::Call { pos, payload } => (pos, payload),
         };
         let out = self.run_payload(&payload);

@@ -102,6 +102,14 @@ impl Layout {
         (0..CLASSES).find(|&c| MIN_BLOCK << c >= bytes)
     }
 
+    /// The size class a page's class word names (`class + 1`; 0: no class
+    /// yet), or `None` for 0 and for a value no class has (a corrupt word).
+    pub(crate) fn class_of(word: u64) -> Option<usize> {
+        (1..=CLASSES as u64)
+            .contains(&word)
+            .then(|| word as usize - 1)
+    }
+
     pub(crate) fn class_words(class: usize) -> usize {
         (MIN_BLOCK << class) / 8
     }

@@ -60,6 +60,16 @@ pub(crate) enum Pop {
     Empty,
     /// The head call is being written by a live producer.
     Busy,
+    /// The cell at the head names a position no consumer or producer can
+    /// have given it: the ring is corrupt.
+    Corrupt(String),
+}
+
+/// A cell's sequence number `d` positions ahead of the head or tail that
+/// reads it. Legitimately `d` stays within a few laps of a lagging head or
+/// tail; beyond that the cell was not written by the ring's protocol.
+fn impossible_lag(d: i32, capacity: usize) -> bool {
+    d as i64 > 2 * capacity as i64 + 2
 }
 
 /// A call whose consumer died while running it.
@@ -133,8 +143,9 @@ impl<'m> Ring<'m> {
     }
 
     /// Appends a call as process `me` if a cell is free; false when full.
-    /// `call` must fit ([`call_bytes`](Self::call_bytes)).
-    pub fn try_push(&self, me: u32, op: u64, serial: u64, call: &[u8]) -> bool {
+    /// `call` must fit ([`call_bytes`](Self::call_bytes)). `Err`: the cell at
+    /// the tail is corrupt.
+    pub fn try_push(&self, me: u32, op: u64, serial: u64, call: &[u8]) -> Result<bool, String> {
         debug_assert!(call.len() <= self.call_bytes());
         let tail = &self.words[H_TAIL];
         loop {
@@ -144,7 +155,12 @@ impl<'m> Ring<'m> {
             let (seq, tag) = split(st);
             let d = seq.wrapping_sub(pos as u32) as i32;
             if d < 0 {
-                return false; // the lap before still holds this cell
+                return Ok(false); // the lap before still holds this cell
+            }
+            if impossible_lag(d, self.capacity) {
+                return Err(format!(
+                    "the call buffer's cell for position {pos} holds sequence {seq}: the ring is corrupt"
+                ));
             }
             if d == 0 && tag == 0 {
                 // Claim: from here on the cell names us.
@@ -163,7 +179,7 @@ impl<'m> Ring<'m> {
                 // Publish: one store. SeqCst pairs with the waiters' SeqCst
                 // sleeper registration (buffer.rs).
                 cell[C_STATE].store(state(seq.wrapping_add(1), 0), Ordering::SeqCst);
-                return true;
+                return Ok(true);
             }
             // Claimed by someone else (or tail lags): help tail along.
             let _ = tail.compare_exchange(pos, pos + 1, Ordering::AcqRel, Ordering::Relaxed);
@@ -211,6 +227,11 @@ impl<'m> Ring<'m> {
             let p = pos as u32;
             match seq.wrapping_sub(p) as i32 {
                 d if d < 0 => return Pop::Empty,
+                d if impossible_lag(d, self.capacity) => {
+                    return Pop::Corrupt(format!(
+                        "the call buffer's cell for position {pos} holds sequence {seq}: the ring is corrupt"
+                    ));
+                }
                 0 if tag == 0 => return Pop::Empty,
                 0 if alive(tag) => return Pop::Busy,
                 0 => {
@@ -369,7 +390,7 @@ mod loom_models {
 
     fn push(ring: Ring<'_>, me: u32, op: u64, serial: u64) {
         let call = (op * 100 + serial).to_le_bytes();
-        while !ring.try_push(me, op, serial, &call) {
+        while !ring.try_push(me, op, serial, &call).unwrap() {
             thread::yield_now();
         }
     }
@@ -391,7 +412,10 @@ mod loom_models {
             // Positions 2 and 3 reuse both cells.
             push(ring, 2, 2, 1);
             push(ring, 2, 2, 2);
-            assert!(!ring.try_push(2, 2, 3, &[0; 8]), "full at capacity");
+            assert!(
+                !ring.try_push(2, 2, 3, &[0; 8]).unwrap(),
+                "full at capacity"
+            );
             assert_eq!(drain(ring, 2, |_| true), [(2, 1), (2, 2)]);
             assert_eq!(ring.pop(9, |_| true), Pop::Empty);
             assert_eq!(ring.executed(), 4);

@@ -182,7 +182,7 @@ impl<'m> ValueTable<'m> {
         let (generation, b) = block::unhandle(h);
         let ok = self.layout.block_position(b).is_some_and(|(page, offset)| {
             let c = self.mem[self.layout.page_class_word(page)].load(Ordering::Acquire);
-            c != 0 && offset % Layout::class_words(c as usize - 1) == 0
+            Layout::class_of(c).is_some_and(|class| offset % Layout::class_words(class) == 0)
         });
         if ok {
             Ok((generation, b))
@@ -193,11 +193,13 @@ impl<'m> ValueTable<'m> {
         }
     }
 
-    /// Room for key and value in the block at `b`, in bytes.
+    /// Room for key and value in the block at `b`, in bytes (0 if its page's
+    /// class word no longer names a class: nothing then fits).
     fn capacity_of(&self, b: usize) -> usize {
-        let (page, _) = self.layout.block_position(b).expect("checked by block_of");
-        let c = self.mem[self.layout.page_class_word(page)].load(Ordering::Acquire) as usize;
-        (Layout::class_words(c - 1) - HEADER) * 8
+        let class = self.layout.block_position(b).and_then(|(page, _)| {
+            Layout::class_of(self.mem[self.layout.page_class_word(page)].load(Ordering::Acquire))
+        });
+        class.map_or(0, |c| (Layout::class_words(c) - HEADER) * 8)
     }
 
     /// Reads block `h` the seqlock way: `copy` sees the block's key hash,
