@@ -383,6 +383,7 @@ mod loom_models {
                     ring.complete(pos);
                 }
                 Pop::Empty | Pop::Busy => thread::yield_now(),
+                Pop::Corrupt(why) => panic!("{why}"),
             }
         }
         got
