@@ -38,16 +38,21 @@
 //! calls, kills one that lingers, and reaps them all; `run` closes everything
 //! even if `main` panics.
 
+mod builder;
+mod close;
 mod cores;
 mod error;
 mod frame;
+mod handle;
+mod link;
 mod logical;
-mod mpi;
 mod ring;
+mod slots;
 mod unit;
 
+pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, Mpi};
+pub use close::CLOSE_GRACE;
 pub use error::{MpiError, TASK_RUN_FAILURE};
-pub use mpi::{
-    CLOSE_GRACE, DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, LpStatus, Mpi, MpiHandle, Slot, To,
-};
+pub use handle::{LpStatus, MpiHandle, To};
+pub use slots::Slot;
 pub use unit::Unit;

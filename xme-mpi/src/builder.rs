@@ -1,0 +1,174 @@
+//! `Mpi`: how a run is set up (pnum, buffers, units), and `run`.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Condvar, Mutex};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use xme_core::SharedRegion;
+use xme_core::process::fork_child;
+
+use crate::MpiError;
+use crate::cores::CorePlan;
+use crate::handle::{MpiHandle, To};
+use crate::link::Link;
+use crate::logical::LogicalProcess;
+use crate::ring::{self};
+use crate::slots::SlotTable;
+use crate::unit::{Registry, Unit};
+
+/// The seed's default `mpi_buffer_size`.
+pub const DEFAULT_BUFFER_SIZE: usize = 255;
+/// Default bytes of each direction's channel to a logical process.
+pub const DEFAULT_CHANNEL_BYTES: usize = 1 << 20;
+
+/// An MPI run: one main process and `pnum - 1` logical processes (seed 3).
+///
+/// ```
+/// use xme_mpi::{Mpi, To};
+///
+/// fn distance((p, q): ((f64, f64), (f64, f64))) -> f64 {
+///     ((q.0 - p.0).powi(2) + (q.1 - p.1).powi(2)).sqrt()
+/// }
+///
+/// # fn main() -> Result<(), xme_mpi::MpiError> {
+/// let mut mpi = Mpi::new(3)?;
+/// let distance = mpi.register("distance", distance);
+/// let right = mpi.run(|m| -> Result<bool, xme_mpi::MpiError> {
+///     let (a, b, c) = ((0.0, 0.0), (3.0, 0.0), (0.0, 4.0));
+///     let ab = m.block_acquire(&distance, &(a, b), To::Any)?;
+///     let ac = m.acquire(&distance, &(a, c), To::Process(1))?;
+///     let bc = m.acquire(&distance, &(b, c), To::Any)?;
+///     let (ac, bc) = (m.get(ac)?, m.get(bc)?);
+///     Ok((ab * ab + ac * ac - bc * bc).abs() < 1e-9)
+/// })??;
+/// assert!(right);
+/// # Ok(())
+/// # }
+/// ```
+pub struct Mpi {
+    pub(crate) pnum: usize,
+    pub(crate) buffer_size: usize,
+    pub(crate) channel_bytes: usize,
+    pub(crate) bind_to_cores: bool,
+    pub(crate) registry: Registry,
+}
+
+impl Mpi {
+    /// An MPI of `pnum` processes: the main one and `pnum - 1` logical ones.
+    pub fn new(pnum: usize) -> Result<Mpi, MpiError> {
+        if pnum < 2 {
+            return Err(MpiError::PnumTooSmall(pnum));
+        }
+        Ok(Mpi {
+            pnum,
+            buffer_size: DEFAULT_BUFFER_SIZE,
+            channel_bytes: DEFAULT_CHANNEL_BYTES,
+            bind_to_cores: true,
+            registry: Registry::default(),
+        })
+    }
+
+    /// Result slots (the seed's `mpi_buffer_size`, default 255): calls in
+    /// flight at most; `acquire` waits while every slot is taken.
+    pub fn buffer_size(mut self, slots: usize) -> Mpi {
+        self.buffer_size = slots.max(1);
+        self
+    }
+
+    /// Bytes of each direction's channel to a logical process (default 1 MiB,
+    /// rounded up to a power of two, 4 KiB to 1 TiB); one call's arguments or
+    /// result must fit in half of it.
+    pub fn channel_bytes(mut self, bytes: usize) -> Mpi {
+        self.channel_bytes = bytes.clamp(4096, 1 << 40).next_power_of_two();
+        self
+    }
+
+    /// Whether each logical process is bound to a core of its own, in turn
+    /// over the cores this process may use, starting off the one the main
+    /// process runs on (default: yes, as MPI launchers bind ranks). Unbound,
+    /// the scheduler tends to put a process on the core of the one that woke
+    /// it, where their spinning waits then take turns. The main process is
+    /// never bound.
+    pub fn bind_to_cores(mut self, bind: bool) -> Mpi {
+        self.bind_to_cores = bind;
+        self
+    }
+
+    /// Registers a computing unit under `name` (the seed's `mpi["distance"] = distance`).
+    pub fn register<A, R, F>(&mut self, name: &'static str, f: F) -> Unit<A, R>
+    where
+        A: Serialize + DeserializeOwned,
+        R: Serialize + DeserializeOwned,
+        F: Fn(A) -> R + Send + Sync + 'static,
+    {
+        self.registry.register(name, f)
+    }
+
+    /// Forks the logical processes, runs `main` with the handle in this
+    /// process, and closes every logical process afterwards, also when `main`
+    /// panics (the panic then continues). Returns what `main` returns.
+    pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
+        let lps = self.pnum - 1;
+        let per_lp = 2 * ring::ring_bytes(self.channel_bytes) + 64;
+        let region = SharedRegion::anonymous(lps * per_lp)?;
+        let token = xme_core::Operator::alloc().id();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let spin = if self.pnum <= cpus {
+            crate::ring::SPIN_DEDICATED
+        } else {
+            crate::ring::SPIN_SHARED
+        };
+        // Each process registers for heavy fences itself (a fork child too),
+        // so that publishing a frame needs only a light one.
+        let light = xme_core::fence::register();
+        let parent = xme_core::process::current_pid();
+        let cores = if self.bind_to_cores {
+            CorePlan::new()
+        } else {
+            None
+        };
+        let mut links = Vec::with_capacity(lps);
+        for i in 0..lps {
+            let base = i * per_lp;
+            let ring_bytes = ring::ring_bytes(self.channel_bytes);
+            let (mut requests, lp_requests) =
+                ring::split(&region, base, self.channel_bytes, token, spin)?;
+            let (lp_replies, mut replies) =
+                ring::split(&region, base + ring_bytes, self.channel_bytes, token, spin)?;
+            let status = region.place::<AtomicU32>(base + 2 * ring_bytes)?;
+            requests.use_light_fences(light);
+            replies.use_light_fences(light);
+            // The logical process takes the request consumer and the reply
+            // producer; this process drops them when the closure is dropped
+            // after fork, so each side of each ring has one owner.
+            let lp = LogicalProcess {
+                id: i + 1,
+                token,
+                requests: lp_requests,
+                replies: lp_replies,
+                status,
+                registry: &self.registry,
+                parent,
+            };
+            let child = fork_child(move || lp.run())?;
+            if let Some(cores) = &cores {
+                cores.bind(i + 1, child.pid()); // unbound if refused: slower, still correct
+            }
+            links.push(Link::new(i + 1, requests, replies, status, child));
+        }
+        let handle = MpiHandle {
+            token,
+            links,
+            slots: Mutex::new(SlotTable::new(self.buffer_size)),
+            slot_freed: Condvar::new(),
+        };
+        let out = panic::catch_unwind(AssertUnwindSafe(|| main(&handle)));
+        let _ = handle.close(To::All);
+        match out {
+            Ok(v) => Ok(v),
+            Err(p) => panic::resume_unwind(p),
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `close`: ending logical processes after their queued calls.
+
+use std::time::{Duration, Instant};
+
+use crate::MpiError;
+use crate::frame::{KIND_EXIT, Request};
+use crate::handle::{MpiHandle, To};
+use crate::link::{Ended, LIVENESS, Link, lock};
+
+/// How long `close` lets a logical process finish its queue before killing it.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+impl<'r> MpiHandle<'r> {
+    /// Ends logical processes (the seed's `close`): each finishes the calls
+    /// already queued for it, then exits; one that does not exit within
+    /// [`CLOSE_GRACE`] is killed. Every logical process is reaped. Closing a
+    /// closed process is a no-op.
+    pub fn close(&self, to: To) -> Result<(), MpiError> {
+        let targets: Vec<&Link<'r>> = match to {
+            To::All | To::Any => self.links.iter().collect(),
+            To::Process(id) => vec![self.link(id)?],
+        };
+        let exit = Request {
+            kind: KIND_EXIT,
+            slot: 0,
+            generation: 0,
+            unit: 0,
+            fn_addr: 0,
+            tramp_addr: 0,
+        };
+        for l in &targets {
+            if l.ended.get().is_none() {
+                let mut tx = lock(&l.send);
+                let tx = &mut *tx;
+                exit.write(self.token, &mut tx.buf);
+                let deadline = Instant::now() + CLOSE_GRACE;
+                while !tx.channel.try_send(&tx.buf) && Instant::now() < deadline {
+                    tx.channel.wait_send(tx.buf.len(), LIVENESS);
+                }
+            }
+        }
+        for l in &targets {
+            if l.ended.get().is_some() {
+                continue;
+            }
+            let deadline = Instant::now() + CLOSE_GRACE;
+            let fate = loop {
+                // Keep draining replies so the process is never stuck on a full channel.
+                self.pump(l, &mut lock(&l.recv));
+                let mut child = lock(&l.child);
+                let Some(c) = child.as_mut() else { break None };
+                match c.try_wait() {
+                    Ok(Some(f)) => break Some(f),
+                    Ok(None) if Instant::now() >= deadline => break c.kill_mut().ok(),
+                    Ok(None) => {}
+                    Err(_) => break None,
+                }
+                // Sleep until it exits (its pidfd turns readable), 1 ms at most,
+                // then drain replies again.
+                match c.pidfd() {
+                    Some(fd) => {
+                        let mut fds = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+                        let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(1u8));
+                    }
+                    None => std::thread::sleep(Duration::from_millis(1)),
+                }
+            };
+            self.pump(l, &mut lock(&l.recv));
+            let reason = match fate {
+                Some(f) if f.is_success() => "closed".to_string(),
+                Some(f) => format!("closed; it {f}"),
+                None => "closed".to_string(),
+            };
+            let _ = l.ended.set(Ended::Closed(reason));
+            self.fail_pending(l);
+        }
+        Ok(())
+    }
+}

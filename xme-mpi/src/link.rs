@@ -1,0 +1,133 @@
+//! The main process's side of one logical process: its channels, its
+//! process, and how its liveness is checked.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use xme_core::Fate;
+use xme_core::process::Child;
+
+use crate::ring::{Consumer, Producer, RecvChannel, SendChannel, Waited};
+
+/// Longest sleep before checking a peer is alive.
+pub(crate) const LIVENESS: Duration = Duration::from_millis(20);
+
+/// The sending end of a link with its frame buffer.
+pub(crate) struct SendSide<'r> {
+    pub(crate) channel: Box<dyn SendChannel + 'r>,
+    pub(crate) buf: Vec<u8>,
+}
+
+/// The receiving end of a link with its frame buffer.
+pub(crate) struct RecvSide<'r> {
+    pub(crate) channel: Box<dyn RecvChannel + 'r>,
+    pub(crate) buf: Vec<u8>,
+}
+
+/// The main process's side of one logical process.
+pub(crate) struct Link<'r> {
+    pub(crate) id: usize,
+    pub(crate) status: &'r AtomicU32,
+    /// The request channel: one producer at a time.
+    pub(crate) send: Mutex<SendSide<'r>>,
+    /// The reply channel: one consumer at a time.
+    pub(crate) recv: Mutex<RecvSide<'r>>,
+    pub(crate) child: Mutex<Option<Child>>,
+    pub(crate) pid: i32,
+    /// Calls sent and not yet answered.
+    pub(crate) load: AtomicUsize,
+    /// Generation of the next direct call (`block_acquire` without a slot);
+    /// written only under `recv`.
+    pub(crate) direct_generation: AtomicU32,
+    /// Sequence number of the last request sent by the fast lane; written
+    /// only under `recv`.
+    pub(crate) fast_seq: AtomicU64,
+    /// Largest request frame the channel carries.
+    pub(crate) max_frame: usize,
+    /// Bytes the request channel holds.
+    pub(crate) capacity: usize,
+    pub(crate) ended: OnceLock<Ended>,
+}
+
+impl<'r> Link<'r> {
+    pub(crate) fn new(
+        id: usize,
+        requests: Producer<'r>,
+        replies: Consumer<'r>,
+        status: &'r AtomicU32,
+        child: Child,
+    ) -> Link<'r> {
+        Link {
+            id,
+            max_frame: requests.max_frame(),
+            capacity: requests.capacity(),
+            send: Mutex::new(SendSide {
+                channel: Box::new(requests),
+                buf: Vec::new(),
+            }),
+            recv: Mutex::new(RecvSide {
+                channel: Box::new(replies),
+                buf: Vec::new(),
+            }),
+            status,
+            pid: child.pid(),
+            child: Mutex::new(Some(child)),
+            load: AtomicUsize::new(0),
+            direct_generation: AtomicU32::new(0),
+            fast_seq: AtomicU64::new(0),
+            ended: OnceLock::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub(crate) enum Ended {
+    Died(Fate),
+    Closed(String),
+}
+
+/// When a thread waiting for replies checks that their process lives: after
+/// a wait that found nothing for [`LIVENESS`], and, in case wake-ups keep
+/// coming without its reply, once per `LIVENESS` of short waits. Reads the
+/// clock only every 64 short waits: a round trip must not pay for it.
+#[derive(Default)]
+pub(crate) struct LivenessCheck {
+    pub(crate) since: Option<Instant>,
+    pub(crate) short_waits: u32,
+}
+
+impl LivenessCheck {
+    pub(crate) fn due(&mut self, waited: Waited) -> bool {
+        if matches!(waited, Waited::Idle) {
+            self.since = Some(Instant::now());
+            return true;
+        }
+        self.short_waits = self.short_waits.wrapping_add(1);
+        if !self.short_waits.is_multiple_of(64) {
+            return false;
+        }
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if since.elapsed() < LIVENESS {
+            return false;
+        }
+        self.since = Some(Instant::now());
+        true
+    }
+}
+
+pub(crate) fn log_foreign_reply(link: &Link<'_>, len: usize) {
+    let _ = xme_log::Logger::new()
+        .entry()
+        .msgtype("Error")
+        .print(format!(
+            "MPI: dropped a reply of {len} bytes from logical process {} without this run's token",
+            link.id
+        ));
+}
+
+/// Locks a mutex, going on if a panicking thread poisoned it (the data it
+/// guards is only frame buffers and slot bookkeeping, always left whole).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
