@@ -1,20 +1,15 @@
 //! `Mpi`: how a run is set up (pnum, buffers, units), and `run`.
 
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::AtomicU32;
 use std::sync::{Condvar, Mutex};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xme_core::SharedRegion;
-use xme_core::process::fork_child;
 
 use crate::MpiError;
-use crate::cores::CorePlan;
+use crate::fork;
 use crate::handle::{MpiHandle, To};
-use crate::link::Link;
-use crate::logical::LogicalProcess;
-use crate::ring::{self};
 use crate::slots::SlotTable;
 use crate::unit::{Registry, Unit};
 
@@ -110,54 +105,13 @@ impl Mpi {
     /// process, and closes every logical process afterwards, also when `main`
     /// panics (the panic then continues). Returns what `main` returns.
     pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
-        let lps = self.pnum - 1;
-        let per_lp = 2 * ring::ring_bytes(self.channel_bytes) + 64;
-        let region = SharedRegion::anonymous(lps * per_lp)?;
         let token = xme_core::Operator::alloc().id();
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let spin = if self.pnum <= cpus {
-            crate::ring::SPIN_DEDICATED
-        } else {
-            crate::ring::SPIN_SHARED
+        let region;
+        let links = {
+            let lps = self.pnum - 1;
+            region = SharedRegion::anonymous(lps * fork::bytes_per_process(self.channel_bytes))?;
+            fork::start(&self, &region, token)?
         };
-        // Each process registers for heavy fences itself (a fork child too),
-        // so that publishing a frame needs only a light one.
-        let light = xme_core::fence::register();
-        let parent = xme_core::process::current_pid();
-        let cores = if self.bind_to_cores {
-            CorePlan::new()
-        } else {
-            None
-        };
-        let mut links = Vec::with_capacity(lps);
-        for i in 0..lps {
-            let base = i * per_lp;
-            let ring_bytes = ring::ring_bytes(self.channel_bytes);
-            let (mut requests, lp_requests) =
-                ring::split(&region, base, self.channel_bytes, token, spin)?;
-            let (lp_replies, mut replies) =
-                ring::split(&region, base + ring_bytes, self.channel_bytes, token, spin)?;
-            let status = region.place::<AtomicU32>(base + 2 * ring_bytes)?;
-            requests.use_light_fences(light);
-            replies.use_light_fences(light);
-            // The logical process takes the request consumer and the reply
-            // producer; this process drops them when the closure is dropped
-            // after fork, so each side of each ring has one owner.
-            let lp = LogicalProcess {
-                id: i + 1,
-                token,
-                requests: lp_requests,
-                replies: lp_replies,
-                status,
-                registry: &self.registry,
-                parent,
-            };
-            let child = fork_child(move || lp.run())?;
-            if let Some(cores) = &cores {
-                cores.bind(i + 1, child.pid()); // unbound if refused: slower, still correct
-            }
-            links.push(Link::new(i + 1, requests, replies, status, child));
-        }
         let handle = MpiHandle {
             token,
             links,

@@ -73,10 +73,12 @@ impl<'r> MpiHandle<'r> {
                 let s = if l.ended.get().is_some() {
                     LpStatus::End
                 } else {
-                    match l.status.load(Ordering::Acquire) {
-                        logical::ST_BEGIN => LpStatus::Begin,
-                        logical::ST_INRUN => LpStatus::InRun,
-                        logical::ST_END => LpStatus::End,
+                    // A rank on another host shares no status word: it is
+                    // Allocated while calls to it are unanswered, else Idle.
+                    match l.status.map(|s| s.load(Ordering::Acquire)) {
+                        Some(logical::ST_BEGIN) => LpStatus::Begin,
+                        Some(logical::ST_INRUN) => LpStatus::InRun,
+                        Some(logical::ST_END) => LpStatus::End,
                         _ if l.load.load(Ordering::Acquire) > 0 => LpStatus::Allocated,
                         _ => LpStatus::Idle,
                     }
@@ -581,6 +583,10 @@ impl<'r> MpiHandle<'r> {
     pub(crate) fn check_alive(&self, link: &Link<'_>, reader: &mut RecvSide<'_>) -> bool {
         if link.ended.get().is_some() {
             return false;
+        }
+        if !link.forked {
+            // A rank that dies ends the whole job (the launcher's rule).
+            return true;
         }
         let mut child = lock(&link.child);
         match child.as_mut().map(Child::try_wait) {

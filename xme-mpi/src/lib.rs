@@ -42,6 +42,7 @@ mod builder;
 mod close;
 mod cores;
 mod error;
+mod fork;
 mod frame;
 mod handle;
 mod link;

@@ -1,14 +1,14 @@
 //! The main process's side of one logical process: its channels, its
 //! process, and how its liveness is checked.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use xme_core::Fate;
 use xme_core::process::Child;
 
-use crate::ring::{Consumer, Producer, RecvChannel, SendChannel, Waited};
+use crate::ring::{RecvChannel, SendChannel, Waited};
 
 /// Longest sleep before checking a peer is alive.
 pub(crate) const LIVENESS: Duration = Duration::from_millis(20);
@@ -25,10 +25,26 @@ pub(crate) struct RecvSide<'r> {
     pub(crate) buf: Vec<u8>,
 }
 
+/// Where a logical process runs.
+pub(crate) enum Peer<'r> {
+    /// A child forked from this process: its status word is in shared
+    /// memory, its death is seen by `waitpid`.
+    Forked { child: Child, status: &'r AtomicU32 },
+    /// A rank of the MPI job (pid on its own host): no shared status, and a
+    /// rank that dies ends the whole job (the launcher's rule).
+    Rank { pid: i32 },
+}
+
 /// The main process's side of one logical process.
 pub(crate) struct Link<'r> {
     pub(crate) id: usize,
-    pub(crate) status: &'r AtomicU32,
+    /// The logical process's own status word, when it shares memory with us.
+    pub(crate) status: Option<&'r AtomicU32>,
+    /// Whether it is a forked child (else a rank of an MPI job).
+    pub(crate) forked: bool,
+    /// Set when the logical process acknowledged EXIT: every reply it sent
+    /// before has been read.
+    pub(crate) exit_acked: AtomicBool,
     /// The request channel: one producer at a time.
     pub(crate) send: Mutex<SendSide<'r>>,
     /// The reply channel: one consumer at a time.
@@ -53,26 +69,31 @@ pub(crate) struct Link<'r> {
 impl<'r> Link<'r> {
     pub(crate) fn new(
         id: usize,
-        requests: Producer<'r>,
-        replies: Consumer<'r>,
-        status: &'r AtomicU32,
-        child: Child,
+        requests: Box<dyn SendChannel + 'r>,
+        replies: Box<dyn RecvChannel + 'r>,
+        peer: Peer<'r>,
     ) -> Link<'r> {
+        let (status, pid, child) = match peer {
+            Peer::Forked { child, status } => (Some(status), child.pid(), Some(child)),
+            Peer::Rank { pid } => (None, pid, None),
+        };
         Link {
             id,
             max_frame: requests.max_frame(),
             capacity: requests.capacity(),
             send: Mutex::new(SendSide {
-                channel: Box::new(requests),
+                channel: requests,
                 buf: Vec::new(),
             }),
             recv: Mutex::new(RecvSide {
-                channel: Box::new(replies),
+                channel: replies,
                 buf: Vec::new(),
             }),
             status,
-            pid: child.pid(),
-            child: Mutex::new(Some(child)),
+            forked: child.is_some(),
+            exit_acked: AtomicBool::new(false),
+            pid,
+            child: Mutex::new(child),
             load: AtomicUsize::new(0),
             direct_generation: AtomicU32::new(0),
             fast_seq: AtomicU64::new(0),

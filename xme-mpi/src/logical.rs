@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use crate::frame::{self, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
-use crate::ring::{Consumer, Producer, Waited};
+use crate::ring::{RecvChannel, SendChannel, Waited};
 use crate::unit::{Ran, Registry};
 
 /// Status words (shared memory), as the seed names them.
@@ -16,22 +16,25 @@ pub(crate) const ST_END: u32 = 4;
 /// Exit status of a logical process whose request channel was corrupt.
 pub(crate) const EXIT_CORRUPT: i32 = 3;
 
-pub(crate) struct LogicalProcess<'a> {
+/// A logical process over any channel pair: forked (shared-memory rings)
+/// or a rank of an MPI job.
+pub(crate) struct LogicalProcess<'a, Rx, Tx> {
     pub id: usize,
     pub token: u64,
-    pub requests: Consumer<'a>,
-    pub replies: Producer<'a>,
+    pub requests: Rx,
+    pub replies: Tx,
+    /// Where the main process reads this process's state (shared memory
+    /// when forked; a local word on another host).
     pub status: &'a AtomicU32,
     pub registry: &'a Registry,
-    pub parent: u32,
+    /// The main process's pid when forked from it: once it is gone, exit.
+    pub parent: Option<u32>,
 }
 
-impl LogicalProcess<'_> {
+impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
+    /// Serves requests until EXIT; returns the exit status.
     pub fn run(mut self) -> i32 {
         xme_core::process::install_quiet_panic_hook();
-        let light = xme_core::fence::register();
-        self.requests.use_light_fences(light);
-        self.replies.use_light_fences(light);
         let log = xme_log::Logger::new();
         let (mut req, mut rep) = (Vec::with_capacity(256), Vec::with_capacity(256));
         self.status.store(ST_IDLE, Ordering::Release);
@@ -48,14 +51,14 @@ impl LogicalProcess<'_> {
                     self.requests.expect_fast(fast_next);
                     Ok(true)
                 }
-                Ok(false) => self.requests.try_pop(&mut req),
+                Ok(false) => self.requests.try_recv(&mut req),
                 Err(corrupt) => Err(corrupt),
             };
             match popped {
                 Ok(true) => {}
                 Ok(false) => {
-                    if let Waited::Idle = self.requests.wait_data(Duration::from_millis(100))
-                        && nix::unistd::getppid().as_raw() as u32 != self.parent
+                    if let Waited::Idle = self.requests.wait_recv(Duration::from_millis(100))
+                        && self.parent_gone()
                     {
                         return 0; // the main process is gone
                     }
@@ -132,7 +135,7 @@ impl LogicalProcess<'_> {
                 ),
                 Ran::Failed(why) => fail(&mut rep, frame::REPLY_FAILED, why.as_bytes()),
             }
-            if rep.len() > self.replies.max_payload() {
+            if rep.len() > self.replies.max_frame() {
                 let why = format!(
                     "result of {} bytes does not fit the reply channel",
                     rep.len()
@@ -140,11 +143,11 @@ impl LogicalProcess<'_> {
                 fail(&mut rep, frame::REPLY_FAILED, why.as_bytes());
             }
             let sent_fast = fast.is_some_and(|seq| self.replies.send_fast(seq, &rep));
-            while !sent_fast && !self.replies.try_push(&rep) {
+            while !sent_fast && !self.replies.try_send(&rep) {
                 if let Waited::Idle = self
                     .replies
-                    .wait_space(rep.len(), Duration::from_millis(100))
-                    && nix::unistd::getppid().as_raw() as u32 != self.parent
+                    .wait_send(rep.len(), Duration::from_millis(100))
+                    && self.parent_gone()
                 {
                     return 0;
                 }
@@ -153,5 +156,11 @@ impl LogicalProcess<'_> {
         }
         self.status.store(ST_END, Ordering::Release);
         0
+    }
+
+    /// Whether the main process this one was forked from is gone.
+    fn parent_gone(&self) -> bool {
+        self.parent
+            .is_some_and(|p| nix::unistd::getppid().as_raw() as u32 != p)
     }
 }

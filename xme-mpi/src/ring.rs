@@ -444,11 +444,6 @@ impl Producer<'_> {
         self.backoff.light = registered;
     }
 
-    /// Largest payload one frame can carry.
-    pub fn max_payload(&self) -> usize {
-        self.ring.max_payload()
-    }
-
     /// After publishing a frame: wakes a consumer that sleeps on the ring.
     fn wake_consumer(&self) {
         let r = &self.ring;

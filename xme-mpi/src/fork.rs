@@ -1,0 +1,85 @@
+//! The fork backend: logical processes forked from this one, each joined
+//! to it by two shared-memory rings.
+
+use std::sync::atomic::AtomicU32;
+
+use xme_core::SharedRegion;
+use xme_core::process::fork_child;
+
+use crate::MpiError;
+use crate::builder::Mpi;
+use crate::cores::CorePlan;
+use crate::link::{Link, Peer};
+use crate::logical::LogicalProcess;
+use crate::ring;
+
+/// Bytes of region one logical process takes: two rings and a status word.
+pub(crate) fn bytes_per_process(channel_bytes: usize) -> usize {
+    2 * ring::ring_bytes(channel_bytes) + 64
+}
+
+/// Forks `pnum - 1` logical processes over rings in `region` and returns
+/// the main process's links to them.
+pub(crate) fn start<'r>(
+    mpi: &'r Mpi,
+    region: &'r SharedRegion,
+    token: u64,
+) -> Result<Vec<Link<'r>>, MpiError> {
+    let lps = mpi.pnum - 1;
+    let per_lp = bytes_per_process(mpi.channel_bytes);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let spin = if mpi.pnum <= cpus {
+        ring::SPIN_DEDICATED
+    } else {
+        ring::SPIN_SHARED
+    };
+    // Each process registers for heavy fences itself (a fork child too),
+    // so that publishing a frame needs only a light one.
+    let light = xme_core::fence::register();
+    let parent = xme_core::process::current_pid();
+    let cores = if mpi.bind_to_cores {
+        CorePlan::new()
+    } else {
+        None
+    };
+    let mut links = Vec::with_capacity(lps);
+    for i in 0..lps {
+        let base = i * per_lp;
+        let ring_bytes = ring::ring_bytes(mpi.channel_bytes);
+        let (mut requests, mut lp_requests) =
+            ring::split(region, base, mpi.channel_bytes, token, spin)?;
+        let (mut lp_replies, mut replies) =
+            ring::split(region, base + ring_bytes, mpi.channel_bytes, token, spin)?;
+        let status = region.place::<AtomicU32>(base + 2 * ring_bytes)?;
+        requests.use_light_fences(light);
+        replies.use_light_fences(light);
+        // The logical process takes the request consumer and the reply
+        // producer; this process drops them when the closure is dropped
+        // after fork, so each side of each ring has one owner.
+        let child = fork_child(move || {
+            let light = xme_core::fence::register();
+            lp_requests.use_light_fences(light);
+            lp_replies.use_light_fences(light);
+            LogicalProcess {
+                id: i + 1,
+                token,
+                requests: lp_requests,
+                replies: lp_replies,
+                status,
+                registry: &mpi.registry,
+                parent: Some(parent),
+            }
+            .run()
+        })?;
+        if let Some(cores) = &cores {
+            cores.bind(i + 1, child.pid()); // unbound if refused: slower, still correct
+        }
+        links.push(Link::new(
+            i + 1,
+            Box::new(requests),
+            Box::new(replies),
+            Peer::Forked { child, status },
+        ));
+    }
+    Ok(links)
+}
