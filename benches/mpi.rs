@@ -76,6 +76,13 @@ fn pipelined(c: &mut Criterion) {
         })
         .unwrap();
     });
+    g.bench_function("map", |b| {
+        let mut mpi = Mpi::new(2).unwrap();
+        let inc = mpi.register("inc", |x: u64| x + 1);
+        let args: Vec<u64> = (0..10_000).collect();
+        mpi.run(|m| b.iter(|| black_box(m.map(&inc, &args).unwrap())))
+            .unwrap();
+    });
     g.finish();
 }
 

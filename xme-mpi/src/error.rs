@@ -97,6 +97,15 @@ pub enum MpiError {
         /// Why.
         reason: String,
     },
+    /// A call of [`MpiHandle::map`](crate::MpiHandle::map) failed (the
+    /// others' results are discarded).
+    #[error("call {index} of the map failed: {error}")]
+    MapCall {
+        /// The call's index in the map's arguments.
+        index: usize,
+        /// Why it failed.
+        error: Box<MpiError>,
+    },
     /// The slot belongs to another run, or was already taken.
     #[error(
         "this slot belongs to another MPI run or was already taken: pass a slot to the handle that made it"

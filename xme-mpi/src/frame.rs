@@ -4,6 +4,12 @@
 pub(crate) const KIND_CALL: u8 = 1;
 pub(crate) const KIND_CALL_FN: u8 = 2;
 pub(crate) const KIND_EXIT: u8 = 3;
+/// Many calls of one unit in one frame (`MpiHandle::map`).
+pub(crate) const KIND_BATCH: u8 = 4;
+
+/// The slot of the reply a logical process sends on EXIT, after every other
+/// reply: once it is read, nothing more will come.
+pub(crate) const EXIT_ACK_SLOT: u32 = u32::MAX - 1;
 
 pub(crate) const REPLY_VALUE: u8 = 0;
 pub(crate) const REPLY_PANICKED: u8 = 1;
@@ -94,6 +100,77 @@ pub(crate) fn read_reply(token: u64, b: &[u8]) -> Option<(u32, u32, u8, &[u8])> 
         return None;
     }
     Some((u32_at(b, 8), u32_at(b, 12), b[16], &b[REPLY_HEADER..]))
+}
+
+/// A batch request's body: each call's arguments as `[len: u32][bytes]`.
+/// Appends one call's arguments, encoded by `encode`.
+pub(crate) fn push_batch_call<E>(
+    out: &mut Vec<u8>,
+    encode: impl FnOnce(Vec<u8>) -> Result<Vec<u8>, E>,
+) -> Result<(), E> {
+    let at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    *out = encode(std::mem::take(out))?;
+    let len = (out.len() - at - 4) as u32;
+    out[at..at + 4].copy_from_slice(&len.to_le_bytes());
+    Ok(())
+}
+
+/// Splits a batch request's body into its calls' arguments; `None` at a
+/// malformed entry.
+pub(crate) fn batch_calls(mut body: &[u8]) -> impl Iterator<Item = Option<&[u8]>> {
+    std::iter::from_fn(move || {
+        if body.is_empty() {
+            return None;
+        }
+        let call = (body.len() >= 4)
+            .then(|| u32_at(body, 0) as usize)
+            .and_then(|len| body.get(4..4 + len));
+        match call {
+            Some(args) => {
+                body = &body[4 + args.len()..];
+                Some(Some(args))
+            }
+            None => {
+                body = &[];
+                Some(None)
+            }
+        }
+    })
+}
+
+/// A batch reply's body: `[done: u32]`, then per call `[status: u8][len:
+/// u32][bytes]`. `done` may be fewer than the calls sent, when the rest
+/// would not fit the reply channel: the main process sends those again.
+pub(crate) const BATCH_ENTRY_HEADER: usize = 5;
+
+/// One call's (status, body) in a batch reply; `None` where malformed.
+pub(crate) type BatchEntry<'a> = Option<(u8, &'a [u8])>;
+
+/// Reads a batch reply's body: how many calls it answers, then each call's
+/// (status, body); `None` if malformed.
+pub(crate) fn batch_replies(body: &[u8]) -> Option<(usize, impl Iterator<Item = BatchEntry<'_>>)> {
+    let done = u32_at(body.get(..4)?, 0) as usize;
+    let mut rest = &body[4..];
+    let entries = std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let entry = (rest.len() >= BATCH_ENTRY_HEADER)
+            .then(|| (rest[0], u32_at(rest, 1) as usize))
+            .and_then(|(status, len)| Some((status, rest.get(5..5 + len)?)));
+        match entry {
+            Some((status, bytes)) => {
+                rest = &rest[5 + bytes.len()..];
+                Some(Some((status, bytes)))
+            }
+            None => {
+                rest = &[];
+                Some(None)
+            }
+        }
+    });
+    Some((done, entries))
 }
 
 fn u64_at(b: &[u8], i: usize) -> u64 {

@@ -13,6 +13,13 @@ use crate::ring::{RecvChannel, SendChannel, Waited};
 /// Longest sleep before checking a peer is alive.
 pub(crate) const LIVENESS: Duration = Duration::from_millis(20);
 
+impl Link<'_> {
+    /// The id the logical process knows unit `id` (of this process) by.
+    pub(crate) fn unit_id(&self, id: u32) -> u32 {
+        self.unit_ids.get(id as usize).copied().unwrap_or(id)
+    }
+}
+
 /// The sending end of a link with its frame buffer.
 pub(crate) struct SendSide<'r> {
     pub(crate) channel: Box<dyn SendChannel + 'r>,
@@ -32,6 +39,7 @@ pub(crate) enum Peer<'r> {
     Forked { child: Child, status: &'r AtomicU32 },
     /// A rank of the MPI job (pid on its own host): no shared status, and a
     /// rank that dies ends the whole job (the launcher's rule).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     Rank { pid: i32 },
 }
 
@@ -64,6 +72,9 @@ pub(crate) struct Link<'r> {
     /// Bytes the request channel holds.
     pub(crate) capacity: usize,
     pub(crate) ended: OnceLock<Ended>,
+    /// The logical process's id for each unit of this process (by index);
+    /// empty: the same ids (a forked copy of this program).
+    pub(crate) unit_ids: Vec<u32>,
 }
 
 impl<'r> Link<'r> {
@@ -98,6 +109,7 @@ impl<'r> Link<'r> {
             direct_generation: AtomicU32::new(0),
             fast_seq: AtomicU64::new(0),
             ended: OnceLock::new(),
+            unit_ids: Vec::new(),
         }
     }
 }

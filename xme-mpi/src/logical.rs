@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use crate::frame::{self, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
+use crate::frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
 use crate::ring::{RecvChannel, SendChannel, Waited};
 use crate::unit::{Ran, Registry};
 
@@ -90,7 +90,22 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                 &mut rep,
             );
             let ran = match r.kind {
-                KIND_EXIT => break,
+                KIND_EXIT => {
+                    // Acknowledge: every reply before this one has been sent.
+                    frame::reply_header(
+                        self.token,
+                        frame::EXIT_ACK_SLOT,
+                        0,
+                        frame::REPLY_VALUE,
+                        &mut rep,
+                    );
+                    self.send_reply(&rep, None);
+                    break;
+                }
+                KIND_BATCH => {
+                    self.status.store(ST_INRUN, Ordering::Release);
+                    self.run_batch(r.unit, args, &mut rep)
+                }
                 KIND_CALL => {
                     self.status.store(ST_INRUN, Ordering::Release);
                     self.registry.run(r.unit, args, &mut rep)
@@ -142,20 +157,80 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                 );
                 fail(&mut rep, frame::REPLY_FAILED, why.as_bytes());
             }
-            let sent_fast = fast.is_some_and(|seq| self.replies.send_fast(seq, &rep));
-            while !sent_fast && !self.replies.try_send(&rep) {
-                if let Waited::Idle = self
-                    .replies
-                    .wait_send(rep.len(), Duration::from_millis(100))
-                    && self.parent_gone()
-                {
-                    return 0;
-                }
+            if !self.send_reply(&rep, fast) {
+                return 0; // the main process is gone
             }
             self.status.store(ST_IDLE, Ordering::Release);
         }
         self.status.store(ST_END, Ordering::Release);
         0
+    }
+
+    /// Sends a reply (by the fast lane if it answers fast request `fast`);
+    /// false if the main process went away meanwhile.
+    fn send_reply(&mut self, rep: &[u8], fast: Option<u64>) -> bool {
+        if fast.is_some_and(|seq| self.replies.send_fast(seq, rep)) {
+            return true;
+        }
+        while !self.replies.try_send(rep) {
+            if let Waited::Idle = self
+                .replies
+                .wait_send(rep.len(), Duration::from_millis(100))
+                && self.parent_gone()
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Runs the calls of a batch request, appending each one's outcome to
+    /// `rep` until the next would not fit the reply channel (the main
+    /// process sends the rest again). A batch whose first call's outcome
+    /// alone does not fit answers that call with a failure.
+    fn run_batch(&self, unit: u32, body: &[u8], rep: &mut Vec<u8>) -> Ran {
+        let max = self.replies.max_frame();
+        let done_at = rep.len();
+        rep.extend_from_slice(&[0; 4]);
+        let mut done = 0u32;
+        for args in frame::batch_calls(body) {
+            let Some(args) = args else {
+                return Ran::Failed("a malformed batch request".into());
+            };
+            let at = rep.len();
+            rep.extend_from_slice(&[0; frame::BATCH_ENTRY_HEADER]);
+            let status = match self.registry.run(unit, args, rep) {
+                Ran::Value => frame::REPLY_VALUE,
+                Ran::Panicked(p) => {
+                    rep.truncate(at + frame::BATCH_ENTRY_HEADER);
+                    rep.extend_from_slice(&postcard::to_stdvec(&p).unwrap_or_default());
+                    frame::REPLY_PANICKED
+                }
+                Ran::Failed(why) => {
+                    rep.truncate(at + frame::BATCH_ENTRY_HEADER);
+                    rep.extend_from_slice(why.as_bytes());
+                    frame::REPLY_FAILED
+                }
+            };
+            if rep.len() > max {
+                rep.truncate(at);
+                if done > 0 {
+                    break;
+                }
+                let why = format!("result does not fit the reply channel ({max} bytes at most)");
+                rep.push(frame::REPLY_FAILED);
+                rep.extend_from_slice(&(why.len() as u32).to_le_bytes());
+                rep.extend_from_slice(why.as_bytes());
+                done = 1;
+                break;
+            }
+            rep[at] = status;
+            let len = (rep.len() - at - frame::BATCH_ENTRY_HEADER) as u32;
+            rep[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
+            done += 1;
+        }
+        rep[done_at..done_at + 4].copy_from_slice(&done.to_le_bytes());
+        Ran::Value
     }
 
     /// Whether the main process this one was forked from is gone.

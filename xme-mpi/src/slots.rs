@@ -142,6 +142,10 @@ pub(crate) fn deliver_to(
     status: u8,
     body: &[u8],
 ) -> bool {
+    if slot == frame::EXIT_ACK_SLOT {
+        link.exit_acked.store(true, Ordering::Release);
+        return false;
+    }
     let Some(e) = table.entries.get_mut(slot as usize) else {
         return false;
     };

@@ -578,3 +578,84 @@ fn a_slot_of_another_run_is_refused_not_answered() {
             .unwrap();
     });
 }
+
+#[test]
+fn map_returns_every_result_in_order() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let f = mpi.register("f", |(a, s): (u64, String)| a * 3 + s.len() as u64);
+        let args: Vec<(u64, String)> = (0..10_000u64)
+            .map(|i| (i, "x".repeat(i as usize % 7)))
+            .collect();
+        let (got, empty, small) = mpi
+            .run(|m| {
+                let got = m.map(&f, &args).unwrap();
+                let empty = m.map(&f, &[]).unwrap();
+                let small = m.map(&f, &args[..3]).unwrap();
+                (got, empty, small)
+            })
+            .unwrap();
+        let serial: Vec<u64> = args.iter().map(|(a, s)| a * 3 + s.len() as u64).collect();
+        assert_eq!(got, serial);
+        assert!(empty.is_empty());
+        assert_eq!(small, serial[..3]);
+    });
+}
+
+#[test]
+fn map_names_the_call_that_failed_and_the_run_goes_on() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let picky = mpi.register("picky", |x: u32| {
+            assert!(x != 4321, "no 4321 here");
+            x
+        });
+        mpi.run(|m| {
+            let args: Vec<u32> = (0..10_000).collect();
+            let e = m.map(&picky, &args).unwrap_err();
+            match &e {
+                MpiError::MapCall { index, error } => {
+                    assert_eq!(*index, 4321);
+                    assert!(matches!(**error, MpiError::UnitPanicked { .. }), "{error}");
+                }
+                other => panic!("{other}"),
+            }
+            assert!(
+                e.to_string().contains("call 4321") && e.to_string().contains("no 4321 here"),
+                "{e}"
+            );
+            // Nothing is left behind: the next map and calls work.
+            assert_eq!(m.map(&picky, &[1, 2, 3]).unwrap(), [1, 2, 3]);
+            assert_eq!(m.block_acquire(&picky, &7, To::Any).unwrap(), 7);
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn map_splits_batches_too_large_for_the_channels() {
+    clean(|| {
+        // 8 KiB channels: at most about 4 KiB per frame each way.
+        let mut mpi = Mpi::new(2).unwrap().channel_bytes(8192);
+        let grow = mpi.register("grow", |n: usize| vec![n as u8; n]);
+        let echo = mpi.register("echo", |v: Vec<u8>| v.len());
+        mpi.run(|m| {
+            // Results of 1-3 KiB: a batch's replies do not fit one frame.
+            let sizes: Vec<usize> = (0..200).map(|i| 1000 + (i * 37) % 2000).collect();
+            let got = m.map(&grow, &sizes).unwrap();
+            for (n, v) in sizes.iter().zip(&got) {
+                assert_eq!(v.len(), *n);
+            }
+            // Arguments of 1-3 KiB: a batch's requests do not fit one frame.
+            let blobs: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![1; n]).collect();
+            assert_eq!(m.map(&echo, &blobs).unwrap(), sizes);
+            // One call too large for any frame is an error, not a hang.
+            let e = m.map(&echo, &[vec![0u8; 100_000]]).unwrap_err();
+            assert!(matches!(e, MpiError::FrameTooLarge { .. }), "{e}");
+            // A result too large for any frame fails that call.
+            let e = m.map(&grow, &[10, 100_000]).unwrap_err();
+            assert!(matches!(e, MpiError::MapCall { index: 1, .. }), "{e}");
+        })
+        .unwrap();
+    });
+}
