@@ -1,5 +1,8 @@
 //! Seed 3.1 / 3.2: three `distance` calls on logical processes (one blocking,
 //! one to a named process, one to any), then: is the triangle right-angled?
+//!
+//! Forked: `cargo run --example mpi_triangle`. On the ranks of an MPI job
+//! (built with `--features cluster`): `mpirun -n 3 target/debug/examples/mpi_triangle`.
 
 use xme::mpi::{Mpi, MpiError, MpiHandle, To, Unit};
 

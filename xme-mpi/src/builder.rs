@@ -1,16 +1,13 @@
 //! `Mpi`: how a run is set up (pnum, buffers, units), and `run`.
 
-use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Condvar, Mutex};
-
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xme_core::SharedRegion;
 
 use crate::MpiError;
+use crate::backend::{self, Backend};
 use crate::fork;
-use crate::handle::{MpiHandle, To};
-use crate::slots::SlotTable;
+use crate::handle::MpiHandle;
 use crate::unit::{Registry, Unit};
 
 /// The seed's default `mpi_buffer_size`.
@@ -101,28 +98,41 @@ impl Mpi {
         self.registry.register(name, f)
     }
 
-    /// Forks the logical processes, runs `main` with the handle in this
+    /// Starts the logical processes, runs `main` with the handle in this
     /// process, and closes every logical process afterwards, also when `main`
     /// panics (the panic then continues). Returns what `main` returns.
+    ///
+    /// Started directly, the logical processes are forked from this one.
+    /// Started by an MPI launcher (`mpirun -n N prog`, `srun -n N prog`; or
+    /// with `XME_MPI_BACKEND=cluster`) and built with the `cluster` feature,
+    /// rank 0 runs `main` and ranks `1..N` are the logical processes: code
+    /// before `run` runs on every rank, code after it only on rank 0 (the
+    /// other ranks serve until closed, then finalise MPI and exit 0 inside
+    /// `run`). One cluster `run` per launch. See the crate docs.
+    ///
+    /// # Errors
+    /// [`MpiError::ClusterNotBuilt`] under a launcher without the `cluster`
+    /// feature; [`MpiError::WorldSize`], [`MpiError::UnitMismatch`] and
+    /// [`MpiError::Cluster`] in a cluster run (on every rank); a region or
+    /// fork that failed.
     pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
-        let token = xme_core::Operator::alloc().id();
-        let region;
-        let links = {
-            let lps = self.pnum - 1;
-            region = SharedRegion::anonymous(lps * fork::bytes_per_process(self.channel_bytes))?;
-            fork::start(&self, &region, token)?
-        };
-        let handle = MpiHandle {
-            token,
-            links,
-            slots: Mutex::new(SlotTable::new(self.buffer_size)),
-            slot_freed: Condvar::new(),
-        };
-        let out = panic::catch_unwind(AssertUnwindSafe(|| main(&handle)));
-        let _ = handle.close(To::All);
-        match out {
-            Ok(v) => Ok(v),
-            Err(p) => panic::resume_unwind(p),
+        match backend::choose()? {
+            Backend::Fork => self.run_forked(main),
+            #[cfg(feature = "cluster")]
+            Backend::Cluster { .. } => crate::cluster::run(self, main),
+            #[cfg(not(feature = "cluster"))]
+            Backend::Cluster { found } => Err(MpiError::ClusterNotBuilt {
+                found: found.to_string(),
+            }),
         }
+    }
+
+    fn run_forked<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
+        let token = xme_core::Operator::alloc().id();
+        let lps = self.pnum - 1;
+        let region = SharedRegion::anonymous(lps * fork::bytes_per_process(self.channel_bytes))?;
+        let links = fork::start(&self, &region, token)?;
+        let handle = MpiHandle::new(token, links, self.buffer_size, false);
+        Ok(handle.run_main(main))
     }
 }

@@ -1,5 +1,6 @@
 //! `close`: ending logical processes after their queued calls.
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::MpiError;
@@ -44,6 +45,27 @@ impl<'r> MpiHandle<'r> {
                 continue;
             }
             let deadline = Instant::now() + CLOSE_GRACE;
+            if !l.forked {
+                // A rank cannot be waited for or killed from here: read its
+                // replies until it acknowledges EXIT (all sent before it).
+                while !l.exit_acked.load(Ordering::Acquire) && Instant::now() < deadline {
+                    let mut rx = lock(&l.recv);
+                    if self.pump(l, &mut rx) == 0 {
+                        rx.channel.wait_recv(Duration::from_millis(1));
+                    }
+                }
+                let reason = if l.exit_acked.load(Ordering::Acquire) {
+                    "closed".to_string()
+                } else {
+                    format!(
+                        "closed; rank {} did not acknowledge within {CLOSE_GRACE:?}",
+                        l.id
+                    )
+                };
+                let _ = l.ended.set(Ended::Closed(reason));
+                self.fail_pending(l);
+                continue;
+            }
             let fate = loop {
                 // Keep draining replies so the process is never stuck on a full channel.
                 self.pump(l, &mut lock(&l.recv));

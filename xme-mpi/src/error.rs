@@ -97,6 +97,51 @@ pub enum MpiError {
         /// Why.
         reason: String,
     },
+    /// The program runs under an MPI launcher (or `XME_MPI_BACKEND=cluster`)
+    /// but was built without the `cluster` feature.
+    #[error(
+        "this program runs under an MPI launcher ({found}) but xme-mpi was built without the \
+         `cluster` feature: every rank would fork its own pool. Build with \
+         `--features cluster`, or run it without the launcher (or set XME_MPI_BACKEND=fork)"
+    )]
+    ClusterNotBuilt {
+        /// What told it runs under a launcher.
+        found: String,
+    },
+    /// `XME_MPI_BACKEND` holds neither `fork` nor `cluster`.
+    #[error("XME_MPI_BACKEND is {0:?}: it takes `fork` or `cluster`")]
+    BadBackend(String),
+    /// The MPI job has another number of ranks than `Mpi::new(pnum)` asked for.
+    #[error(
+        "Mpi::new({pnum}) runs in an MPI job of {world} ranks: launch it with `-n {pnum}` \
+         (or make pnum the world size, see xme_mpi::launcher_size)"
+    )]
+    WorldSize {
+        /// The pnum asked for.
+        pnum: usize,
+        /// The ranks of the job.
+        world: usize,
+    },
+    /// A rank's units differ from rank 0's (a unit missing, or with other
+    /// argument or result types): every rank ends its run with this error.
+    #[error("rank {rank}'s units differ from rank 0's: {detail}")]
+    UnitMismatch {
+        /// The rank whose registry differs.
+        rank: usize,
+        /// Which units and how.
+        detail: String,
+    },
+    /// `acquire_fn` in a cluster run: a function's address differs on every
+    /// rank (and host), so only registered units can be called.
+    #[error(
+        "acquire_fn cannot call a function by address on an MPI cluster (addresses differ \
+         per rank): register it with Mpi::register and call the unit"
+    )]
+    FnAcrossHosts,
+    /// The MPI library could not be used (initialised already, thread
+    /// level too low, a rank that never answered).
+    #[error("MPI: {0}")]
+    Cluster(String),
     /// A call of [`MpiHandle::map`](crate::MpiHandle::map) failed (the
     /// others' results are discarded).
     #[error("call {index} of the map failed: {error}")]

@@ -118,9 +118,32 @@ pub struct MpiHandle<'r> {
     pub(crate) links: Vec<Link<'r>>,
     pub(crate) slots: Mutex<SlotTable>,
     pub(crate) slot_freed: Condvar,
+    /// The logical processes are ranks of an MPI job (not forks of this one).
+    pub(crate) cluster: bool,
 }
 
 impl<'r> MpiHandle<'r> {
+    pub(crate) fn new(token: u64, links: Vec<Link<'r>>, slots: usize, cluster: bool) -> Self {
+        MpiHandle {
+            token,
+            links,
+            slots: Mutex::new(SlotTable::new(slots)),
+            slot_freed: Condvar::new(),
+            cluster,
+        }
+    }
+
+    /// Runs `main`, then closes every logical process, also when `main`
+    /// panics (the panic then continues).
+    pub(crate) fn run_main<T>(&self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> T {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| main(self)));
+        let _ = self.close(To::All);
+        match out {
+            Ok(v) => v,
+            Err(p) => std::panic::resume_unwind(p),
+        }
+    }
+
     /// Result slots of this run.
     fn slot_count(&self) -> usize {
         lock(&self.slots).entries.len()
@@ -134,6 +157,12 @@ impl<'r> MpiHandle<'r> {
     /// The pid of logical process `id`.
     pub fn pid(&self, id: usize) -> Result<i32, MpiError> {
         self.link(id).map(|l| l.pid)
+    }
+
+    /// The host logical process `id` runs on: the name its MPI library
+    /// reports, in a cluster run; `None` for a process forked on this host.
+    pub fn host(&self, id: usize) -> Result<Option<String>, MpiError> {
+        self.link(id).map(|l| l.host.clone())
     }
 
     /// Each logical process's state.
@@ -201,11 +230,18 @@ impl<'r> MpiHandle<'r> {
     /// Calls a plain function directly, without registering it (seed 3.3's
     /// `acquire(scatter, …)`). Works because logical processes are forks of
     /// this program; a closure that captures nothing coerces to a `fn`.
+    ///
+    /// # Errors
+    /// [`MpiError::FnAcrossHosts`] in a cluster run (addresses differ per
+    /// rank), before anything is sent; else as [`acquire`](Self::acquire).
     pub fn acquire_fn<A, R>(&self, f: fn(A) -> R, args: &A, to: To) -> Result<Slot<'_, R>, MpiError>
     where
         A: Serialize + DeserializeOwned,
         R: Serialize + DeserializeOwned,
     {
+        if self.cluster {
+            return Err(MpiError::FnAcrossHosts);
+        }
         let req = Request {
             kind: KIND_CALL_FN,
             slot: 0,

@@ -38,8 +38,11 @@
 //! calls, kills one that lingers, and reaps them all; `run` closes everything
 //! even if `main` panics.
 
+mod backend;
 mod builder;
 mod close;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod cores;
 mod error;
 mod fork;
@@ -51,6 +54,7 @@ mod ring;
 mod slots;
 mod unit;
 
+pub use backend::launcher_size;
 pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, Mpi};
 pub use close::CLOSE_GRACE;
 pub use error::{MpiError, TASK_RUN_FAILURE};

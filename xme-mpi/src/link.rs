@@ -75,6 +75,8 @@ pub(crate) struct Link<'r> {
     /// The logical process's id for each unit of this process (by index);
     /// empty: the same ids (a forked copy of this program).
     pub(crate) unit_ids: Vec<u32>,
+    /// The host a rank runs on (cluster runs).
+    pub(crate) host: Option<String>,
 }
 
 impl<'r> Link<'r> {
@@ -110,6 +112,7 @@ impl<'r> Link<'r> {
             fast_seq: AtomicU64::new(0),
             ended: OnceLock::new(),
             unit_ids: Vec::new(),
+            host: None,
         }
     }
 }

@@ -94,6 +94,17 @@ impl<A, R> Unit<A, R> {
 #[derive(Default)]
 pub(crate) struct Registry {
     units: Vec<(&'static str, Erased)>,
+    /// Each unit's (name, argument type, result type), in id order: what
+    /// ranks compare to map ids by name.
+    signatures: Vec<Signature>,
+}
+
+/// A unit's name, argument type and result type.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Signature {
+    pub name: String,
+    pub args: String,
+    pub result: String,
 }
 
 impl Registry {
@@ -104,6 +115,11 @@ impl Registry {
         F: Fn(A) -> R + Send + Sync + 'static,
     {
         let id = self.units.len() as u32;
+        self.signatures.push(Signature {
+            name: name.to_string(),
+            args: std::any::type_name::<A>().to_string(),
+            result: std::any::type_name::<R>().to_string(),
+        });
         self.units.push((
             name,
             Box::new(move |args, out: &mut Vec<u8>| run_typed(&f, args, out)),
@@ -113,6 +129,12 @@ impl Registry {
             name,
             _types: PhantomData,
         }
+    }
+
+    /// Every unit's signature, in id order.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub fn signatures(&self) -> &[Signature] {
+        &self.signatures
     }
 
     pub fn run(&self, id: u32, args: &[u8], out: &mut Vec<u8>) -> Ran {

@@ -659,3 +659,86 @@ fn map_splits_batches_too_large_for_the_channels() {
         .unwrap();
     });
 }
+
+/// Runs `helper_backend_choice` in a fresh process with `env` set.
+fn run_helper(env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--ignored",
+        "--exact",
+        "helper_backend_choice",
+        "--nocapture",
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    // A filter that matched nothing would "pass" too.
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 passed") || !out.status.success(),
+        "the helper did not run: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    out
+}
+
+#[test]
+#[cfg(not(feature = "cluster"))]
+fn under_a_launcher_without_the_cluster_feature_run_is_an_error_not_a_pool() {
+    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"] {
+        let out = run_helper(&[(var, "3"), ("XME_EXPECT", "not-built")]);
+        assert!(
+            out.status.success(),
+            "{var}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // XME_MPI_BACKEND overrides the launcher's variables, both ways.
+    for (env, expect) in [
+        (vec![("XME_MPI_BACKEND", "cluster")], "not-built"),
+        (
+            vec![("XME_MPI_BACKEND", "fork"), ("OMPI_COMM_WORLD_SIZE", "3")],
+            "forked",
+        ),
+        (vec![("SLURM_NTASKS", "3")], "forked"),
+        (vec![("XME_MPI_BACKEND", "threads")], "bad-backend"),
+    ] {
+        let mut env = env.clone();
+        env.push(("XME_EXPECT", expect));
+        let out = run_helper(&env);
+        assert!(
+            out.status.success(),
+            "{env:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+#[ignore = "helper: run by another test in its own process"]
+fn helper_backend_choice() {
+    let expect = std::env::var("XME_EXPECT").unwrap();
+    let mut mpi = Mpi::new(3).unwrap();
+    let id = mpi.register("id", |x: u8| x);
+    let out = mpi.run(|m| m.block_acquire(&id, &7, To::Any).unwrap());
+    match (expect.as_str(), out) {
+        ("forked", Ok(7)) => {}
+        ("not-built", Err(e @ MpiError::ClusterNotBuilt { .. })) => {
+            assert!(
+                e.to_string().contains("without the `cluster` feature"),
+                "{e}"
+            );
+            assert!(
+                e.to_string().contains("every rank would fork its own pool"),
+                "{e}"
+            );
+        }
+        ("bad-backend", Err(e @ MpiError::BadBackend(_))) => {
+            assert!(e.to_string().contains("`fork` or `cluster`"), "{e}");
+        }
+        (want, got) => panic!("expected {want}, got {got:?}"),
+    }
+    assert_eq!(children_of(std::process::id() as i32), Vec::<i32>::new());
+}
