@@ -53,27 +53,6 @@ pub(crate) struct World {
     polling: Polling,
 }
 
-/// Polls before sleeping: many where every rank of this host has a core
-/// (an answer comes within microseconds, and spinning costs nobody), very
-/// few where ranks outnumber cores (a spinning rank takes the time the
-/// others need to compute).
-#[derive(Clone, Copy)]
-struct Polling {
-    spins: u32,
-    yields: u32,
-}
-
-impl Polling {
-    const DEDICATED: Polling = Polling {
-        spins: 200,
-        yields: 20,
-    };
-    const SHARED: Polling = Polling {
-        spins: 4,
-        yields: 1,
-    };
-}
-
 // SAFETY: MPI was initialised with MPI_THREAD_SERIALIZED (checked in `run`),
 // under which any thread may call MPI as long as no two do at once; every
 // use of `comm` (and of requests made through it) holds the mutex.
@@ -102,24 +81,59 @@ enum Verdict {
     Refused { rank: usize, detail: String },
 }
 
+/// How long a waiting side polls before it sleeps: long where every rank of
+/// this host has a core (an answer comes within microseconds, and spinning
+/// costs nobody), very short where ranks outnumber cores (a spinning rank
+/// takes the time the others need to compute). There is no wake-up across
+/// MPI, so a side that sleeps notices a message only when it wakes: the
+/// spin must outlast the peer's whole turn, or both sides fall into a
+/// convoy of sleeps (measured: 0.65 ms per round trip with a 200-poll spin,
+/// against 1-2 µs spinning).
+#[derive(Clone, Copy)]
+struct Polling {
+    spin: Duration,
+    yields: Duration,
+}
+
+impl Polling {
+    const DEDICATED: Polling = Polling {
+        spin: Duration::from_micros(200),
+        yields: Duration::from_micros(100),
+    };
+    /// Yielding (not sleeping) for a while lets the rank whose turn it is
+    /// run at once, and costs nothing a runnable rank needs.
+    const SHARED: Polling = Polling {
+        spin: Duration::from_micros(2),
+        yields: Duration::from_micros(50),
+    };
+}
+
 /// Polls `ready` until it holds or `max` passed: spins (each poll is an
 /// `MPI_Iprobe` or `MPI_Test` under the world lock), then yields, then
-/// sleeps 10 µs doubling to 1 ms, so an idle rank leaves its core free.
+/// sleeps 20 µs doubling to 1 ms, so an idle rank leaves its core free.
 fn poll_until(polling: Polling, max: Duration, mut ready: impl FnMut() -> bool) -> Waited {
-    let start = Instant::now();
-    for _ in 0..polling.spins {
+    // Most waits of a round trip end within the first polls: no clock read.
+    for _ in 0..16 {
         if ready() {
             return Waited::Ready;
         }
-        std::hint::spin_loop();
     }
-    for _ in 0..polling.yields {
+    let start = Instant::now();
+    while start.elapsed() < polling.spin {
+        for _ in 0..16 {
+            if ready() {
+                return Waited::Ready;
+            }
+            std::hint::spin_loop();
+        }
+    }
+    while start.elapsed() < polling.spin + polling.yields {
         if ready() {
             return Waited::Ready;
         }
         std::thread::yield_now();
     }
-    let mut pause = Duration::from_micros(10);
+    let mut pause = Duration::from_micros(20);
     loop {
         if ready() {
             return Waited::Ready;
@@ -275,11 +289,30 @@ impl Drop for RankSender {
 pub(crate) struct RankReceiver {
     world: Arc<World>,
     rank: i32,
+    /// A message the last wait matched (`MPI_Improbe`), received by the next
+    /// `try_recv`: a wait that finds a frame does not probe for it again.
+    matched: Option<(mpi::point_to_point::Message, usize)>,
 }
 
-impl RecvChannel for RankReceiver {
-    fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
-        let comm = self.world.lock();
+// SAFETY: the matched message handle is used only by the owner of this
+// receiver (`&mut self`), under the world lock (MPI_THREAD_SERIALIZED).
+unsafe impl Send for RankReceiver {}
+
+impl RankReceiver {
+    fn new(world: Arc<World>, rank: usize) -> RankReceiver {
+        RankReceiver {
+            world,
+            rank: rank as i32,
+            matched: None,
+        }
+    }
+
+    /// Matches the next frame from the rank, if one came (the caller holds
+    /// the world lock).
+    fn probe(&mut self, comm: &SimpleCommunicator) -> Result<bool, Corrupt> {
+        if self.matched.is_some() {
+            return Ok(true);
+        }
         let Some((message, status)) = comm
             .process_at_rank(self.rank)
             .immediate_matched_probe_with_tag(TAG_FRAME)
@@ -287,8 +320,30 @@ impl RecvChannel for RankReceiver {
             return Ok(false);
         };
         let len = status.count(u8::equivalent_datatype());
-        let len = usize::try_from(len)
-            .map_err(|_| Corrupt(format!("a message of {len} bytes from rank {}", self.rank)))?;
+        match usize::try_from(len) {
+            Ok(len) => {
+                self.matched = Some((message, len));
+                Ok(true)
+            }
+            Err(_) => {
+                message.matched_receive_into(&mut [0u8; 0][..]);
+                Err(Corrupt(format!(
+                    "a message of {len} bytes from rank {}",
+                    self.rank
+                )))
+            }
+        }
+    }
+}
+
+impl RecvChannel for RankReceiver {
+    fn try_recv(&mut self, out: &mut Vec<u8>) -> Result<bool, Corrupt> {
+        let world = self.world.clone();
+        let comm = world.lock();
+        if !self.probe(&comm)? {
+            return Ok(false);
+        }
+        let (message, len) = self.matched.take().expect("probed");
         out.clear();
         out.resize(len, 0);
         message.matched_receive_into(&mut out[..]);
@@ -296,14 +351,21 @@ impl RecvChannel for RankReceiver {
     }
 
     fn wait_recv(&mut self, max: Duration) -> Waited {
-        let (world, rank) = (&self.world, self.rank);
+        let world = self.world.clone();
         poll_until(world.polling, max, || {
-            world
-                .lock()
-                .process_at_rank(rank)
-                .immediate_probe_with_tag(TAG_FRAME)
-                .is_some()
+            // A corrupt length is reported by the next `try_recv`.
+            self.probe(&world.lock()).unwrap_or(true)
         })
+    }
+}
+
+impl Drop for RankReceiver {
+    fn drop(&mut self) {
+        // A matched message must be received: take it (nobody reads it now).
+        if let Some((message, len)) = self.matched.take() {
+            let _comm = self.world.lock();
+            message.matched_receive_into(&mut vec![0u8; len][..]);
+        }
     }
 }
 
@@ -374,7 +436,12 @@ pub(crate) fn run<T>(mpi: Mpi, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result
     let comm = universe.world();
     // Ranks sharing this host (MPI_Comm_split_type SHARED) against its cores.
     let local = comm.split_shared(0).size() as usize;
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The host's cores, not this process's affinity mask: a launcher binds
+    // each rank to one core, which says nothing about who shares it.
+    // SAFETY: sysconf only reads a system value; _SC_NPROCESSORS_ONLN is a
+    // valid name on Linux, and -1 (unknown) is handled.
+    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    let cpus = usize::try_from(online).unwrap_or(1).max(1);
     let world = Arc::new(World {
         comm: Mutex::new(comm),
         polling: if local <= cpus {
@@ -466,10 +533,7 @@ fn lead<T>(
             let mut link = Link::new(
                 i + 1,
                 Box::new(RankSender::new(world.clone(), i + 1, mpi.channel_bytes)),
-                Box::new(RankReceiver {
-                    world: world.clone(),
-                    rank: (i + 1) as i32,
-                }),
+                Box::new(RankReceiver::new(world.clone(), i + 1)),
                 Peer::Rank { pid: hello.pid },
             );
             link.unit_ids = ids.expect("checked above");
@@ -504,10 +568,7 @@ fn serve(mpi: &Mpi, world: &Arc<World>, rank: usize) -> Result<i32, MpiError> {
     let code = LogicalProcess {
         id: rank,
         token,
-        requests: RankReceiver {
-            world: world.clone(),
-            rank: 0,
-        },
+        requests: RankReceiver::new(world.clone(), 0),
         replies: RankSender::new(world.clone(), 0, mpi.channel_bytes),
         status: &status,
         registry: &mpi.registry,

@@ -661,6 +661,7 @@ fn map_splits_batches_too_large_for_the_channels() {
 }
 
 /// Runs `helper_backend_choice` in a fresh process with `env` set.
+#[cfg(not(feature = "cluster"))]
 fn run_helper(env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
     cmd.args([

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The cluster backend under real MPI launchers: Open MPI over shared memory,
+# over TCP, across two simulated hosts (network namespaces joined by a veth
+# pair, started through an `ip netns exec` agent instead of ssh), and MPICH.
+# Installs the MPI stacks it needs (Debian packages). Run by .ci/run; needs
+# root (apt-get, ip netns). Ends with "cluster: N passed, M failed".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+passed=0
+failed=0
+ok() { echo "ok: $*"; passed=$((passed + 1)); }
+bad() { echo "FAILED: $*"; failed=$((failed + 1)); }
+
+# ---- the MPI stacks -------------------------------------------------------
+need=()
+command -v mpirun.openmpi >/dev/null && command -v mpicc.openmpi >/dev/null ||
+  need+=(openmpi-bin libopenmpi-dev)
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+command -v mpiexec.mpich >/dev/null && command -v mpicc.mpich >/dev/null ||
+  need+=(mpich libmpich-dev)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Open MPI refuses root unless told; more ranks than cores needs oversubscription.
+ompi() {
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
+    timeout 120 mpirun.openmpi "$@"
+}
+
+# ---- builds ---------------------------------------------------------------
+# Both MPI libraries are installed: name the wrapper each build probes.
+MPICC=mpicc.openmpi cargo clippy -q -p xme-mpi --features cluster --all-targets -- -D warnings
+MPICC=mpicc.openmpi cargo build -q --release -p xme-mpi --features cluster --example cluster_check
+MPICC=mpicc.openmpi cargo build -q --release --features cluster --example mpi_pi --example mpi_triangle
+cargo build -q --release -p xme-mpi --example cluster_check --target-dir target/nocluster
+MPICC=mpicc.mpich cargo build -q --release -p xme-mpi --features cluster --example cluster_check \
+  --target-dir target/mpich
+check=target/release/examples/cluster_check
+
+# Runs a cluster_check command; passes when it says "N passed, 0 failed".
+expect_pass() {
+  local name=$1 out
+  shift
+  if out=$("$@" 2>&1) && grep -q "passed, 0 failed" <<<"$out"; then
+    ok "$name ($(grep -o '[0-9]* passed, 0 failed' <<<"$out"))"
+  else
+    echo "$out" | tail -20
+    bad "$name"
+  fi
+}
+
+# Runs a command that must fail on every one of `ranks` ranks with `text`.
+expect_refusal() {
+  local name=$1 ranks=$2 text=$3 out n
+  shift 3
+  if out=$("$@" 2>&1); then
+    echo "$out" | tail -20
+    bad "$name: the job succeeded"
+    return
+  fi
+  n=$(grep -c -- "$text" <<<"$out" || true)
+  if [ "$n" -eq "$ranks" ]; then
+    ok "$name (every rank: $text)"
+  else
+    echo "$out" | tail -20
+    bad "$name: $n of $ranks ranks said \"$text\""
+  fi
+}
+
+# ---- Open MPI, one host ---------------------------------------------------
+expect_pass "Open MPI, shared memory, 3 ranks" ompi -n 3 "$check"
+expect_pass "Open MPI, shared memory, 4 ranks on 2 cores" ompi -n 4 "$check"
+expect_pass "Open MPI, TCP on loopback, 2 ranks" \
+  ompi -n 2 --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo "$check"
+expect_refusal "a unit typed differently on ranks 1..2" 3 "units differ from rank 0" \
+  ompi -n 3 "$check" mismatch
+expect_refusal "a launcher without the cluster feature" 2 "without the \`cluster\` feature" \
+  ompi -n 2 target/nocluster/release/examples/cluster_check
+
+out=$(ompi -n 3 target/release/examples/mpi_triangle 2>&1) || true
+if grep -q "right-angled: true" <<<"$out"; then ok "mpi_triangle, 3 ranks"; else echo "$out"; bad "mpi_triangle"; fi
+out=$(ompi -n 3 target/release/examples/mpi_pi -n 10000000 2>&1) || true
+if grep -q "pi: 3.14" <<<"$out"; then ok "mpi_pi, 3 ranks"; else echo "$out"; bad "mpi_pi"; fi
+
+# ---- two hosts: network namespaces joined by a veth pair -------------------
+ns_a=xmeci-a-$$
+ns_b=xmeci-b-$$
+agent=$(mktemp /tmp/xme-agent.XXXXXX)
+cleanup() {
+  ip netns del "$ns_a" 2>/dev/null || true
+  ip netns del "$ns_b" 2>/dev/null || true
+  rm -f "$agent"
+}
+trap cleanup EXIT
+# The test hosts' own addresses, made and removed by this run.
+addr_a=10.213.77.1
+addr_b=10.213.77.2
+cat >"$agent" <<EOF
+#!/bin/sh
+# plm_rsh_agent: "log in" to a simulated host = run in its network namespace.
+host=\$1; shift
+case "\$host" in
+  $addr_a) exec ip netns exec $ns_a sh -c "\$*" ;;
+  $addr_b) exec ip netns exec $ns_b sh -c "\$*" ;;
+esac
+echo "agent: unknown host \$host" >&2; exit 1
+EOF
+chmod +x "$agent"
+if ip netns add "$ns_a" && ip netns add "$ns_b" &&
+  ip link add "veth-$$" type veth peer name "vpeer-$$" &&
+  ip link set "veth-$$" netns "$ns_a" && ip link set "vpeer-$$" netns "$ns_b" &&
+  ip -n "$ns_a" addr add "$addr_a/24" dev "veth-$$" && ip -n "$ns_b" addr add "$addr_b/24" dev "vpeer-$$" &&
+  ip -n "$ns_a" link set "veth-$$" up && ip -n "$ns_b" link set "vpeer-$$" up &&
+  ip -n "$ns_a" link set lo up && ip -n "$ns_b" link set lo up; then
+  expect_pass "Open MPI, two hosts (network namespaces), 3 ranks" \
+    ip netns exec "$ns_a" env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
+    timeout 120 mpirun.openmpi --host "$addr_a:2,$addr_b:1" --bind-to none \
+    --mca plm_rsh_agent "$agent" --mca plm_rsh_no_tree_spawn 1 \
+    --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include 10.213.77.0/24 \
+    --mca oob_tcp_if_include 10.213.77.0/24 -n 3 "$check" suite --hosts 2
+else
+  bad "could not make two network namespaces (is this root?)"
+fi
+
+# ---- MPICH ------------------------------------------------------------------
+expect_pass "MPICH, shared memory, 3 ranks" timeout 120 mpiexec.mpich -n 3 target/mpich/release/examples/cluster_check
+
+# ---- nothing left behind ------------------------------------------------------
+sleep 0.5
+if pgrep -f 'examples/(cluster_check|mpi_pi|mpi_triangle)' >/dev/null; then
+  pgrep -af 'examples/(cluster_check|mpi_pi|mpi_triangle)'
+  bad "processes left after the jobs"
+else
+  ok "no process left"
+fi
+
+echo "cluster: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
