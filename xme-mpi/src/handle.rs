@@ -389,7 +389,7 @@ impl<'r> MpiHandle<'r> {
     ///
     /// # Errors
     /// [`MpiError::BadSlot`] for a slot of another run (a nested or
-    /// concurrent [`Mpi::run`]): it is left to its own run, which discards
+    /// concurrent [`Mpi::run`](crate::Mpi::run)): it is left to its own run, which discards
     /// its result. Else the call's own error (see [`MpiError`]).
     pub fn get<R: DeserializeOwned>(&self, mut slot: Slot<'_, R>) -> Result<R, MpiError> {
         if slot.handle.token() != self.token

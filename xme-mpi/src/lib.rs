@@ -16,7 +16,50 @@
 //! # }
 //! ```
 //!
-//! # How calls travel
+//! # One machine or many: two backends, one program
+//! Started directly, [`Mpi::run`] forks its logical processes (below). Started
+//! by an MPI launcher (`mpirun -n N prog`, `srun -n N prog`: detected by
+//! `OMPI_COMM_WORLD_SIZE`, `PMI_SIZE` or `PMIX_RANK`, or forced with
+//! `XME_MPI_BACKEND=fork|cluster`) and built with the `cluster` feature, the
+//! same program runs on the ranks of a real MPI job, through the `mpi` crate
+//! (rsmpi) over Open MPI or MPICH, on one host or many:
+//!
+//! - rank 0 runs `main`; ranks `1..N` are the logical processes. Code before
+//!   `run` runs on every rank, code after it only on rank 0: the other ranks
+//!   serve until closed, then finalise MPI and exit 0 inside `run`. One
+//!   cluster `run` per launch (MPI initialises once per process).
+//! - `Mpi::new(pnum)` must match the job's size ([`MpiError::WorldSize`]);
+//!   [`launcher_size`] gives it, for a program that fills any job.
+//! - Units are matched across ranks by name and type names at start: a unit
+//!   missing or typed differently on a rank ends the run on every rank with
+//!   [`MpiError::UnitMismatch`] naming the rank and the unit. `acquire_fn`
+//!   (a function's address, which differs per rank) is refused with
+//!   [`MpiError::FnAcrossHosts`].
+//! - Every call works the same (`acquire`, `block_acquire`, `get`, timeouts,
+//!   broadcast, [`MpiHandle::map`], `close`, several threads at once). MPI is
+//!   initialised with `MPI_THREAD_SERIALIZED`: every MPI call of rank 0 holds
+//!   one lock, so any thread may call. Sends are non-blocking and own their
+//!   buffers until `MPI_Test` says done; receives probe and never block in
+//!   MPI: a waiting side spins, yields, then sleeps, so an idle rank leaves
+//!   its core free (briefly, where ranks outnumber cores).
+//! - [`LpStatus`] of a rank: `Allocated` while calls to it are unanswered,
+//!   else `Idle` (a remote rank shares no status word, so `InRun` is not
+//!   reported); [`MpiHandle::pid`] and [`MpiHandle::host`] name the rank's
+//!   process and host.
+//! - **Failures differ**: under Open MPI a rank that dies ends the whole job
+//!   (the launcher's rule), where a forked process that dies only fails its
+//!   own calls. A unit that panics still gives [`MpiError::UnitPanicked`] and
+//!   the rank goes on.
+//! - Without the `cluster` feature, a program started by a launcher gets
+//!   [`MpiError::ClusterNotBuilt`] on every rank, never N silent pools.
+//!
+//! ```text
+//! cargo build --release --features cluster --example mpi_pi
+//! mpirun -n 3 target/release/examples/mpi_pi                      # one host
+//! mpirun --hostfile hosts -n 8 target/release/examples/mpi_pi     # many
+//! ```
+//!
+//! # How calls travel (forked)
 //! Each logical process is forked at [`Mpi::run`] and joined to the main process
 //! by two single-producer single-consumer byte rings in shared memory (requests
 //! in, replies out); a blocking call that nothing else waits behind takes each
@@ -29,6 +72,11 @@
 //! frame carries the run's random token: a frame without it is dropped with a
 //! logged error; a frame that breaks the channel's format ends that logical
 //! process, whose pending calls then fail with an error naming it.
+//!
+//! [`MpiHandle::map`] sends many calls of one unit in batches (many calls to
+//! a frame each way, several frames in flight to every process), results in
+//! order: where calls are cheap it is many times faster than one `acquire`
+//! per call, and on a cluster it hides the network's round trip.
 //!
 //! # Failures
 //! A unit that panics gives [`MpiError::UnitPanicked`] (the seed's
