@@ -686,35 +686,38 @@ fn run_helper(env: &[(&str, &str)]) -> std::process::Output {
 #[test]
 #[cfg(not(feature = "cluster"))]
 fn under_a_launcher_without_the_cluster_feature_run_is_an_error_not_a_pool() {
-    for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"] {
-        let out = run_helper(&[(var, "3"), ("XME_EXPECT", "not-built")]);
-        assert!(
-            out.status.success(),
-            "{var}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    // XME_MPI_BACKEND overrides the launcher's variables, both ways.
-    for (env, expect) in [
-        (vec![("XME_MPI_BACKEND", "cluster")], "not-built"),
-        (
-            vec![("XME_MPI_BACKEND", "fork"), ("OMPI_COMM_WORLD_SIZE", "3")],
-            "forked",
-        ),
-        (vec![("SLURM_NTASKS", "3")], "forked"),
-        (vec![("XME_MPI_BACKEND", "threads")], "bad-backend"),
-    ] {
-        let mut env = env.clone();
-        env.push(("XME_EXPECT", expect));
-        let out = run_helper(&env);
-        assert!(
-            out.status.success(),
-            "{env:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // The helper processes are children too: counted by the others' checks.
+    clean(|| {
+        for var in ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK"] {
+            let out = run_helper(&[(var, "3"), ("XME_EXPECT", "not-built")]);
+            assert!(
+                out.status.success(),
+                "{var}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        // XME_MPI_BACKEND overrides the launcher's variables, both ways.
+        for (env, expect) in [
+            (vec![("XME_MPI_BACKEND", "cluster")], "not-built"),
+            (
+                vec![("XME_MPI_BACKEND", "fork"), ("OMPI_COMM_WORLD_SIZE", "3")],
+                "forked",
+            ),
+            (vec![("SLURM_NTASKS", "3")], "forked"),
+            (vec![("XME_MPI_BACKEND", "threads")], "bad-backend"),
+        ] {
+            let mut env = env.clone();
+            env.push(("XME_EXPECT", expect));
+            let out = run_helper(&env);
+            assert!(
+                out.status.success(),
+                "{env:?}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
 }
 
 #[test]
