@@ -389,6 +389,13 @@ fn a_killed_guard_fails_its_running_call_once_and_a_new_guard_resumes() {
     assert_eq!(snap.pending[0].running_in, Some(pid));
 
     let guard = Guard::new().spawn(&xmem).unwrap();
+    // Until the new Guard registers, the dead one is the registered Guard
+    // and get_result reports it (GuardDied): wait for the hand-over.
+    let deadline = Instant::now() + WAIT;
+    while xmem.guard_pid() != Some(guard.pid() as u32) {
+        assert!(Instant::now() < deadline, "the new Guard never registered");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let e = xmem.get_result::<u64>(a, WAIT).unwrap_err();
     assert!(
         matches!(&e, ShmError::CallFailed { message, .. } if message.contains("died while running")),
