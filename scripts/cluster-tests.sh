@@ -79,6 +79,8 @@ expect_pass "Open MPI, TCP on loopback, 2 ranks" \
   ompi -n 2 --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include lo "$check"
 expect_refusal "a unit typed differently on ranks 1..2" 3 "units differ from rank 0" \
   ompi -n 3 "$check" mismatch
+expect_refusal "Mpi::new(3) in a job of 2 ranks" 2 "runs in an MPI job of 2 ranks" \
+  ompi -n 2 "$check" wrong-size
 expect_refusal "a launcher without the cluster feature" 2 "without the \`cluster\` feature" \
   ompi -n 2 target/nocluster/release/examples/cluster_check
 

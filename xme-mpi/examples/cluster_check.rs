@@ -6,6 +6,7 @@
 //! cargo run --example cluster_check                     # forked, pnum 3
 //! mpirun -n 3 target/debug/examples/cluster_check       # ranks (--features cluster)
 //! mpirun -n 2 target/debug/examples/cluster_check mismatch   # must fail on every rank
+//! mpirun -n 2 target/debug/examples/cluster_check wrong-size # likewise
 //! ```
 //!
 //! Prints `cluster_check: N passed, 0 failed` and exits 0 when every check
@@ -205,7 +206,8 @@ fn suite(m: &MpiHandle<'_>, u: &Units, cluster: bool) -> Result<usize, String> {
 
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "suite".into());
-    let pnum = xme_mpi::launcher_size().unwrap_or(3);
+    // `wrong-size` asks for one process more than the job has: refused.
+    let pnum = xme_mpi::launcher_size().unwrap_or(3) + usize::from(mode == "wrong-size");
     let cluster = xme_mpi::launcher_size().is_some();
     let mut mpi = match Mpi::new(pnum) {
         Ok(m) => m,
