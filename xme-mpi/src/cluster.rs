@@ -30,10 +30,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::MpiError;
 use crate::builder::Mpi;
+use crate::channel::{Corrupt, RecvChannel, SendChannel, Waited};
 use crate::handle::MpiHandle;
 use crate::link::{Link, Peer};
 use crate::logical::{self, LogicalProcess};
-use crate::ring::{Corrupt, RecvChannel, SendChannel, Waited};
 use crate::unit::Signature;
 
 /// Tag of request and reply frames.

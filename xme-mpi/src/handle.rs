@@ -10,10 +10,10 @@ use serde::de::DeserializeOwned;
 use xme_core::process::Child;
 
 use crate::MpiError;
+use crate::channel::Waited;
 use crate::frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, Request};
 use crate::link::{Ended, LIVENESS, Link, LivenessCheck, RecvSide, lock, log_foreign_reply};
 use crate::logical::{self};
-use crate::ring::Waited;
 use crate::slots::{
     SLOT_RECHECK, Slot, SlotOwner, SlotState, SlotTable, decode_result, deliver_to, reply_outcome,
 };
@@ -758,7 +758,7 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// Ends `link` whose reply channel broke the ring's format.
-    pub(crate) fn corrupt_replies(&self, link: &Link<'_>, corrupt: &crate::ring::Corrupt) {
+    pub(crate) fn corrupt_replies(&self, link: &Link<'_>, corrupt: &crate::channel::Corrupt) {
         let _ = xme_log::Logger::new()
             .entry()
             .msgtype("Error")

@@ -88,6 +88,7 @@
 
 mod backend;
 mod builder;
+mod channel;
 mod close;
 #[cfg(feature = "cluster")]
 mod cluster;

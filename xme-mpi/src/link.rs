@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use xme_core::Fate;
 use xme_core::process::Child;
 
-use crate::ring::{RecvChannel, SendChannel, Waited};
+use crate::channel::{RecvChannel, SendChannel, Waited};
 
 /// Longest sleep before checking a peer is alive.
 pub(crate) const LIVENESS: Duration = Duration::from_millis(20);

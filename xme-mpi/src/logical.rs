@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::channel::{RecvChannel, SendChannel, Waited};
 use crate::frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
-use crate::ring::{RecvChannel, SendChannel, Waited};
 use crate::unit::{Ran, Registry};
 
 /// Status words (shared memory), as the seed names them.
