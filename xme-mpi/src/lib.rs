@@ -49,7 +49,9 @@
 //! - **Failures differ**: under Open MPI a rank that dies ends the whole job
 //!   (the launcher's rule), where a forked process that dies only fails its
 //!   own calls. A unit that panics still gives [`MpiError::UnitPanicked`] and
-//!   the rank goes on.
+//!   the rank goes on. When a start error ends every rank's run, the first
+//!   rank to exit non-zero makes Open MPI end the others, which may not get
+//!   to print theirs (`--mca orte_abort_on_non_zero_status 0` lets them).
 //! - Without the `cluster` feature, a program started by a launcher gets
 //!   [`MpiError::ClusterNotBuilt`] on every rank, never N silent pools.
 //!
