@@ -34,7 +34,7 @@ mod region;
 mod time;
 
 pub use error::{Error, Fate, PanicReport};
-pub use operator::Operator;
+pub use operator::{Operator, ParseOperatorError};
 pub use region::{InRegion, Mapped, RegionHeader, SharedRegion};
 pub use time::monotonic_ns;
 

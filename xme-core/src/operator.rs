@@ -60,6 +60,43 @@ impl fmt::Debug for Operator {
     }
 }
 
+/// What was wrong with a text that should name an [`Operator`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{text:?} is not an operator: it is `ADMIN` or 16 hexadecimal digits, not all zero")]
+pub struct ParseOperatorError {
+    /// The text given.
+    pub text: String,
+}
+
+/// Reads what [`Display`](fmt::Display) writes: `ADMIN` or 16 hex digits.
+///
+/// ```
+/// use xme_core::Operator;
+/// let op = Operator::alloc();
+/// assert_eq!(op.to_string().parse::<Operator>(), Ok(op));
+/// assert_eq!("ADMIN".parse::<Operator>(), Ok(Operator::ADMIN));
+/// assert!("0000000000000000".parse::<Operator>().is_err());
+/// ```
+impl std::str::FromStr for Operator {
+    type Err = ParseOperatorError;
+
+    fn from_str(text: &str) -> Result<Operator, ParseOperatorError> {
+        let err = || ParseOperatorError {
+            text: text.to_string(),
+        };
+        if text == "ADMIN" {
+            return Ok(Operator::ADMIN);
+        }
+        if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(err());
+        }
+        u64::from_str_radix(text, 16)
+            .ok()
+            .and_then(Operator::from_id)
+            .ok_or_else(err)
+    }
+}
+
 impl fmt::Display for Operator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.is_admin() {

@@ -31,6 +31,7 @@ pub const EXIT_PANICKED: i32 = 101;
 /// A forked child process. Dropping it without waiting kills it (`SIGKILL`) and
 /// reaps it, so no zombie and no orphan is left behind.
 #[derive(Debug)]
+#[must_use = "dropping a Child kills it: wait for it, or keep it while it should run"]
 pub struct Child {
     pid: Pid,
     fate: Option<Fate>,

@@ -26,6 +26,16 @@ pub struct Context<'a, D = ()> {
     pub(crate) board: &'a crate::board::Board,
 }
 
+impl<D> std::fmt::Debug for Context<'_, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("call", &self.call)
+            .field("job", &self.job)
+            .field("operator", &self.operator)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<D> Context<'_, D> {
     /// The call's index among its function's calls (0-based).
     pub fn call(&self) -> usize {

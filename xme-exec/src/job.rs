@@ -23,10 +23,32 @@ pub struct Job<F, A, R, D = ()> {
     _data: PhantomData<fn(&D)>,
 }
 
+impl<F, A, R, D> std::fmt::Debug for Job<F, A, R, D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Job")
+            .field("name", &self.name)
+            .field("timeout", &self.timeout)
+            .field("results", &self.results.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A function that takes only its arguments.
 pub struct Plain<G>(G);
 /// A function that takes a [`Context`] and its arguments.
 pub struct WithContext<G>(G);
+
+impl<G> std::fmt::Debug for Plain<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Plain(..)")
+    }
+}
+
+impl<G> std::fmt::Debug for WithContext<G> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WithContext(..)")
+    }
+}
 
 /// How a job's function is called; implemented for [`Plain`] and [`WithContext`].
 pub trait CallWith<D, In, R> {

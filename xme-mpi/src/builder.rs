@@ -47,6 +47,18 @@ pub struct Mpi {
     pub(crate) registry: Registry,
 }
 
+impl std::fmt::Debug for Mpi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mpi")
+            .field("pnum", &self.pnum)
+            .field("buffer_size", &self.buffer_size)
+            .field("channel_bytes", &self.channel_bytes)
+            .field("bind_to_cores", &self.bind_to_cores)
+            .field("units", &self.registry.signatures().len())
+            .finish()
+    }
+}
+
 impl Mpi {
     /// An MPI of `pnum` processes: the main one and `pnum - 1` logical ones.
     pub fn new(pnum: usize) -> Result<Mpi, MpiError> {

@@ -122,6 +122,15 @@ pub struct MpiHandle<'r> {
     pub(crate) cluster: bool,
 }
 
+impl std::fmt::Debug for MpiHandle<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MpiHandle")
+            .field("processes", &self.links.len())
+            .field("cluster", &self.cluster)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<'r> MpiHandle<'r> {
     pub(crate) fn new(token: u64, links: Vec<Link<'r>>, slots: usize, cluster: bool) -> Self {
         MpiHandle {

@@ -11,6 +11,16 @@ pub struct Guard<'l> {
     held: bool,
 }
 
+impl std::fmt::Debug for Guard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("operator", &self.op)
+            .field("previous_owner_died", &self.died)
+            .field("held", &self.held)
+            .finish()
+    }
+}
+
 impl<'l> Guard<'l> {
     #[inline]
     pub(crate) fn new(sec: &'l Security<'l>, op: Operator, a: Acquired) -> Self {
@@ -62,6 +72,14 @@ pub struct ReadGuard<'l> {
     sec: &'l Security<'l>,
     hold: ReadHold<'l>,
     died: bool,
+}
+
+impl std::fmt::Debug for ReadGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadGuard")
+            .field("previous_owner_died", &self.died)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<'l> ReadGuard<'l> {

@@ -58,6 +58,22 @@ pub struct SecurityState {
 }
 
 #[cfg(not(loom))]
+impl std::fmt::Debug for SecurityState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecurityState")
+            .field(
+                "lock_type",
+                &self.lock_type.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .field(
+                "holder_pid",
+                &self.holder.load(std::sync::atomic::Ordering::Relaxed),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(not(loom))]
 // SAFETY: all fields are atomics of primitive integers (valid for every bit
 // pattern, no pointers; `_pad` fills the only gap); all-zero means "not
 // initialised", which attach checks, and every other value is range-checked

@@ -354,6 +354,7 @@ impl Guard {
 /// A Guard running in a forked process ([`Guard::spawn`]). Dropping it stops
 /// the Guard as [`stop`](Self::stop) would, waiting up to a second.
 #[derive(Debug)]
+#[must_use = "dropping a GuardProcess stops the Guard"]
 pub struct GuardProcess {
     child: Option<Child>,
     manager: Manager,

@@ -33,6 +33,7 @@ use crate::{Manager, ShmError};
 /// # }
 /// ```
 #[derive(Debug)]
+#[must_use = "dropping a HeartJump stops its heartbeats"]
 pub struct HeartJump {
     operator: Operator,
     manager: Manager,

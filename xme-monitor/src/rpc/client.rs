@@ -33,6 +33,7 @@ struct Inner {
 /// An RPC client on one connection. Calls may come from several threads at
 /// once; replies are matched to calls by their marks. A dead server gives
 /// [`MonitorError::ConnectionClosed`] to every waiting call, never a hang.
+#[must_use = "dropping a Client closes its connection"]
 pub struct Client {
     inner: Arc<Inner>,
     control: Stream,

@@ -538,6 +538,7 @@ fn serve_connection(s: &Shared, stream: Stream) {
 /// A running server. [`shutdown`](Self::shutdown) (or dropping it) stops
 /// accepting, lets every call in flight finish and send its reply, then
 /// closes every connection.
+#[must_use = "dropping a ServerHandle shuts the server down"]
 pub struct ServerHandle {
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
