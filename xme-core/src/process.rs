@@ -13,7 +13,7 @@
 use std::any::Any;
 use std::cell::RefCell;
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::panic::{self, AssertUnwindSafe};
 
 use nix::errno::Errno;
@@ -154,12 +154,8 @@ pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
 /// Opens a pidfd for an unreaped child (the pid cannot be reused before we
 /// reap it, so this names the right process).
 fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or
-    // -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    let fd = i32::try_from(fd).ok().filter(|&fd| fd >= 0)?;
-    // SAFETY: the kernel just returned this descriptor to us; nobody else owns it.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+    let pid = rustix::process::Pid::from_raw(pid.as_raw())?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
 }
 
 fn run_child<F: FnOnce() -> i32>(parent: Pid, body: F) -> i32 {

@@ -1,6 +1,6 @@
 use std::borrow::Cow;
 use std::fs::OpenOptions;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -178,10 +178,10 @@ impl Logger {
     fn write_line(&self, mut line: String) -> Result<(), LogError> {
         line.push('\n');
         if self.screen {
-            // SAFETY: fd 1 is open for the whole life of the process (if the user
-            // closed it, write fails with EBADF, reported as an error).
-            let stdout = unsafe { BorrowedFd::borrow_raw(1) };
-            xme_core::fdio::write_all(stdout, line.as_bytes()).map_err(|source| {
+            // Straight to fd 1, not through `Stdout`'s buffer and lock (see
+            // the module docs): the handle only lends the descriptor.
+            let stdout = std::io::stdout();
+            xme_core::fdio::write_all(stdout.as_fd(), line.as_bytes()).map_err(|source| {
                 LogError::Write {
                     target: "screen",
                     source,
