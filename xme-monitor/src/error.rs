@@ -2,6 +2,18 @@
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum MonitorError {
+    /// Another live process kept the Monitor's writer word past the wait: a
+    /// writer stuck mid-write, or a word another process overwrote.
+    #[error(
+        "the Monitor's writer word is held by live pid {pid} after {waited:?}: a writer is stuck \
+         or the region was overwritten; retry, or rebuild the Monitor"
+    )]
+    WriterStuck {
+        /// The pid the word names.
+        pid: u32,
+        /// How long this writer waited.
+        waited: std::time::Duration,
+    },
     /// The Monitor's lock refused the operator or timed out.
     #[error(transparent)]
     Lock(#[from] xme_security::SecurityError),

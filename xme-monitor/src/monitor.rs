@@ -153,6 +153,11 @@ impl std::fmt::Debug for Monitor {
     }
 }
 
+/// Longest wait for the writer word while another live process holds it: a
+/// write holds it for one copy of the map, so past this it is stuck or the
+/// word is corrupt.
+const WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn store_bytes(dst: &[AtomicU64], bytes: &[u8]) {
     for (w, chunk) in dst.iter().zip(bytes.chunks(8)) {
         let mut b = [0u8; 8];
@@ -277,7 +282,13 @@ impl Monitor {
         let _lock = self.security.lock(op)?;
         // The writer word names its pid: a writer that died is taken over (it
         // left only the unpublished spare copy half-written).
-        let _writer = process::PidLock::take(&self.control[C_WRITER]);
+        let _writer =
+            process::PidLock::take_within(&self.control[C_WRITER], WRITER_WAIT).map_err(|pid| {
+                MonitorError::WriterStuck {
+                    pid,
+                    waited: WRITER_WAIT,
+                }
+            })?;
         let cur = self.control[C_CURRENT].load(Ordering::Acquire);
         let mut map = self.read_map()?;
         let out = change(&mut map)?;

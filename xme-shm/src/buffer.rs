@@ -131,6 +131,9 @@ impl BufferConfig {
     }
 }
 
+/// Longest wait for a mailbox's writer word held by another live process.
+const WRITER_WAIT: Duration = Duration::from_secs(1);
+
 /// The call buffer in a region; see the module docs.
 #[derive(Clone)]
 pub(crate) struct CallBuffer {
@@ -435,8 +438,11 @@ impl CallBuffer {
     /// Stores `reply` as the result of call `serial` of mailbox `i`.
     pub fn store_reply(&self, i: usize, serial: u64, reply: &[u8]) {
         let b = self.mailbox_words(i);
-        // Writer lock: free, or held by a dead process, is ours to take.
-        let writer = process::PidLock::take(&b[B_WRITER]);
+        // Writer lock: free, or held by a dead process, is ours to take. Only
+        // the registered Guard writes mailboxes, so a word another live
+        // process keeps holding is a corrupt one: after a while, seize it.
+        let writer = process::PidLock::take_within(&b[B_WRITER], WRITER_WAIT)
+            .unwrap_or_else(|_| process::PidLock::seize(&b[B_WRITER]));
         let v = b[B_VERSION].load(Ordering::Relaxed);
         // An odd version is a dead writer's unfinished write: continue from it.
         let start = if v % 2 == 1 { v } else { v + 1 };
@@ -470,6 +476,7 @@ impl CallBuffer {
     /// taken one and no older than the latest append; `None` otherwise.
     pub fn try_take(&self, i: usize) -> Option<Vec<u8>> {
         let b = self.mailbox_words(i);
+        let mut odd_spins = 0u32;
         loop {
             let (appended, done, taken) = self.counters(i);
             if done < appended || done <= taken {
@@ -477,6 +484,17 @@ impl CallBuffer {
             }
             let v1 = b[B_VERSION].load(Ordering::Acquire);
             if v1 % 2 == 1 {
+                // A write in progress. One that no live process is making (its
+                // writer died, or the word was overwritten) will not finish
+                // by itself: report nothing rather than spin (the caller's
+                // wait is bounded; the next writer finishes the write).
+                odd_spins += 1;
+                if odd_spins.is_multiple_of(1024) {
+                    let w = b[B_WRITER].load(Ordering::Acquire);
+                    if w == 0 || w > u64::from(u32::MAX) || !alive(w as u32) {
+                        return None;
+                    }
+                }
                 std::hint::spin_loop();
                 continue;
             }
