@@ -132,7 +132,6 @@ impl Registry {
     }
 
     /// Every unit's signature, in id order.
-    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
     pub fn signatures(&self) -> &[Signature] {
         &self.signatures
     }
