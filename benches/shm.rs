@@ -7,6 +7,13 @@
 //! - two_procs/*: two forked processes each doing 20,000 sets, on distinct
 //!   keys or on one key; time for the whole batch (throughput = 40,000 / time).
 //!
+//! - value_1mib/*, value_32b/*: one value's get and set on the Manager
+//!   (`get_raw` / `set_raw`: bytes as stored, no encoding), on LMDB (heed,
+//!   `WRITE_MAP | NO_SYNC`, on /dev/shm: get = read txn + copy out, since a
+//!   borrowed LMDB value dies with its transaction; set = write txn + put +
+//!   commit), and on an in-process `Mutex<HashMap>`; `memcpy` of the same
+//!   bytes is the floor.
+//!
 //! Run: `cargo bench --bench shm`.
 
 // criterion's macros generate undocumented functions.
@@ -94,6 +101,94 @@ fn single_process(c: &mut Criterion) {
     g.finish();
 }
 
+/// An LMDB environment on /dev/shm (removed on drop).
+struct Lmdb {
+    env: heed::Env,
+    db: heed::Database<heed::types::Str, heed::types::Bytes>,
+    dir: std::path::PathBuf,
+}
+
+impl Lmdb {
+    fn new() -> Lmdb {
+        let dir =
+            std::path::PathBuf::from(format!("/dev/shm/xme-bench-lmdb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut options = heed::EnvOpenOptions::new();
+        options.map_size(1 << 30);
+        // SAFETY: WRITE_MAP and NO_SYNC trade durability for speed, which a
+        // benchmark on tmpfs does not need; nothing else opens this directory.
+        unsafe {
+            options.flags(heed::EnvFlags::WRITE_MAP | heed::EnvFlags::NO_SYNC);
+        }
+        // SAFETY: the directory is new and used by this process only.
+        let env = unsafe { options.open(&dir) }.unwrap();
+        let mut wtxn = env.write_txn().unwrap();
+        let db = env.create_database(&mut wtxn, None).unwrap();
+        wtxn.commit().unwrap();
+        Lmdb { env, db, dir }
+    }
+
+    fn get(&self, key: &str) -> Vec<u8> {
+        let rtxn = self.env.read_txn().unwrap();
+        self.db.get(&rtxn, key).unwrap().unwrap().to_vec()
+    }
+
+    fn set(&self, key: &str, value: &[u8]) {
+        let mut wtxn = self.env.write_txn().unwrap();
+        self.db.put(&mut wtxn, key, value).unwrap();
+        wtxn.commit().unwrap();
+    }
+}
+
+impl Drop for Lmdb {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn one_value(c: &mut Criterion) {
+    let lmdb = Lmdb::new();
+    let xmem = XmemBuilder::new().arena_bytes(64 << 20).build().unwrap();
+    for (group, len) in [("value_1mib", 1usize << 20), ("value_32b", 32)] {
+        let mut g = c.benchmark_group(group);
+        if len > 1024 {
+            g.throughput(criterion::Throughput::Bytes(len as u64));
+        }
+        let bytes: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let raw = xme::shm::RawValue::encode(&bytes).unwrap();
+        let stored = raw.bytes().to_vec();
+        g.bench_function("memcpy", |b| {
+            let mut dst = vec![0u8; stored.len()];
+            b.iter(|| {
+                dst.copy_from_slice(black_box(&stored));
+                black_box(&dst);
+            })
+        });
+        let map: Mutex<HashMap<String, Vec<u8>>> = Mutex::new(HashMap::new());
+        map.lock().unwrap().insert("v".into(), stored.clone());
+        g.bench_function("map_get", |b| {
+            b.iter(|| black_box(map.lock().unwrap().get("v").cloned().unwrap()))
+        });
+        g.bench_function("map_set", |b| {
+            b.iter(|| {
+                let v = black_box(&stored).clone();
+                map.lock().unwrap().insert("v".to_string(), v);
+            })
+        });
+        lmdb.set("v", &stored);
+        g.bench_function("lmdb_get", |b| b.iter(|| black_box(lmdb.get("v"))));
+        g.bench_function("lmdb_set", |b| b.iter(|| lmdb.set("v", black_box(&stored))));
+        xmem.set_raw("v", &raw).unwrap();
+        g.bench_function("manager_get", |b| {
+            b.iter(|| black_box(xmem.get_raw("v").unwrap().unwrap()))
+        });
+        g.bench_function("manager_set", |b| {
+            b.iter(|| xmem.set_raw("v", black_box(&raw)).unwrap())
+        });
+        g.finish();
+    }
+}
+
 fn two_processes(c: &mut Criterion) {
     const SETS: u64 = 20_000;
     let mut g = c.benchmark_group("two_procs");
@@ -142,5 +237,5 @@ fn two_processes(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, single_process, two_processes);
+criterion_group!(benches, single_process, one_value, two_processes);
 criterion_main!(benches);

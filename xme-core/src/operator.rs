@@ -24,11 +24,12 @@ impl Operator {
     /// The administrator operator.
     pub const ADMIN: Operator = Operator(u64::MAX);
 
-    /// Allocates a fresh random operator id (never `0`, never `ADMIN`).
+    /// Allocates a fresh random operator id (never `0`, never `ADMIN`, never
+    /// `u64::MAX - 1`, which shared tables keep for a freed entry).
     pub fn alloc() -> Operator {
         loop {
             let id = random_u64();
-            if id != 0 && id != u64::MAX {
+            if id != 0 && id < u64::MAX - 1 {
                 return Operator(id);
             }
         }

@@ -1,17 +1,22 @@
 //! A block: a 4-word header, then the key and the value, all as 64-bit words.
+//! A block of a size class sits inside one page; an extent's block starts at
+//! its first page and runs over the following ones.
 //!
 //! ```text
 //! word 0  meta      generation:24 | owner pid:32 | state:8     (one word: one CAS changes all)
 //! word 1  place     slot index:32 | key hash:32          (written before publishing)
-//! word 2  lengths   key bytes:32 | value bytes:32        (value u32::MAX: deleted key)
-//! word 3  reserved
+//! word 2  key bytes
+//! word 3  value bytes
 //! word 4… key bytes, then value bytes from the next word boundary
 //! ```
 //!
 //! States: FREE (generation counts how often the block was freed), WRITING by a pid
 //! (being filled, or published but not yet marked), LIVE (published).
-//! Freeing is one CAS that also bumps generation, so a reader holding a handle with
+//! Freeing is one CAS that also bumps the generation, so a reader holding a handle with
 //! the old generation knows its copy may be torn, and a late free by an old handle fails.
+//! A generation is `page epoch:8 | count:16`: blocks of a page given to a class
+//! again start from the page's new epoch, so a handle from the page's earlier
+//! life does not match them.
 
 use crate::primitive::AtomicU64;
 use crate::primitive::Ordering;
@@ -19,16 +24,19 @@ use crate::primitive::Ordering;
 pub(crate) const HEADER: usize = 4;
 pub(crate) const W_META: usize = 0;
 pub(crate) const W_PLACE: usize = 1;
-pub(crate) const W_LENS: usize = 2;
+pub(crate) const W_KEY_LEN: usize = 2;
+pub(crate) const W_VALUE_LEN: usize = 3;
 
 pub(crate) const FREE: u64 = 0;
 pub(crate) const WRITING: u64 = 1;
 pub(crate) const LIVE: u64 = 2;
 
-/// Value length that marks a deleted key.
-pub(crate) const TOMBSTONE: u32 = u32::MAX;
-
 const GEN_MASK: u64 = (1 << 24) - 1;
+const COUNT_MASK: u64 = (1 << 16) - 1;
+
+/// A slot's word for a deleted key: no block (word index all ones is past
+/// any table).
+pub(crate) const TOMB: u64 = u64::MAX;
 
 /// A block's meta word, unpacked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,13 +68,35 @@ impl Meta {
         .pack()
     }
 
-    /// The meta word after freeing this block.
+    pub fn writing(generation: u64, pid: u32) -> u64 {
+        Meta {
+            generation,
+            owner: pid,
+            state: WRITING,
+        }
+        .pack()
+    }
+
+    /// The meta word after freeing this block: the count part of the
+    /// generation moves on, the epoch part stays.
     pub fn freed(self) -> u64 {
-        Meta::free(self.generation + 1)
+        let count = (self.generation + 1) & COUNT_MASK;
+        Meta::free((self.generation & !COUNT_MASK) | count)
     }
 }
 
-/// A published reference to a block: generation:24 | word index:40. Never 0.
+/// The first generation of blocks in a page of `epoch`.
+pub(crate) fn first_generation(epoch: u64) -> u64 {
+    (epoch & 0xff) << 16
+}
+
+/// Whether `generation` belongs to a page's life of `epoch`.
+pub(crate) fn of_epoch(generation: u64, epoch: u64) -> bool {
+    generation >> 16 == epoch & 0xff
+}
+
+/// A published reference to a block: generation:24 | word index:40. Never 0
+/// nor [`TOMB`].
 pub(crate) fn handle(generation: u64, block: usize) -> u64 {
     ((generation & GEN_MASK) << 40) | block as u64
 }
@@ -81,16 +111,30 @@ pub(crate) fn words(bytes: usize) -> usize {
     bytes.div_ceil(8)
 }
 
-/// Bytes a block needs for this key and value.
+/// Bytes a block needs for this key and value (saturating: a length no
+/// arena holds stays too large).
 pub(crate) fn entry_bytes(key: usize, value: usize) -> usize {
-    (HEADER + words(key) + words(value)) * 8
+    (HEADER + words(key))
+        .saturating_add(words(value))
+        .saturating_mul(8)
 }
 
 /// Writes `bytes` into `dst` words (little-endian), zero-padding the last word.
 pub(crate) fn store_bytes(dst: &[AtomicU64], bytes: &[u8]) {
-    for (w, chunk) in dst.iter().zip(bytes.chunks(8)) {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut words = dst.iter();
+    // Chunks first: zip pulls from its first iterator first, so no word is
+    // skipped when the chunks run out.
+    for (chunk, w) in chunks.by_ref().zip(words.by_ref()) {
+        let b: [u8; 8] = chunk.try_into().expect("chunks of 8");
+        w.store(u64::from_le_bytes(b), Ordering::Relaxed);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty()
+        && let Some(w) = words.next()
+    {
         let mut b = [0u8; 8];
-        b[..chunk.len()].copy_from_slice(chunk);
+        b[..rest.len()].copy_from_slice(rest);
         w.store(u64::from_le_bytes(b), Ordering::Relaxed);
     }
 }
@@ -98,14 +142,42 @@ pub(crate) fn store_bytes(dst: &[AtomicU64], bytes: &[u8]) {
 /// Reads `len` bytes from `src` words into `out`.
 pub(crate) fn load_bytes(src: &[AtomicU64], len: usize, out: &mut Vec<u8>) {
     out.clear();
-    out.reserve(len);
-    for w in src.iter().take(words(len)) {
-        out.extend_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+    out.resize(len, 0);
+    let mut words = src.iter();
+    let mut chunks = out.chunks_exact_mut(8);
+    for (dst, w) in chunks.by_ref().zip(words.by_ref()) {
+        dst.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
     }
-    out.truncate(len);
+    let rest = chunks.into_remainder();
+    if !rest.is_empty()
+        && let Some(w) = words.next()
+    {
+        let n = rest.len();
+        rest.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes()[..n]);
+    }
 }
 
-/// The 32-bit key hash kept in a block (FNV-1a, stable across builds).
+/// Whether the words of `src` hold exactly `bytes` (compared word by word,
+/// without copying).
+pub(crate) fn equals(src: &[AtomicU64], bytes: &[u8]) -> bool {
+    if src.len() < words(bytes.len()) {
+        return false;
+    }
+    let mut words = src.iter();
+    let mut chunks = bytes.chunks_exact(8);
+    for (chunk, w) in chunks.by_ref().zip(words.by_ref()) {
+        if w.load(Ordering::Relaxed).to_le_bytes() != chunk {
+            return false;
+        }
+    }
+    let rest = chunks.remainder();
+    rest.is_empty()
+        || words
+            .next()
+            .is_some_and(|w| &w.load(Ordering::Relaxed).to_le_bytes()[..rest.len()] == rest)
+}
+
+/// The key hash (FNV-1a, stable across builds).
 pub(crate) fn key_hash(key: &[u8]) -> u64 {
     use std::hash::Hasher;
     let mut h = fnv::FnvHasher::default();

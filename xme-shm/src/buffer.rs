@@ -5,14 +5,18 @@
 //! The ring's protocol is in `ring.rs`.
 //!
 //! # Mailboxes
-//! One per operator, found by hashing the operator (linear probing; a slot is
-//! never emptied, so probe chains stay whole): `appended` (serial of its
-//! latest call), `done` (serial of the latest result stored), `taken` (serial
-//! of the latest result taken by `get`), and the latest result under a
-//! seqlock whose writer lock names its holder's pid (a writer that died is
-//! taken over). When every slot is taken, a slot whose owner process died
-//! with no call in flight is handed to the new operator (its counters carry
-//! on; only their differences matter).
+//! One per operator with a call in flight or a result waiting, found by
+//! hashing the operator (linear probing): `appended` (serial of its latest
+//! call), `done` (serial of the latest result stored), `taken` (serial of
+//! the latest result taken by `get`), and the latest result under a seqlock
+//! whose writer lock names its holder's pid (a writer that died is taken
+//! over). A mailbox is freed once its last result is taken or cleaned: a CAS
+//! closes `appended` (so no call can be counted in it any more), then its
+//! operator word becomes a tombstone, which probes pass and the next claim
+//! reuses. Claiming and freeing take the mailbox lock (a pid-named word), so
+//! an operator never has two mailboxes. When every slot is taken, a slot
+//! whose owner process died with no call in flight is handed to the new
+//! operator.
 //!
 //! # Waiting
 //! Three event counts (`work`, `space`, `done`), each a shared futex word and
@@ -35,9 +39,9 @@ const H_CAPACITY: usize = 4;
 const H_CELL_WORDS: usize = 5;
 const H_BOXES: usize = 6;
 const H_REPLY_WORDS: usize = 7;
-/// Word 8 is unused: it held a fork-family token, which the region must not
-/// carry (see `FamilyKey`).
-const _H_UNUSED: usize = 8;
+/// Pid-named lock taken to claim or free a mailbox (word 8 once held a
+/// fork-family token, which the region must not carry: see `FamilyKey`).
+const H_BOX_LOCK: usize = 8;
 const H_SLEEPERS: usize = 9; // three words: work, space, done
 /// Futex words (u32) before the header.
 const FUTEX_BYTES: usize = 64;
@@ -63,6 +67,10 @@ const B_WRITER: usize = 5;
 const B_LEN: usize = 6;
 const B_OWNER: usize = 7;
 const BOX_HEADER: usize = 8;
+/// A freed mailbox's operator word (`Operator::alloc` never makes this id).
+const BOX_TOMB: u64 = u64::MAX - 1;
+/// Set in `appended` while a mailbox is freed or changes hands.
+const CLOSED: u64 = 1 << 63;
 
 /// Sizes of a call buffer, fixed when the Manager is built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -372,62 +380,120 @@ impl CallBuffer {
 
     // ---- mailboxes -------------------------------------------------------
 
+    /// The index of `op`'s mailbox, if it has one.
+    fn find_mailbox(&self, id: u64) -> Option<usize> {
+        let n = self.config.mailboxes;
+        let start = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n;
+        (0..n).map(|k| (start + k) % n).find_map(|i| {
+            match self.mailbox_words(i)[B_OP].load(Ordering::Acquire) {
+                w if w == id => Some(Some(i)),
+                0 => Some(None),
+                _ => None,
+            }
+        })?
+    }
+
+    fn box_lock(&self) -> process::PidLock<'_> {
+        // Held for a short scan; a holder that died is taken over (claims
+        // and frees leave each word whole), one stuck is seized.
+        process::PidLock::take_within(&self.words[H_BOX_LOCK], WRITER_WAIT)
+            .unwrap_or_else(|_| process::PidLock::seize(&self.words[H_BOX_LOCK]))
+    }
+
     /// The index of `op`'s mailbox, claiming one if `create`.
     pub fn mailbox(&self, op: Operator, create: bool) -> Result<Option<usize>, ShmError> {
-        let n = self.config.mailboxes;
         let id = op.id();
-        let start = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n;
-        let me = u64::from(process::current_pid());
-        for k in 0..n {
-            let i = (start + k) % n;
-            let b = self.mailbox_words(i);
-            let cur = b[B_OP].load(Ordering::Acquire);
-            if cur == id {
-                return Ok(Some(i));
-            }
-            if cur == 0 {
-                if !create {
-                    return Ok(None);
-                }
-                match b[B_OP].compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => {
-                        b[B_OWNER].store(me, Ordering::Release);
-                        return Ok(Some(i));
-                    }
-                    Err(other) if other == id => return Ok(Some(i)),
-                    Err(_) => continue,
-                }
-            }
+        if let Some(i) = self.find_mailbox(id) {
+            return Ok(Some(i));
         }
         if !create {
             return Ok(None);
         }
-        // Full: take over a slot whose owner died with nothing in flight.
-        for k in 0..n {
-            let i = (start + k) % n;
-            let b = self.mailbox_words(i);
-            let cur = b[B_OP].load(Ordering::Acquire);
-            let owner = b[B_OWNER].load(Ordering::Acquire);
-            let (appended, done, _) = self.counters(i);
-            if owner != 0
-                && owner != me
-                && appended <= done
-                && b[B_WRITER].load(Ordering::Acquire) == 0
-                && !alive(owner as u32)
-                && b[B_OP]
-                    .compare_exchange(cur, id, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-            {
-                b[B_OWNER].store(me, Ordering::Release);
-                return Ok(Some(i));
-            }
+        let _lock = self.box_lock();
+        if let Some(i) = self.find_mailbox(id) {
+            return Ok(Some(i));
         }
-        Err(ShmError::MailboxesFull { mailboxes: n })
+        let n = self.config.mailboxes;
+        let start = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n;
+        let me = u64::from(process::current_pid());
+        let free = (0..n).map(|k| (start + k) % n).find(|&i| {
+            let w = self.mailbox_words(i)[B_OP].load(Ordering::Acquire);
+            w == 0 || w == BOX_TOMB
+        });
+        // Full: take over a slot whose owner died with nothing in flight.
+        let taken_over = || {
+            (0..n).map(|k| (start + k) % n).find(|&i| {
+                let b = self.mailbox_words(i);
+                let owner = b[B_OWNER].load(Ordering::Acquire);
+                let (_, done, _) = self.counters(i);
+                let appended = b[B_APPENDED].load(Ordering::Acquire);
+                owner != 0
+                    && owner != me
+                    && appended & CLOSED == 0
+                    && appended <= done
+                    && b[B_WRITER].load(Ordering::Acquire) == 0
+                    && !alive(owner as u32)
+            })
+        };
+        let Some(i) = free.or_else(taken_over) else {
+            return Err(ShmError::MailboxesFull { mailboxes: n });
+        };
+        let b = self.mailbox_words(i);
+        // Closed first: an appender that found this box under its old
+        // operator cannot count a call in it while it changes hands.
+        b[B_APPENDED].store(CLOSED, Ordering::Release);
+        b[B_OP].store(id, Ordering::Release);
+        b[B_OWNER].store(me, Ordering::Release);
+        b[B_DONE].store(0, Ordering::Release);
+        b[B_TAKEN].store(0, Ordering::Release);
+        b[B_APPENDED].store(0, Ordering::Release);
+        Ok(Some(i))
     }
 
-    /// Counts one more call by the mailbox's operator; returns its serial.
-    pub fn note_append(&self, i: usize) -> u64 {
-        self.mailbox_words(i)[B_APPENDED].fetch_add(1, Ordering::AcqRel) + 1
+    /// Frees `op`'s mailbox `i` if no call of it is in flight and no result
+    /// waits; false if it stays.
+    pub fn free_mailbox(&self, op: Operator, i: usize) -> bool {
+        let b = self.mailbox_words(i);
+        let _lock = self.box_lock();
+        let (_, done, taken) = self.counters(i);
+        let appended = b[B_APPENDED].load(Ordering::Acquire);
+        if b[B_OP].load(Ordering::Acquire) != op.id()
+            || appended & CLOSED != 0
+            || appended != done
+            || done != taken
+            || b[B_APPENDED]
+                .compare_exchange(
+                    appended,
+                    appended | CLOSED,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_err()
+        {
+            return false;
+        }
+        b[B_OP].store(BOX_TOMB, Ordering::Release);
+        b[B_OWNER].store(0, Ordering::Release);
+        true
+    }
+
+    /// Counts one more call by `op` in its mailbox (claimed if needed):
+    /// (mailbox, the call's serial).
+    pub fn note_append(&self, op: Operator) -> Result<(usize, u64), ShmError> {
+        loop {
+            let i = self.mailbox(op, true)?.expect("created");
+            let appended = &self.mailbox_words(i)[B_APPENDED];
+            let mut a = appended.load(Ordering::Acquire);
+            while a & CLOSED == 0 {
+                match appended.compare_exchange_weak(a, a + 1, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => return Ok((i, a + 1)),
+                    Err(now) => a = now,
+                }
+            }
+            // Closed: freed, or changing hands. Look again.
+            std::thread::yield_now();
+        }
     }
 
     /// Undoes [`note_append`](Self::note_append) for a call that was not appended.
@@ -462,11 +528,12 @@ impl CallBuffer {
         self.config.reply_bytes
     }
 
-    /// (appended, done, taken) of mailbox `i`.
+    /// (appended, done, taken) of mailbox `i` (`appended` without its CLOSED
+    /// bit: a closed mailbox has nothing in flight).
     pub fn counters(&self, i: usize) -> (u64, u64, u64) {
         let b = self.mailbox_words(i);
         (
-            b[B_APPENDED].load(Ordering::Acquire),
+            b[B_APPENDED].load(Ordering::Acquire) & !CLOSED,
             b[B_DONE].load(Ordering::Acquire),
             b[B_TAKEN].load(Ordering::Acquire),
         )
@@ -478,6 +545,9 @@ impl CallBuffer {
         let b = self.mailbox_words(i);
         let mut odd_spins = 0u32;
         loop {
+            if self.mailbox_words(i)[B_APPENDED].load(Ordering::Acquire) & CLOSED != 0 {
+                return None;
+            }
             let (appended, done, taken) = self.counters(i);
             if done < appended || done <= taken {
                 return None;
@@ -529,7 +599,7 @@ impl CallBuffer {
             .filter_map(|i| {
                 let op = self.mailbox_words(i)[B_OP].load(Ordering::Acquire);
                 let (_, done, taken) = self.counters(i);
-                let op = Operator::from_id(op)?;
+                let op = Operator::from_id(op).filter(|_| op != BOX_TOMB)?;
                 (done > taken).then_some((op, done))
             })
             .collect()

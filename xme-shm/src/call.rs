@@ -202,7 +202,8 @@ impl Call<()> {
         ))
     }
 
-    /// `"Status::update"`: record `status` for the appending operator.
+    /// `"Status::update"`: record `status` for the appending operator, unless
+    /// its entry is its last word (a stopped [`HeartJump`](crate::HeartJump)).
     pub fn status_update(status: &str) -> Result<Call<()>, ShmError> {
         let entry = ProcessStatus::now(status);
         Ok(Call::new(

@@ -5,32 +5,49 @@ use xme_core::Operator;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShmError {
-    /// No block of the needed size class is free, even after reclaiming
-    /// blocks left by dead processes.
+    /// No room is left for the entry, even after reclaiming blocks left by
+    /// dead processes.
     #[error(
-        "the arena is full: no free block of {class_bytes} bytes for a {needed}-byte entry (build the Manager with a larger arena_bytes, or delete keys)"
+        "the arena is full: no room for a {needed}-byte entry in the {arena_bytes}-byte arena (build the Manager with a larger arena_bytes, or delete keys: a delete frees its space at once)"
     )]
     ArenaFull {
         /// Bytes the entry needed (header, key and value).
         needed: usize,
-        /// The size class it fell into.
-        class_bytes: usize,
+        /// The arena's size.
+        arena_bytes: usize,
     },
-    /// The table already holds its capacity of keys.
-    #[error("the table is full: {capacity} keys (build the Manager with a larger capacity)")]
+    /// The table already holds its capacity of live keys (or, rarely, so many
+    /// deleted keys' tombstones that its slots are 3/4 full).
+    #[error(
+        "the table is full: {capacity} keys (build the Manager with a larger capacity, or delete keys)"
+    )]
     CapacityFull {
         /// The number of keys the table was built for.
         capacity: usize,
     },
-    /// The entry is larger than the largest block.
+    /// The entry is larger than the whole arena.
     #[error(
-        "entry of {len} bytes (key + encoded value + header) exceeds the largest block of {max} bytes"
+        "entry of {len} bytes (key + encoded value + 32-byte header) is larger than the arena of {max} bytes (build the Manager with a larger arena_bytes)"
     )]
     ValueTooLarge {
         /// The entry's size.
         len: usize,
-        /// The largest block.
+        /// The arena's size.
         max: usize,
+    },
+    /// A call on several keys stopped part-way: the keys in `done` were
+    /// changed, `failed` and those after it were not.
+    #[error("stopped at key {failed:?} after {} of {total} keys were done", done.len())]
+    PartlyDone {
+        /// The keys done, in order.
+        done: Vec<String>,
+        /// The key whose change failed.
+        failed: String,
+        /// Keys in the call.
+        total: usize,
+        /// Why `failed` failed.
+        #[source]
+        source: Box<ShmError>,
     },
     /// No such key.
     #[error("no key {0:?} in the table")]

@@ -270,8 +270,7 @@ impl Manager {
                 max: cfg.call_bytes,
             });
         }
-        let mailbox = self.buffer.mailbox(op, true)?.expect("created");
-        let serial = self.buffer.note_append(mailbox);
+        let (mailbox, serial) = self.buffer.note_append(op)?;
         match self.buffer.push(op, serial, &bytes, deadline) {
             Ok(()) => Ok(Ticket {
                 operator: op,
@@ -392,7 +391,7 @@ impl Manager {
                 }
                 Builtin::StatusUpdate => {
                     let entry: ProcessStatus = de(args)?;
-                    self.record_status(op, entry).map_err(s)?;
+                    self.record_status_as(op, entry, true).map_err(s)?;
                     en(&())
                 }
             },
@@ -457,6 +456,9 @@ impl Manager {
         let mut spins = 0u32;
         loop {
             if let Some(r) = self.buffer.try_take(i) {
+                // The operator's last result taken: its mailbox is free for
+                // another operator (unless a call was appended meanwhile).
+                self.buffer.free_mailbox(op, i);
                 return decode_reply(r);
             }
             let (appended, _, taken) = self.buffer.counters(i);
@@ -499,6 +501,7 @@ impl Manager {
     pub fn clean(&self, op: Operator) -> Result<(), ShmError> {
         if let Some(i) = self.buffer.mailbox(op, false)? {
             self.buffer.discard(i);
+            self.buffer.free_mailbox(op, i);
         }
         Ok(())
     }

@@ -59,6 +59,9 @@ impl HeartJump {
             return Ok(());
         }
         let beat = Call::status_update("alive")?;
+        // Recorded directly: a new start replaces an earlier stop's last word,
+        // which the buffered beats would leave alone.
+        self.manager.status(self.operator, "alive")?;
         let (tx, rx) = mpsc::channel::<()>();
         let (m, op, every) = (self.manager.clone(), self.operator, self.loop_time);
         let handle = std::thread::Builder::new()
@@ -83,12 +86,16 @@ impl HeartJump {
         Ok(())
     }
 
-    /// Stops beating, joins the thread, and records `"stopped"` for the operator.
+    /// Stops beating, joins the thread, and records `"stopped"` for the
+    /// operator as its last word: a beat still in the call buffer, run by the
+    /// Guard later, does not replace it.
     pub fn stop(&mut self) -> Result<(), ShmError> {
         if let Some((tx, handle)) = self.running.take() {
             let _ = tx.send(());
             let _ = handle.join();
-            self.manager.status(self.operator, "stopped")?;
+            let mut last = crate::ProcessStatus::now("stopped");
+            last.last_word = true;
+            self.manager.record_status(self.operator, last)?;
         }
         Ok(())
     }

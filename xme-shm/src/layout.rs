@@ -1,15 +1,16 @@
 //! Where everything lives in the table's memory, in 64-bit words.
 //!
 //! ```text
-//! word 0            header (HEADER_WORDS): magic, version, sizes, key count, class hints
-//! slots             nslots words: 0 = empty, else a block handle
-//! page meta         per page: class word + BITMAP_WORDS free-block hints
-//! pages             page_count × PAGE_WORDS: blocks of one size class each
+//! word 0            header (HEADER_WORDS): magic, version, sizes, counters, locks, hints
+//! slots             nslots words: 0 = empty, TOMB = a deleted key, else a block handle
+//! page meta         per page: role word, extent word, BITMAP_WORDS free-block hints
+//! pages             page_count × PAGE_WORDS: blocks of one size class, or part of an extent
 //! ```
 
 use crate::ShmError;
 
-/// Bytes in a page; a page holds blocks of one size class.
+/// Bytes in a page; a page holds blocks of one size class, or is part of
+/// one extent (a run of pages holding one large entry).
 #[cfg(not(loom))]
 pub const PAGE_BYTES: usize = 64 * 1024;
 /// Tiny pages keep loom's models small.
@@ -18,28 +19,39 @@ pub const PAGE_BYTES: usize = 512;
 pub(crate) const PAGE_WORDS: usize = PAGE_BYTES / 8;
 /// Smallest block, in bytes.
 pub const MIN_BLOCK: usize = 64;
-/// Size classes: 64 B, 128 B, … 64 KiB.
+/// Size classes: 64 B, 128 B, … 32 KiB; larger entries take an extent of pages.
 #[cfg(not(loom))]
-pub(crate) const CLASSES: usize = 11;
+pub(crate) const CLASSES: usize = 10;
 #[cfg(loom)]
 pub(crate) const CLASSES: usize = 3;
-/// The largest entry a block can hold (header + key + value), in bytes.
+/// The largest entry (header + key + value) kept in a block of a size class,
+/// in bytes; a larger one takes whole pages.
 pub const MAX_BLOCK: usize = MIN_BLOCK << (CLASSES - 1);
 pub(crate) const BITMAP_WORDS: usize = (PAGE_BYTES / MIN_BLOCK).div_ceil(64);
-pub(crate) const PAGE_META_WORDS: usize = 1 + BITMAP_WORDS;
+/// Per page: the role word, the extent word, the hint bitmap.
+pub(crate) const PAGE_META_WORDS: usize = 2 + BITMAP_WORDS;
 
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"XMEVTAB1");
-/// Layout version: bump when anything in this file or in `block.rs` changes.
-pub(crate) const VERSION: u64 = 1;
+/// Layout version: bump when anything in this file, `block.rs` or `page.rs` changes.
+pub(crate) const VERSION: u64 = 2;
 
 pub(crate) const H_MAGIC: usize = 0;
 pub(crate) const H_VERSION: usize = 1;
 pub(crate) const H_CAPACITY: usize = 2;
 pub(crate) const H_NSLOTS: usize = 3;
 pub(crate) const H_PAGES: usize = 4;
+/// Slots that are not empty (live keys and tombstones).
 pub(crate) const H_USED: usize = 5;
-pub(crate) const H_CLASS_HINT: usize = 8;
-pub(crate) const HEADER_WORDS: usize = H_CLASS_HINT + CLASSES + 5; // 24: room to grow
+/// Live keys.
+pub(crate) const H_LIVE: usize = 6;
+/// Pid-named lock taken to insert or delete a key (replacing a value does not).
+pub(crate) const H_KEY_LOCK: usize = 7;
+/// Pid-named lock taken to change a page's role (give it to a class, make or
+/// free an extent).
+pub(crate) const H_PAGE_LOCK: usize = 8;
+pub(crate) const H_CLASS_HINT: usize = 9;
+pub(crate) const HEADER_WORDS: usize = 32;
+const _: () = assert!(H_CLASS_HINT + CLASSES <= HEADER_WORDS);
 
 /// Positions of the parts of one table, in words from its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,10 +80,10 @@ impl Layout {
         let page_count = arena_bytes.div_ceil(PAGE_BYTES).max(1);
         let slots = HEADER_WORDS;
         let page_meta = slots + nslots;
-        let pages = page_meta + page_count * PAGE_META_WORDS;
+        let pages = (page_meta + page_count * PAGE_META_WORDS).next_multiple_of(8);
         let total_words = pages + page_count * PAGE_WORDS;
-        // Handles keep a block's word index in 40 bits.
-        if total_words >= 1 << 40 {
+        // Handles keep a block's word index in 40 bits (and all ones is TOMB).
+        if total_words >= (1 << 40) - 1 || page_count >= 1 << 32 {
             return Err(ShmError::Config(format!(
                 "arena of {arena_bytes} bytes is too large"
             )));
@@ -97,17 +109,20 @@ impl Layout {
         self.total_words * 8
     }
 
+    /// Bytes of the arena (its pages).
+    pub fn arena_bytes(&self) -> usize {
+        self.page_count * PAGE_BYTES
+    }
+
+    /// Slots a table may fill with keys and tombstones before refusing new
+    /// keys (3/4 of them, so a probe always meets an empty slot soon).
+    pub(crate) fn max_used(&self) -> usize {
+        (self.nslots * 3 / 4).max(self.capacity)
+    }
+
     /// The size class for an entry of `bytes`, if one is large enough.
     pub(crate) fn class_for(bytes: usize) -> Option<usize> {
         (0..CLASSES).find(|&c| MIN_BLOCK << c >= bytes)
-    }
-
-    /// The size class a page's class word names (`class + 1`; 0: no class
-    /// yet), or `None` for 0 and for a value no class has (a corrupt word).
-    pub(crate) fn class_of(word: u64) -> Option<usize> {
-        (1..=CLASSES as u64)
-            .contains(&word)
-            .then(|| word as usize - 1)
     }
 
     pub(crate) fn class_words(class: usize) -> usize {
@@ -123,15 +138,19 @@ impl Layout {
         self.pages + page * PAGE_WORDS
     }
 
-    pub(crate) fn page_class_word(&self, page: usize) -> usize {
+    pub(crate) fn role_word(&self, page: usize) -> usize {
         self.page_meta + page * PAGE_META_WORDS
     }
 
-    pub(crate) fn bitmap_word(&self, page: usize, i: usize) -> usize {
-        self.page_class_word(page) + 1 + i
+    pub(crate) fn extent_word(&self, page: usize) -> usize {
+        self.role_word(page) + 1
     }
 
-    /// The page and block number of the block starting at word `block`.
+    pub(crate) fn bitmap_word(&self, page: usize, i: usize) -> usize {
+        self.role_word(page) + 2 + i
+    }
+
+    /// The page and word offset in it of the block starting at word `block`.
     pub(crate) fn block_position(&self, block: usize) -> Option<(usize, usize)> {
         let rel = block.checked_sub(self.pages)?;
         let page = rel / PAGE_WORDS;

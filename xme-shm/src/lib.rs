@@ -66,6 +66,7 @@ mod primitive;
 mod raw;
 mod ring;
 mod table;
+mod word_lock;
 
 pub use arena::ArenaStats;
 pub use error::ShmError;

@@ -1,6 +1,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -11,11 +11,16 @@ use crate::arena::ArenaStats;
 use crate::buffer::{BufferConfig, CallBuffer};
 use crate::call::{FamilyKey, Registry};
 use crate::layout::Layout;
-use crate::table::ValueTable;
+use crate::table::{Stored, ValueTable};
 use crate::{RawValue, ShmError};
 
-/// Reserved key: the per-process status table ([`StatusTable`]).
+/// Reserved key: the status table ([`StatusTable`]), one entry per operator.
+/// Each entry is kept under its own key, `__STATUS__/` and the operator's 16
+/// hex digits, so the table has no size limit; `get("__STATUS__")` and
+/// [`Manager::statuses`] gather them.
 pub const STATUS_KEY: &str = "__STATUS__";
+/// The prefix of the per-operator status keys.
+const STATUS_PREFIX: &str = "__STATUS__/";
 /// Reserved key: the Guard's table, initially `{"Status": true}`.
 pub const GUARD_KEY: &str = "__GUARD__";
 /// Reserved key: the names of the Manager's built-in operations.
@@ -44,6 +49,9 @@ pub struct ProcessStatus {
     pub pid: u32,
     /// When, in milliseconds since the Unix epoch.
     pub time_ms: u64,
+    /// The operator's last word (a stopped [`HeartJump`](crate::HeartJump)):
+    /// a heartbeat still in the call buffer does not replace it.
+    pub last_word: bool,
 }
 
 impl ProcessStatus {
@@ -55,8 +63,17 @@ impl ProcessStatus {
             time_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as u64),
+            last_word: false,
         }
     }
+}
+
+fn status_key(op: Operator) -> String {
+    format!("{STATUS_PREFIX}{op}")
+}
+
+fn is_status_key(key: &[u8]) -> bool {
+    key.starts_with(STATUS_PREFIX.as_bytes())
 }
 
 /// The `__STATUS__` table: each operator's last status.
@@ -65,12 +82,18 @@ pub type StatusTable = BTreeMap<Operator, ProcessStatus>;
 pub type GuardTable = BTreeMap<String, bool>;
 
 /// Region layout version of a Manager (header + lock + table).
-const REGION_VERSION: u32 = 0x4d47_0002;
+const REGION_VERSION: u32 = 0x4d47_0003;
 /// Words of the Manager header; room for the call buffer and Guard areas.
 const HEADER_WORDS: usize = 32;
 const M_OP_SIZE: usize = 0;
 const M_TABLE_OFFSET: usize = 1;
 const M_BUFFER_OFFSET: usize = 2;
+/// Status entries in the table (counted by inserts and prunes).
+const M_STATUS_COUNT: usize = 3;
+/// Status entries kept before the oldest are pruned.
+const M_STATUS_KEEP: usize = 4;
+/// Pid-named word held by the process pruning status entries.
+const M_PRUNE_LOCK: usize = 5;
 const LOCK_OFFSET: usize = HEADER_WORDS * 8;
 
 /// Builds a [`Manager`] (the seed's `XMEMBuilder`).
@@ -97,6 +120,7 @@ pub struct XmemBuilder {
     name: Option<String>,
     initial: Vec<(String, Vec<u8>)>,
     buffer: BufferConfig,
+    status_keep: usize,
 }
 
 impl Default for XmemBuilder {
@@ -117,6 +141,7 @@ impl XmemBuilder {
             name: None,
             initial: Vec::new(),
             buffer: BufferConfig::default(),
+            status_keep: 1024,
         }
     }
 
@@ -127,16 +152,29 @@ impl XmemBuilder {
         self
     }
 
-    /// Keys the value table can hold (reserved keys included).
+    /// Live keys the value table can hold (default 4096; reserved keys and
+    /// status entries have room of their own). A deleted key's slot is
+    /// reused; past the capacity, [`ShmError::CapacityFull`].
     pub fn capacity(mut self, keys: usize) -> XmemBuilder {
         self.capacity = keys;
         self
     }
 
-    /// Bytes of the arena holding keys and values, rounded up to 64 KiB pages
-    /// (at least 4). A page holds blocks of one size class, so mixed value sizes
-    /// need a page per size class in use. Memory is committed only as it is
-    /// used, so a generous arena costs little.
+    /// Status entries kept in `__STATUS__` (default 1024): past `keep` plus a
+    /// quarter, the oldest entries are pruned, those of ended processes first.
+    /// Keep it above the number of operators that report at once.
+    pub fn status_keep(mut self, keep: usize) -> XmemBuilder {
+        self.status_keep = keep;
+        self
+    }
+
+    /// Bytes of the arena holding keys and values (default 16 MiB), rounded up
+    /// to 64 KiB pages (at least 4). An entry (32-byte header, key, value) up
+    /// to 32 KiB takes a block of a size class; a larger one takes a run of
+    /// whole pages, so one value can use almost the whole arena. Deleting or
+    /// replacing a value frees its space at once; a page whose blocks are all
+    /// free returns to the pool. Memory is committed only as it is used, so a
+    /// generous arena costs little. Past it, [`ShmError::ArenaFull`].
     pub fn arena_bytes(mut self, bytes: usize) -> XmemBuilder {
         self.arena_bytes = bytes;
         self
@@ -201,8 +239,19 @@ impl XmemBuilder {
         if self.capacity == 0 {
             return Err(ShmError::Config("capacity must be at least 1 key".into()));
         }
+        if !(1..=1 << 20).contains(&self.status_keep) {
+            return Err(ShmError::Config(format!(
+                "status_keep {} is outside 1..=2^20",
+                self.status_keep
+            )));
+        }
         let arena_bytes = self.arena_bytes.max(4 * crate::layout::PAGE_BYTES);
-        let layout = Layout::new(self.capacity + RESERVED_KEYS.len(), arena_bytes)?;
+        let status_room = status_limit(self.status_keep) + self.status_keep / 4 + 16;
+        let keys = self
+            .capacity
+            .checked_add(RESERVED_KEYS.len() + status_room)
+            .ok_or_else(|| ShmError::Config(format!("capacity {} is too large", self.capacity)))?;
+        let layout = Layout::new(keys, arena_bytes)?;
         let buffer_offset = (LOCK_OFFSET + SecurityState::SIZE).next_multiple_of(64);
         let table_offset = (buffer_offset + self.buffer.bytes()).next_multiple_of(64);
         let bytes = table_offset + layout.bytes();
@@ -212,6 +261,10 @@ impl XmemBuilder {
         });
         let header: &[AtomicU64] = region.slice(0, HEADER_WORDS)?;
         header[M_OP_SIZE].store(self.op_size as u64, std::sync::atomic::Ordering::Relaxed);
+        header[M_STATUS_KEEP].store(
+            self.status_keep as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         // The fork family's key: children forked from here inherit it in their
         // handle; a process attaching by name does not (it is never written
         // to the region).
@@ -233,9 +286,6 @@ impl XmemBuilder {
             region,
         };
         let pid = process::current_pid();
-        manager
-            .table()
-            .set(STATUS_KEY, &encode(STATUS_KEY, &StatusTable::new())?, pid)?;
         let guard: GuardTable = [("Status".to_string(), true)].into();
         manager
             .table()
@@ -324,6 +374,41 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
     })
 }
 
+/// The status entries past which a prune starts.
+fn status_limit(keep: usize) -> usize {
+    keep + (keep / 4).max(16)
+}
+
+/// The error of a multi-key call that stopped at `keys[at]`.
+fn partly_done<'k>(
+    keys: impl Iterator<Item = &'k (impl AsRef<str> + 'k)>,
+    at: usize,
+    source: ShmError,
+) -> ShmError {
+    let keys: Vec<String> = keys.map(|k| k.as_ref().to_string()).collect();
+    if at == 0 {
+        return source;
+    }
+    ShmError::PartlyDone {
+        total: keys.len(),
+        failed: keys[at].clone(),
+        done: keys[..at].to_vec(),
+        source: Box::new(source),
+    }
+}
+
+/// Refuses a read-modify-write of the status table, which only
+/// [`Manager::status`] writes (before the missing key is noticed).
+fn refuse_reserved_key(key: &str) -> Result<(), ShmError> {
+    if key == STATUS_KEY || is_status_key(key.as_bytes()) {
+        return Err(ShmError::Reserved {
+            key: key.to_string(),
+            what: "only Manager::status writes it",
+        });
+    }
+    Ok(())
+}
+
 /// Whether a caller may write `bytes` under `key`. `__STATUS__` and
 /// `__XMEM__` belong to the Manager (written only through
 /// [`Manager::status`] and [`Manager::register`]); `__GUARD__` accepts a
@@ -331,6 +416,10 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, 
 /// the Guard; every other key is the caller's.
 pub(crate) fn check_reserved_value(key: &str, bytes: &[u8]) -> Result<(), ShmError> {
     match key {
+        _ if is_status_key(key.as_bytes()) => Err(ShmError::Reserved {
+            key: key.to_string(),
+            what: "only Manager::status writes status entries",
+        }),
         STATUS_KEY => Err(ShmError::Reserved {
             key: key.to_string(),
             what: "only Manager::status writes it",
@@ -413,7 +502,32 @@ impl Manager {
     pub fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), ShmError> {
         let bytes = encode(key, value)?;
         check_reserved_value(key, &bytes)?;
-        self.table().set(key, &bytes, process::current_pid())
+        self.table()
+            .set(key, &bytes, process::current_pid())
+            .map(drop)
+    }
+
+    /// Stores bytes already encoded (from [`RawValue::encode`] or
+    /// [`get_raw`](Self::get_raw)) under `key`, without encoding them again:
+    /// the fast way to move large values.
+    ///
+    /// ```
+    /// use xme_shm::{RawValue, XmemBuilder};
+    ///
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().arena_bytes(8 << 20).build()?;
+    /// let big = RawValue::encode(&vec![7u8; 4 << 20])?; // 4 MiB: an extent of pages
+    /// xmem.set_raw("big", &big)?;
+    /// assert_eq!(xmem.get_raw("big")?.as_ref(), Some(&big));
+    /// assert_eq!(xmem.get::<Vec<u8>>("big")?.len(), 4 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn set_raw(&self, key: &str, value: &RawValue) -> Result<(), ShmError> {
+        check_reserved_value(key, value.bytes())?;
+        self.table()
+            .set(key, value.bytes(), process::current_pid())
+            .map(drop)
     }
 
     /// The value of `key` as a `T`.
@@ -431,6 +545,9 @@ impl Manager {
 
     /// The encoded value of `key`, if present.
     pub fn get_raw(&self, key: &str) -> Result<Option<RawValue>, ShmError> {
+        if key == STATUS_KEY {
+            return Ok(Some(RawValue::new(encode(key, &self.statuses()?)?)));
+        }
         let mut out = Vec::new();
         Ok(self
             .table()
@@ -454,19 +571,23 @@ impl Manager {
             .collect()
     }
 
-    /// Every entry (the seed's `items`).
+    /// Every entry (the seed's `items`), `__STATUS__` gathered into one.
     pub fn items(&self) -> Result<Vec<(String, RawValue)>, ShmError> {
-        Ok(self
+        let mut items: Vec<(String, RawValue)> = self
             .table()
-            .entries()?
+            .entries_where(|k| !is_status_key(k))?
             .into_iter()
             .map(|(k, v)| (k, RawValue::new(v)))
-            .collect())
+            .collect();
+        let statuses = encode(STATUS_KEY, &self.statuses()?)?;
+        items.push((STATUS_KEY.to_string(), RawValue::new(statuses)));
+        Ok(items)
     }
 
-    /// Number of keys, reserved keys included.
+    /// Number of keys, reserved keys included (`__STATUS__` counts as one).
     pub fn len(&self) -> Result<usize, ShmError> {
-        self.table().len()
+        let statuses = self.table().entries_where(is_status_key)?.len();
+        Ok(self.table().len()? - statuses + 1)
     }
 
     /// True when only the reserved keys exist.
@@ -504,8 +625,10 @@ impl Manager {
     ) -> Result<(), ShmError> {
         let _guard = self.security.lock(op)?;
         let pid = process::current_pid();
-        for (key, bytes) in encoded {
-            self.table().set(key, bytes, pid)?;
+        for (n, (key, bytes)) in encoded.iter().enumerate() {
+            if let Err(e) = self.table().set(key, bytes, pid) {
+                return Err(partly_done(encoded.iter().map(|(k, _)| k), n, e));
+            }
         }
         Ok(())
     }
@@ -519,6 +642,7 @@ impl Manager {
         T: Serialize + DeserializeOwned,
         F: FnMut(&mut T) -> R,
     {
+        refuse_reserved_key(key)?;
         let mut out = None;
         self.table().update(key, process::current_pid(), |old| {
             let Some(old) = old else {
@@ -538,7 +662,10 @@ impl Manager {
     /// non-reserved key. Returns how many existed. Reserved keys are refused
     /// before anything is deleted.
     pub fn delete(&self, keys: &[&str], op: Operator) -> Result<usize, ShmError> {
-        if let Some(k) = keys.iter().find(|k| RESERVED_KEYS.contains(k)) {
+        if let Some(k) = keys
+            .iter()
+            .find(|k| RESERVED_KEYS.contains(k) || is_status_key(k.as_bytes()))
+        {
             return Err(ShmError::Reserved {
                 key: k.to_string(),
                 what: "it cannot be deleted",
@@ -550,18 +677,22 @@ impl Manager {
         let keys: Vec<&str> = if keys.is_empty() {
             all = self
                 .table()
-                .entries()?
+                .entries_where(|k| {
+                    !is_status_key(k) && !RESERVED_KEYS.iter().any(|r| r.as_bytes() == k)
+                })?
                 .into_iter()
                 .map(|(k, _)| k)
-                .filter(|k| !RESERVED_KEYS.contains(&k.as_str()))
                 .collect();
             all.iter().map(String::as_str).collect()
         } else {
             keys.to_vec()
         };
         let mut n = 0;
-        for key in keys {
-            n += usize::from(self.table().delete(key, pid)?);
+        for (i, key) in keys.iter().enumerate() {
+            match self.table().delete(key, pid) {
+                Ok(existed) => n += usize::from(existed),
+                Err(e) => return Err(partly_done(keys.iter(), i, e)),
+            }
         }
         Ok(n)
     }
@@ -590,6 +721,9 @@ impl Manager {
         T: Serialize + DeserializeOwned,
         F: FnMut(Option<T>) -> T,
     {
+        if !owner {
+            refuse_reserved_key(key)?;
+        }
         let mut stored = None;
         let result = self.table().update(key, process::current_pid(), |old| {
             let old = old.map(|b| decode::<T>(key, b)).transpose()?;
@@ -606,22 +740,135 @@ impl Manager {
     }
 
     /// Records `status` for `op` in `__STATUS__` (the seed's `status`).
+    ///
+    /// Each operator's entry is a key of its own: recording never fails for
+    /// the status table's size. Past the builder's
+    /// [`status_keep`](XmemBuilder::status_keep) plus a quarter, the oldest
+    /// entries are pruned (ended processes' first).
     pub fn status(&self, op: Operator, status: &str) -> Result<(), ShmError> {
         self.record_status(op, ProcessStatus::now(status))
     }
 
-    pub(crate) fn record_status(&self, op: Operator, entry: ProcessStatus) -> Result<(), ShmError> {
-        self.update_with_as(STATUS_KEY, true, |t: Option<StatusTable>| {
-            let mut t = t.unwrap_or_default();
-            t.insert(op, entry.clone());
-            t
-        })
-        .map(drop)
+    /// Stores `entry` as `op`'s status. A heartbeat (`beat`) leaves an
+    /// entry that is its operator's last word unchanged.
+    pub(crate) fn record_status_as(
+        &self,
+        op: Operator,
+        entry: ProcessStatus,
+        beat: bool,
+    ) -> Result<(), ShmError> {
+        let key = status_key(op);
+        let bytes = encode(&key, &entry)?;
+        let pid = process::current_pid();
+        let store = || -> Result<Option<Stored>, ShmError> {
+            if !beat {
+                return self.table().set(&key, &bytes, pid).map(Some);
+            }
+            let mut inserted = false;
+            self.table().update(&key, pid, |old| {
+                inserted = old.is_none();
+                let last_word = old
+                    .and_then(|b| decode::<ProcessStatus>(&key, b).ok())
+                    .is_some_and(|s| s.last_word);
+                Ok::<_, ShmError>((!last_word).then(|| bytes.clone()))
+            })??;
+            Ok(Some(if inserted {
+                Stored::Inserted
+            } else {
+                Stored::Replaced
+            }))
+        };
+        let stored = match store() {
+            Err(ShmError::CapacityFull { .. }) => {
+                // Status entries have room of their own, unless other keys
+                // took it: prune to the limit and try once more.
+                self.prune_statuses(true);
+                store()?
+            }
+            other => other?,
+        };
+        if stored == Some(Stored::Inserted) {
+            let count = self.header()[M_STATUS_COUNT].fetch_add(1, Ordering::Relaxed) + 1;
+            let keep = self.header()[M_STATUS_KEEP].load(Ordering::Relaxed) as usize;
+            if count as usize > status_limit(keep) {
+                self.prune_statuses(false);
+            }
+        }
+        Ok(())
     }
 
-    /// The status table (`__STATUS__`).
+    pub(crate) fn record_status(&self, op: Operator, entry: ProcessStatus) -> Result<(), ShmError> {
+        self.record_status_as(op, entry, false)
+    }
+
+    fn header(&self) -> &[AtomicU64] {
+        // The header was placed at build; its 32 words are always there.
+        self.region
+            .slice(0, HEADER_WORDS)
+            .expect("the Manager header is mapped")
+    }
+
+    /// Deletes the oldest status entries until `status_keep` remain: those
+    /// of processes that ended first, then the oldest reports. One process
+    /// prunes at a time; the others go on (unless `wait`).
+    fn prune_statuses(&self, wait: bool) {
+        let header = self.header();
+        let word = &header[M_PRUNE_LOCK];
+        let _lock = if wait {
+            process::PidLock::take_within(word, std::time::Duration::from_secs(1)).ok()
+        } else {
+            let me = u64::from(process::current_pid());
+            let w = word.load(Ordering::Acquire);
+            let free = w == 0 || (w != me && !process::is_alive(w as i32));
+            (free
+                && word
+                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok())
+            .then(|| process::PidLock::seize(word))
+        };
+        if _lock.is_none() {
+            return;
+        }
+        let keep = header[M_STATUS_KEEP].load(Ordering::Relaxed) as usize;
+        let Ok(entries) = self.table().entries_where(is_status_key) else {
+            return;
+        };
+        let mut entries: Vec<(bool, u64, String)> = entries
+            .into_iter()
+            .map(|(key, bytes)| {
+                let s = decode::<ProcessStatus>(&key, &bytes).ok();
+                let running = s.as_ref().is_some_and(|s| process::is_alive(s.pid as i32));
+                (running, s.map_or(0, |s| s.time_ms), key)
+            })
+            .collect();
+        let total = entries.len();
+        entries.sort();
+        let pid = process::current_pid();
+        let mut deleted = 0;
+        for (_, _, key) in entries.iter().take(total.saturating_sub(keep)) {
+            if self.table().delete(key, pid).unwrap_or(false) {
+                deleted += 1;
+            }
+        }
+        // Recount (a process killed between a store and its count leaves the
+        // count off): entries inserted meanwhile are counted by their inserter.
+        header[M_STATUS_COUNT].store((total - deleted) as u64, Ordering::Relaxed);
+    }
+
+    /// The status table (`__STATUS__`): every operator's last report.
     pub fn statuses(&self) -> Result<StatusTable, ShmError> {
-        self.get(STATUS_KEY)
+        self.table()
+            .entries_where(is_status_key)?
+            .into_iter()
+            .map(|(key, bytes)| {
+                let op = key[STATUS_PREFIX.len()..]
+                    .parse::<Operator>()
+                    .map_err(|_| {
+                        ShmError::BadLayout(format!("status key {key:?} names no operator"))
+                    })?;
+                Ok((op, decode::<ProcessStatus>(&key, &bytes)?))
+            })
+            .collect()
     }
 
     /// `__GUARD__["Status"]`: whether the Guard should keep running.
@@ -643,23 +890,34 @@ impl Manager {
         .map(drop)
     }
 
-    /// Keys the table can hold, reserved keys included.
+    /// Keys the table can hold: the builder's capacity, plus room for the
+    /// reserved keys and the status entries.
     pub fn capacity(&self) -> usize {
         self.table().layout().capacity
     }
 
-    /// Slots taken by keys, live or deleted (a deleted key keeps its slot).
+    /// Slots taken by live keys and by tombstones of deleted keys (a
+    /// tombstone is emptied again once no probe chain runs through it).
     pub fn keys_claimed(&self) -> usize {
         self.table().keys_claimed()
     }
 
-    /// Frees blocks left by processes that died while writing; returns how many.
-    /// Runs by itself when the arena seems full.
-    pub fn sweep(&self) -> usize {
-        self.table().sweep()
+    /// Bytes of the arena.
+    pub fn arena_bytes(&self) -> usize {
+        self.table().layout().arena_bytes()
     }
 
-    /// Checks the table's consistency and counts the arena's blocks.
+    /// Frees blocks left by processes that died while writing, and pages a
+    /// dead process left half made; returns how many blocks. Runs by itself
+    /// when the arena seems full.
+    pub fn sweep(&self) -> usize {
+        self.table().sweep(process::current_pid())
+    }
+
+    /// Checks the table's consistency and counts the arena's blocks. Safe
+    /// while other processes write: a slot being written is read again until
+    /// it reads whole, so only lasting damage is reported; the counts are
+    /// then a close estimate.
     pub fn check(&self) -> Result<ArenaStats, ShmError> {
         self.table().check()
     }

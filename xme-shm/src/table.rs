@@ -1,19 +1,31 @@
 //! The lock-free value table: string keys to byte values, in shared memory.
 //!
-//! - A slot is one word: 0 (empty) or the handle of the block holding the key
-//!   and its current value. Keys are placed by linear probing from their FNV
-//!   hash; a slot never becomes empty again (a deleted key leaves a tombstone
-//!   block), so a key can never end up in two slots.
-//! - A writer fills a fresh block, then publishes it with one CAS on the slot;
-//!   then it frees the block it replaced. A reader copies a block and checks
-//!   its generation did not move (seqlock style), else retries. A process killed at
-//!   any instruction leaves each slot holding a whole old or new entry.
+//! - A slot is one word: 0 (empty), [`TOMB`] (a deleted key: no block), or
+//!   the handle of the block holding the key and its current value. Keys are
+//!   placed by linear probing from their FNV hash.
+//! - Replacing a key's value is lock-free: the writer fills a fresh block,
+//!   publishes it with one CAS on the key's slot, then frees the block it
+//!   replaced. A reader copies a block and checks its generation (and its
+//!   page's role word) did not move, seqlock style, else retries.
+//! - Inserting a new key and deleting one take the table's key lock (a
+//!   pid-named word), so the probe chains do not change under them: an insert
+//!   takes the first tombstone or empty slot of its chain, knowing the key is
+//!   in no other slot; a delete leaves a tombstone, or an empty slot when the
+//!   next slot is empty (and then empties the tombstones just before it),
+//!   since no chain runs through such a slot. Deleting never allocates.
+//!
+//! A process killed at any instruction leaves each slot holding a whole old
+//! or new entry; a key lock it held is taken over by the next taker, which
+//! recounts the table's counters.
 
 use crate::ShmError;
-use crate::arena::{Arena, ArenaStats};
-use crate::block::{self, HEADER, Meta, TOMBSTONE, W_LENS, W_META, W_PLACE};
-use crate::layout::{self, H_CAPACITY, H_MAGIC, H_NSLOTS, H_PAGES, H_USED, H_VERSION, Layout};
+use crate::arena::{Arena, ArenaStats, Role};
+use crate::block::{self, HEADER, Meta, TOMB, W_KEY_LEN, W_META, W_PLACE, W_VALUE_LEN};
+use crate::layout::{
+    self, H_CAPACITY, H_KEY_LOCK, H_LIVE, H_MAGIC, H_NSLOTS, H_PAGES, H_USED, H_VERSION, Layout,
+};
 use crate::primitive::{AtomicU64, Ordering, fence};
+use crate::word_lock::WordLock;
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 1024;
@@ -25,12 +37,21 @@ pub struct ValueTable<'m> {
     layout: Layout,
 }
 
-/// What reading one block found.
-enum Read {
-    /// The block holds another key.
-    OtherKey,
-    /// The block holds our key; `true` if it is a tombstone.
-    OurKey { deleted: bool },
+/// What a slot holds, for a reader.
+enum Slot<T> {
+    Empty,
+    Tomb,
+    /// A block's handle, and what the reader's copy returned.
+    Entry(u64, T),
+}
+
+/// What a store did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stored {
+    /// The key was new.
+    Inserted,
+    /// The key had a value, now replaced.
+    Replaced,
 }
 
 /// Consecutive inconsistent reads of one unchanged slot after which the table
@@ -40,42 +61,31 @@ const STALE_READS: u32 = 1 << 12;
 /// Called before each publish attempt of a read-modify-write with what the
 /// lookup found. A publish conflicts only when the key's slot changed since
 /// its lookup, so the next lookup finds something else; finding the same
-/// slot and handle again means the table is corrupt (two slots claim the
-/// key, or an empty slot before it is not empty to the writer).
+/// slot and handle again means the table is corrupt.
 fn check_progress(
     last: &mut Option<Option<(usize, u64)>>,
     found: Option<(usize, u64)>,
-    key: &str,
+    key: &[u8],
 ) -> Result<(), ShmError> {
     if *last == Some(found) {
         return Err(ShmError::BadLayout(format!(
-            "key {key:?} cannot be written: its slot does not change yet every write conflicts; the table is corrupt"
+            "key {:?} cannot be written: its slot does not change yet every write conflicts; the table is corrupt",
+            String::from_utf8_lossy(key)
         )));
     }
     *last = Some(found);
     Ok(())
 }
 
-/// What block `e` holds for a reader of `key`; copies the value into `value`
-/// if asked and the key matches.
-fn classify(
-    e: &Snapshot<'_>,
-    key: &[u8],
-    hash: u64,
-    scratch: &mut Vec<u8>,
-    value: Option<&mut Vec<u8>>,
-) -> Read {
-    if e.hash != hash & 0xffff_ffff || e.klen != key.len() {
-        return Read::OtherKey;
-    }
-    block::load_bytes(e.data, e.klen, scratch);
-    if scratch != key {
-        return Read::OtherKey;
+/// Whether block `e` holds `key`; copies the value into `value` if so and asked.
+fn matches(e: &Snapshot<'_>, key: &[u8], hash: u64, value: Option<&mut Vec<u8>>) -> bool {
+    if e.hash != hash & 0xffff_ffff || e.klen != key.len() || !block::equals(e.data, key) {
+        return false;
     }
     if let Some(out) = value {
         block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, out);
     }
-    Read::OurKey { deleted: e.deleted }
+    true
 }
 
 /// What [`ValueTable::snapshot`] lets a reader see of a block.
@@ -84,7 +94,6 @@ struct Snapshot<'m> {
     hash: u64,
     klen: usize,
     vlen: usize,
-    deleted: bool,
     /// The key's words, then the value's.
     data: &'m [AtomicU64],
 }
@@ -135,7 +144,7 @@ impl<'m> ValueTable<'m> {
         }
         let capacity = word(H_CAPACITY) as usize;
         let pages = word(H_PAGES) as usize;
-        let layout = Layout::new(capacity, pages * layout::PAGE_BYTES)?;
+        let layout = Layout::new(capacity, pages.saturating_mul(layout::PAGE_BYTES))?;
         if layout.nslots as u64 != word(H_NSLOTS) || layout.total_words > mem.len() {
             return Err(ShmError::BadLayout(format!(
                 "sizes do not match: {} slots in the header, {} computed; {} words needed, {} mapped",
@@ -177,89 +186,96 @@ impl<'m> ValueTable<'m> {
         (0..n).map(move |k| (start + k) & (n - 1))
     }
 
-    /// Checks a handle read from a slot points at a block boundary.
-    fn block_of(&self, h: u64) -> Result<(u64, usize), ShmError> {
-        let (generation, b) = block::unhandle(h);
-        let ok = self.layout.block_position(b).is_some_and(|(page, offset)| {
-            let c = self.mem[self.layout.page_class_word(page)].load(Ordering::Acquire);
-            Layout::class_of(c).is_some_and(|class| offset % Layout::class_words(class) == 0)
-        });
-        if ok {
-            Ok((generation, b))
-        } else {
-            Err(ShmError::BadLayout(format!(
-                "a slot holds an invalid handle {h:#x}"
-            )))
+    /// Takes the key lock; a taker that finds its holder dead recounts the
+    /// counters the holder may have left half-updated.
+    fn key_lock(&self, pid: u32) -> Result<WordLock<'m>, ShmError> {
+        let lock = WordLock::take(&self.mem[H_KEY_LOCK], pid, "key")?;
+        if lock.took_over {
+            let (mut used, mut live) = (0, 0);
+            for i in 0..self.layout.nslots {
+                match self.slot(i).load(Ordering::Acquire) {
+                    0 => {}
+                    TOMB => used += 1,
+                    _ => (used, live) = (used + 1, live + 1),
+                }
+            }
+            self.mem[H_USED].store(used, Ordering::Relaxed);
+            self.mem[H_LIVE].store(live, Ordering::Relaxed);
         }
-    }
-
-    /// Room for key and value in the block at `b`, in bytes (0 if its page's
-    /// class word no longer names a class: nothing then fits).
-    fn capacity_of(&self, b: usize) -> usize {
-        let class = self.layout.block_position(b).and_then(|(page, _)| {
-            Layout::class_of(self.mem[self.layout.page_class_word(page)].load(Ordering::Acquire))
-        });
-        class.map_or(0, |c| (Layout::class_words(c) - HEADER) * 8)
+        Ok(lock)
     }
 
     /// Reads block `h` the seqlock way: `copy` sees the block's key hash,
     /// lengths and data words (only when the lengths fit the block), and its
-    /// result is kept only if the block's generation did not move meanwhile.
-    /// `None`: the block changed under us; reload the slot.
+    /// result is kept only if neither the block's generation nor its page's
+    /// role moved meanwhile. `None`: the block changed under us; reload the slot.
     fn snapshot<T>(
         &self,
         h: u64,
         copy: impl FnOnce(&Snapshot<'_>) -> T,
     ) -> Result<Option<T>, ShmError> {
-        let (generation, b) = self.block_of(h)?;
+        let (generation, b) = block::unhandle(h);
+        let Some((page, offset)) = self.layout.block_position(b) else {
+            return Err(ShmError::BadLayout(format!(
+                "a slot holds an invalid handle {h:#x}"
+            )));
+        };
+        let role_word = &self.mem[self.layout.role_word(page)];
+        let r1 = role_word.load(Ordering::Acquire);
+        let Some(room) = self.arena().block_room(page, offset, Role::unpack(r1)) else {
+            return Ok(None); // the page has another role now
+        };
         let meta = &self.mem[b + W_META];
         let m1 = Meta::unpack(meta.load(Ordering::Acquire));
         if m1.generation != generation || m1.state == block::FREE {
             return Ok(None);
         }
         let place = self.mem[b + W_PLACE].load(Ordering::Relaxed);
-        let lens = self.mem[b + W_LENS].load(Ordering::Relaxed);
-        let (klen, vlen) = (lens as u32 as usize, (lens >> 32) as u32);
-        let deleted = vlen == TOMBSTONE;
-        let vlen = if deleted { 0 } else { vlen as usize };
+        let klen = self.mem[b + W_KEY_LEN].load(Ordering::Relaxed) as usize;
+        let vlen = self.mem[b + W_VALUE_LEN].load(Ordering::Relaxed) as usize;
         // Lengths from a block being reused may be garbage: never read past it.
-        let fits = (block::words(klen) + block::words(vlen)) * 8 <= self.capacity_of(b);
+        let fits = block::words(klen)
+            .checked_add(block::words(vlen))
+            .is_some_and(|w| w <= room / 8);
         let out = fits.then(|| {
             copy(&Snapshot {
                 hash: place >> 32,
                 klen,
                 vlen,
-                deleted,
                 data: &self.mem[b + HEADER..],
             })
         });
-        // Seqlock check: nothing we read came from a later owner of the block.
+        // Seqlock check: nothing we read came from a later owner of the block
+        // or a later life of its page.
         fence(Ordering::Acquire);
-        if Meta::unpack(meta.load(Ordering::Relaxed)).generation != generation {
+        if Meta::unpack(meta.load(Ordering::Relaxed)).generation != generation
+            || role_word.load(Ordering::Relaxed) != r1
+        {
             return Ok(None);
         }
         Ok(out)
     }
 
-    /// Reads the block in slot `i` the seqlock way (see
-    /// [`snapshot`](Self::snapshot)), reloading the slot while its block
-    /// changes under the reader: `Some((handle, copy's result))`, or `None`
-    /// for an empty slot. A block changes only after its slot was given
-    /// another handle, so a slot that keeps the same handle while its block
-    /// never reads consistently is corrupt: reported, never waited on.
+    /// Reads slot `i`, copying its block the seqlock way (see
+    /// [`snapshot`](Self::snapshot)) and reloading the slot while its block
+    /// changes under the reader. A block changes only after its slot was
+    /// given another word, so a slot that keeps the same handle while its
+    /// block never reads consistently is corrupt: reported, never waited on.
     fn read_slot<T>(
         &self,
         i: usize,
         mut copy: impl FnMut(&Snapshot<'_>) -> T,
-    ) -> Result<Option<(u64, T)>, ShmError> {
+    ) -> Result<Slot<T>, ShmError> {
         let (mut last, mut same) = (0, 0u32);
         loop {
             let h = self.slot(i).load(Ordering::Acquire);
-            if h == 0 {
-                return Ok(None);
+            match h {
+                0 => return Ok(Slot::Empty),
+                TOMB => return Ok(Slot::Tomb),
+                _ => {}
             }
             if let Some(t) = self.snapshot(h, &mut copy)? {
-                return Ok(Some((h, t)));
+                return Ok(Slot::Entry(h, t));
             }
             if h != last {
                 (last, same) = (h, 0);
@@ -275,22 +291,18 @@ impl<'m> ValueTable<'m> {
         }
     }
 
-    /// Finds `key`: (slot, handle, deleted), copying its value into `value`.
+    /// Finds `key`: (slot, handle), copying its value into `value`.
     fn lookup(
         &self,
         key: &[u8],
         hash: u64,
         mut value: Option<&mut Vec<u8>>,
-    ) -> Result<Option<(usize, u64, bool)>, ShmError> {
-        let mut scratch = Vec::new();
+    ) -> Result<Option<(usize, u64)>, ShmError> {
         for i in self.probe(hash) {
-            let found = self.read_slot(i, |e| {
-                classify(e, key, hash, &mut scratch, value.as_deref_mut())
-            })?;
-            match found {
-                None => return Ok(None),
-                Some((_, Read::OtherKey)) => {}
-                Some((h, Read::OurKey { deleted })) => return Ok(Some((i, h, deleted))),
+            match self.read_slot(i, |e| matches(e, key, hash, value.as_deref_mut()))? {
+                Slot::Empty => return Ok(None),
+                Slot::Entry(h, true) => return Ok(Some((i, h))),
+                Slot::Tomb | Slot::Entry(_, false) => {}
             }
         }
         Ok(None)
@@ -299,39 +311,62 @@ impl<'m> ValueTable<'m> {
     /// Copies `key`'s value into `out`; false if the key is absent.
     pub fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<bool, ShmError> {
         let k = key.as_bytes();
-        Ok(matches!(
-            self.lookup(k, block::key_hash(k), Some(out))?,
-            Some((_, _, false))
-        ))
+        Ok(self.lookup(k, block::key_hash(k), Some(out))?.is_some())
     }
 
     /// Stores `value` under `key`, replacing any value.
-    pub fn set(&self, key: &str, value: &[u8], pid: u32) -> Result<(), ShmError> {
-        let (b, generation) = self.fill(key.as_bytes(), Some(value), pid)?;
-        match self.publish(key.as_bytes(), b, generation, pid, Expect::Any) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(Conflict)) => unreachable!("Expect::Any never conflicts"),
-            Err(e) => Err(e),
+    pub(crate) fn set(&self, key: &str, value: &[u8], pid: u32) -> Result<Stored, ShmError> {
+        let (b, generation) = self.fill(key.as_bytes(), value, pid)?;
+        match self.publish(key.as_bytes(), b, generation, pid, Expect::Any)? {
+            Ok(stored) => Ok(stored),
+            Err(Conflict) => unreachable!("Expect::Any never conflicts"),
         }
     }
 
-    /// Deletes `key`; false if it was absent.
+    /// Deletes `key` and frees its block at once; false if it was absent.
+    /// Never allocates.
     pub fn delete(&self, key: &str, pid: u32) -> Result<bool, ShmError> {
         let k = key.as_bytes();
         let hash = block::key_hash(k);
         let mut last = None;
         loop {
-            let Some((i, h, false)) = self.lookup(k, hash, None)? else {
+            let Some((i, h)) = self.lookup(k, hash, None)? else {
                 return Ok(false);
             };
-            check_progress(&mut last, Some((i, h)), key)?;
-            let (b, generation) = self.fill(k, None, pid)?;
+            check_progress(&mut last, Some((i, h)), k)?;
+            let lock = self.key_lock(pid)?;
+            let mask = self.layout.nslots - 1;
+            // No chain runs through a slot followed by an empty one: it can
+            // become empty itself (only key-lock holders fill empty slots).
+            let next_empty = self.slot((i + 1) & mask).load(Ordering::Acquire) == 0;
+            let new = if next_empty { 0 } else { TOMB };
             if self
-                .publish(k, b, generation, pid, Expect::Exactly(h))?
-                .is_ok()
+                .slot(i)
+                .compare_exchange(h, new, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
             {
-                return Ok(true);
+                continue; // replaced meanwhile: delete the new value
             }
+            self.mem[H_LIVE].fetch_sub(1, Ordering::Relaxed);
+            if next_empty {
+                let mut emptied = 1;
+                let mut j = i;
+                for _ in 1..self.layout.nslots {
+                    j = (j + mask) & mask;
+                    if self
+                        .slot(j)
+                        .compare_exchange(TOMB, 0, Ordering::AcqRel, Ordering::Acquire)
+                        .is_err()
+                    {
+                        break;
+                    }
+                    emptied += 1;
+                }
+                self.mem[H_USED].fetch_sub(emptied, Ordering::Relaxed);
+            }
+            drop(lock);
+            self.arena().retire(h, pid);
+            return Ok(true);
         }
     }
 
@@ -350,10 +385,9 @@ impl<'m> ValueTable<'m> {
         let mut last = None;
         loop {
             let found = self.lookup(k, hash, Some(&mut current))?;
-            check_progress(&mut last, found.map(|(i, h, _)| (i, h)), key)?;
+            check_progress(&mut last, found, k)?;
             let (expected, old) = match found {
-                Some((_, h, false)) => (h, Some(current.as_slice())),
-                Some((_, h, true)) => (h, None),
+                Some((_, h)) => (h, Some(current.as_slice())),
                 None => (0, None),
             };
             let new = match f(old) {
@@ -361,7 +395,7 @@ impl<'m> ValueTable<'m> {
                 Ok(None) => return Ok(Ok(None)),
                 Err(e) => return Ok(Err(e)),
             };
-            let (b, generation) = self.fill(k, Some(&new), pid)?;
+            let (b, generation) = self.fill(k, &new, pid)?;
             if self
                 .publish(k, b, generation, pid, Expect::Exactly(expected))?
                 .is_ok()
@@ -371,51 +405,44 @@ impl<'m> ValueTable<'m> {
         }
     }
 
-    /// Takes a block and writes `key` and `value` (None: a tombstone) into it.
-    fn fill(&self, key: &[u8], value: Option<&[u8]>, pid: u32) -> Result<(usize, u64), ShmError> {
+    /// Takes a block and writes `key` and `value` into it.
+    fn fill(&self, key: &[u8], value: &[u8], pid: u32) -> Result<(usize, u64), ShmError> {
         if key.len() > MAX_KEY {
             return Err(ShmError::KeyTooLong {
                 len: key.len(),
                 max: MAX_KEY,
             });
         }
-        let vlen = value.map_or(0, <[u8]>::len);
-        let needed = block::entry_bytes(key.len(), vlen);
-        let class = Layout::class_for(needed).ok_or(ShmError::ValueTooLarge {
-            len: needed,
-            max: layout::MAX_BLOCK,
-        })?;
+        let needed = block::entry_bytes(key.len(), value.len());
+        let arena_bytes = self.layout.arena_bytes();
+        if needed > arena_bytes {
+            return Err(ShmError::ValueTooLarge {
+                len: needed,
+                max: arena_bytes,
+            });
+        }
         let arena = self.arena();
-        let (b, generation) = match arena.alloc(class, pid) {
+        let (b, generation) = match arena.alloc(needed, pid)? {
             Some(found) => found,
             None => {
-                self.sweep();
-                arena.alloc(class, pid).ok_or(ShmError::ArenaFull {
+                self.sweep(pid);
+                arena.alloc(needed, pid)?.ok_or(ShmError::ArenaFull {
                     needed,
-                    class_bytes: layout::MIN_BLOCK << class,
+                    arena_bytes,
                 })?
             }
         };
-        let vlen_word = match value {
-            Some(v) => {
-                let vlen = u32::try_from(v.len()).map_err(|_| ShmError::ValueTooLarge {
-                    len: needed,
-                    max: layout::MAX_BLOCK,
-                })?;
-                u64::from(vlen)
-            }
-            None => u64::from(TOMBSTONE),
-        };
-        self.mem[b + W_LENS].store(key.len() as u64 | (vlen_word << 32), Ordering::Relaxed);
+        self.mem[b + W_KEY_LEN].store(key.len() as u64, Ordering::Relaxed);
+        self.mem[b + W_VALUE_LEN].store(value.len() as u64, Ordering::Relaxed);
         let data = &self.mem[b + HEADER..];
         block::store_bytes(data, key);
-        if let Some(v) = value {
-            block::store_bytes(&data[block::words(key.len())..], v);
-        }
+        block::store_bytes(&data[block::words(key.len())..], value);
         Ok((b, generation))
     }
 
-    /// Publishes the filled block `b` for `key` in the key's slot.
+    /// Publishes the filled block `b` for `key`: in the key's slot if it has
+    /// one, else (under the key lock) in the first tombstone or empty slot of
+    /// its chain. Gives the block back on a conflict or an error.
     fn publish(
         &self,
         key: &[u8],
@@ -423,126 +450,129 @@ impl<'m> ValueTable<'m> {
         generation: u64,
         pid: u32,
         expect: Expect,
-    ) -> Result<Result<(), Conflict>, ShmError> {
+    ) -> Result<Result<Stored, Conflict>, ShmError> {
+        let give_back = || {
+            self.arena().free(b, Meta::writing(generation, pid), pid);
+        };
+        let result = self.try_publish(key, b, generation, pid, expect);
+        if !matches!(result, Ok(Ok(_))) {
+            give_back();
+        }
+        result
+    }
+
+    fn try_publish(
+        &self,
+        key: &[u8],
+        b: usize,
+        generation: u64,
+        pid: u32,
+        expect: Expect,
+    ) -> Result<Result<Stored, Conflict>, ShmError> {
         let hash = block::key_hash(key);
         let new = block::handle(generation, b);
-        let arena = self.arena();
-        let give_back = |arena: &Arena<'_>| {
-            let writing = Meta {
-                generation,
-                owner: pid,
-                state: block::WRITING,
+        let place = &self.mem[b + W_PLACE];
+        let mut last = None;
+        loop {
+            let found = self.lookup(key, hash, None)?;
+            if let Expect::Exactly(want) = expect
+                && found.map_or(0, |(_, h)| h) != want
+            {
+                return Ok(Err(Conflict));
             }
-            .pack();
-            arena.free(b, writing);
-        };
-        let mut scratch = Vec::new();
-        for i in self.probe(hash) {
-            let place = &self.mem[b + W_PLACE];
-            loop {
-                let (cur, ours) =
-                    match self.read_slot(i, |e| classify(e, key, hash, &mut scratch, None)) {
-                        Ok(None) => (0, true),
-                        Ok(Some((h, Read::OtherKey))) => (h, false),
-                        Ok(Some((h, Read::OurKey { .. }))) => (h, true),
-                        Err(e) => {
-                            give_back(&arena);
-                            return Err(e);
-                        }
-                    };
-                if !ours {
-                    break;
-                }
-                if let Expect::Exactly(want) = expect
-                    && want != cur
-                {
-                    give_back(&arena);
-                    return Ok(Err(Conflict));
-                }
-                if cur == 0 && !self.reserve_key() {
-                    give_back(&arena);
-                    return Err(ShmError::CapacityFull {
-                        capacity: self.layout.capacity,
-                    });
-                }
+            check_progress(&mut last, found, key)?;
+            if let Some((i, cur)) = found {
                 place.store(i as u64 | (hash << 32), Ordering::Relaxed);
                 // AcqRel: publishes the block's contents to readers of the slot.
-                match self
+                if self
                     .slot(i)
                     .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
                 {
-                    Ok(_) => {
-                        arena.mark_live(b, generation, pid);
-                        if cur != 0 {
-                            arena.retire(cur);
-                        }
-                        return Ok(Ok(()));
-                    }
-                    Err(_) => {
-                        if cur == 0 {
-                            self.mem[H_USED].fetch_sub(1, Ordering::AcqRel);
-                        }
-                    }
+                    self.arena().mark_live(b, generation, pid);
+                    self.arena().retire(cur, pid);
+                    return Ok(Ok(Stored::Replaced));
                 }
+                continue;
             }
+            // A new key: under the key lock no key is inserted or deleted, so
+            // what the chain shows now stays true until we publish.
+            let lock = self.key_lock(pid)?;
+            if self.lookup(key, hash, None)?.is_some() {
+                drop(lock); // inserted meanwhile: replace it
+                last = None;
+                continue;
+            }
+            let free = self.probe(hash).find_map(|i| {
+                let w = self.slot(i).load(Ordering::Acquire);
+                (w == 0 || w == TOMB).then_some((i, w))
+            });
+            let live = self.mem[H_LIVE].load(Ordering::Relaxed) as usize;
+            let used = self.mem[H_USED].load(Ordering::Relaxed) as usize;
+            let Some((i, w)) = free.filter(|&(_, w)| {
+                live < self.layout.capacity && (w == TOMB || used < self.layout.max_used())
+            }) else {
+                return Err(ShmError::CapacityFull {
+                    capacity: self.layout.capacity,
+                });
+            };
+            place.store(i as u64 | (hash << 32), Ordering::Relaxed);
+            if self
+                .slot(i)
+                .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                return Err(ShmError::BadLayout(format!(
+                    "slot {i} changed while the key lock was held: the table is corrupt"
+                )));
+            }
+            self.mem[H_LIVE].fetch_add(1, Ordering::Relaxed);
+            if w == 0 {
+                self.mem[H_USED].fetch_add(1, Ordering::Relaxed);
+            }
+            drop(lock);
+            self.arena().mark_live(b, generation, pid);
+            return Ok(Ok(Stored::Inserted));
         }
-        give_back(&arena);
-        Err(ShmError::CapacityFull {
-            capacity: self.layout.capacity,
-        })
     }
 
-    fn reserve_key(&self) -> bool {
-        let used = &self.mem[H_USED];
-        if used.fetch_add(1, Ordering::AcqRel) as usize >= self.layout.capacity {
-            used.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    /// Every live key and its value bytes, in slot order.
-    pub fn entries(&self) -> Result<Vec<(String, Vec<u8>)>, ShmError> {
+    /// The live keys `want` accepts, with their values, in slot order.
+    pub(crate) fn entries_where(
+        &self,
+        want: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<(String, Vec<u8>)>, ShmError> {
         let mut out = Vec::new();
         for i in 0..self.layout.nslots {
-            if let Some((key, value)) = self.entry_at(i)? {
+            let copied = self.read_slot(i, |e| {
+                let mut key = Vec::new();
+                block::load_bytes(e.data, e.klen, &mut key);
+                want(&key).then(|| {
+                    let mut value = Vec::new();
+                    block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
+                    (key, value)
+                })
+            })?;
+            if let Slot::Entry(_, Some((key, value))) = copied {
+                let key = String::from_utf8(key).map_err(|_| {
+                    ShmError::BadLayout(format!("slot {i} holds a key that is not UTF-8"))
+                })?;
                 out.push((key, value));
             }
         }
         Ok(out)
     }
 
-    /// The live entry in slot `i`, if any.
-    fn entry_at(&self, i: usize) -> Result<Option<(String, Vec<u8>)>, ShmError> {
-        let copied = self.read_slot(i, |e| {
-            (!e.deleted).then(|| {
-                let (mut key, mut value) = (Vec::new(), Vec::new());
-                block::load_bytes(e.data, e.klen, &mut key);
-                block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
-                (key, value)
-            })
-        })?;
-        let Some((_, Some((key, value)))) = copied else {
-            return Ok(None);
-        };
-        let key = String::from_utf8(key)
-            .map_err(|_| ShmError::BadLayout(format!("slot {i} holds a key that is not UTF-8")))?;
-        Ok(Some((key, value)))
-    }
-
-    /// Number of live keys (deleted keys not counted); copies no key or value.
+    /// Number of live keys; copies no key or value.
     pub fn len(&self) -> Result<usize, ShmError> {
         let mut n = 0;
         for i in 0..self.layout.nslots {
-            if let Some((_, deleted)) = self.read_slot(i, |e| e.deleted)? {
-                n += usize::from(!deleted);
-            }
+            n += usize::from(matches!(self.read_slot(i, |_| ())?, Slot::Entry(..)));
         }
         Ok(n)
     }
 
     /// Frees blocks left by processes that died while writing; returns how many.
-    pub fn sweep(&self) -> usize {
+    pub fn sweep(&self, pid: u32) -> usize {
         self.arena().sweep(
             |b, generation| {
                 let place = self.mem[b + W_PLACE].load(Ordering::Acquire);
@@ -550,47 +580,38 @@ impl<'m> ValueTable<'m> {
                 slot < self.layout.nslots
                     && self.slot(slot).load(Ordering::Acquire) == block::handle(generation, b)
             },
-            xme_alive,
+            crate::word_lock::alive,
+            pid,
         )
     }
 
-    /// Checks the table and arena agree: every slot's block is published, no
-    /// block is referenced twice. Returns block counts.
+    /// Checks every slot's block reads consistently (waiting out writers,
+    /// so it is safe while other processes write) and no block is in two
+    /// slots. Returns block counts.
     pub fn check(&self) -> Result<ArenaStats, ShmError> {
         let mut seen = std::collections::HashSet::new();
         for i in 0..self.layout.nslots {
-            let h = self.slot(i).load(Ordering::Acquire);
-            if h == 0 {
-                continue;
-            }
-            let (generation, b) = self.block_of(h)?;
-            let m = Meta::unpack(self.mem[b + W_META].load(Ordering::Acquire));
-            if m.generation != generation || m.state == block::FREE {
+            if let Slot::Entry(h, ()) = self.read_slot(i, |_| ())?
+                && !seen.insert(h)
+            {
                 return Err(ShmError::BadLayout(format!(
-                    "slot {i} points at a block that is {m:?}, handle generation {generation}"
+                    "handle {h:#x} is in two slots"
                 )));
-            }
-            if !seen.insert(b) {
-                return Err(ShmError::BadLayout(format!("block {b} is in two slots")));
             }
         }
         Ok(self.arena().stats())
     }
 
-    /// Slots claimed by keys (live or deleted).
+    /// Slots taken by keys and tombstones.
     pub fn keys_claimed(&self) -> usize {
         self.mem[H_USED].load(Ordering::Acquire) as usize
     }
-}
 
-#[cfg(not(loom))]
-fn xme_alive(pid: u32) -> bool {
-    xme_core::process::is_alive(pid as i32)
-}
-
-#[cfg(loom)]
-fn xme_alive(_pid: u32) -> bool {
-    true
+    /// Live keys, as counted by inserts and deletes.
+    #[cfg(loom)]
+    pub fn live_keys(&self) -> usize {
+        self.mem[H_LIVE].load(Ordering::Acquire) as usize
+    }
 }
 
 #[cfg(all(test, loom))]
@@ -688,7 +709,48 @@ mod loom_models {
             if t.get_into("k", &mut out).unwrap() {
                 assert_eq!(whole(&out), Some(2));
             }
-            assert_eq!(t.keys_claimed(), 1);
+            let present = t.get_into("k", &mut out).unwrap();
+            assert_eq!(t.live_keys(), usize::from(present));
+            assert!(t.keys_claimed() <= 1);
+            t.check().unwrap();
+        });
+    }
+
+    /// Two keys whose probe chains start at the same slot of a 4-slot table.
+    fn colliding_keys() -> (String, String) {
+        let keys: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
+        let start = |k: &String| block::key_hash(k.as_bytes()) & 3;
+        for a in &keys {
+            if let Some(b) = keys.iter().find(|b| *b != a && start(b) == start(a)) {
+                return (a.clone(), b.clone());
+            }
+        }
+        unreachable!("64 keys over 4 slots collide")
+    }
+
+    #[test]
+    fn deleting_a_key_never_hides_the_key_after_it_in_its_chain() {
+        model(|| {
+            let layout = Layout::new(2, 4 * layout::PAGE_BYTES).unwrap();
+            let mem: Vec<AtomicU64> = (0..layout.total_words).map(|_| AtomicU64::new(0)).collect();
+            let mem = Arc::new(mem);
+            let t = ValueTable::init(&mem, layout).unwrap();
+            let (first, second) = colliding_keys();
+            t.set(&first, &value(1), 1).unwrap();
+            t.set(&second, &value(2), 1).unwrap();
+            let m2 = mem.clone();
+            let deleter = thread::spawn(move || {
+                let t = ValueTable::attach(&m2).unwrap();
+                assert!(t.delete(&first, 2).unwrap());
+                // Set again: into the tombstone before `second`.
+                t.set(&first, &value(3), 2).unwrap();
+            });
+            let mut out = Vec::new();
+            assert!(t.get_into(&second, &mut out).unwrap(), "a delete hid a key");
+            assert_eq!(whole(&out), Some(2));
+            deleter.join().unwrap();
+            assert_eq!(t.live_keys(), 2);
+            assert_eq!(t.keys_claimed(), 2);
             t.check().unwrap();
         });
     }

@@ -576,33 +576,65 @@ fn helper_attached_producer() {
 }
 
 #[test]
-fn mailboxes_of_dead_processes_are_reused_and_live_ones_are_not() {
+fn mailboxes_are_freed_by_taken_results_and_clean_and_reused_from_dead_processes() {
     let _s = serial();
     let xmem = XmemBuilder::new().mailboxes(4).build().unwrap();
     let guard = Guard::new().spawn(&xmem).unwrap();
+    // Dead processes that left a result waiting: their mailboxes are taken over.
     for _ in 0..20 {
         let child = fork_child(|| {
             let op = xmem.alloc_operator();
-            xmem.append(&Call::table_set("k", &1u8).unwrap(), op)
+            let t = xmem
+                .append(&Call::table_set("k", &1u8).unwrap(), op)
                 .unwrap();
-            xmem.get_result::<()>(op, WAIT).unwrap();
-            0
+            while xmem.get_buffers().results.iter().all(|r| r.0 != t.operator) {
+                std::thread::yield_now();
+            }
+            0 // exits without taking it
         })
         .unwrap();
         assert!(child.wait().unwrap().is_success());
     }
-    // Four live operators in this process take every mailbox.
-    for _ in 0..4 {
+    // Taken results free their mailboxes: far more operators than mailboxes.
+    for _ in 0..200 {
         let op = xmem.alloc_operator();
         xmem.append(&Call::table_set("k", &1u8).unwrap(), op)
             .unwrap();
         xmem.get_result::<()>(op, WAIT).unwrap();
+    }
+    // Four results left waiting in this live process hold every mailbox.
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let op = xmem.alloc_operator();
+            xmem.append(&Call::table_set("k", &1u8).unwrap(), op)
+                .unwrap();
+            op
+        })
+        .collect();
+    while xmem.get_buffers().results.len() < 4 {
+        std::thread::yield_now();
     }
     let op = xmem.alloc_operator();
     let e = xmem
         .append(&Call::table_set("k", &1u8).unwrap(), op)
         .unwrap_err();
     assert!(matches!(e, ShmError::MailboxesFull { mailboxes: 4 }), "{e}");
+    // Taking one result, and cleaning another, free two.
+    xmem.get_result::<()>(waiting[0], WAIT).unwrap();
+    xmem.clean(waiting[1]).unwrap();
+    for _ in 0..2 {
+        let op = xmem.alloc_operator();
+        xmem.append(&Call::table_set("k", &1u8).unwrap(), op)
+            .unwrap();
+    }
+    let e = xmem
+        .append(&Call::table_set("k", &1u8).unwrap(), op)
+        .unwrap_err();
+    assert!(matches!(e, ShmError::MailboxesFull { mailboxes: 4 }), "{e}");
+    assert!(matches!(
+        xmem.get_result::<()>(waiting[1], WAIT),
+        Err(ShmError::NoCallPending { .. })
+    ));
     assert!(guard.stop(WAIT).unwrap());
 }
 

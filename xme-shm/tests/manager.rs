@@ -69,10 +69,10 @@ fn set_get_items_get_table_delete_len() {
     xmem.update([("a", 2u8), ("b", 3u8)], Operator::ADMIN)
         .unwrap();
     assert_eq!(xmem.get::<u8>("b").unwrap(), 3);
+    let claimed = xmem.keys_claimed();
     assert_eq!(xmem.delete(&["a", "missing"], Operator::ADMIN).unwrap(), 1);
     assert!(matches!(xmem.get::<u8>("a"), Err(ShmError::NotFound(_))));
-    // A deleted key can be set again (it reuses its slot).
-    let claimed = xmem.keys_claimed();
+    // A deleted key can be set again (in its slot, or the slot before it).
     xmem.set("a", &9u8).unwrap();
     assert_eq!(xmem.get::<u8>("a").unwrap(), 9);
     assert_eq!(xmem.keys_claimed(), claimed);
@@ -201,22 +201,35 @@ fn arena_full_capacity_full_too_big_wrong_type_key_too_long() {
     xmem.set("k0", &vec![8u8; 4000]).unwrap();
     assert_eq!(xmem.get::<Vec<u8>>("k0").unwrap(), vec![8u8; 4000]);
 
-    let xmem = XmemBuilder::new().capacity(4).build().unwrap();
-    for i in 0..4 {
-        xmem.set(&format!("k{i}"), &i).unwrap();
-    }
-    let err = xmem.set("one-too-many", &0).unwrap_err();
+    // Capacity 4: at least 4 keys, plus the room kept for status entries
+    // (status_keep 16: 16 + 16 + 4 + 16), which other keys may use.
+    let xmem = XmemBuilder::new()
+        .capacity(4)
+        .status_keep(16)
+        .build()
+        .unwrap();
+    let capacity = xmem.capacity();
+    assert_eq!(capacity, 4 + 3 + 52);
+    let mut stored = 0;
+    let err = loop {
+        match xmem.set(&format!("k{stored}"), &(stored as i32)) {
+            Ok(()) => stored += 1,
+            Err(e) => break e,
+        }
+    };
     assert!(
-        matches!(err, ShmError::CapacityFull { capacity: 7 }),
+        matches!(err, ShmError::CapacityFull { capacity: c } if c == capacity),
         "{err}"
     );
-    for i in 0..4 {
-        assert_eq!(xmem.get::<i32>(&format!("k{i}")).unwrap(), i);
+    assert_eq!(stored, capacity - 2, "__GUARD__ and __XMEM__ take two");
+    for i in 0..stored {
+        assert_eq!(xmem.get::<i32>(&format!("k{i}")).unwrap(), i as i32);
     }
-
-    let err = xmem.set("k0", &vec![0u8; 70_000]).unwrap_err();
+    // Values of any size up to the arena (16 MiB by default).
+    xmem.set("k0", &vec![1u8; 70_000]).unwrap();
+    let err = xmem.set("k0", &vec![0u8; 20 << 20]).unwrap_err();
     assert!(matches!(err, ShmError::ValueTooLarge { .. }), "{err}");
-    assert_eq!(xmem.get::<i32>("k0").unwrap(), 0);
+    assert_eq!(xmem.get::<Vec<u8>>("k0").unwrap(), vec![1u8; 70_000]);
     // postcard is not self-describing: only bytes that are not a valid String
     // are caught (a 0i32 would read as ""); 300i32 is [0xd8, 0x04], a length
     // of 88 with no bytes after it.
@@ -237,7 +250,8 @@ fn a_long_run_of_overwrites_reuses_blocks() {
             .unwrap();
     }
     let stats = xmem.check().unwrap();
-    assert_eq!(stats.live_blocks, 3 + 5);
+    // __GUARD__ and __XMEM__ (__STATUS__ is gathered from entries, none here).
+    assert_eq!(stats.live_blocks, 2 + 5);
     assert!(stats.pages_used <= 8, "{stats:?}");
 }
 
