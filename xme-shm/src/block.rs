@@ -119,8 +119,40 @@ pub(crate) fn entry_bytes(key: usize, value: usize) -> usize {
         .saturating_mul(8)
 }
 
+/// From this length on, bytes are copied with `memcpy` rather than word by
+/// word (a word loop of atomic operations cannot be vectorised: a 1 MiB value
+/// copied that way takes four times as long).
+#[cfg(not(loom))]
+const BULK: usize = 4096;
+
 /// Writes `bytes` into `dst` words (little-endian), zero-padding the last word.
 pub(crate) fn store_bytes(dst: &[AtomicU64], bytes: &[u8]) {
+    #[cfg(not(loom))]
+    if bytes.len() >= BULK {
+        let n = bytes.len().min(dst.len() * 8);
+        let full = n / 8 * 8;
+        // SAFETY: `dst` spans `dst.len() * 8` bytes and `full <= n <= that`;
+        // `AtomicU64` has the size and alignment of `u64`, and any bytes are a
+        // valid `u64`. The words belong to a block this process took (WRITING
+        // by its pid), so no other writer touches them; a reader holding a
+        // stale handle may read them at the same time, as in a seqlock
+        // (crossbeam's `AtomicCell` and the `seqlock` crate copy the same
+        // way), and keeps its copy only if the block's generation, which
+        // moved before these writes (release fence in the allocator), did not.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                dst.as_ptr().cast::<u8>().cast_mut(),
+                full,
+            );
+        }
+        if n > full {
+            let mut b = [0u8; 8];
+            b[..n - full].copy_from_slice(&bytes[full..n]);
+            dst[full / 8].store(u64::from_le_bytes(b), Ordering::Relaxed);
+        }
+        return;
+    }
     let mut chunks = bytes.chunks_exact(8);
     let mut words = dst.iter();
     // Chunks first: zip pulls from its first iterator first, so no word is
@@ -142,6 +174,22 @@ pub(crate) fn store_bytes(dst: &[AtomicU64], bytes: &[u8]) {
 /// Reads `len` bytes from `src` words into `out`.
 pub(crate) fn load_bytes(src: &[AtomicU64], len: usize, out: &mut Vec<u8>) {
     out.clear();
+    #[cfg(not(loom))]
+    if len >= BULK {
+        let n = len.min(src.len() * 8);
+        out.reserve(n);
+        // SAFETY: `src` spans `src.len() * 8` bytes and `n` is at most that;
+        // `out` has room for `n` bytes, written in full before `set_len`.
+        // Every byte pattern is a valid `u8`. A writer may change the words
+        // while we copy (the seqlock pattern, as crossbeam's `AtomicCell`
+        // copies): every caller re-checks the block's generation after an
+        // acquire fence and drops this copy if it moved.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr().cast::<u8>(), out.as_mut_ptr(), n);
+            out.set_len(n);
+        }
+        return;
+    }
     out.resize(len, 0);
     let mut words = src.iter();
     let mut chunks = out.chunks_exact_mut(8);
