@@ -31,14 +31,19 @@
 //! which [`Manager::sweep`] frees (and which a full arena sweeps by itself).
 //!
 //! # Limits
-//! - Capacity (keys) and arena size are fixed at build time; past them,
+//! - Capacity (live keys) and arena size are fixed at build time; past them,
 //!   [`ShmError::CapacityFull`] / [`ShmError::ArenaFull`], nothing lost.
-//! - A deleted key keeps its slot (as a tombstone) and counts toward capacity;
-//!   setting it again reuses the slot.
-//! - An entry (key + value + 32-byte header) fits in at most 64 KiB; pages, once
-//!   given to a size class, keep it.
-//! - Writes are copy-on-write: overwriting a key needs one free block of the new
-//!   value's size class until the old block is released.
+//! - A value may use the whole arena: entries (32-byte header, key, value) up
+//!   to 32 KiB take a block of a size class, larger ones a run of 64 KiB pages
+//!   ([`ShmError::ValueTooLarge`] past the arena). Keys are at most
+//!   [`MAX_KEY`] bytes ([`ShmError::KeyTooLong`]).
+//! - A delete frees the key's block at once and never needs room; a page
+//!   whose blocks are all free returns to the pool for any size class.
+//! - Writes are copy-on-write: overwriting a key needs room for the new value
+//!   until the old one is released.
+//! - `__STATUS__` keeps one entry per operator; past the builder's
+//!   `status_keep` (plus a quarter) the oldest are pruned, ended processes'
+//!   first.
 
 // Under loom only the table and arena are built, and model-checked.
 #![cfg_attr(loom, allow(dead_code))]
