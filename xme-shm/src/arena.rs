@@ -191,17 +191,9 @@ impl<'m> Arena<'m> {
         // No page of the class has room: give it a free page.
         let lock = self.page_lock(pid)?;
         for page in 0..pages {
-            let word = self.role_word(page);
-            let w = word.load(Ordering::Acquire);
-            let r = Role::unpack(w);
-            if r.role != ROLE_FREE
-                || word
-                    .compare_exchange(w, r.next(ROLE_INIT, 0), Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
+            let Some(epoch) = self.claim_free(page) else {
                 continue;
-            }
-            let epoch = r.epoch.wrapping_add(1);
+            };
             // Seqlock writer side: a reader holding a handle from the page's
             // earlier life that sees any write below also sees the role change.
             fence(Ordering::Release);
@@ -327,6 +319,18 @@ impl<'m> Arena<'m> {
         }
     }
 
+    /// Moves a FREE page to INIT (under the page lock); its new epoch.
+    fn claim_free(&self, page: usize) -> Option<u64> {
+        let word = self.role_word(page);
+        let w = word.load(Ordering::Acquire);
+        let r = Role::unpack(w);
+        (r.role == ROLE_FREE
+            && word
+                .compare_exchange(w, r.next(ROLE_INIT, 0), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok())
+        .then(|| r.epoch.wrapping_add(1))
+    }
+
     /// Makes an extent of `n` pages (from the high end of the arena).
     fn alloc_extent(&self, n: usize, pid: u32) -> Result<Option<(usize, u64)>, ShmError> {
         if n > self.layout.page_count {
@@ -352,14 +356,7 @@ impl<'m> Arena<'m> {
         // Under the page lock only we move pages out of FREE.
         let mut epochs = Vec::with_capacity(n);
         for page in head..head + n {
-            let word = self.role_word(page);
-            let w = word.load(Ordering::Acquire);
-            let r = Role::unpack(w);
-            if r.role != ROLE_FREE
-                || word
-                    .compare_exchange(w, r.next(ROLE_INIT, 0), Ordering::AcqRel, Ordering::Acquire)
-                    .is_err()
-            {
+            let Some(epoch) = self.claim_free(page) else {
                 // Cannot happen unless the memory is corrupt: undo.
                 for (p, e) in (head..).zip(&epochs) {
                     self.role_word(p).store(
@@ -375,8 +372,8 @@ impl<'m> Arena<'m> {
                 return Err(ShmError::BadLayout(format!(
                     "page {page} left the free pages while the page lock was held"
                 )));
-            }
-            epochs.push(r.epoch.wrapping_add(1));
+            };
+            epochs.push(epoch);
         }
         fence(Ordering::Release);
         for (page, &epoch) in (head..).zip(&epochs).skip(1) {
