@@ -26,6 +26,18 @@ pub enum ExecError {
     /// The run's shared memory or pipes could not be set up or used.
     #[error("the run could not be set up: {0}")]
     Setup(#[from] xme_core::Error),
+    /// A setting is out of range.
+    #[error("{0}")]
+    Config(String),
+    /// The pool's zygote is gone (killed, or its control socket broke): the
+    /// pool can start no worker. Make a new [`Pool`](crate::Pool).
+    #[error("the pool's zygote (pid {zygote}) is gone ({why}): make a new Pool")]
+    PoolGone {
+        /// The zygote's pid.
+        zygote: i32,
+        /// What showed it.
+        why: String,
+    },
     /// The log file could not be opened.
     #[error(transparent)]
     Log(#[from] xme_log::LogError),
@@ -60,6 +72,11 @@ pub enum TaskFailure {
     ChannelClosed,
     /// The call was never started: no worker process could be started for it.
     NotRun(String),
+    /// The call's worker ended with the pool's zygote, which died.
+    ZygoteDied {
+        /// The zygote's pid.
+        zygote: i32,
+    },
 }
 
 impl fmt::Display for TaskFailure {
@@ -88,6 +105,10 @@ impl fmt::Display for TaskFailure {
                 )
             }
             TaskFailure::NotRun(why) => write!(f, "was never run: {why}"),
+            TaskFailure::ZygoteDied { zygote } => write!(
+                f,
+                "failed: its worker ended with the pool's zygote (pid {zygote}), which died"
+            ),
         }
     }
 }

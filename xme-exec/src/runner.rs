@@ -222,6 +222,7 @@ fn spawn<D>(
     };
     // The closure owns the write end: the child uses it, and in the parent it
     // is closed when fork_child drops the closure, so EOF means "worker gone".
+    crate::threads::warn_if_threaded();
     let child = process::fork_child(move || plan.run(slot, serial, write))?;
     Ok(Worker {
         slot,

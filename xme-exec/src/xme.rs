@@ -147,6 +147,35 @@ impl Xme {
 
     /// Single-function model: calls `f` once per call of the split plan of
     /// `args` and returns the outcomes in call order.
+    ///
+    /// # Forking a program that has threads
+    /// Each call runs in a process forked from this one, which has only the
+    /// forking thread. A lock that another thread held at the fork stays
+    /// held in the worker (a task taking it hangs), and pools such as
+    /// rayon's have no threads there: after the parent used `par_iter`, a
+    /// task using rayon waits for ever. When this process has more than one
+    /// thread, `fun` logs one warning (through the `log` crate). In a
+    /// threaded program use a [`Pool`](crate::Pool), made first in `main`,
+    /// whose workers are forked from a single-threaded zygote; or give calls
+    /// a [`timeout`](Self::timeout) so a hung call fails instead.
+    ///
+    /// ```
+    /// use xme_exec::{Array, Pool};
+    ///
+    /// fn uses_rayon(n: u64) -> u64 {
+    ///     use rayon::prelude::*;
+    ///     (0..=n).into_par_iter().sum()
+    /// }
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = Pool::new(2)?; // before any thread
+    /// use rayon::prelude::*;
+    /// let _: u64 = (0..10u64).into_par_iter().sum(); // the parent starts rayon
+    /// let out = pool.fun(uses_rayon, Array::new([10u64, 100]))?; // safe
+    /// assert_eq!(out.into_result()?, [55, 5050]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fun<A, R, F>(&self, f: F, args: A) -> Result<Outcomes<R>, ExecError>
     where
         A: SplitArgs,
