@@ -24,9 +24,13 @@
 //! ```
 
 mod error;
+#[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod fdio;
+#[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod fence;
+#[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod frame;
+#[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod futex;
 mod operator;
 pub mod process;

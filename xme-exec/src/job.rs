@@ -13,7 +13,7 @@ use crate::{Context, Outcomes, TaskError, TaskFailure};
 ///
 /// Build it with [`Job::new`] (the function takes only its arguments) or
 /// [`Job::with_context`] (it also takes a [`Context`]), then hand one job to
-/// [`Xme::run`](crate::Xme::run) or a tuple of jobs to [`Xme::funs`](crate::Xme::funs).
+/// [`Xme::funs`](crate::Xme::funs), alone or in a tuple of jobs.
 pub struct Job<F, A, R, D = ()> {
     f: F,
     args: A,

@@ -11,8 +11,9 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xme_array::SplitArgs;
 
+use crate::pool_job::{Call, PoolJob, PoolJobs};
 use crate::zygote::{self, Zygote};
-use crate::{ExecError, Outcomes, TaskError, TaskFailure};
+use crate::{ExecError, Outcomes, TaskFailure};
 
 /// A pool of worker processes kept across batches, safe to use from many
 /// threads of a program that has threads.
@@ -220,42 +221,41 @@ impl Pool {
         F: Fn(A::Call) -> R + Copy + 'static,
         R: Serialize + DeserializeOwned,
     {
-        let _ = f;
-        const {
-            assert!(
-                std::mem::size_of::<F>() == 0,
-                "a Pool task must be a fn item or a closure that captures nothing: pass what it needs as arguments"
-            )
-        };
-        let function = std::any::type_name::<F>();
-        let plan = args.plan().map_err(|source| ExecError::Arguments {
-            job: 0,
-            function: function.to_string(),
-            source,
-        })?;
-        let calls = (0..plan.calnum())
-            .map(|i| postcard::to_stdvec(&args.call(i)).map_err(|e| e.to_string()))
-            .collect::<Vec<_>>();
-        let trampoline: zygote::Trampoline = zygote::trampoline::<F, A::Call, R>;
+        let (out,) = self.funs_within((PoolJob::new(f, args),), job_limit)?;
+        Ok(out)
+    }
+
+    /// Multi-function model: runs every job of `table` (a tuple of
+    /// [`PoolJob`]s) in one batch, calls taken top to bottom, at most `pnum`
+    /// at once; returns each job's outcomes, shaped like the table. See
+    /// [`PoolJob`] for an example.
+    ///
+    /// # Errors
+    /// As [`fun`](Self::fun).
+    pub fn funs<T: PoolJobs>(&self, table: T) -> Result<T::Output, ExecError> {
+        self.funs_within(table, None)
+    }
+
+    /// [`funs`](Self::funs) with a time limit for the whole batch, as
+    /// [`fun_within`](Self::fun_within).
+    ///
+    /// # Errors
+    /// As [`fun`](Self::fun).
+    pub fn funs_within<T: PoolJobs>(
+        &self,
+        table: T,
+        job_limit: impl Into<Option<Duration>>,
+    ) -> Result<T::Output, ExecError> {
+        let jobs = table.calls()?;
+        let counts: Vec<usize> = jobs.iter().map(Vec::len).collect();
+        let calls: Vec<Call> = jobs.into_iter().flatten().collect();
         let deadline = job_limit.into().map(|d| Instant::now() + d);
-        let raw = self.run_calls(trampoline as usize, &calls, deadline)?;
-        let results = raw
-            .into_iter()
-            .enumerate()
-            .map(|(call, r)| {
-                r.and_then(|bytes| {
-                    postcard::from_bytes::<R>(&bytes)
-                        .map_err(|e| TaskFailure::Decode(e.to_string()))
-                })
-                .map_err(|failure| TaskError {
-                    call,
-                    job: 0,
-                    function: function.to_string(),
-                    failure,
-                })
-            })
+        let mut raw = self.run_calls(&calls, deadline)?.into_iter();
+        let per_job = counts
+            .iter()
+            .map(|&n| raw.by_ref().take(n).collect())
             .collect();
-        Ok(Outcomes::new(results))
+        Ok(table.outcomes(per_job))
     }
 
     fn gone(&self, why: impl std::fmt::Display) -> ExecError {
@@ -327,8 +327,7 @@ impl Pool {
 
     fn run_calls(
         &self,
-        trampoline: usize,
-        calls: &[Result<Vec<u8>, String>],
+        calls: &[Call],
         deadline: Option<Instant>,
     ) -> Result<Vec<Result<Vec<u8>, TaskFailure>>, ExecError> {
         if !lock(&self.shared.zygote)
@@ -340,14 +339,13 @@ impl Pool {
         let mut results: Vec<Option<Result<Vec<u8>, TaskFailure>>> =
             (0..calls.len()).map(|_| None).collect();
         let mut pending: VecDeque<usize> = VecDeque::new();
-        for (call, args) in calls.iter().enumerate() {
-            match args {
+        for (call, c) in calls.iter().enumerate() {
+            match &c.args {
                 Ok(_) => pending.push_back(call),
                 Err(e) => results[call] = Some(Err(TaskFailure::Encode(e.clone()))),
             }
         }
         let mut busy: Vec<Busy> = Vec::new();
-        let address = (trampoline as u64).to_le_bytes();
         let outcome = loop {
             // Enough workers for the calls left (waiting for one only when
             // we hold none).
@@ -369,7 +367,8 @@ impl Pool {
                 let mut i = 0;
                 while i < busy.len() {
                     let Some(&call) = pending.front() else { break };
-                    let args = calls[call].as_deref().unwrap_or_default();
+                    let args = calls[call].args.as_deref().unwrap_or_default();
+                    let address = (calls[call].trampoline as u64).to_le_bytes();
                     if !busy[i].has_room(args.len()) {
                         i += 1;
                         continue;

@@ -182,7 +182,7 @@ impl Xme {
         F: Fn(A::Call) -> R,
         R: Serialize + DeserializeOwned,
     {
-        self.run(Job::<Plain<F>, A, R>::new(f, args))
+        self.funs(Job::<Plain<F>, A, R>::new(f, args))
     }
 
     /// Like [`fun`](Self::fun), the function also receiving a [`Context`]
@@ -193,19 +193,16 @@ impl Xme {
         F: Fn(&mut Context<'_>, A::Call) -> R,
         R: Serialize + DeserializeOwned,
     {
-        self.run(Job::<WithContext<F>, A, R>::with_context(f, args))
+        self.funs(Job::<WithContext<F>, A, R>::with_context(f, args))
     }
 
-    /// Multi-function model: runs every job of `table` (a tuple of jobs, or a
-    /// `Vec` of them) at once, at most `pnum` processes at a time, calls taken
-    /// top to bottom. Returns each job's outcomes, shaped like the table.
+    /// Multi-function model: runs every job of `table` (a tuple of jobs, a
+    /// `Vec` of them, or one [`Job`]) at once, at most `pnum` processes at a
+    /// time, calls taken top to bottom. Returns each job's outcomes, shaped
+    /// like the table.
+    #[doc(alias = "run")]
     pub fn funs<T: JobTable<()>>(&self, table: T) -> Result<T::Output, ExecError> {
-        self.run_with(&(), table)
-    }
-
-    /// Runs one job or a table of jobs; same as [`funs`](Self::funs).
-    pub fn run<T: JobTable<()>>(&self, table: T) -> Result<T::Output, ExecError> {
-        self.run_with(&(), table)
+        self.run_table(&(), table)
     }
 
     /// Like [`fun_ctx`](Self::fun_ctx), the tasks also reaching `data` (the
@@ -228,22 +225,19 @@ impl Xme {
         F: Fn(&mut Context<'_, D>, A::Call) -> R,
         R: Serialize + DeserializeOwned,
     {
-        self.run_with(data, Job::<WithContext<F>, A, R, D>::with_context(f, args))
+        self.run_table(data, Job::<WithContext<F>, A, R, D>::with_context(f, args))
     }
 
     /// Like [`funs`](Self::funs), the tasks also reaching `data` through
-    /// [`Context::data`] (the seed's `gfuns`).
+    /// [`Context::data`] (the seed's `gfuns`; how the Manager handle reaches
+    /// tasks).
+    #[doc(alias = "run_with")]
     pub fn gfuns<D, T: JobTable<D>>(&self, data: &D, table: T) -> Result<T::Output, ExecError> {
-        self.run_with(data, table)
+        self.run_table(data, table)
     }
 
-    /// Runs a table whose tasks see `data` through [`Context::data`]
-    /// (how the Manager handle reaches tasks).
-    pub fn run_with<D, T: JobTable<D>>(
-        &self,
-        data: &D,
-        mut table: T,
-    ) -> Result<T::Output, ExecError> {
+    /// Runs a table whose tasks see `data` through [`Context::data`].
+    fn run_table<D, T: JobTable<D>>(&self, data: &D, mut table: T) -> Result<T::Output, ExecError> {
         let pnum = self.effective_pnum();
         self.announce(pnum);
         let task_logger = if self.do_with_log {
@@ -276,10 +270,8 @@ impl Xme {
         if let Some(asked) = self.requested_pnum
             && asked != pnum
         {
-            let _ = self.logger.entry().msgtype("Warning").print(format!(
-                "pnum {asked} is outside 1..={}; using {pnum}",
-                cpus()
-            ));
+            // A library diagnostic: through `log`, never on the program's stdout.
+            log::warn!("xme: pnum {asked} is outside 1..={}; using {pnum}", cpus());
         }
     }
 

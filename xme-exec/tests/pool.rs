@@ -13,6 +13,10 @@ use xme_exec::{Array, ExecError, Pool, Same, TaskFailure};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // Every test collects warnings: the fork-with-threads warning is logged
+    // once per process, by whichever test forks first.
+    let _ = log::set_logger(&WARNINGS);
+    log::set_max_level(log::LevelFilter::Warn);
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -393,8 +397,6 @@ static WARNINGS: Warnings = Warnings(Mutex::new(Vec::new()));
 #[test]
 fn xme_fun_in_a_threaded_process_logs_one_warning() {
     let _s = serial();
-    let _ = log::set_logger(&WARNINGS);
-    log::set_max_level(log::LevelFilter::Warn);
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let t = std::thread::spawn(move || rx.recv());
     for _ in 0..3 {
@@ -416,5 +418,82 @@ fn xme_fun_in_a_threaded_process_logs_one_warning() {
         hazard[0].contains("xme::Pool") && hazard[0].contains("timeout"),
         "{}",
         hazard[0]
+    );
+}
+
+/// Seed 1.2.1's function: the sum of `v + 1 ..= v + width`.
+fn seed_fun((v, width): (u64, u64)) -> u64 {
+    (v + 1..=v + width).sum()
+}
+
+/// Seed 1.2.2's service A: a word count of document `doc_id`.
+fn service_a(doc_id: u32) -> (u32, usize) {
+    let doc = "the quick brown fox jumps over the lazy dog ".repeat(doc_id as usize + 1);
+    (doc_id, doc.split_whitespace().count())
+}
+
+/// Seed 1.2.2's service B: readings over a limit.
+fn service_b((readings, limit): (Vec<f64>, f64)) -> Vec<bool> {
+    readings.iter().map(|r| *r > limit).collect()
+}
+
+/// What the seed examples print, from their outcomes.
+fn seed_lines(total: u64, a: Vec<(u32, usize)>, b: Vec<Vec<bool>>) -> Vec<String> {
+    let mut lines = vec![format!("xme {total}")];
+    lines.extend(
+        a.into_iter()
+            .map(|(id, words)| format!("ServicesA: document {id} has {words} words")),
+    );
+    lines.extend(
+        b.into_iter()
+            .enumerate()
+            .map(|(i, f)| format!("ServicesB: batch {i} over the limit: {f:?}")),
+    );
+    lines
+}
+
+#[test]
+fn the_seed_examples_written_with_a_pool_print_the_same() {
+    let _s = serial();
+    let v: Vec<u64> = (0..10).map(|k| k * 10).collect();
+    let readings = || Array::from(vec![vec![0.5, 2.5], vec![3.0, 0.1, 9.9]]);
+
+    let xme = xme_exec::Xme::new().pnum(2);
+    let total: u64 = xme
+        .fun(seed_fun, (Array::from(v.clone()), Same(10u64)))
+        .unwrap()
+        .into_result()
+        .unwrap()
+        .iter()
+        .sum();
+    let (a, b) = xme
+        .funs((
+            xme_exec::Job::new(service_a, Array::new(0..3u32)),
+            xme_exec::Job::new(service_b, (readings(), Same(1.0))),
+        ))
+        .unwrap();
+    let with_xme = seed_lines(total, a.into_result().unwrap(), b.into_result().unwrap());
+
+    let pool = Pool::new(2).unwrap();
+    let total: u64 = pool
+        .fun(seed_fun, (Array::from(v), Same(10u64)))
+        .unwrap()
+        .into_result()
+        .unwrap()
+        .iter()
+        .sum();
+    let (a, b) = pool
+        .funs((
+            xme_exec::PoolJob::new(service_a, Array::new(0..3u32)).named("ServicesA"),
+            xme_exec::PoolJob::new(service_b, (readings(), Same(1.0))).named("ServicesB"),
+        ))
+        .unwrap();
+    let with_pool = seed_lines(total, a.into_result().unwrap(), b.into_result().unwrap());
+
+    assert_eq!(with_pool, with_xme);
+    assert_eq!(with_pool[0], "xme 5050");
+    assert_eq!(
+        with_pool[4],
+        "ServicesB: batch 0 over the limit: [false, true]"
     );
 }

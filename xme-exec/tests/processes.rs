@@ -1,7 +1,6 @@
 //! No zombie, no orphan, nothing printed twice. One test per concern, run in
 //! sequence inside one test so that counting this process's children is exact.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -89,16 +88,7 @@ fn helper_print_then_run() {
 
 #[test]
 fn text_buffered_before_a_fork_is_printed_once() {
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "helper_print_then_run",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .output()
-        .unwrap();
+    let out = xme_test_support::run_test_helper("helper_print_then_run", &[]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert_eq!(stdout.matches("MARKER-BEFORE-FORK").count(), 1, "{stdout}");

@@ -320,22 +320,11 @@ fn a_named_monitor_is_shared_with_an_unrelated_program() {
     monitor
         .update(json!({"question": 6}), Operator::ADMIN)
         .unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "helper_unrelated_monitor_program",
-            "--nocapture",
-        ])
-        .env("XME_TEST_MONITOR", &name)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    let out = xme_test_support::run_test_helper(
+        "helper_unrelated_monitor_program",
+        &[("XME_TEST_MONITOR", &name)],
     );
+    assert!(out.status.success(), "{}", xme_test_support::text(&out));
     assert_eq!(monitor.get(&["answer"]).unwrap(), 42);
     // Its sealed frame, made in the other program, opens here.
     let frame = monitor.get(&["frame"]).unwrap();

@@ -663,24 +663,7 @@ fn map_splits_batches_too_large_for_the_channels() {
 /// Runs `helper_backend_choice` in a fresh process with `env` set.
 #[cfg(not(feature = "cluster"))]
 fn run_helper(env: &[(&str, &str)]) -> std::process::Output {
-    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-    cmd.args([
-        "--ignored",
-        "--exact",
-        "helper_backend_choice",
-        "--nocapture",
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    // A filter that matched nothing would "pass" too.
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("1 passed") || !out.status.success(),
-        "the helper did not run: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    out
+    xme_test_support::run_test_helper("helper_backend_choice", env)
 }
 
 #[test]

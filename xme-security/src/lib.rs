@@ -44,7 +44,7 @@
 //! # A holder that dies
 //! The holder's pid is part of the lock word. A waiter that finds that process
 //! gone takes the lock over and learns it through
-//! [`Acquired::previous_owner_died`] / [`Guard::previous_owner_died`]. Pids
+//! [`Acquired::previous_owner_died`] / [`LockGuard::previous_owner_died`]. Pids
 //! can be reused by the system: a lock held by a dead process whose pid was
 //! given to a new process stays held until that process ends too.
 
@@ -58,7 +58,7 @@ mod state;
 // The handle waits on real futexes and reads /proc: not for loom. Under
 // `--cfg loom` only the state protocol is built, and model-checked.
 #[cfg(not(loom))]
-mod guard;
+mod lock_guard;
 #[cfg(not(loom))]
 mod security;
 #[cfg(not(loom))]
@@ -66,7 +66,7 @@ mod wait;
 
 pub use error::{DEADLOCKMARK_ONLOCK, DEADLOCKMARK_UNLOCK, Deadlock, SecurityError};
 #[cfg(not(loom))]
-pub use guard::{Guard, ReadGuard};
+pub use lock_guard::{LockGuard, ReadGuard};
 pub use lock_type::LockType;
 #[cfg(not(loom))]
 pub use security::{Acquired, DEFAULT_MUTE_TIME, DeadLockFun, Security};

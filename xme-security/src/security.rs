@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use xme_core::{Operator, SharedRegion, process};
 
-use crate::guard::{Guard, ReadGuard, ReadHold};
+use crate::lock_guard::{LockGuard, ReadGuard, ReadHold};
 use crate::primitive::Ordering;
 use crate::state::{AUTH_CAPACITY, INITIALISING, MAGIC, READER_SLOTS, ReadTry, SecurityState};
 use crate::wait::Waiter;
@@ -320,14 +320,18 @@ impl<'a> Security<'a> {
 
     /// Acquires and returns a guard that releases on drop.
     #[inline]
-    pub fn lock(&self, op: Operator) -> Result<Guard<'_>, SecurityError> {
-        self.acquire(op).map(|a| Guard::new(self, op, a))
+    pub fn lock(&self, op: Operator) -> Result<LockGuard<'_>, SecurityError> {
+        self.acquire(op).map(|a| LockGuard::new(self, op, a))
     }
 
     /// [`lock`](Self::lock) with this call's own wait limit.
-    pub fn lock_timeout(&self, op: Operator, wait: Duration) -> Result<Guard<'_>, SecurityError> {
+    pub fn lock_timeout(
+        &self,
+        op: Operator,
+        wait: Duration,
+    ) -> Result<LockGuard<'_>, SecurityError> {
         self.acquire_timeout(op, wait)
-            .map(|a| Guard::new(self, op, a))
+            .map(|a| LockGuard::new(self, op, a))
     }
 
     /// A read guard. Under READWRITE, any operator may read, concurrently with
@@ -371,7 +375,7 @@ impl<'a> Security<'a> {
                 let a = self.acquire_within(op, limit)?;
                 return Ok(ReadGuard::new(
                     self,
-                    ReadHold::Exclusive(Guard::new(self, op, a)),
+                    ReadHold::Exclusive(LockGuard::new(self, op, a)),
                     a.previous_owner_died,
                 ));
             }

@@ -517,22 +517,9 @@ fn an_unrelated_process_appends_named_calls_and_cannot_send_pointers() {
     xmem.register("add", |_m: &Manager, (a, b): (i64, i64)| a + b)
         .unwrap();
     let guard = Guard::new().spawn(&xmem).unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "helper_attached_producer",
-            "--nocapture",
-        ])
-        .env("XME_TEST_REGION", &n)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        xme_test_support::run_test_helper("helper_attached_producer", &[("XME_TEST_REGION", &n)]);
+    assert!(out.status.success(), "{}", xme_test_support::text(&out));
     assert_eq!(xmem.get::<i64>("sum").unwrap(), 4950);
     // A forked child that attached by name is outside the fork family too.
     let child = fork_child(|| {

@@ -264,21 +264,9 @@ fn named_manager_attached_by_an_unrelated_process() {
         .unwrap()
         .build()
         .unwrap();
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--ignored",
-            "--exact",
-            "helper_attach_and_write",
-            "--nocapture",
-        ])
-        .env("XME_TEST_REGION", &n)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out =
+        xme_test_support::run_test_helper("helper_attach_and_write", &[("XME_TEST_REGION", &n)]);
+    assert!(out.status.success(), "{}", xme_test_support::text(&out));
     assert_eq!(xmem.get::<String>("reply").unwrap(), "from another program");
     assert_eq!(xmem.get::<u64>("n").unwrap(), 1000);
     drop(xmem);

@@ -4,16 +4,16 @@ use crate::{Acquired, Security, SecurityError};
 
 /// An exclusive hold (a write hold under READWRITE); released on drop.
 #[must_use = "the lock is released when the guard is dropped"]
-pub struct Guard<'l> {
+pub struct LockGuard<'l> {
     sec: &'l Security<'l>,
     op: Operator,
     died: bool,
     held: bool,
 }
 
-impl std::fmt::Debug for Guard<'_> {
+impl std::fmt::Debug for LockGuard<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guard")
+        f.debug_struct("LockGuard")
             .field("operator", &self.op)
             .field("previous_owner_died", &self.died)
             .field("held", &self.held)
@@ -21,10 +21,10 @@ impl std::fmt::Debug for Guard<'_> {
     }
 }
 
-impl<'l> Guard<'l> {
+impl<'l> LockGuard<'l> {
     #[inline]
     pub(crate) fn new(sec: &'l Security<'l>, op: Operator, a: Acquired) -> Self {
-        Guard {
+        LockGuard {
             sec,
             op,
             died: a.previous_owner_died,
@@ -49,7 +49,7 @@ impl<'l> Guard<'l> {
     }
 }
 
-impl Drop for Guard<'_> {
+impl Drop for LockGuard<'_> {
     #[inline]
     fn drop(&mut self) {
         if self.held {
@@ -61,7 +61,7 @@ impl Drop for Guard<'_> {
 
 pub(crate) enum ReadHold<'l> {
     Shared(usize),
-    Exclusive(#[expect(dead_code, reason = "held for its Drop, which releases")] Guard<'l>),
+    Exclusive(#[expect(dead_code, reason = "held for its Drop, which releases")] LockGuard<'l>),
     Disabled,
 }
 
