@@ -35,6 +35,8 @@ ompi() {
 # ---- builds ---------------------------------------------------------------
 # Both MPI libraries are installed: name the wrapper each build probes.
 MPICC=mpicc.openmpi cargo clippy -q -p xme-mpi --features cluster --all-targets -- -D warnings
+# docs.rs builds with every feature: the cluster docs must build clean too.
+MPICC=mpicc.openmpi RUSTDOCFLAGS="-D warnings" cargo doc -q --workspace --all-features --no-deps
 MPICC=mpicc.openmpi cargo build -q --release -p xme-mpi --features cluster --example cluster_check
 MPICC=mpicc.openmpi cargo build -q --release --features cluster --example mpi_pi --example mpi_triangle
 cargo build -q --release -p xme-mpi --example cluster_check --target-dir target/nocluster

@@ -29,7 +29,7 @@ use crate::{ExecError, Outcomes, TaskFailure};
 /// capturing closure is refused at compile time), with arguments and results
 /// that cross with serde. Results come back in call order, as with
 /// [`Xme::fun`](crate::Xme::fun); a call that panics, is killed, exits or
-/// runs past its time limit gives a [`TaskError`] naming the call, and its
+/// runs past its time limit gives a [`TaskError`](crate::TaskError) naming the call, and its
 /// worker is replaced.
 ///
 /// ```
