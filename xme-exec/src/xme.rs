@@ -317,6 +317,12 @@ impl Progress {
     fn finish(&mut self) {
         if let Some(bar) = &self.0 {
             bar.finish();
+            // indicatif leaves the cursor at the end of the bar's line: end
+            // the line, so what the program prints next starts on its own.
+            if !bar.is_hidden() {
+                use std::io::Write;
+                let _ = writeln!(std::io::stderr());
+            }
         }
     }
 }
