@@ -15,7 +15,7 @@ pub enum Error {
     )]
     Fork(#[source] nix::Error),
     /// A pipe could not be created or used.
-    #[error("pipe failure while {doing}: {source}")]
+    #[error("pipe failure while {doing}")]
     Pipe {
         /// What xme was doing.
         doing: &'static str,
@@ -24,7 +24,7 @@ pub enum Error {
         source: nix::Error,
     },
     /// Waiting for a child process failed.
-    #[error("could not wait for child process {pid}: {source}")]
+    #[error("could not wait for child process {pid}")]
     Wait {
         /// The child.
         pid: i32,
@@ -33,7 +33,7 @@ pub enum Error {
         source: nix::Error,
     },
     /// Sending a signal failed.
-    #[error("could not send a signal to process {pid}: {source}")]
+    #[error("could not send a signal to process {pid}")]
     Signal {
         /// The target process.
         pid: i32,
@@ -42,7 +42,7 @@ pub enum Error {
         source: nix::Error,
     },
     /// A shared-memory region could not be created or mapped.
-    #[error("could not create a shared-memory region of {size} bytes: {source}")]
+    #[error("could not create a shared-memory region of {size} bytes")]
     RegionCreate {
         /// Requested size in bytes.
         size: usize,
@@ -101,7 +101,7 @@ pub enum Error {
         align: usize,
     },
     /// A value could not be encoded with postcard.
-    #[error("could not encode {what}: {source}")]
+    #[error("could not encode {what}")]
     Encode {
         /// What was being encoded.
         what: &'static str,
@@ -147,7 +147,7 @@ pub enum Error {
         after: std::time::Duration,
     },
     /// Other I/O failure.
-    #[error("I/O error while {doing}: {source}")]
+    #[error("I/O error while {doing}")]
     Io {
         /// What xme was doing.
         doing: &'static str,
@@ -222,5 +222,23 @@ impl fmt::Display for PanicReport {
             Some(loc) => write!(f, "'{}' at {loc}", self.message),
             None => write!(f, "'{}'", self.message),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message says what xme was doing; the cause is the source, not
+    /// printed again (error reporters such as anyhow print the chain).
+    #[test]
+    fn a_message_does_not_repeat_its_source() {
+        let e = Error::Io {
+            doing: "reading a result",
+            source: std::io::Error::from(std::io::ErrorKind::BrokenPipe),
+        };
+        assert_eq!(e.to_string(), "I/O error while reading a result");
+        let cause = std::error::Error::source(&e).expect("a source").to_string();
+        assert!(!e.to_string().contains(&cause), "{e} repeats {cause}");
     }
 }

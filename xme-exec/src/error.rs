@@ -10,7 +10,7 @@ use xme_core::{Fate, PanicReport};
 #[non_exhaustive]
 pub enum ExecError {
     /// A function's arguments cannot be split.
-    #[error("function {job} (`{function}`) has unusable arguments: {source}")]
+    #[error("function {job} (`{function}`) has unusable arguments")]
     Arguments {
         /// Index of the function in the table.
         job: usize,
@@ -21,10 +21,10 @@ pub enum ExecError {
         source: xme_array::ArrayError,
     },
     /// No worker process could be started.
-    #[error("no worker process could be started: {0}")]
+    #[error("no worker process could be started")]
     NoWorker(#[source] xme_core::Error),
     /// The run's shared memory or pipes could not be set up or used.
-    #[error("the run could not be set up: {0}")]
+    #[error("the run could not be set up")]
     Setup(#[from] xme_core::Error),
     /// A setting is out of range.
     #[error("{0}")]

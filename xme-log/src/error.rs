@@ -16,7 +16,7 @@ pub enum LogError {
         source: std::io::Error,
     },
     /// A line could not be written.
-    #[error("could not write a log line to {target}: {source}")]
+    #[error("could not write a log line to {target}")]
     Write {
         /// `"screen"` or `"log file"`.
         target: &'static str,

@@ -73,7 +73,7 @@ pub enum MonitorError {
     #[error("the frame failed authentication: it was altered or corrupted")]
     Tampered,
     /// The bytes are not JSON.
-    #[error("not valid JSON: {0}")]
+    #[error("not valid JSON")]
     BadJson(#[source] serde_json::Error),
     /// JSON, but not an object.
     #[error("the message is {found}, not a JSON object")]
@@ -85,7 +85,7 @@ pub enum MonitorError {
     #[error("no random bytes: {0}")]
     Random(String),
     /// A socket failed.
-    #[error("I/O error while {doing}: {source}")]
+    #[error("I/O error while {doing}")]
     Io {
         /// What was being done.
         doing: &'static str,
@@ -116,7 +116,7 @@ pub enum MonitorError {
         message: String,
     },
     /// Arguments or a result could not be converted to or from JSON.
-    #[error("could not convert {what} to or from JSON: {source}")]
+    #[error("could not convert {what} to or from JSON")]
     Convert {
         /// What was converted.
         what: &'static str,

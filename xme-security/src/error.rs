@@ -69,7 +69,7 @@ pub enum SecurityError {
         capacity: usize,
     },
     /// The lock state could not be placed in or attached from shared memory.
-    #[error("lock state unusable: {0}")]
+    #[error("lock state unusable")]
     Region(#[from] xme_core::Error),
     /// The lock memory holds something else, or a creator died while initialising it.
     #[error("not an xme lock: {0}")]

@@ -53,7 +53,7 @@ pub enum ShmError {
     #[error("no key {0:?} in the table")]
     NotFound(String),
     /// The stored bytes are not a value of the requested type.
-    #[error("the value of key {key:?} is not a {type_name}: {source}")]
+    #[error("the value of key {key:?} is not a {type_name}")]
     WrongType {
         /// The key.
         key: String,
@@ -64,7 +64,7 @@ pub enum ShmError {
         source: postcard::Error,
     },
     /// A value could not be encoded.
-    #[error("could not encode the value for key {key:?}: {source}")]
+    #[error("could not encode the value for key {key:?}")]
     Encode {
         /// The key.
         key: String,
