@@ -162,7 +162,8 @@ pub(crate) fn run<D>(
             if let Some(r) = board.running(w.slot, w.serial) {
                 let failure = match w.timed_out {
                     Some((call, after)) if call == r.call => TaskFailure::TimedOut { after },
-                    _ if w.closed_at.is_some() && fate.is_success() => TaskFailure::ChannelClosed,
+                    // Still running a call when it ended, even with status
+                    // 0: the call ended the process (`exit(0)`).
                     _ => TaskFailure::from_fate(fate),
                 };
                 if !ledger.done[r.call] {

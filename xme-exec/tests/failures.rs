@@ -70,14 +70,21 @@ fn every_call_failing_still_returns_every_error() {
         .pnum(2)
         .fun(
             |i: i32| -> i32 { std::process::exit(i) },
-            Array::new(10..20),
+            Array::new(0..10),
         )
         .unwrap();
     let codes: Vec<_> = out
         .iter()
         .map(|r| r.as_ref().unwrap_err().exit_code())
         .collect();
-    assert_eq!(codes, (10..20).map(Some).collect::<Vec<_>>());
+    // exit(0) mid-call too: the call's worker exited with status 0.
+    assert_eq!(codes, (0..10).map(Some).collect::<Vec<_>>());
+    let zero = out[0].as_ref().unwrap_err();
+    assert_eq!(zero.failure, xme_exec::TaskFailure::Exited { code: 0 });
+    assert!(
+        zero.to_string().ends_with("its worker exited with status 0 before returning"),
+        "{zero}"
+    );
 }
 
 #[test]
