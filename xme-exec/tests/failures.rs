@@ -68,10 +68,7 @@ fn panic_sigkill_abort_exit_and_timeout_each_fail_one_call_only() {
 fn every_call_failing_still_returns_every_error() {
     let out = Xme::new()
         .pnum(2)
-        .fun(
-            |i: i32| -> i32 { std::process::exit(i) },
-            Array::new(0..10),
-        )
+        .fun(|i: i32| -> i32 { std::process::exit(i) }, Array::new(0..10))
         .unwrap();
     let codes: Vec<_> = out
         .iter()
@@ -82,7 +79,8 @@ fn every_call_failing_still_returns_every_error() {
     let zero = out[0].as_ref().unwrap_err();
     assert_eq!(zero.failure, xme_exec::TaskFailure::Exited { code: 0 });
     assert!(
-        zero.to_string().ends_with("its worker exited with status 0 before returning"),
+        zero.to_string()
+            .ends_with("its worker exited with status 0 before returning"),
         "{zero}"
     );
 }

@@ -94,7 +94,12 @@ fn no_array_means_one_call_and_an_empty_array_is_an_error() {
     let one = Xme::new().fun(|()| 7u8, ()).unwrap().into_result().unwrap();
     assert_eq!(one, [7]);
     let err = Xme::new().fun(|x: u8| x, Array::<u8>::new([])).unwrap_err();
-    assert!(err.to_string().contains("is empty"), "{err}");
+    // The message names the function; its source says why.
+    assert!(err.to_string().contains("has unusable arguments"), "{err}");
+    let why = std::error::Error::source(&err)
+        .expect("a source")
+        .to_string();
+    assert!(why.contains("is empty"), "{why}");
 }
 
 #[test]

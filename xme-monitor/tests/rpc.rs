@@ -401,7 +401,11 @@ fn a_unix_socket_left_by_a_dead_server_is_reclaimed() {
     }
     // While it lives, a second server is refused with a clear reason.
     let e = server().serve_unix(&path).unwrap_err();
-    assert!(e.to_string().contains("listening"), "{e}");
+    // The message says what failed; its source says why.
+    let why = std::error::Error::source(&e)
+        .map(ToString::to_string)
+        .unwrap_or_default();
+    assert!(why.contains("listening"), "{e}: {why}");
     child.kill().unwrap();
     assert!(path.exists(), "the killed server left its socket");
     let handle = server().serve_unix(&path).unwrap();
@@ -413,7 +417,18 @@ fn a_unix_socket_left_by_a_dead_server_is_reclaimed() {
     // A path that is not a socket is never removed.
     std::fs::write(&path, b"user data").unwrap();
     let e = server().serve_unix(&path).unwrap_err();
-    assert!(e.to_string().contains("not a socket"), "{e}");
+    assert!(chain(&e).contains("not a socket"), "{}", chain(&e));
     assert_eq!(std::fs::read(&path).unwrap(), b"user data");
     std::fs::remove_file(&path).unwrap();
+}
+
+/// An error and its sources, as error reporters print them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
