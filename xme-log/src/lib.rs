@@ -3,9 +3,13 @@
 //! Every line has the seed's format, `2023-10-20 03:34:27(pid@114796):message`,
 //! with an optional `(Type)` prefix and indent, and goes to the screen and/or an
 //! append-only log file. Each line is one `write(2)` call on an `O_APPEND`
-//! descriptor and takes no lock, so lines from many processes never
-//! interleave and a forked child can log even if another thread of its parent
-//! held a lock at fork time.
+//! descriptor, made while holding a pid-named word in a shared region that
+//! the program's first logger creates: processes forked after it write one
+//! line at a time, so lines never interleave, even lines longer than a
+//! pipe's atomic `PIPE_BUF` (4,096 bytes). The word is not a thread lock: a
+//! forked child can log even if another thread of its parent held one at
+//! fork time (a holder that died is taken over, one stopped for a second is
+//! passed over).
 //!
 //! ```
 //! use xme_log::Logger;

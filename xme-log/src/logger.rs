@@ -7,6 +7,18 @@ use std::sync::Arc;
 
 use crate::LogError;
 
+/// The word every logger's process takes while it writes a line, in a
+/// region made by the first logger of the program (so shared by every
+/// process forked after it). `None` if no region could be made: lines up to
+/// PIPE_BUF bytes are still whole.
+fn line_lock() -> Option<&'static std::sync::atomic::AtomicU64> {
+    static REGION: std::sync::OnceLock<Option<xme_core::SharedRegion>> = std::sync::OnceLock::new();
+    REGION
+        .get_or_init(|| xme_core::SharedRegion::anonymous(64).ok())
+        .as_ref()
+        .and_then(|r| r.place(0).ok())
+}
+
 /// A logger with the seed's options (`logobj` attributes).
 ///
 /// Cloning is cheap and clones share the log file descriptor. Setters take and
@@ -44,6 +56,8 @@ impl Logger {
     /// The seed's defaults: time, message type and pid shown, indent `-` × 4,
     /// screen on, no log file, default message type `Message`.
     pub fn new() -> Logger {
+        // Made now, before the program forks, so that its children share it.
+        let _ = line_lock();
         Logger {
             file: None,
             time: true,
@@ -177,6 +191,14 @@ impl Logger {
 
     fn write_line(&self, mut line: String) -> Result<(), LogError> {
         line.push('\n');
+        // One line at a time across processes: a write of more than
+        // PIPE_BUF bytes to a pipe may be split, and another process's line
+        // written in between. A holder that died is taken over; one stuck
+        // (stopped) for a second is ignored.
+        let _held = line_lock().map(|word| {
+            xme_core::process::PidLock::take_within(word, std::time::Duration::from_secs(1))
+                .unwrap_or_else(|_| xme_core::process::PidLock::seize(word))
+        });
         if self.screen {
             // Straight to fd 1, not through `Stdout`'s buffer and lock (see
             // the module docs): the handle only lends the descriptor.
