@@ -129,10 +129,10 @@ impl PoolBuilder {
                 "a pool needs at least 1 worker (pnum 0)".into(),
             ));
         }
-        if crate::threads::count() > 1 {
+        let threads = crate::threads::count();
+        if threads > 1 {
             log::warn!(
-                "xme: Pool made while this process has {} threads; make it first in main, before any thread starts (a thread holding a lock at the zygote's fork leaves that lock held in every worker)",
-                crate::threads::count()
+                "xme: Pool made while this process has {threads} threads; make it first in main, before any thread starts (a thread holding a lock at the zygote's fork leaves that lock held in every worker)"
             );
         }
         let zygote = Zygote::start()?;

@@ -586,8 +586,7 @@ impl Manager {
 
     /// Number of keys, reserved keys included (`__STATUS__` counts as one).
     pub fn len(&self) -> Result<usize, ShmError> {
-        let statuses = self.table().entries_where(is_status_key)?.len();
-        Ok(self.table().len()? - statuses + 1)
+        Ok(self.table().keys_where(|k| !is_status_key(k))?.len() + 1)
     }
 
     /// True when only the reserved keys exist.
@@ -675,14 +674,9 @@ impl Manager {
         let pid = process::current_pid();
         let all: Vec<String>;
         let keys: Vec<&str> = if keys.is_empty() {
-            all = self
-                .table()
-                .entries_where(|k| {
-                    !is_status_key(k) && !RESERVED_KEYS.iter().any(|r| r.as_bytes() == k)
-                })?
-                .into_iter()
-                .map(|(k, _)| k)
-                .collect();
+            all = self.table().keys_where(|k| {
+                !is_status_key(k) && !RESERVED_KEYS.iter().any(|r| r.as_bytes() == k)
+            })?;
             all.iter().map(String::as_str).collect()
         } else {
             keys.to_vec()
@@ -760,9 +754,9 @@ impl Manager {
         let key = status_key(op);
         let bytes = encode(&key, &entry)?;
         let pid = process::current_pid();
-        let store = || -> Result<Option<Stored>, ShmError> {
+        let store = || -> Result<Stored, ShmError> {
             if !beat {
-                return self.table().set(&key, &bytes, pid).map(Some);
+                return self.table().set(&key, &bytes, pid);
             }
             let mut inserted = false;
             self.table().update(&key, pid, |old| {
@@ -772,11 +766,11 @@ impl Manager {
                     .is_some_and(|s| s.last_word);
                 Ok::<_, ShmError>((!last_word).then(|| bytes.clone()))
             })??;
-            Ok(Some(if inserted {
+            Ok(if inserted {
                 Stored::Inserted
             } else {
                 Stored::Replaced
-            }))
+            })
         };
         let stored = match store() {
             Err(ShmError::CapacityFull { .. }) => {
@@ -787,7 +781,7 @@ impl Manager {
             }
             other => other?,
         };
-        if stored == Some(Stored::Inserted) {
+        if stored == Stored::Inserted {
             let count = self.header()[M_STATUS_COUNT].fetch_add(1, Ordering::Relaxed) + 1;
             let keep = self.header()[M_STATUS_KEEP].load(Ordering::Relaxed) as usize;
             if count as usize > status_limit(keep) {
@@ -814,21 +808,10 @@ impl Manager {
     fn prune_statuses(&self, wait: bool) {
         let header = self.header();
         let word = &header[M_PRUNE_LOCK];
-        let _lock = if wait {
-            process::PidLock::take_within(word, std::time::Duration::from_secs(1)).ok()
-        } else {
-            let me = u64::from(process::current_pid());
-            let w = word.load(Ordering::Acquire);
-            let free = w == 0 || (w != me && !process::is_alive(w as i32));
-            (free
-                && word
-                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok())
-            .then(|| process::PidLock::seize(word))
+        let patience = std::time::Duration::from_secs(if wait { 1 } else { 0 });
+        let Ok(_lock) = process::PidLock::take_within(word, patience) else {
+            return; // another process prunes
         };
-        if _lock.is_none() {
-            return;
-        }
         let keep = header[M_STATUS_KEEP].load(Ordering::Relaxed) as usize;
         let Ok(entries) = self.table().entries_where(is_status_key) else {
             return;

@@ -541,34 +541,43 @@ impl<'m> ValueTable<'m> {
         &self,
         want: impl Fn(&[u8]) -> bool,
     ) -> Result<Vec<(String, Vec<u8>)>, ShmError> {
+        self.scan(want, |e| {
+            let mut value = Vec::new();
+            block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
+            value
+        })
+    }
+
+    /// The live keys `want` accepts, in slot order; copies no value.
+    pub(crate) fn keys_where(&self, want: impl Fn(&[u8]) -> bool) -> Result<Vec<String>, ShmError> {
+        Ok(self
+            .scan(want, |_| ())?
+            .into_iter()
+            .map(|(k, ())| k)
+            .collect())
+    }
+
+    /// Every live key `want` accepts, with what `take` copies of its block.
+    fn scan<T>(
+        &self,
+        want: impl Fn(&[u8]) -> bool,
+        take: impl Fn(&Snapshot<'_>) -> T,
+    ) -> Result<Vec<(String, T)>, ShmError> {
         let mut out = Vec::new();
         for i in 0..self.layout.nslots {
             let copied = self.read_slot(i, |e| {
                 let mut key = Vec::new();
                 block::load_bytes(e.data, e.klen, &mut key);
-                want(&key).then(|| {
-                    let mut value = Vec::new();
-                    block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
-                    (key, value)
-                })
+                want(&key).then(|| (key, take(e)))
             })?;
-            if let Slot::Entry(_, Some((key, value))) = copied {
+            if let Slot::Entry(_, Some((key, taken))) = copied {
                 let key = String::from_utf8(key).map_err(|_| {
                     ShmError::BadLayout(format!("slot {i} holds a key that is not UTF-8"))
                 })?;
-                out.push((key, value));
+                out.push((key, taken));
             }
         }
         Ok(out)
-    }
-
-    /// Number of live keys; copies no key or value.
-    pub fn len(&self) -> Result<usize, ShmError> {
-        let mut n = 0;
-        for i in 0..self.layout.nslots {
-            n += usize::from(matches!(self.read_slot(i, |_| ())?, Slot::Entry(..)));
-        }
-        Ok(n)
     }
 
     /// Frees blocks left by processes that died while writing; returns how many.
