@@ -157,16 +157,18 @@ fn torture(kills: usize, seed: u64, sizes: Sizes) {
     }
     // Blocks left by killed writers are swept; what stays is exactly the
     // published entries (`__STATUS__` is gathered from entries of its own,
-    // none here), and the pages in use hold them: extents are exactly the
-    // large values' pages, class pages at most one per class more than needed.
+    // none here), and the pages in use hold them.
     xmem.sweep();
     let stats = xmem.check().unwrap();
     assert_eq!(stats.writing_blocks, 0, "{stats:?}");
     let entries = xmem.items().unwrap().len() - 1;
     assert_eq!(stats.live_blocks, entries, "{stats:?}");
+    // Slack: a class page per size class, and pages whose count a writer
+    // killed between reserving and taking a block left one too high (they
+    // keep serving their class; see ARCHITECTURE). Extents are never held.
     let pages_bytes = stats.pages_used * xme_shm::PAGE_BYTES;
     assert!(
-        pages_bytes <= stats.live_bytes + 12 * xme_shm::PAGE_BYTES,
+        pages_bytes <= stats.live_bytes + 32 * xme_shm::PAGE_BYTES,
         "pages in use beyond the live set: {stats:?}"
     );
     // The lock is not held by a dead writer.
