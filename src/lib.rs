@@ -23,6 +23,13 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Linux only: xme uses fork, memfd, futexes, pidfd and /proc.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "xme runs on Linux only (fork, memfd, futexes, pidfd and /proc): build it for a Linux target"
+);
 
 #[doc(inline)]
 pub use xme_array as array;

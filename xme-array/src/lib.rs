@@ -16,7 +16,8 @@
 //! assert_eq!(args.call(3), (4, "b2", 10)); // "b2" padded: it is the last element
 //! ```
 //!
-//! Pure logic: no processes here. `xme-exec` runs the calls.
+//! Pure logic: no processes here. `xme-exec` runs the calls. Unlike the
+//! other xme crates, which run on Linux only, this one builds on any target.
 
 mod array;
 mod error;

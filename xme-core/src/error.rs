@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 pub enum Error {
     /// `fork(2)` failed.
     #[error(
-        "could not fork a child process: {0} (the system may be out of processes or memory; lower pnum)"
+        "could not fork a child process (the system may be out of processes or memory; lower pnum)"
     )]
-    Fork(#[source] nix::Error),
+    Fork(#[source] std::io::Error),
     /// A pipe could not be created or used.
     #[error("pipe failure while {doing}")]
     Pipe {
@@ -21,7 +21,7 @@ pub enum Error {
         doing: &'static str,
         /// The system error.
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
     /// Waiting for a child process failed.
     #[error("could not wait for child process {pid}")]
@@ -30,7 +30,7 @@ pub enum Error {
         pid: i32,
         /// The system error.
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
     /// Sending a signal failed.
     #[error("could not send a signal to process {pid}")]
@@ -39,7 +39,7 @@ pub enum Error {
         pid: i32,
         /// The system error.
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
     /// A shared-memory region could not be created or mapped.
     #[error("could not create a shared-memory region of {size} bytes")]
@@ -105,20 +105,18 @@ pub enum Error {
     Encode {
         /// What was being encoded.
         what: &'static str,
-        /// The codec error.
+        /// Why.
         #[source]
-        source: postcard::Error,
+        source: crate::CodecError,
     },
     /// Bytes could not be decoded as the expected type.
-    #[error(
-        "could not decode {what}: {source} (the bytes are not a {what}: wrong type or corrupted)"
-    )]
+    #[error("could not decode {what}")]
     Decode {
         /// What was being decoded.
         what: &'static str,
-        /// The codec error.
+        /// Why.
         #[source]
-        source: postcard::Error,
+        source: crate::CodecError,
     },
     /// A frame announced a length above the allowed maximum.
     #[error(

@@ -4,7 +4,8 @@
 //! - [`Error`]: the error vocabulary shared by the xme crates.
 //! - [`process`]: forking children that die with their parent and are always reaped.
 //! - [`SharedRegion`]: memory shared between a process and its forked children.
-//! - [`frame`]: length-prefixed postcard frames for results crossing a pipe.
+//! - [`sync`]: the lock-free patterns the other crates use (`PidLock`,
+//!   `EventCount`, `Backoff`, `SeqLock`), each model-checked once.
 //!
 //! ```
 //! use xme_core::{process, SharedRegion};
@@ -22,24 +23,34 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Linux only: xme uses memfd, futexes, pidfd and /proc.
 
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "xme-core runs on Linux only (memfd, futexes, pidfd and /proc): build it for a Linux target"
+);
+
+mod codec_error;
 mod error;
 #[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod fdio;
 #[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod fence;
 #[doc(hidden)] // plumbing for xme's crates, not for users
-pub mod frame;
-#[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod futex;
 mod operator;
 pub mod process;
 mod region;
+#[doc(hidden)] // plumbing for xme's crates, not for users
+pub mod result_frame;
+pub mod sync;
 mod time;
 
+pub use codec_error::CodecError;
 pub use error::{Error, Fate, PanicReport};
 pub use operator::{Operator, ParseOperatorError};
-pub use region::{InRegion, Mapped, RegionHeader, SharedRegion};
+pub use region::{InRegion, Mapped, RegionHeader, SharedRegion, view};
 pub use time::monotonic_ns;
 
 /// The crate version, as shown by `show_version_info`.

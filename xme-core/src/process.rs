@@ -80,9 +80,9 @@ impl Child {
         if self.fate.is_some() {
             return Ok(());
         }
-        signal::kill(self.pid, signal).map_err(|source| Error::Signal {
+        signal::kill(self.pid, signal).map_err(|e| Error::Signal {
             pid: self.pid.as_raw(),
-            source,
+            source: e.into(),
         })
     }
 
@@ -138,7 +138,7 @@ pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
         // deadlock the child, never break memory safety (see the module docs).
         unsafe { nix::unistd::fork() }
     };
-    match forked.map_err(Error::Fork)? {
+    match forked.map_err(|e| Error::Fork(e.into()))? {
         ForkResult::Parent { child } => Ok(Child {
             pid: child,
             fate: None,
@@ -246,7 +246,12 @@ pub fn reap(pid: i32, block: bool) -> Result<Option<Fate>, Error> {
             Ok(WaitStatus::StillAlive) => return Ok(None),
             Ok(_) => continue,
             Err(Errno::EINTR) => continue,
-            Err(source) => return Err(Error::Wait { pid, source }),
+            Err(e) => {
+                return Err(Error::Wait {
+                    pid,
+                    source: e.into(),
+                });
+            }
         }
     }
 }
@@ -333,33 +338,6 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 #[cfg(test)]
 mod tests {
 
-    #[test]
-    fn a_pid_lock_held_by_a_live_stranger_is_given_up_and_a_non_pid_is_taken() {
-        use std::sync::atomic::AtomicU64;
-        use std::time::{Duration, Instant};
-        // Our parent lives and never takes the word: a stuck holder.
-        let parent = nix::unistd::getppid().as_raw() as u64;
-        let word = AtomicU64::new(parent);
-        let t = Instant::now();
-        assert_eq!(
-            PidLock::take_within(&word, Duration::from_millis(50)).unwrap_err() as u64,
-            parent
-        );
-        assert!(t.elapsed() >= Duration::from_millis(50));
-        assert!(t.elapsed() < Duration::from_secs(2));
-        // A value no pid can have (its low bits may name a live process).
-        let word = AtomicU64::new((1 << 32) | 1);
-        assert!(
-            PidLock::take_within(&word, Duration::from_millis(50))
-                .unwrap()
-                .took_over()
-        );
-        assert_eq!(word.load(std::sync::atomic::Ordering::Relaxed), 0);
-        // seize takes it whoever holds it.
-        let word = AtomicU64::new(parent);
-        assert!(PidLock::seize(&word).took_over());
-    }
-
     use super::*;
 
     #[test]
@@ -377,113 +355,5 @@ mod tests {
         assert!(child.wait().unwrap().is_success());
         assert_eq!(seen.load(std::sync::atomic::Ordering::SeqCst), child_pid);
         assert_ne!(child_pid, parent);
-    }
-}
-
-/// A lock word in shared memory that names its holder: 0 when free, else the
-/// holder's pid. A waiter takes it when free, or when its holder died (a
-/// process killed while holding it never blocks the others). The holder's
-/// threads are told apart by nothing but the pid, so one process must not
-/// take the same word from two threads at once without its own lock.
-///
-/// ```
-/// use std::sync::atomic::AtomicU64;
-/// use xme_core::process::PidLock;
-///
-/// let word = AtomicU64::new(0);
-/// {
-///     let held = PidLock::take(&word);
-///     assert!(!held.took_over());
-/// }
-/// // A holder that does not run (pids stay below 2^22 on Linux):
-/// word.store(1 << 22, std::sync::atomic::Ordering::Relaxed);
-/// assert!(PidLock::take(&word).took_over());
-/// ```
-#[derive(Debug)]
-pub struct PidLock<'a> {
-    word: &'a std::sync::atomic::AtomicU64,
-    took_over: bool,
-}
-
-/// Largest pid Linux hands out (`PID_MAX_LIMIT`): a word above it names no
-/// process (a corrupt word), never a holder to wait for.
-const PID_MAX: u64 = 1 << 22;
-
-impl<'a> PidLock<'a> {
-    /// Takes `word`, spinning then yielding while a live process holds it.
-    /// Where a stranger may have written the word (a region another process
-    /// can corrupt), use [`take_within`](Self::take_within).
-    pub fn take(word: &'a std::sync::atomic::AtomicU64) -> PidLock<'a> {
-        loop {
-            if let Ok(held) = Self::take_within(word, std::time::Duration::from_secs(3600)) {
-                return held;
-            }
-        }
-    }
-
-    /// Takes `word` like [`take`](Self::take), but gives up after `max` while
-    /// one live process holds it: `Err(its pid)` (a holder stuck, or a word
-    /// that names an unrelated process).
-    pub fn take_within(
-        word: &'a std::sync::atomic::AtomicU64,
-        max: std::time::Duration,
-    ) -> Result<PidLock<'a>, u32> {
-        use std::sync::atomic::Ordering;
-        let me = u64::from(current_pid());
-        let mut spins = 0u32;
-        let mut since: Option<(u64, std::time::Instant)> = None;
-        loop {
-            let w = word.load(Ordering::Acquire);
-            let dead = w != 0 && w != me && (w > PID_MAX || !is_alive(w as i32));
-            if (w == 0 || dead)
-                && word
-                    .compare_exchange(w, me, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-            {
-                return Ok(PidLock {
-                    word,
-                    took_over: dead,
-                });
-            }
-            spins += 1;
-            if spins.is_multiple_of(64) {
-                // The clock is read only once waiting lasts: the same holder
-                // for `max` gives up; a new holder restarts the count.
-                match since {
-                    Some((holder, t)) if holder == w && t.elapsed() >= max => {
-                        return Err(w as u32);
-                    }
-                    Some((holder, _)) if holder == w => {}
-                    _ => since = Some((w, std::time::Instant::now())),
-                }
-                std::thread::yield_now();
-            } else {
-                std::hint::spin_loop();
-            }
-        }
-    }
-
-    /// Takes `word` whoever holds it (for a word only this process may hold
-    /// by the protocol, after [`take_within`](Self::take_within) gave up).
-    pub fn seize(word: &'a std::sync::atomic::AtomicU64) -> PidLock<'a> {
-        word.store(
-            u64::from(current_pid()),
-            std::sync::atomic::Ordering::Release,
-        );
-        PidLock {
-            word,
-            took_over: true,
-        }
-    }
-
-    /// Whether the previous holder had died holding it.
-    pub fn took_over(&self) -> bool {
-        self.took_over
-    }
-}
-
-impl Drop for PidLock<'_> {
-    fn drop(&mut self) {
-        self.word.store(0, std::sync::atomic::Ordering::Release);
     }
 }

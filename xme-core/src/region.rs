@@ -98,6 +98,7 @@ enum Backing {
     /// (memmap2's `map_anon` is `MAP_PRIVATE`, copy-on-write after fork: not shared.)
     Anonymous { _map: MmapMut, _file: File },
     /// A POSIX shared-memory object (`/dev/shm/<name>`), for unrelated processes.
+    #[cfg(feature = "named")]
     Named {
         shmem: shared_memory::Shmem,
         name: String,
@@ -112,11 +113,11 @@ enum Backing {
 /// Two kinds, one type:
 /// - **anonymous** ([`anonymous`](Self::anonymous)): shared by a process and the
 ///   children it forks after creating it;
-/// - **named** ([`create_named`](Self::create_named) /
-///   [`open_named`](Self::open_named)): a `/dev/shm` object unrelated processes
-///   attach by name, created with mode 0600 and removed when its creator drops
-///   it. A region whose creator died is reclaimed by the next `create_named`
-///   of that name and reported by `open_named`.
+/// - **named** (`create_named` / `open_named`, with the default `named`
+///   feature): a `/dev/shm` object unrelated processes attach by name,
+///   created with mode 0600 and removed when its creator drops it. A region
+///   whose creator died is reclaimed by the next `create_named` of that name
+///   and reported by `open_named`.
 ///
 /// Every region starts with a [`RegionHeader`] (magic, layout version, size,
 /// creator pid, random token); callers address the payload after it by offset,
@@ -141,8 +142,8 @@ impl std::fmt::Debug for SharedRegion {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let mut d = f.debug_struct("SharedRegion");
         d.field("len", &self.len);
-        if let Backing::Named { name, .. } = &self.backing {
-            d.field("name", name);
+        if let Some(name) = self.name() {
+            d.field("name", &name);
         }
         d.field("token", &self.header().token.load(Ordering::Relaxed))
             .finish()
@@ -151,6 +152,7 @@ impl std::fmt::Debug for SharedRegion {
 
 impl Drop for SharedRegion {
     fn drop(&mut self) {
+        #[cfg(feature = "named")]
         if let Backing::Named { shmem, creator, .. } = &mut self.backing
             && *creator != crate::process::current_pid()
         {
@@ -191,6 +193,7 @@ impl SharedRegion {
         Ok(region)
     }
 
+    #[cfg(feature = "named")]
     /// Creates a named region `name` (`/dev/shm/<name>`, mode 0600) with
     /// `payload_len` zeroed bytes, removed when this process drops it.
     ///
@@ -245,6 +248,7 @@ impl SharedRegion {
         })
     }
 
+    #[cfg(feature = "named")]
     /// Attaches to the named region `name` made by another process, checking
     /// its header against `version`. A region whose creator died is reported
     /// as [`Error::StaleRegion`] (remove it with [`remove_named`](Self::remove_named)).
@@ -269,6 +273,7 @@ impl SharedRegion {
         Ok(region)
     }
 
+    #[cfg(feature = "named")]
     /// Removes the name `name` from `/dev/shm` (mappings stay valid until unmapped).
     pub fn remove_named(name: &str) -> Result<(), Error> {
         let os_id = os_id(name)?;
@@ -281,6 +286,7 @@ impl SharedRegion {
         }
     }
 
+    #[cfg(feature = "named")]
     fn open_existing(name: &str, os_id: &str) -> Result<SharedRegion, Error> {
         let shmem = shared_memory::ShmemConf::new()
             .os_id(os_id)
@@ -296,6 +302,7 @@ impl SharedRegion {
         Ok(region)
     }
 
+    #[cfg(feature = "named")]
     fn named(shmem: shared_memory::Shmem, name: &str) -> Result<SharedRegion, Error> {
         if shmem.len() < RegionHeader::RESERVED {
             return Err(Error::HeaderMismatch {
@@ -319,6 +326,7 @@ impl SharedRegion {
     /// The name of a named region.
     pub fn name(&self) -> Option<&str> {
         match &self.backing {
+            #[cfg(feature = "named")]
             Backing::Named { name, .. } => Some(name),
             Backing::Anonymous { .. } => None,
         }
@@ -523,6 +531,36 @@ unsafe impl<T: ?Sized + Sync> Send for Mapped<T> {}
 // SAFETY: as above.
 unsafe impl<T: ?Sized + Sync> Sync for Mapped<T> {}
 
+/// Views the start of `words` (words of a region, say) as a typed layout
+/// `T`: `None` if `T` is larger than the slice or needs more than 8-byte
+/// alignment. Lets a protocol over a slice of words name its fields with a
+/// `#[repr(C)]` struct instead of index constants.
+///
+/// ```
+/// use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+/// #[repr(C)]
+/// struct Pair { a: AtomicU32, b: AtomicU32 }
+/// // SAFETY: two u32 atomics, no padding, no pointers.
+/// unsafe impl xme_core::InRegion for Pair {}
+///
+/// let words = [AtomicU64::new(0), AtomicU64::new(0)];
+/// let pair: &Pair = xme_core::view(&words).unwrap();
+/// pair.b.store(1, Ordering::Relaxed);
+/// assert_eq!(words[0].load(Ordering::Relaxed), 1 << 32);
+/// assert!(xme_core::view::<[AtomicU64; 3]>(&words).is_none());
+/// ```
+pub fn view<T: InRegion>(words: &[AtomicU64]) -> Option<&T> {
+    if size_of::<T>() > size_of_val(words) || align_of::<T>() > align_of::<AtomicU64>() {
+        return None;
+    }
+    // SAFETY: the bytes of `words` are valid for reads and (through their
+    // atomics' interior mutability) shared writes while `words` is borrowed,
+    // which the returned reference is; the size and alignment were checked
+    // above; T is InRegion, so every bit pattern is a valid T and its fields
+    // are made for concurrent access (as in `SharedRegion::place`).
+    Some(unsafe { &*(words.as_ptr() as *const T) })
+}
+
 fn total_size(payload_len: usize) -> Result<usize, Error> {
     payload_len
         .checked_add(RegionHeader::RESERVED)
@@ -533,6 +571,7 @@ fn total_size(payload_len: usize) -> Result<usize, Error> {
 }
 
 /// `/name`, after checking the name is usable in /dev/shm.
+#[cfg(feature = "named")]
 fn os_id(name: &str) -> Result<String, Error> {
     let ok = !name.is_empty()
         && name.len() <= 200

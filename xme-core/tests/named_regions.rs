@@ -1,3 +1,4 @@
+#![cfg(feature = "named")]
 //! Named regions: attach by name, header checks, stale regions, cleanup.
 
 use std::sync::atomic::{AtomicU64, Ordering};

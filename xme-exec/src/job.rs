@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xme_array::{ArrayError, SplitArgs};
-use xme_core::frame;
+use xme_core::result_frame;
 
 use crate::{Context, Outcomes, TaskError, TaskFailure};
 
@@ -163,8 +163,12 @@ where
         let input = self.args.call(call);
         let result = xme_core::process::catch_panic(|| self.f.call_with(ctx, input));
         let encoded = match &result {
-            Ok(value) => postcard::to_stdvec(value).map(|b| (tag::VALUE, b)),
-            Err(report) => postcard::to_stdvec(report).map(|b| (tag::PANICKED, b)),
+            Ok(value) => postcard::to_stdvec(value)
+                .map(|b| (tag::VALUE, b))
+                .map_err(|e| xme_core::CodecError::encoding(e, value)),
+            Err(report) => postcard::to_stdvec(report)
+                .map(|b| (tag::PANICKED, b))
+                .map_err(|e| xme_core::CodecError::encoding(e, report)),
         };
         match encoded {
             Ok((tag, body)) => {
@@ -180,11 +184,11 @@ where
 
     fn deliver(&mut self, job: usize, call: usize, reply: Result<&[u8], TaskFailure>) {
         let outcome = reply.and_then(|bytes| match bytes.split_first() {
-            Some((&tag::VALUE, body)) => frame::decode::<R>(body, "a task result")
-                .map_err(|e| TaskFailure::Decode(e.to_string())),
-            Some((&tag::PANICKED, body)) => Err(frame::decode(body, "a panic report")
+            Some((&tag::VALUE, body)) => result_frame::decode::<R>(body, "a task result")
+                .map_err(|e| TaskFailure::Decode(with_cause(&e))),
+            Some((&tag::PANICKED, body)) => Err(result_frame::decode(body, "a panic report")
                 .map(TaskFailure::Panicked)
-                .unwrap_or_else(|e| TaskFailure::Decode(e.to_string()))),
+                .unwrap_or_else(|e| TaskFailure::Decode(with_cause(&e)))),
             Some((&tag::ENCODE_FAILED, body)) => Err(TaskFailure::Encode(
                 String::from_utf8_lossy(body).into_owned(),
             )),
@@ -319,3 +323,11 @@ tuple_table!(A.0, B.1, C.2, D2.3, E.4);
 tuple_table!(A.0, B.1, C.2, D2.3, E.4, F.5);
 tuple_table!(A.0, B.1, C.2, D2.3, E.4, F.5, G.6);
 tuple_table!(A.0, B.1, C.2, D2.3, E.4, F.5, G.6, H.7);
+
+/// An error's text followed by its cause's (for a failure kept as text).
+fn with_cause(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}

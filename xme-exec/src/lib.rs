@@ -35,6 +35,13 @@
 //!
 //! # Features
 //! - `progress`: `Xme::progress` shows a progress bar (calls done / total).
+//!
+//! Linux only: xme uses fork, pidfd, SCM_RIGHTS and /proc.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "xme-exec runs on Linux only (fork, pidfd, SCM_RIGHTS and /proc): build it for a Linux target"
+);
 
 mod board;
 mod context;

@@ -88,7 +88,11 @@ where
         Ok((0..plan.calnum())
             .map(|i| Call {
                 trampoline: trampoline as usize,
-                args: postcard::to_stdvec(&self.args.call(i)).map_err(|e| e.to_string()),
+                args: {
+                    let args = self.args.call(i);
+                    postcard::to_stdvec(&args)
+                        .map_err(|e| xme_core::CodecError::encoding(e, &args).to_string())
+                },
             })
             .collect())
     }
@@ -104,8 +108,9 @@ where
                 .enumerate()
                 .map(|(call, r)| {
                     r.and_then(|bytes| {
-                        postcard::from_bytes::<R>(&bytes)
-                            .map_err(|e| TaskFailure::Decode(e.to_string()))
+                        postcard::from_bytes::<R>(&bytes).map_err(|e| {
+                            TaskFailure::Decode(xme_core::CodecError::decoding(e).to_string())
+                        })
                     })
                     .map_err(|failure| TaskError {
                         call,

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
-use xme_core::frame::FrameReader;
 use xme_core::process::{self, Child};
+use xme_core::result_frame::FrameReader;
 use xme_core::{Error, Fate, monotonic_ns};
 
 use crate::board::Board;
@@ -212,7 +212,7 @@ fn spawn<D>(
 ) -> Result<Worker, Error> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| Error::Pipe {
         doing: "creating a worker's result pipe",
-        source,
+        source: source.into(),
     })?;
     let plan = WorkerPlan {
         jobs: &*ledger.jobs,
@@ -285,7 +285,7 @@ fn wait_readable<D>(
             Err(source) => {
                 return Err(Error::Pipe {
                     doing: "waiting for worker replies",
-                    source,
+                    source: source.into(),
                 });
             }
         }

@@ -21,6 +21,7 @@ use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use xme_core::CodecError;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -57,12 +58,12 @@ where
     let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
     let arg: T = match postcard::from_bytes(args) {
         Ok(arg) => arg,
-        Err(e) => return (DECODE, e.to_string().into_bytes()),
+        Err(e) => return (DECODE, CodecError::decoding(e).to_string().into_bytes()),
     };
     match process::catch_panic(|| f(arg)) {
         Ok(r) => match postcard::to_stdvec(&r) {
             Ok(bytes) => (OK, bytes),
-            Err(e) => (ENCODE, e.to_string().into_bytes()),
+            Err(e) => (ENCODE, CodecError::encoding(e, &r).to_string().into_bytes()),
         },
         Err(panic) => (
             PANICKED,

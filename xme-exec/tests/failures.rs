@@ -129,3 +129,76 @@ fn a_result_that_cannot_be_decoded_is_reported() {
     let e = out.into_result().unwrap_err();
     assert!(matches!(e.failure, TaskFailure::Decode(_)), "{e}");
 }
+
+/// A result whose `Serialize` impl fails with its own message.
+#[derive(Debug)]
+struct Offline;
+impl serde::Serialize for Offline {
+    fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("the sensor is offline"))
+    }
+}
+impl<'de> serde::Deserialize<'de> for Offline {
+    fn deserialize<D: serde::Deserializer<'de>>(_: D) -> Result<Self, D::Error> {
+        Ok(Offline)
+    }
+}
+
+/// An untagged enum: it needs `deserialize_any`, which postcard cannot do.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum Reading {
+    Number(f64),
+    Text(String),
+}
+
+fn offline(_: ()) -> Offline {
+    Offline
+}
+
+fn reading(_: ()) -> Reading {
+    Reading::Text("n/a".into())
+}
+
+#[test]
+fn a_custom_serialize_error_keeps_its_message_and_an_untagged_enum_says_why() {
+    let e = Xme::new()
+        .fun(offline, ())
+        .unwrap()
+        .into_result()
+        .unwrap_err();
+    assert!(matches!(e.failure, TaskFailure::Encode(_)), "{e}");
+    assert!(
+        e.to_string()
+            .ends_with("its result could not be encoded: the value's Serialize impl failed: the sensor is offline"),
+        "{e}"
+    );
+    let e = Xme::new()
+        .fun(reading, ())
+        .unwrap()
+        .into_result()
+        .unwrap_err();
+    assert!(matches!(e.failure, TaskFailure::Decode(_)), "{e}");
+    let text = e.to_string();
+    assert!(
+        text.contains(
+            "could not decode a task result: the type needs a self-describing format (an untagged"
+        ),
+        "{text}"
+    );
+    assert!(!text.contains("a a "), "{text}");
+    // The warm pool says the same.
+    let pool = xme_exec::Pool::new(1).unwrap();
+    let e = pool.fun(offline, ()).unwrap().into_result().unwrap_err();
+    assert!(
+        e.to_string()
+            .ends_with("the value's Serialize impl failed: the sensor is offline"),
+        "{e}"
+    );
+    let e = pool.fun(reading, ()).unwrap().into_result().unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("the type needs a self-describing format"),
+        "{e}"
+    );
+}

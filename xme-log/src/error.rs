@@ -22,7 +22,7 @@ pub enum LogError {
         target: &'static str,
         /// The system error.
         #[source]
-        source: nix::Error,
+        source: std::io::Error,
     },
     /// Another `log` backend is already installed in this process.
     #[error("a logger for the `log` crate is already installed in this process")]

@@ -34,6 +34,13 @@
 //!
 //! A logger also works as the [`log`] crate's backend, in the parent and every
 //! forked child: see [`Logger::install`].
+//!
+//! Linux only: xme uses fork-safe raw writes and shared regions.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "xme-log runs on Linux only (fork-safe raw writes and shared regions): build it for a Linux target"
+);
 
 mod error;
 mod logger;

@@ -18,15 +18,23 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Linux only: xme uses shared regions.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!("xme-monitor runs on Linux only (shared regions): build it for a Linux target");
 
 mod codec;
 mod error;
 mod manager_ext;
 mod monitor;
 mod python;
+#[cfg(feature = "rpc")]
 pub mod rpc;
 
-pub use codec::{Codec, DEFAULT_MAX_FRAME, Sealed, XmeWire, swap_nibbles};
+#[cfg(feature = "sealed")]
+pub use codec::Sealed;
+pub use codec::{Codec, DEFAULT_MAX_FRAME, XmeWire, swap_nibbles};
 pub use error::MonitorError;
 pub use manager_ext::{CopyReport, JsonViews, MESSAGE_KEY, ManagerMessages};
 pub use monitor::{Monitor, MonitorBuilder};

@@ -1,24 +1,42 @@
 //! The Monitor (seed 2.4): a JSON message map in shared memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::Value;
-use xme_core::{Mapped, Operator, SharedRegion, process};
+use xme_core::sync::SeqLock;
+use xme_core::{Mapped, Operator, SharedRegion};
 use xme_security::{LockType, Security, SecurityState};
 
-use crate::codec::{Codec, Sealed};
+use crate::codec::Codec;
+#[cfg(feature = "sealed")]
+use crate::codec::Sealed;
 use crate::{Message, MonitorError};
 
 /// Layout version of a Monitor region.
-const REGION_VERSION: u32 = 0x4d4f_0001;
-/// Control words after the lock: current (generation << 1 | slot), writer
-/// pid, length of slot 0, length of slot 1, capacity.
-const C_CURRENT: usize = 0;
-const C_WRITER: usize = 1;
-const C_LEN: usize = 2;
-const C_CAPACITY: usize = 4;
-const CONTROL_WORDS: usize = 8;
+const REGION_VERSION: u32 = 0x4d4f_0002;
+
+/// The control words after the lock.
+#[repr(C)]
+struct Control {
+    /// Which of the two copies of the map is current, and the writer's pid
+    /// (a double-buffered [`SeqLock`]).
+    map: SeqLock,
+    /// Bytes of JSON text in each copy.
+    len: [AtomicU64; 2],
+    /// Bytes the map may take.
+    capacity: AtomicU64,
+    _reserved: [AtomicU64; 3],
+}
+// SAFETY: `#[repr(C)]` of a `SeqLock` (InRegion) and `AtomicU64`s: no
+// padding, no pointers, valid for every bit pattern; lengths and capacity
+// are clamped to the region where they are read.
+unsafe impl xme_core::InRegion for Control {}
+const CONTROL_BYTES: usize = std::mem::size_of::<Control>();
+const _: () = assert!(
+    CONTROL_BYTES == 64,
+    "the Monitor layout changed: bump REGION_VERSION"
+);
 
 /// Builds a [`Monitor`].
 #[derive(Debug, Clone)]
@@ -65,6 +83,7 @@ impl MonitorBuilder {
     }
 
     /// The 32-byte key of the default (sealed) codec.
+    #[cfg(feature = "sealed")]
     pub fn key(mut self, key: [u8; 32]) -> MonitorBuilder {
         self.key = Some(key);
         self
@@ -79,18 +98,21 @@ impl MonitorBuilder {
             )));
         }
         let slot_words = self.capacity.div_ceil(8);
-        let data_offset = (SecurityState::SIZE.next_multiple_of(64)) + CONTROL_WORDS * 8;
+        let data_offset = (SecurityState::SIZE.next_multiple_of(64)) + CONTROL_BYTES;
         let bytes = data_offset + 2 * slot_words * 8;
         let region = Arc::new(match &self.name {
             Some(name) => SharedRegion::create_named(name, bytes, REGION_VERSION)?,
             None => SharedRegion::anonymous_versioned(bytes, REGION_VERSION)?,
         });
         let monitor = Monitor::map(region, self.lock_type, self.key)?;
-        monitor.control[C_CAPACITY].store(self.capacity as u64, Ordering::Relaxed);
-        // An empty map, "{}", in slot 0.
+        monitor
+            .control
+            .capacity
+            .store(self.capacity as u64, Ordering::Relaxed);
+        // An empty map, "{}", in copy 0 (current at stamp 0); nobody else
+        // maps the region yet.
         store_bytes(monitor.slot(0), b"{}");
-        monitor.control[C_LEN].store(2, Ordering::Relaxed);
-        monitor.control[C_CURRENT].store(0, Ordering::Release);
+        monitor.control.len[0].store(2, Ordering::Relaxed);
         Ok(monitor)
     }
 }
@@ -135,9 +157,10 @@ impl MonitorBuilder {
 #[derive(Clone)]
 pub struct Monitor {
     security: Security<'static>,
-    control: Mapped<[AtomicU64]>,
+    control: Mapped<Control>,
     data: Mapped<[AtomicU64]>,
     slot_words: usize,
+    #[cfg(feature = "sealed")]
     sealed: Option<Arc<Sealed>>,
     /// Keeps the mapping behind the slices alive; declared last.
     region: Arc<SharedRegion>,
@@ -187,7 +210,8 @@ impl Monitor {
     }
 
     /// Attaches to the Monitor built in the named region `name` by another
-    /// program; `key` is the sealed codec's key, if this side marshals.
+    /// program; `key` is the sealed codec's key, if this side marshals
+    /// (ignored without the `sealed` feature).
     pub fn attach(name: &str, key: Option<[u8; 32]>) -> Result<Monitor, MonitorError> {
         let region = Arc::new(SharedRegion::open_named(name, REGION_VERSION)?);
         Monitor::map(region, LockType::ReadWrite, key)
@@ -198,10 +222,12 @@ impl Monitor {
         lock_type: LockType,
         key: Option<[u8; 32]>,
     ) -> Result<Monitor, MonitorError> {
+        #[cfg(not(feature = "sealed"))]
+        let _ = key; // no sealed codec to key
         let control_offset = SecurityState::SIZE.next_multiple_of(64);
-        let data_offset = control_offset + CONTROL_WORDS * 8;
+        let data_offset = control_offset + CONTROL_BYTES;
         let data_words = region.payload_len().saturating_sub(data_offset) / 8;
-        let control = region.slice_owned(control_offset, CONTROL_WORDS)?;
+        let control = region.place_owned(control_offset)?;
         let data = region.slice_owned(data_offset, data_words)?;
         let security = Security::in_shared_region(region.clone(), 0, lock_type)?;
         Ok(Monitor {
@@ -209,6 +235,7 @@ impl Monitor {
             control,
             data,
             slot_words: data_words / 2,
+            #[cfg(feature = "sealed")]
             sealed: key.map(|k| Arc::new(Sealed::new(k))),
             region,
         })
@@ -220,7 +247,7 @@ impl Monitor {
 
     /// Bytes the map may take as JSON text.
     pub fn capacity(&self) -> usize {
-        (self.control[C_CAPACITY].load(Ordering::Relaxed) as usize).min(self.slot_words * 8)
+        (self.control.capacity.load(Ordering::Relaxed) as usize).min(self.slot_words * 8)
     }
 
     /// The Monitor's lock: set its type, writer, authorised operators.
@@ -237,13 +264,11 @@ impl Monitor {
     fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::new();
         loop {
-            let cur = self.control[C_CURRENT].load(Ordering::Acquire);
-            let s = (cur & 1) as usize;
+            let (stamp, s) = self.control.map.read_copy_begin();
             let len =
-                (self.control[C_LEN + s].load(Ordering::Relaxed) as usize).min(self.slot_words * 8);
+                (self.control.len[s].load(Ordering::Relaxed) as usize).min(self.slot_words * 8);
             load_bytes(self.slot(s), len, &mut out);
-            fence(Ordering::Acquire);
-            if self.control[C_CURRENT].load(Ordering::Relaxed) == cur {
+            if self.control.map.read_validate(stamp) {
                 return out;
             }
         }
@@ -282,14 +307,14 @@ impl Monitor {
         let _lock = self.security.lock(op)?;
         // The writer word names its pid: a writer that died is taken over (it
         // left only the unpublished spare copy half-written).
-        let _writer =
-            process::PidLock::take_within(&self.control[C_WRITER], WRITER_WAIT).map_err(|pid| {
-                MonitorError::WriterStuck {
+        let write =
+            self.control
+                .map
+                .write_spare(WRITER_WAIT)
+                .map_err(|pid| MonitorError::WriterStuck {
                     pid,
                     waited: WRITER_WAIT,
-                }
-            })?;
-        let cur = self.control[C_CURRENT].load(Ordering::Acquire);
+                })?;
         let mut map = self.read_map()?;
         let out = change(&mut map)?;
         let text = serde_json::to_vec(&map).map_err(MonitorError::BadJson)?;
@@ -300,11 +325,10 @@ impl Monitor {
                 capacity,
             });
         }
-        let spare = 1 - (cur & 1) as usize;
+        let spare = write.spare();
         store_bytes(self.slot(spare), &text);
-        self.control[C_LEN + spare].store(text.len() as u64, Ordering::Relaxed);
-        let next = ((cur >> 1) + 1) << 1 | spare as u64;
-        self.control[C_CURRENT].store(next, Ordering::Release);
+        self.control.len[spare].store(text.len() as u64, Ordering::Relaxed);
+        write.publish();
         Ok(out)
     }
 
@@ -349,12 +373,14 @@ impl Monitor {
         })
     }
 
+    #[cfg(feature = "sealed")]
     fn default_codec(&self) -> Result<&Sealed, MonitorError> {
         self.sealed.as_deref().ok_or(MonitorError::NoKey)
     }
 
     /// The map as bytes with the default codec ([`Sealed`] under the
     /// Monitor's key).
+    #[cfg(feature = "sealed")]
     pub fn marshal(&self) -> Result<Vec<u8>, MonitorError> {
         self.marshal_with(self.default_codec()?)
     }
@@ -364,6 +390,7 @@ impl Monitor {
         codec.encode(&self.read_map()?)
     }
 
+    #[cfg(feature = "sealed")]
     /// Decodes `bytes` with the default codec and merges them into the map
     /// as `op`. A frame that fails to decode changes nothing.
     pub fn unmarshal(&self, bytes: &[u8], op: Operator) -> Result<(), MonitorError> {

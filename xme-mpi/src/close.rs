@@ -4,9 +4,12 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::MpiError;
-use crate::frame::{KIND_EXIT, Request};
+use crate::call_frame::{KIND_EXIT, Request};
 use crate::handle::{MpiHandle, To};
 use crate::link::{Ended, LIVENESS, Link, lock};
+
+/// Why a closed logical process answers no more calls.
+const CLOSED_BY_MAIN: &str = "the main process closed it (MpiHandle::close, or the end of the run)";
 
 /// How long `close` lets a logical process finish its queue before killing it.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -55,10 +58,10 @@ impl<'r> MpiHandle<'r> {
                     }
                 }
                 let reason = if l.exit_acked.load(Ordering::Acquire) {
-                    "closed".to_string()
+                    CLOSED_BY_MAIN.to_string()
                 } else {
                     format!(
-                        "closed; rank {} did not acknowledge within {CLOSE_GRACE:?}",
+                        "{CLOSED_BY_MAIN}; rank {} did not acknowledge within {CLOSE_GRACE:?}",
                         l.id
                     )
                 };
@@ -89,9 +92,9 @@ impl<'r> MpiHandle<'r> {
             };
             self.pump(l, &mut lock(&l.recv));
             let reason = match fate {
-                Some(f) if f.is_success() => "closed".to_string(),
-                Some(f) => format!("closed; it {f}"),
-                None => "closed".to_string(),
+                Some(f) if f.is_success() => CLOSED_BY_MAIN.to_string(),
+                Some(f) => format!("{CLOSED_BY_MAIN}; it {f}"),
+                None => CLOSED_BY_MAIN.to_string(),
             };
             let _ = l.ended.set(Ended::Closed(reason));
             self.fail_pending(l);

@@ -13,7 +13,7 @@ pub enum MpiError {
     #[error("MPI needs pnum >= 2 (one main process and at least one logical process); got {0}")]
     PnumTooSmall(usize),
     /// The unit panicked in the logical process (which lives on).
-    #[error("{TASK_RUN_FAILURE}: unit `{unit}` panicked in logical process {process}: {panic}")]
+    #[error("unit `{unit}` panicked in logical process {process}: {panic}")]
     UnitPanicked {
         /// The unit's name.
         unit: String,
@@ -22,10 +22,21 @@ pub enum MpiError {
         /// The panic.
         panic: PanicReport,
     },
-    /// The logical process could not run the unit (unknown id, bad arguments).
+    /// The logical process has no such unit (the seed's `TASK_NO_REGISTERED`):
+    /// the program that forked it (or rank 0's binary) registered another set.
     #[error(
-        "{TASK_RUN_FAILURE}: unit `{unit}` could not run in logical process {process}: {reason}"
+        "{TASK_RUN_FAILURE}: logical process {process} has no unit `{unit}` (register every unit \
+         before Mpi::run, in every rank's binary)"
     )]
+    UnitNotRegistered {
+        /// The unit's name.
+        unit: String,
+        /// The logical process.
+        process: usize,
+    },
+    /// The logical process could not run the unit (bad arguments, a result
+    /// that could not be encoded or does not fit the reply channel).
+    #[error("unit `{unit}` could not run in logical process {process}: {reason}")]
     UnitFailed {
         /// The unit's name.
         unit: String,
@@ -44,7 +55,8 @@ pub enum MpiError {
         /// How it ended.
         fate: Fate,
     },
-    /// The logical process was closed (or its channel broke) before answering.
+    /// The logical process was closed (or its channel broke) before
+    /// answering; `reason` says which.
     #[error("logical process {process} is closed: {reason}")]
     Closed {
         /// The logical process.
@@ -71,13 +83,17 @@ pub enum MpiError {
         /// How long the caller waited.
         waited: Duration,
     },
-    /// The call's frame does not fit the channel.
+    /// The call's frame is larger than one frame may be (half the channel,
+    /// less a header, so two frames always fit).
     #[error(
-        "a call of {len} bytes does not fit a channel of {capacity} bytes (raise channel_bytes)"
+        "a call of {len} bytes is larger than the {max} bytes one frame may carry on a channel \
+         of {capacity} bytes (raise channel_bytes)"
     )]
     FrameTooLarge {
         /// The frame's size.
         len: usize,
+        /// The largest frame the channel carries.
+        max: usize,
         /// The channel's capacity.
         capacity: usize,
     },

@@ -8,14 +8,14 @@ use xme_core::process::fork_child;
 
 use crate::MpiError;
 use crate::builder::Mpi;
+use crate::byte_ring;
 use crate::cores::CorePlan;
 use crate::link::{Link, Peer};
 use crate::logical::LogicalProcess;
-use crate::ring;
 
 /// Bytes of region one logical process takes: two rings and a status word.
 pub(crate) fn bytes_per_process(channel_bytes: usize) -> usize {
-    2 * ring::ring_bytes(channel_bytes) + 64
+    2 * byte_ring::ring_bytes(channel_bytes) + 64
 }
 
 /// Forks `pnum - 1` logical processes over rings in `region` and returns
@@ -29,9 +29,9 @@ pub(crate) fn start<'r>(
     let per_lp = bytes_per_process(mpi.channel_bytes);
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let spin = if mpi.pnum <= cpus {
-        ring::SPIN_DEDICATED
+        byte_ring::SPIN_DEDICATED
     } else {
-        ring::SPIN_SHARED
+        byte_ring::SPIN_SHARED
     };
     // Each process registers for heavy fences itself (a fork child too),
     // so that publishing a frame needs only a light one.
@@ -45,11 +45,11 @@ pub(crate) fn start<'r>(
     let mut links = Vec::with_capacity(lps);
     for i in 0..lps {
         let base = i * per_lp;
-        let ring_bytes = ring::ring_bytes(mpi.channel_bytes);
+        let ring_bytes = byte_ring::ring_bytes(mpi.channel_bytes);
         let (mut requests, mut lp_requests) =
-            ring::split(region, base, mpi.channel_bytes, token, spin)?;
+            byte_ring::split(region, base, mpi.channel_bytes, token, spin)?;
         let (mut lp_replies, mut replies) =
-            ring::split(region, base + ring_bytes, mpi.channel_bytes, token, spin)?;
+            byte_ring::split(region, base + ring_bytes, mpi.channel_bytes, token, spin)?;
         let status = region.place::<AtomicU32>(base + 2 * ring_bytes)?;
         requests.use_light_fences(light);
         replies.use_light_fences(light);

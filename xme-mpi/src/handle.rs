@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use xme_core::process::Child;
 
 use crate::MpiError;
+use crate::call_frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, Request};
 use crate::channel::Waited;
-use crate::frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, Request};
 use crate::link::{Ended, LIVENESS, Link, LivenessCheck, RecvSide, lock, log_foreign_reply};
 use crate::logical::{self};
 use crate::slots::{
@@ -69,7 +69,7 @@ pub(crate) struct BatchArgs<'a, A>(pub &'a [A]);
 impl<A: Serialize> Body for BatchArgs<'_, A> {
     fn append(&self, mut out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
         for a in self.0 {
-            frame::push_batch_call(&mut out, |v| postcard::to_extend(a, v))?;
+            call_frame::push_batch_call(&mut out, |v| postcard::to_extend(a, v))?;
         }
         Ok(out)
     }
@@ -88,7 +88,7 @@ fn decode_batch<R: DeserializeOwned>(
         unit: unit.to_string(),
         reason: "a malformed batch reply".into(),
     };
-    let (done, entries) = frame::batch_replies(body).ok_or_else(malformed)?;
+    let (done, entries) = call_frame::batch_replies(body).ok_or_else(malformed)?;
     if done > results.len() {
         return Err(malformed());
     }
@@ -504,6 +504,7 @@ impl<'r> MpiHandle<'r> {
         if tx.buf.len() > link.max_frame {
             return Err(MpiError::FrameTooLarge {
                 len: tx.buf.len(),
+                max: link.max_frame,
                 capacity: link.capacity,
             });
         }
@@ -573,7 +574,7 @@ impl<'r> MpiHandle<'r> {
                 fast => fast,
             };
             match got {
-                Ok(true) => match frame::read_reply(self.token, &reader.buf) {
+                Ok(true) => match call_frame::read_reply(self.token, &reader.buf) {
                     Some((DIRECT_SLOT, g, status, body)) if g == generation => {
                         link.load.fetch_sub(1, Ordering::AcqRel);
                         return reply_outcome(unit, link.id, status, body)
@@ -744,7 +745,7 @@ impl<'r> MpiHandle<'r> {
             match rx.channel.try_recv(&mut rx.buf) {
                 Ok(true) => {
                     n += 1;
-                    match frame::read_reply(self.token, &rx.buf) {
+                    match call_frame::read_reply(self.token, &rx.buf) {
                         Some((slot, generation, status, body)) => {
                             notify |= deliver_to(&mut table, link, slot, generation, status, body);
                         }
@@ -768,13 +769,11 @@ impl<'r> MpiHandle<'r> {
 
     /// Ends `link` whose reply channel broke the ring's format.
     pub(crate) fn corrupt_replies(&self, link: &Link<'_>, corrupt: &crate::channel::Corrupt) {
-        let _ = xme_log::Logger::new()
-            .entry()
-            .msgtype("Error")
-            .print(format!(
-                "MPI: reply channel of logical process {} is corrupt ({}); closing it",
-                link.id, corrupt.0
-            ));
+        log::error!(
+            "MPI: reply channel of logical process {} is corrupt ({}); closing it",
+            link.id,
+            corrupt.0
+        );
         if let Some(c) = lock(&link.child).as_mut() {
             let _ = c.kill_mut();
         }

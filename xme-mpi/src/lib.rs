@@ -87,9 +87,18 @@
 //! it; the others go on. [`MpiHandle::close`] ends processes after their queued
 //! calls, kills one that lingers, and reaps them all; `run` closes everything
 //! even if `main` panics.
+//!
+//! Linux only: xme uses fork, memfd, futexes and membarrier.
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "xme-mpi runs on Linux only (fork, memfd, futexes and membarrier): build it for a Linux target"
+);
 
 mod backend;
 mod builder;
+mod byte_ring;
+mod call_frame;
 mod channel;
 mod close;
 #[cfg(feature = "cluster")]
@@ -97,11 +106,9 @@ mod cluster;
 mod cores;
 mod error;
 mod fork;
-mod frame;
 mod handle;
 mod link;
 mod logical;
-mod ring;
 mod slots;
 mod unit;
 

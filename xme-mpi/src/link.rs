@@ -153,13 +153,12 @@ impl LivenessCheck {
 }
 
 pub(crate) fn log_foreign_reply(link: &Link<'_>, len: usize) {
-    let _ = xme_log::Logger::new()
-        .entry()
-        .msgtype("Error")
-        .print(format!(
-            "MPI: dropped a reply of {len} bytes from logical process {} without this run's token",
-            link.id
-        ));
+    // The main process is the user's program: its diagnostics go through
+    // `log`, never straight to its stdout.
+    log::error!(
+        "MPI: dropped a reply of {len} bytes from logical process {} without this run's token",
+        link.id
+    );
 }
 
 /// Locks a mutex, going on if a panicking thread poisoned it (the data it

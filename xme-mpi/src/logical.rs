@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use crate::call_frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
 use crate::channel::{RecvChannel, SendChannel, Waited};
-use crate::frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
 use crate::unit::{Ran, Registry};
 
 /// Status words (shared memory), as the seed names them.
@@ -82,21 +82,21 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                 continue;
             };
             // The reply header first; a unit that succeeds appends its result.
-            frame::reply_header(
+            call_frame::reply_header(
                 self.token,
                 r.slot,
                 r.generation,
-                frame::REPLY_VALUE,
+                call_frame::REPLY_VALUE,
                 &mut rep,
             );
             let ran = match r.kind {
                 KIND_EXIT => {
                     // Acknowledge: every reply before this one has been sent.
-                    frame::reply_header(
+                    call_frame::reply_header(
                         self.token,
-                        frame::EXIT_ACK_SLOT,
+                        call_frame::EXIT_ACK_SLOT,
                         0,
-                        frame::REPLY_VALUE,
+                        call_frame::REPLY_VALUE,
                         &mut rep,
                     );
                     self.send_reply(&rep, None);
@@ -138,24 +138,27 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
             // Replaces whatever the unit appended with a failure reply.
             let token = self.token;
             let fail = |rep: &mut Vec<u8>, status: u8, body: &[u8]| {
-                frame::reply_header(token, r.slot, r.generation, status, rep);
+                call_frame::reply_header(token, r.slot, r.generation, status, rep);
                 rep.extend_from_slice(body);
             };
             match ran {
                 Ran::Value => {}
                 Ran::Panicked(p) => fail(
                     &mut rep,
-                    frame::REPLY_PANICKED,
+                    call_frame::REPLY_PANICKED,
                     &postcard::to_stdvec(&p).unwrap_or_default(),
                 ),
-                Ran::Failed(why) => fail(&mut rep, frame::REPLY_FAILED, why.as_bytes()),
+                Ran::Failed(why) => fail(&mut rep, call_frame::REPLY_FAILED, why.as_bytes()),
+                Ran::NotRegistered(why) => {
+                    fail(&mut rep, call_frame::REPLY_NOT_REGISTERED, why.as_bytes())
+                }
             }
             if rep.len() > self.replies.max_frame() {
                 let why = format!(
                     "result of {} bytes does not fit the reply channel",
                     rep.len()
                 );
-                fail(&mut rep, frame::REPLY_FAILED, why.as_bytes());
+                fail(&mut rep, call_frame::REPLY_FAILED, why.as_bytes());
             }
             if !self.send_reply(&rep, fast) {
                 return 0; // the main process is gone
@@ -193,23 +196,28 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
         let done_at = rep.len();
         rep.extend_from_slice(&[0; 4]);
         let mut done = 0u32;
-        for args in frame::batch_calls(body) {
+        for args in call_frame::batch_calls(body) {
             let Some(args) = args else {
                 return Ran::Failed("a malformed batch request".into());
             };
             let at = rep.len();
-            rep.extend_from_slice(&[0; frame::BATCH_ENTRY_HEADER]);
+            rep.extend_from_slice(&[0; call_frame::BATCH_ENTRY_HEADER]);
             let status = match self.registry.run(unit, args, rep) {
-                Ran::Value => frame::REPLY_VALUE,
+                Ran::Value => call_frame::REPLY_VALUE,
                 Ran::Panicked(p) => {
-                    rep.truncate(at + frame::BATCH_ENTRY_HEADER);
+                    rep.truncate(at + call_frame::BATCH_ENTRY_HEADER);
                     rep.extend_from_slice(&postcard::to_stdvec(&p).unwrap_or_default());
-                    frame::REPLY_PANICKED
+                    call_frame::REPLY_PANICKED
                 }
                 Ran::Failed(why) => {
-                    rep.truncate(at + frame::BATCH_ENTRY_HEADER);
+                    rep.truncate(at + call_frame::BATCH_ENTRY_HEADER);
                     rep.extend_from_slice(why.as_bytes());
-                    frame::REPLY_FAILED
+                    call_frame::REPLY_FAILED
+                }
+                Ran::NotRegistered(why) => {
+                    rep.truncate(at + call_frame::BATCH_ENTRY_HEADER);
+                    rep.extend_from_slice(why.as_bytes());
+                    call_frame::REPLY_NOT_REGISTERED
                 }
             };
             if rep.len() > max {
@@ -218,14 +226,14 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                     break;
                 }
                 let why = format!("result does not fit the reply channel ({max} bytes at most)");
-                rep.push(frame::REPLY_FAILED);
+                rep.push(call_frame::REPLY_FAILED);
                 rep.extend_from_slice(&(why.len() as u32).to_le_bytes());
                 rep.extend_from_slice(why.as_bytes());
                 done = 1;
                 break;
             }
             rep[at] = status;
-            let len = (rep.len() - at - frame::BATCH_ENTRY_HEADER) as u32;
+            let len = (rep.len() - at - call_frame::BATCH_ENTRY_HEADER) as u32;
             rep[at + 1..at + 5].copy_from_slice(&len.to_le_bytes());
             done += 1;
         }

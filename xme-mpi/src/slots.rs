@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use xme_core::PanicReport;
 
 use crate::MpiError;
-use crate::frame::{self};
+use crate::call_frame::{self};
 use crate::handle::MpiHandle;
 use crate::link::Link;
 
@@ -142,7 +142,7 @@ pub(crate) fn deliver_to(
     status: u8,
     body: &[u8],
 ) -> bool {
-    if slot == frame::EXIT_ACK_SLOT {
+    if slot == call_frame::EXIT_ACK_SLOT {
         link.exit_acked.store(true, Ordering::Release);
         return false;
     }
@@ -170,7 +170,7 @@ pub(crate) fn deliver_to(
 
 /// Decodes a unit's result.
 pub(crate) fn decode_result<R: DeserializeOwned>(bytes: &[u8], unit: &str) -> Result<R, MpiError> {
-    xme_core::frame::decode(bytes, "a unit result").map_err(|e| MpiError::Decode {
+    xme_core::result_frame::decode(bytes, "a unit result").map_err(|e| MpiError::Decode {
         unit: unit.to_string(),
         reason: e.to_string(),
     })
@@ -184,8 +184,8 @@ pub(crate) fn reply_outcome(
     body: &[u8],
 ) -> Result<(), MpiError> {
     match status {
-        frame::REPLY_VALUE => Ok(()),
-        frame::REPLY_PANICKED => Err(MpiError::UnitPanicked {
+        call_frame::REPLY_VALUE => Ok(()),
+        call_frame::REPLY_PANICKED => Err(MpiError::UnitPanicked {
             unit: unit.to_string(),
             process,
             panic: postcard::from_bytes(body).unwrap_or(PanicReport {
@@ -193,10 +193,46 @@ pub(crate) fn reply_outcome(
                 location: None,
             }),
         }),
+        call_frame::REPLY_NOT_REGISTERED => Err(MpiError::UnitNotRegistered {
+            unit: unit.to_string(),
+            process,
+        }),
         _ => Err(MpiError::UnitFailed {
             unit: unit.to_string(),
             process,
             reason: String::from_utf8_lossy(body).into_owned(),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reply_status_gets_its_own_error_and_text() {
+        let e = reply_outcome(
+            "sum",
+            2,
+            call_frame::REPLY_NOT_REGISTERED,
+            b"no unit with id 9",
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, MpiError::UnitNotRegistered { process: 2, .. }),
+            "{e}"
+        );
+        assert!(
+            e.to_string().starts_with(
+                "<XME-MPI-RUN: TASK_NO_REGISTERED>: logical process 2 has no unit `sum`"
+            ),
+            "{e}"
+        );
+        let e = reply_outcome("sum", 2, call_frame::REPLY_FAILED, b"bad arguments").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unit `sum` could not run in logical process 2: bad arguments"
+        );
+        assert!(reply_outcome("sum", 2, call_frame::REPLY_VALUE, b"").is_ok());
     }
 }

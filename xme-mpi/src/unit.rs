@@ -18,6 +18,8 @@ pub(crate) enum Ran {
     Value,
     Panicked(PanicReport),
     Failed(String),
+    /// No unit has the id (the seed's `TASK_NO_REGISTERED`).
+    NotRegistered(String),
 }
 
 type Erased = Box<dyn Fn(&[u8], &mut Vec<u8>) -> Ran + Send + Sync>;
@@ -29,7 +31,7 @@ where
     A: DeserializeOwned,
     R: Serialize,
 {
-    let args: A = match xme_core::frame::decode(args, "unit arguments") {
+    let args: A = match xme_core::result_frame::decode(args, "unit arguments") {
         Ok(a) => a,
         Err(e) => return Ran::Failed(e.to_string()),
     };
@@ -139,7 +141,7 @@ impl Registry {
     pub fn run(&self, id: u32, args: &[u8], out: &mut Vec<u8>) -> Ran {
         match self.units.get(id as usize) {
             Some((_, f)) => f(args, out),
-            None => Ran::Failed(format!("no unit with id {id} is registered")),
+            None => Ran::NotRegistered(format!("no unit with id {id} is registered")),
         }
     }
 }

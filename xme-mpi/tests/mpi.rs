@@ -195,7 +195,14 @@ fn a_panicking_unit_fails_its_call_and_the_process_lives_on() {
                 }
                 other => panic!("{other}"),
             }
-            assert!(e.to_string().starts_with(xme_mpi::TASK_RUN_FAILURE));
+            // A registered unit that panicked is not TASK_NO_REGISTERED.
+            assert!(
+                e.to_string().starts_with(
+                    "unit `div` panicked in logical process 1: 'division by zero' at "
+                ),
+                "{e}"
+            );
+            assert!(!e.to_string().contains("TASK_NO_REGISTERED"), "{e}");
             assert_eq!(m.block_acquire(&div, &(9, 3), To::Any).unwrap(), 3);
         })
         .unwrap();
@@ -297,10 +304,14 @@ fn close_twice_and_run_without_close_leave_nothing_behind() {
         mpi.run(|m| {
             m.close(To::Process(1)).unwrap();
             m.close(To::Process(1)).unwrap();
-            assert!(matches!(
-                m.acquire(&one, &(), To::Process(1)),
-                Err(MpiError::Closed { .. })
-            ));
+            let e = m.acquire(&one, &(), To::Process(1)).unwrap_err();
+            assert!(matches!(e, MpiError::Closed { .. }), "{e}");
+            assert!(
+                e.to_string().starts_with(
+                    "logical process 1 is closed: the main process closed it (MpiHandle::close"
+                ),
+                "{e}"
+            );
             assert_eq!(m.block_acquire(&one, &(), To::Any).unwrap(), 1);
             m.close(To::All).unwrap();
             m.close(To::All).unwrap();
@@ -366,7 +377,21 @@ fn arguments_too_large_for_the_channel_are_an_error() {
         let len = mpi.register("len", |v: Vec<u8>| v.len());
         mpi.run(|m| {
             let e = m.acquire(&len, &vec![0u8; 10_000], To::Any).unwrap_err();
-            assert!(matches!(e, MpiError::FrameTooLarge { .. }), "{e}");
+            // The limit named is one frame's (under half the channel), not the channel's.
+            let MpiError::FrameTooLarge { max, capacity, .. } = e else {
+                panic!("{e}")
+            };
+            assert_eq!(capacity, 8192);
+            assert!(max < capacity / 2, "{max}");
+            assert!(
+                e.to_string().contains(&format!(
+                    "larger than the {max} bytes one frame may carry on a channel of 8192 bytes"
+                )),
+                "{e}"
+            );
+            // Just over the frame limit fails; just under it runs.
+            let over = m.acquire(&len, &vec![0u8; max], To::Any).unwrap_err();
+            assert!(matches!(over, MpiError::FrameTooLarge { .. }), "{over}");
             assert_eq!(
                 m.block_acquire(&len, &vec![0u8; 1000], To::Any).unwrap(),
                 1000

@@ -47,9 +47,16 @@
 //! [`Acquired::previous_owner_died`] / [`LockGuard::previous_owner_died`]. Pids
 //! can be reused by the system: a lock held by a dead process whose pid was
 //! given to a new process stays held until that process ends too.
+//!
+//! Linux only: xme uses shared futexes and /proc.
 
 // Under loom only the protocol is built; the handle's helpers go unused.
 #![cfg_attr(loom, allow(dead_code))]
+
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "xme-security runs on Linux only (shared futexes and /proc): build it for a Linux target"
+);
 
 mod error;
 mod lock_type;

@@ -16,13 +16,14 @@
 //!   the argument hold in the C++ model and lets loom check it.) The writer
 //!   keeps `holder` while waiting for readers inside, so new readers back off
 //!   and writers are not starved. Locks that never had a reader never scan.
-//! - `seq` is the futex word. A sleeper first counts itself in `waiters`, then
-//!   reads `seq`, retries, and sleeps only while `seq` is unchanged; a
-//!   release bumps `seq` and wakes only if `waiters` is non-zero (SeqCst on
-//!   both sides), so an uncontended release makes no syscall and a wake-up is
+//! - `wake` is an [`EventCount`] (model-checked in `xme_core::sync`): a
+//!   sleeper announces itself, takes a ticket, retries, and sleeps only while
+//!   the ticket holds; a release notifies, which costs one load when nobody
+//!   sleeps, so an uncontended release makes no syscall and a wake-up is
 //!   never lost.
 
 use crate::primitive::{AtomicU32, AtomicU64, Ordering};
+use xme_core::sync::EventCount;
 
 /// Operators on an AUTHORISATION list, at most.
 pub const AUTH_CAPACITY: usize = 32;
@@ -44,8 +45,8 @@ pub struct SecurityState {
     pub(crate) magic: AtomicU32,
     pub(crate) lock_type: AtomicU32,
     pub(crate) holder: AtomicU32,
-    pub(crate) seq: AtomicU32,
-    pub(crate) waiters: AtomicU32,
+    /// Where waiters sleep (two `u32` words: the futex word and the sleepers).
+    pub(crate) wake: EventCount,
     pub(crate) auth_len: AtomicU32,
     pub(crate) reads_seen: AtomicU32,
     pub(crate) _pad: AtomicU32,
@@ -74,11 +75,20 @@ impl std::fmt::Debug for SecurityState {
 }
 
 #[cfg(not(loom))]
-// SAFETY: all fields are atomics of primitive integers (valid for every bit
-// pattern, no pointers; `_pad` fills the only gap); all-zero means "not
+// SAFETY: all fields are atomics of primitive integers or an `EventCount`
+// (itself InRegion: two u32 atomics) (valid for every bit pattern, no
+// pointers; `_pad` fills the only gap); all-zero means "not
 // initialised", which attach checks, and every other value is range-checked
 // where it is used (lock type, auth_len, pids).
 unsafe impl xme_core::InRegion for SecurityState {}
+
+// The layout other processes (and older builds) map: the event count took the
+// place of two u32 words without moving anything.
+#[cfg(not(loom))]
+const _: () = assert!(
+    std::mem::offset_of!(SecurityState, wake) == 12
+        && std::mem::offset_of!(SecurityState, holder_op) == 32
+);
 
 /// What a read attempt found.
 #[derive(Debug, PartialEq, Eq)]
@@ -102,8 +112,7 @@ impl SecurityState {
             magic: AtomicU32::new(0),
             lock_type: AtomicU32::new(0),
             holder: AtomicU32::new(0),
-            seq: AtomicU32::new(0),
-            waiters: AtomicU32::new(0),
+            wake: EventCount::new(),
             auth_len: AtomicU32::new(0),
             reads_seen: AtomicU32::new(0),
             _pad: AtomicU32::new(0),
@@ -120,7 +129,7 @@ impl SecurityState {
     #[inline]
     pub(crate) fn try_lock(&self, pid: u32) -> Result<(), u32> {
         // AcqRel: acquires the previous holder's writes (and a reader's check,
-        // see module docs); SeqCst orders it against `waiters` for wake-ups.
+        // see module docs); SeqCst orders it against the sleepers for wake-ups.
         self.holder
             .compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst)
             .map(|_| ())
@@ -215,20 +224,10 @@ impl SecurityState {
         self.notify();
     }
 
-    /// Tells sleepers something changed: if anyone counts as waiting, bump
-    /// `seq` and wake them all. Costs one load when nobody waits.
+    /// Tells sleepers something changed. Costs one load when nobody waits.
     #[inline]
     pub(crate) fn notify(&self) {
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            self.wake_all();
-        }
-    }
-
-    #[cold]
-    fn wake_all(&self) {
-        self.seq.fetch_add(1, Ordering::SeqCst);
-        #[cfg(not(loom))]
-        xme_core::futex::wake(&self.seq, u32::MAX);
+        self.wake.notify();
     }
 }
 

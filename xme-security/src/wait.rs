@@ -1,9 +1,11 @@
-//! How a blocked caller waits: a short exponential spin, a few yields, then (for
-//! all but SPIN) sleeps on the shared futex, each sleep at most `MuteTime`.
+//! How a blocked caller waits: `xme_core`'s exponential [`Backoff`] (a short
+//! spin, a few yields), then (for all but SPIN) sleeps on the lock's
+//! [`EventCount`](xme_core::sync::EventCount), each sleep at most `MuteTime`.
 
 use std::time::{Duration, Instant};
 
-use crate::primitive::Ordering;
+use xme_core::sync::{Backoff, Sleeper, Step};
+
 use crate::state::SecurityState;
 
 /// Spin rounds of 1, 2, 4 … 512 `spin_loop`s before yielding.
@@ -19,10 +21,10 @@ pub(crate) struct Waiter<'s> {
     start: Instant,
     deadline: Option<Instant>,
     mute: Duration,
-    round: u32,
+    backoff: Backoff,
     next_check: Option<Instant>,
-    /// Counted in `state.waiters` (from the first sleep on, until dropped).
-    registered: bool,
+    /// Announced on the lock's event count (from the first sleep on, until dropped).
+    sleeper: Option<Sleeper<'s>>,
 }
 
 /// The wait limit passed.
@@ -43,9 +45,9 @@ impl<'s> Waiter<'s> {
             start,
             deadline: limit.map(|l| start + l),
             mute,
-            round: 0,
+            backoff: Backoff::exponential(SPIN_ROUNDS, YIELD_ROUNDS),
             next_check: None,
-            registered: false,
+            sleeper: None,
         }
     }
 
@@ -54,20 +56,16 @@ impl<'s> Waiter<'s> {
         self.start
     }
 
-    /// The `seq` value to read before an attempt (0 until registered: only a
-    /// registered sleeper relies on it).
+    /// The ticket to take before an attempt (0 until announced: only an
+    /// announced sleeper relies on it).
     pub fn seen(&self) -> u32 {
-        if self.registered {
-            self.state.seq.load(Ordering::SeqCst)
-        } else {
-            0
-        }
+        self.sleeper.as_ref().map_or(0, Sleeper::ticket)
     }
 
     /// Whether to check now that the process in the way is alive: never while
     /// spinning (a check is a syscall), then at most every millisecond.
     pub fn liveness_due(&mut self) -> bool {
-        if self.round < SPIN_ROUNDS {
+        if self.backoff.is_spinning() {
             return false;
         }
         let now = Instant::now();
@@ -79,48 +77,31 @@ impl<'s> Waiter<'s> {
         }
     }
 
-    /// Waits a little after an attempt that failed when `seq` was `seen`.
+    /// Waits a little after an attempt that failed at ticket `seen`.
     pub fn pause(&mut self, seen: u32) -> Result<(), TimedOut> {
         let now = Instant::now();
         if self.deadline.is_some_and(|d| now >= d) {
             return Err(TimedOut);
         }
-        if self.round < SPIN_ROUNDS {
-            for _ in 0..1u32 << self.round {
-                std::hint::spin_loop();
-            }
-            self.round += 1;
+        if self.backoff.snooze() != Step::Sleep {
             return Ok(());
         }
-        if self.spin_only || self.round < SPIN_ROUNDS + YIELD_ROUNDS {
-            self.round = self.round.saturating_add(1);
+        if self.spin_only {
+            // SPIN never sleeps: it keeps yielding.
             std::thread::yield_now();
             return Ok(());
         }
-        if !self.registered {
-            // Count ourselves, then let the caller re-read `seq` and retry:
-            // a release after this point either is seen by the retry or wakes us.
-            self.state.waiters.fetch_add(1, Ordering::SeqCst);
-            self.registered = true;
+        let Some(sleeper) = &self.sleeper else {
+            // Announce, then let the caller take a ticket and retry: a
+            // release after this point either is seen by the retry or wakes us.
+            self.sleeper = Some(self.state.wake.prepare_wait());
             return Ok(());
-        }
+        };
         let sleep = match self.deadline {
             Some(d) => self.mute.min(d - now),
             None => self.mute,
         };
-        xme_core::futex::wait(
-            &self.state.seq,
-            seen,
-            Some(sleep.max(Duration::from_micros(1))),
-        );
+        sleeper.wait(seen, Some(sleep.max(Duration::from_micros(1))));
         Ok(())
-    }
-}
-
-impl Drop for Waiter<'_> {
-    fn drop(&mut self) {
-        if self.registered {
-            self.state.waiters.fetch_sub(1, Ordering::SeqCst);
-        }
     }
 }

@@ -59,18 +59,18 @@ pub enum ShmError {
         key: String,
         /// The requested type.
         type_name: &'static str,
-        /// The decoding error.
+        /// Why it did not decode.
         #[source]
-        source: postcard::Error,
+        source: xme_core::CodecError,
     },
     /// A value could not be encoded.
     #[error("could not encode the value for key {key:?}")]
     Encode {
         /// The key.
         key: String,
-        /// The encoding error.
+        /// Why it did not encode.
         #[source]
-        source: postcard::Error,
+        source: xme_core::CodecError,
     },
     /// A reserved key (`__STATUS__`, `__GUARD__`, `__XMEM__`) cannot be deleted,
     /// or was given a value of the wrong type.

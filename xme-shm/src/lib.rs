@@ -44,38 +44,37 @@
 //! - `__STATUS__` keeps one entry per operator; past the builder's
 //!   `status_keep` (plus a quarter) the oldest are pruned, ended processes'
 //!   first.
+//!
+//! Linux only: xme uses shared regions and futexes.
 
 // Under loom only the table and arena are built, and model-checked.
 #![cfg_attr(loom, allow(dead_code))]
 
-mod arena;
-mod block;
+// Rooms, lowest first (arrows point down only):
+// `store` (the table and its arena) and `buffer` (the call ring and
+// mailboxes) know nothing of the Manager; `manager` builds on both; `calls`
+// (append / exec / get, the Guard, HeartJump) and `shared_object` build on
+// the Manager.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "xme-shm runs on Linux only (shared regions and futexes): build it for a Linux target"
+);
+
 #[cfg(not(loom))]
 mod buffer;
 #[cfg(not(loom))]
-mod call;
+mod calls;
 mod error;
 #[cfg(not(loom))]
-mod exec;
-#[cfg(not(loom))]
-mod guard;
-#[cfg(not(loom))]
-mod heartjump;
-mod layout;
-#[cfg(not(loom))]
 mod manager;
-#[cfg(not(loom))]
-mod object;
 mod primitive;
 #[cfg(not(loom))]
 mod raw;
-mod ring;
-mod table;
-mod word_lock;
+#[cfg(not(loom))]
+mod shared_object;
+mod store;
 
-pub use arena::ArenaStats;
 pub use error::ShmError;
-pub use layout::{Layout, MAX_BLOCK, PAGE_BYTES};
 #[cfg(not(loom))]
 pub use manager::{
     BUILTINS, GUARD_KEY, GuardTable, Manager, ProcessStatus, RESERVED_KEYS, STATUS_KEY,
@@ -83,13 +82,15 @@ pub use manager::{
 };
 #[cfg(not(loom))]
 pub use raw::RawValue;
-pub use table::MAX_KEY;
+pub use store::arena::ArenaStats;
+pub use store::layout::{Layout, MAX_BLOCK, PAGE_BYTES};
+pub use store::table::MAX_KEY;
 #[cfg(not(loom))]
 pub use {
-    buffer::BufferConfig,
-    call::{Builtin, Call, GUARD_FUN_FAIL, Named, XMEM_GET_FAIL},
-    exec::{BufferSnapshot, Executed, PendingCall, TableCopy, Ticket},
-    guard::{Guard, GuardProcess, GuardReport, StopReason},
-    heartjump::HeartJump,
-    object::SharedObject,
+    buffer::call_buffer::BufferConfig,
+    calls::call::{Builtin, Call, GUARD_FUN_FAIL, Named, XMEM_GET_FAIL},
+    calls::guard::{Guard, GuardProcess, GuardReport, StopReason},
+    calls::heartjump::HeartJump,
+    calls::manager_calls::{BufferSnapshot, Executed, PendingCall, TableCopy, Ticket},
+    shared_object::SharedObject,
 };

@@ -16,9 +16,9 @@ impl RawValue {
     pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<RawValue, ShmError> {
         postcard::to_stdvec(value)
             .map(RawValue)
-            .map_err(|source| ShmError::Encode {
+            .map_err(|e| ShmError::Encode {
                 key: String::new(),
-                source,
+                source: xme_core::CodecError::encoding(e, value),
             })
     }
 
@@ -29,7 +29,7 @@ impl RawValue {
 
     /// Decodes as a `T`.
     pub fn decode<T: DeserializeOwned>(&self) -> Result<T, ShmError> {
-        xme_core::frame::decode(&self.0, std::any::type_name::<T>()).map_err(|e| match e {
+        xme_core::result_frame::decode(&self.0, std::any::type_name::<T>()).map_err(|e| match e {
             xme_core::Error::Decode { source, .. } => ShmError::WrongType {
                 key: String::new(),
                 type_name: std::any::type_name::<T>(),

@@ -19,13 +19,14 @@
 //! recounts the table's counters.
 
 use crate::ShmError;
-use crate::arena::{Arena, ArenaStats, Role};
-use crate::block::{self, HEADER, Meta, TOMB, W_KEY_LEN, W_META, W_PLACE, W_VALUE_LEN};
-use crate::layout::{
+use crate::primitive::{AtomicU64, Ordering, fence};
+use crate::store::arena::{Arena, ArenaStats, Role};
+use crate::store::block::{self, HEADER, Meta, TOMB, W_KEY_LEN, W_META, W_PLACE, W_VALUE_LEN};
+use crate::store::layout::{
     self, H_CAPACITY, H_KEY_LOCK, H_LIVE, H_MAGIC, H_NSLOTS, H_PAGES, H_USED, H_VERSION, Layout,
 };
-use crate::primitive::{AtomicU64, Ordering, fence};
-use crate::word_lock::WordLock;
+use crate::store::word_lock;
+use xme_core::sync::PidLock;
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 1024;
@@ -188,9 +189,9 @@ impl<'m> ValueTable<'m> {
 
     /// Takes the key lock; a taker that finds its holder dead recounts the
     /// counters the holder may have left half-updated.
-    fn key_lock(&self, pid: u32) -> Result<WordLock<'m>, ShmError> {
-        let lock = WordLock::take(&self.mem[H_KEY_LOCK], pid, "key")?;
-        if lock.took_over {
+    fn key_lock(&self, pid: u32) -> Result<PidLock<'m>, ShmError> {
+        let lock = word_lock::take(&self.mem[H_KEY_LOCK], pid, "key")?;
+        if lock.took_over() {
             let (mut used, mut live) = (0, 0);
             for i in 0..self.layout.nslots {
                 match self.slot(i).load(Ordering::Acquire) {
@@ -589,7 +590,7 @@ impl<'m> ValueTable<'m> {
                 slot < self.layout.nslots
                     && self.slot(slot).load(Ordering::Acquire) == block::handle(generation, b)
             },
-            crate::word_lock::alive,
+            crate::store::word_lock::alive,
             pid,
         )
     }

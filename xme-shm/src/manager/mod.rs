@@ -7,12 +7,14 @@ use serde::{Deserialize, Serialize};
 use xme_core::{Mapped, Operator, SharedRegion, process};
 use xme_security::{LockType, Security, SecurityState};
 
-use crate::arena::ArenaStats;
-use crate::buffer::{BufferConfig, CallBuffer};
-use crate::call::{FamilyKey, Registry};
-use crate::layout::Layout;
-use crate::table::{Stored, ValueTable};
+use crate::buffer::call_buffer::{BufferConfig, CallBuffer};
+use crate::store::arena::ArenaStats;
+mod registry;
+
+use crate::store::layout::Layout;
+use crate::store::table::{Stored, ValueTable};
 use crate::{RawValue, ShmError};
+pub(crate) use registry::{FamilyKey, Registry, Trampoline};
 
 /// Reserved key: the status table ([`StatusTable`]), one entry per operator.
 /// Each entry is kept under its own key, `__STATUS__/` and the operator's 16
@@ -82,7 +84,7 @@ pub type StatusTable = BTreeMap<Operator, ProcessStatus>;
 pub type GuardTable = BTreeMap<String, bool>;
 
 /// Region layout version of a Manager (header + lock + table).
-const REGION_VERSION: u32 = 0x4d47_0003;
+const REGION_VERSION: u32 = 0x4d47_0004;
 /// Words of the Manager header; room for the call buffer and Guard areas.
 const HEADER_WORDS: usize = 32;
 const M_OP_SIZE: usize = 0;
@@ -245,7 +247,7 @@ impl XmemBuilder {
                 self.status_keep
             )));
         }
-        let arena_bytes = self.arena_bytes.max(4 * crate::layout::PAGE_BYTES);
+        let arena_bytes = self.arena_bytes.max(4 * crate::store::layout::PAGE_BYTES);
         let status_room = status_limit(self.status_keep) + self.status_keep / 4 + 16;
         let keys = self
             .capacity
@@ -357,14 +359,14 @@ impl std::fmt::Debug for Manager {
 }
 
 pub(crate) fn encode<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<Vec<u8>, ShmError> {
-    postcard::to_stdvec(value).map_err(|source| ShmError::Encode {
+    postcard::to_stdvec(value).map_err(|e| ShmError::Encode {
         key: key.to_string(),
-        source,
+        source: xme_core::CodecError::encoding(e, value),
     })
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, ShmError> {
-    xme_core::frame::decode(bytes, std::any::type_name::<T>()).map_err(|e| match e {
+    xme_core::result_frame::decode(bytes, std::any::type_name::<T>()).map_err(|e| match e {
         xme_core::Error::Decode { source, .. } => ShmError::WrongType {
             key: key.to_string(),
             type_name: std::any::type_name::<T>(),
@@ -809,7 +811,7 @@ impl Manager {
         let header = self.header();
         let word = &header[M_PRUNE_LOCK];
         let patience = std::time::Duration::from_secs(if wait { 1 } else { 0 });
-        let Ok(_lock) = process::PidLock::take_within(word, patience) else {
+        let Ok(_lock) = xme_core::sync::PidLock::take_within(word, patience) else {
             return; // another process prunes
         };
         let keep = header[M_STATUS_KEEP].load(Ordering::Relaxed) as usize;

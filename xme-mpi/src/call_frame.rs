@@ -14,6 +14,7 @@ pub(crate) const EXIT_ACK_SLOT: u32 = u32::MAX - 1;
 pub(crate) const REPLY_VALUE: u8 = 0;
 pub(crate) const REPLY_PANICKED: u8 = 1;
 pub(crate) const REPLY_FAILED: u8 = 2;
+pub(crate) const REPLY_NOT_REGISTERED: u8 = 3;
 
 /// Bytes before a request's arguments: token, kind, slot, generation, unit;
 /// a `KIND_CALL_FN` request also carries two addresses.

@@ -17,15 +17,17 @@
 //! carries one small frame at a time, numbered by the two sides, for a
 //! blocking call nothing else waits behind (see [`FastLane`]).
 //!
-//! Waiting: spin, then yield, then sleep on a futex eventcount. The side that
-//! publishes runs a light fence before looking for sleepers; a sleeper runs
-//! the heavy one (see [`xme_core::fence`]) before its last look. Each sleep is
-//! bounded so the caller can check its peer is alive.
+//! Waiting: spin, then yield ([`Backoff::timed`]), then sleep on an
+//! [`EventCount`]. The side that publishes runs a light fence before
+//! looking for sleepers; a sleeper runs the heavy one (see
+//! [`xme_core::fence`]) before its last look. Each sleep is bounded so the
+//! caller can check its peer is alive.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use xme_core::{SharedRegion, fence, futex};
+use xme_core::sync::{Backoff, EventCount, Step};
+use xme_core::{SharedRegion, fence};
 
 use crate::channel::{Corrupt, RecvChannel, SendChannel, Waited};
 
@@ -52,14 +54,13 @@ unsafe impl xme_core::InRegion for Control {}
 
 #[repr(C)]
 struct Signals {
-    /// Bumped by the producer when a consumer may sleep.
-    data_seq: AtomicU32,
-    data_sleepers: AtomicU32,
-    /// Bumped by the consumer when a producer may sleep.
-    space_seq: AtomicU32,
-    space_sleepers: AtomicU32,
+    /// Notified by the producer: a consumer may sleep on it.
+    data: EventCount,
+    /// Notified by the consumer: a producer may sleep on it.
+    space: EventCount,
 }
-// SAFETY: only integer atomics (valid for every bit pattern, no pointers).
+// SAFETY: two `EventCount`s (each InRegion: integer atomics, valid for every
+// bit pattern, no pointers), no padding.
 unsafe impl xme_core::InRegion for Signals {}
 
 /// The fast lane: one small frame on a cache line that never moves, for a
@@ -103,18 +104,15 @@ struct RingParts<'r> {
 }
 
 /// How one side of a ring waits (process-local).
-struct Backoff {
-    /// Longest spin before yielding: long when every process has a core
-    /// (an idle spinner costs nobody anything and answers at once), very short
-    /// when processes outnumber cores (a spinner then steals the time its peer
-    /// needs to answer).
-    spin: Duration,
-    /// The current spin budget in nanoseconds, at most `spin`: cut to a
-    /// sixteenth each time a spin finds nothing, doubled each time one
-    /// succeeds. Two processes that share a core for a while (a fork child
-    /// starts on its parent's CPU until the scheduler moves it) would
-    /// otherwise each burn a full `spin` per wait while the other cannot run.
-    budget_ns: u64,
+struct Waiting {
+    /// Spin then yield. The spin lasts long when every process has a core
+    /// (an idle spinner costs nobody anything and answers at once), very
+    /// short when processes outnumber cores (a spinner then steals the time
+    /// its peer needs to answer); the yields last a while only in the first
+    /// case (a peer that shares this core for now runs meanwhile, and no futex
+    /// wake-up ties the two to one core again). The spin budget adapts
+    /// (see [`Backoff::timed`]).
+    backoff: Backoff,
     /// Whether this process registered for heavy fences, so that its side of
     /// each handshake may use a light one (set after fork).
     light: bool,
@@ -130,7 +128,7 @@ pub(crate) struct Producer<'r> {
     /// The last view of `head`: re-read only when it says the ring is full,
     /// so the consumer's line is not pulled over on every push.
     seen_head: u64,
-    backoff: Backoff,
+    waiting: Waiting,
 }
 
 /// The consuming side of a ring (see [`Producer`] for who may hold it).
@@ -139,7 +137,7 @@ pub(crate) struct Consumer<'r> {
     /// The sequence number of the fast-lane frame this consumer waits for;
     /// 0: none.
     lane_expects: u64,
-    backoff: Backoff,
+    waiting: Waiting,
 }
 
 // SAFETY: a Producer is the one writer of its ring's frames, tail and fast
@@ -182,21 +180,25 @@ pub(crate) fn split<'r>(
         cap,
         key: key | 1 << 63,
     };
-    let backoff = || Backoff {
-        spin,
-        budget_ns: spin.as_nanos() as u64,
+    let yield_for = if spin >= SPIN_DEDICATED {
+        YIELD_DEDICATED
+    } else {
+        Duration::ZERO
+    };
+    let waiting = || Waiting {
+        backoff: Backoff::timed(spin, YIELDS, yield_for),
         light: false,
     };
     Ok((
         Producer {
             ring,
             seen_head: 0,
-            backoff: backoff(),
+            waiting: waiting(),
         },
         Consumer {
             ring,
             lane_expects: 0,
-            backoff: backoff(),
+            waiting: waiting(),
         },
     ))
 }
@@ -244,8 +246,6 @@ impl RecvChannel for Consumer<'_> {
 pub(crate) const SPIN_DEDICATED: Duration = Duration::from_micros(200);
 /// Spin time before sleeping when processes outnumber cores.
 pub(crate) const SPIN_SHARED: Duration = Duration::from_micros(2);
-/// The spin budget never falls below this (about 40 polls).
-const MIN_SPIN: Duration = Duration::from_micros(1);
 /// Yields before sleeping, at least.
 const YIELDS: u32 = 4;
 /// How long to keep yielding before sleeping when every process has a core.
@@ -257,15 +257,12 @@ pub(crate) fn ring_bytes(cap: usize) -> usize {
 }
 
 impl RingParts<'_> {
-    /// The publishing side of the eventcount: the light fence orders the
+    /// The publishing side of the event count: the light fence orders the
     /// store just made before the look for sleepers (who fenced heavily after
-    /// announcing themselves, see `Backoff::wait`).
-    fn wake(&self, light: bool, seq: &AtomicU32, sleepers: &AtomicU32) {
+    /// announcing themselves, see `Waiting::wait`).
+    fn wake(&self, light: bool, events: &EventCount) {
         fence::light(light);
-        if sleepers.load(Ordering::Relaxed) > 0 {
-            seq.fetch_add(1, Ordering::SeqCst);
-            futex::wake(seq, u32::MAX);
-        }
+        events.notify_after_fence();
     }
 
     /// Bytes a frame of `len` payload bytes occupies.
@@ -328,63 +325,31 @@ impl RingParts<'_> {
     }
 }
 
-impl Backoff {
-    fn wait(
-        &mut self,
-        max: Duration,
-        ready: impl Fn() -> bool,
-        seq: &AtomicU32,
-        sleepers: &AtomicU32,
-    ) -> Waited {
-        // Read the clock only once the first round of spins found nothing:
-        // most waits of a round trip end within it.
-        let budget = Duration::from_nanos(self.budget_ns);
-        let mut spin_start = None;
-        'spin: loop {
-            for _ in 0..64 {
-                if ready() {
-                    self.budget_ns =
-                        (budget.as_nanos() as u64 * 2).min(self.spin.as_nanos() as u64);
-                    return Waited::Ready;
-                }
-                std::hint::spin_loop();
-            }
-            if spin_start.get_or_insert_with(Instant::now).elapsed() >= budget {
-                break 'spin;
-            }
-        }
-        self.budget_ns = (budget.as_nanos() as u64 / 16).max(MIN_SPIN.as_nanos() as u64);
-        // Then yield: where each process has a core, for a while (if the
-        // peer shares this core for now, it runs meanwhile, and no futex
-        // wake-up ties the two to one core again); else a few times.
-        let yield_start = Instant::now();
-        let dedicated = self.spin >= SPIN_DEDICATED;
-        for n in 1.. {
+impl Waiting {
+    fn wait(&mut self, max: Duration, ready: impl Fn() -> bool, events: &EventCount) -> Waited {
+        self.backoff.reset();
+        loop {
             if ready() {
+                self.backoff.ready();
                 return Waited::Ready;
             }
-            std::thread::yield_now();
-            if n >= YIELDS && (!dedicated || yield_start.elapsed() >= YIELD_DEDICATED) {
+            if self.backoff.snooze() == Step::Sleep {
                 break;
             }
         }
         let start = Instant::now();
-        sleepers.fetch_add(1, Ordering::SeqCst);
         // Announce, then look: the heavy fence pairs with the publisher's light one.
-        fence::heavy();
-        let seen = seq.load(Ordering::SeqCst);
-        let result = if ready() {
+        let sleeper = events.prepare_wait();
+        let ticket = sleeper.ticket_after_heavy_fence();
+        if ready() {
+            return Waited::Ready;
+        }
+        sleeper.wait(ticket, Some(max));
+        if ready() || start.elapsed() < max {
             Waited::Ready
         } else {
-            futex::wait(seq, seen, Some(max));
-            if ready() || start.elapsed() < max {
-                Waited::Ready
-            } else {
-                Waited::Idle
-            }
-        };
-        sleepers.fetch_sub(1, Ordering::SeqCst);
-        result
+            Waited::Idle
+        }
     }
 }
 
@@ -392,13 +357,13 @@ impl Producer<'_> {
     /// Lets this side use light fences: call after a successful
     /// [`fence::register`] in the process that uses it.
     pub fn use_light_fences(&mut self, registered: bool) {
-        self.backoff.light = registered;
+        self.waiting.light = registered;
     }
 
     /// After publishing a frame: wakes a consumer that sleeps on the ring.
     fn wake_consumer(&self) {
         let r = &self.ring;
-        r.wake(self.backoff.light, &r.sig.data_seq, &r.sig.data_sleepers);
+        r.wake(self.waiting.light, &r.sig.data);
     }
 
     /// Writes a frame if there is room; false if the ring is full.
@@ -466,14 +431,13 @@ impl Producer<'_> {
     pub fn wait_space(&mut self, need: usize, max: Duration) -> Waited {
         let need = RingParts::frame_bytes(need) * 2;
         let r = self.ring;
-        self.backoff.wait(
+        self.waiting.wait(
             max,
             || {
                 let used = r.ctl.tail.load(Ordering::Relaxed) - r.ctl.head.load(Ordering::Acquire);
                 r.cap - used as usize >= need
             },
-            &r.sig.space_seq,
-            &r.sig.space_sleepers,
+            &r.sig.space,
         )
     }
 
@@ -504,7 +468,7 @@ impl Producer<'_> {
 impl Consumer<'_> {
     /// Lets this side use light fences (see [`Producer::use_light_fences`]).
     pub fn use_light_fences(&mut self, registered: bool) {
-        self.backoff.light = registered;
+        self.waiting.light = registered;
     }
 
     /// Reads the next frame into `out`; false if the ring is empty.
@@ -545,7 +509,7 @@ impl Consumer<'_> {
                     r.ctl
                         .head
                         .store(head + RingParts::frame_bytes(len) as u64, Ordering::Release);
-                    r.wake(self.backoff.light, &r.sig.space_seq, &r.sig.space_sleepers);
+                    r.wake(self.waiting.light, &r.sig.space);
                     return Ok(true);
                 }
                 _ => {
@@ -594,12 +558,7 @@ impl Consumer<'_> {
     /// Waits until the ring may hold a frame, at most `max`.
     pub fn wait_data(&mut self, max: Duration) -> Waited {
         let (r, expects) = (self.ring, self.lane_expects);
-        self.backoff.wait(
-            max,
-            || r.has_data(expects),
-            &r.sig.data_seq,
-            &r.sig.data_sleepers,
-        )
+        self.waiting.wait(max, || r.has_data(expects), &r.sig.data)
     }
 }
 

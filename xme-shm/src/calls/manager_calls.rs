@@ -10,10 +10,11 @@ use serde::{Deserialize, Serialize};
 use xme_core::{Operator, process};
 use xme_security::LockType;
 
-use crate::buffer::Event;
-use crate::call::{Builtin, Call, Named, Target, Trampoline, reply};
+use crate::buffer::call_buffer::Event;
+use crate::buffer::call_ring::{Orphan, PAYLOAD_HEADER, Pop};
+use crate::calls::call::{Builtin, Call, Named, Target, reply};
+use crate::manager::Trampoline;
 use crate::manager::{Manager, ProcessStatus, XMEM_KEY, check_reserved_value};
-use crate::ring::{Orphan, PAYLOAD_HEADER, Pop};
 use crate::{RawValue, ShmError};
 
 /// How long `get` spins on the mailbox before sleeping: a Guard on another
@@ -255,13 +256,13 @@ impl Manager {
         deadline: Option<Instant>,
     ) -> Result<Ticket<R>, ShmError> {
         let mut bytes = Vec::with_capacity(16 + args.len());
-        postcard::to_io(target, &mut bytes).map_err(|source| ShmError::Encode {
+        postcard::to_io(target, &mut bytes).map_err(|e| ShmError::Encode {
             key: "<call>".into(),
-            source,
+            source: xme_core::CodecError::encoding(e, target),
         })?;
-        postcard::to_io(args, &mut bytes).map_err(|source| ShmError::Encode {
+        postcard::to_io(args, &mut bytes).map_err(|e| ShmError::Encode {
             key: "<call>".into(),
-            source,
+            source: xme_core::CodecError::encoding(e, args),
         })?;
         let cfg = self.buffer.config();
         if bytes.len() > cfg.call_bytes {
@@ -439,10 +440,10 @@ impl Manager {
         max_wait: Duration,
     ) -> Result<R, ShmError> {
         let raw = self.get_reply(op, max_wait)?;
-        postcard::from_bytes(&raw).map_err(|source| ShmError::WrongType {
+        postcard::from_bytes(&raw).map_err(|e| ShmError::WrongType {
             key: format!("<result for {op}>"),
             type_name: std::any::type_name::<R>(),
-            source,
+            source: xme_core::CodecError::decoding(e),
         })
     }
 

@@ -6,7 +6,8 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::call::{Call, Target, Trampoline, run_method};
+use crate::calls::call::{Call, Target, run_method};
+use crate::manager::Trampoline;
 use crate::{Manager, ShmError};
 
 /// A typed handle to a value of type `T` stored in a [`Manager`] under a name.
@@ -109,9 +110,9 @@ impl<T: Serialize + DeserializeOwned> SharedObject<T> {
         R: Serialize + DeserializeOwned,
     {
         let trampoline: Trampoline = run_method::<T, A, R>;
-        let args = postcard::to_stdvec(args).map_err(|source| ShmError::Encode {
+        let args = postcard::to_stdvec(args).map_err(|e| ShmError::Encode {
             key: self.key.clone(),
-            source,
+            source: xme_core::CodecError::encoding(e, args),
         })?;
         Ok(Call::new(
             Target::Pointer {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use xme_core::Operator;
 
-use crate::call::Call;
+use crate::calls::call::Call;
 use crate::{Manager, ShmError};
 
 /// A thread that appends a `"Status::update"` call for its operator every

@@ -29,8 +29,8 @@
 //! appended them (FIFO per producer); with one consumer (the Guard), they also
 //! finish in that order.
 
-use crate::block::{load_bytes, store_bytes};
 use crate::primitive::{AtomicU64, Ordering};
+use crate::store::block::{load_bytes, store_bytes};
 
 /// A cell whose producer died while writing it.
 pub(crate) const SKIP: u32 = u32::MAX;

@@ -27,10 +27,11 @@
 //! a page's count one too high (the page keeps serving its class).
 
 use crate::ShmError;
-use crate::block::{self, FREE, HEADER, LIVE, Meta, WRITING};
-use crate::layout::{BITMAP_WORDS, CLASSES, H_CLASS_HINT, H_PAGE_LOCK, Layout, PAGE_BYTES};
 use crate::primitive::{AtomicU64, Ordering, fence};
-use crate::word_lock::WordLock;
+use crate::store::block::{self, FREE, HEADER, LIVE, Meta, WRITING};
+use crate::store::layout::{BITMAP_WORDS, CLASSES, H_CLASS_HINT, H_PAGE_LOCK, Layout, PAGE_BYTES};
+use crate::store::word_lock;
+use xme_core::sync::PidLock;
 
 const ROLE_FREE: u64 = 0;
 const ROLE_INIT: u64 = 0xf0;
@@ -139,9 +140,9 @@ impl<'m> Arena<'m> {
             .map(|n| n * PAGE_BYTES - HEADER * 8)
     }
 
-    fn page_lock(&self, pid: u32) -> Result<WordLock<'m>, ShmError> {
-        let lock = WordLock::take(self.word(H_PAGE_LOCK), pid, "page")?;
-        if lock.took_over {
+    fn page_lock(&self, pid: u32) -> Result<PidLock<'m>, ShmError> {
+        let lock = word_lock::take(self.word(H_PAGE_LOCK), pid, "page")?;
+        if lock.took_over() {
             self.repair();
         }
         Ok(lock)
@@ -630,6 +631,6 @@ impl<'m> Arena<'m> {
 
 // Keep the class count and page size consistent with the bitmap size and
 // the role word's 16-bit count.
-const _: () = assert!(PAGE_BYTES / crate::layout::MIN_BLOCK <= BITMAP_WORDS * 64);
-const _: () = assert!(PAGE_BYTES / crate::layout::MIN_BLOCK < 1 << 16);
+const _: () = assert!(PAGE_BYTES / crate::store::layout::MIN_BLOCK <= BITMAP_WORDS * 64);
+const _: () = assert!(PAGE_BYTES / crate::store::layout::MIN_BLOCK < 1 << 16);
 const _: () = assert!(CLASSES < ROLE_INIT as usize);

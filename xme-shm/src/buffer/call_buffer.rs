@@ -19,19 +19,20 @@
 //! operator.
 //!
 //! # Waiting
-//! Three event counts (`work`, `space`, `done`), each a shared futex word and
-//! a sleeper count: a waiter registers, re-checks, and sleeps; a signaller
-//! bumps the word and wakes only when someone sleeps.
+//! Three [`EventCount`]s (`work`, `space`, `done`) before the header: a
+//! waiter announces itself, re-checks, and sleeps; a signaller wakes only
+//! when someone sleeps.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use xme_core::{Mapped, Operator, SharedRegion, futex, process};
+use xme_core::sync::{EventCount, SeqLock};
+use xme_core::{Mapped, Operator, SharedRegion, process};
 
 use crate::ShmError;
-use crate::block::{load_bytes, store_bytes, words};
-use crate::ring::{CELL_HEADER, HEADER_WORDS, Orphan, PAYLOAD_HEADER, Pop, Ring};
+use crate::buffer::call_ring::{CELL_HEADER, HEADER_WORDS, Orphan, PAYLOAD_HEADER, Pop, Ring};
+use crate::store::block::{load_bytes, store_bytes, words};
 
 // Header words (the ring's tail, head and executed count are words 0, 1, 3).
 const H_GUARD: usize = 2;
@@ -42,9 +43,10 @@ const H_REPLY_WORDS: usize = 7;
 /// Pid-named lock taken to claim or free a mailbox (word 8 once held a
 /// fork-family token, which the region must not carry: see `FamilyKey`).
 const H_BOX_LOCK: usize = 8;
-const H_SLEEPERS: usize = 9; // three words: work, space, done
-/// Futex words (u32) before the header.
+// Words 9 to 11 once counted each event's sleepers (now in its EventCount).
+/// The three event counts, before the header.
 const FUTEX_BYTES: usize = 64;
+const _: () = assert!(3 * std::mem::size_of::<EventCount>() <= FUTEX_BYTES);
 
 /// The three events.
 #[derive(Clone, Copy)]
@@ -57,16 +59,47 @@ pub(crate) enum Event {
     Done = 2,
 }
 
-// Mailbox words.
-const B_OP: usize = 0;
-const B_APPENDED: usize = 1;
-const B_DONE: usize = 2;
-const B_TAKEN: usize = 3;
-const B_VERSION: usize = 4;
-const B_WRITER: usize = 5;
-const B_LEN: usize = 6;
-const B_OWNER: usize = 7;
-const BOX_HEADER: usize = 8;
+/// A mailbox's header; its result's words follow it.
+#[repr(C)]
+struct MailboxHeader {
+    /// The operator's id, 0 (never used) or `BOX_TOMB` (freed).
+    op: AtomicU64,
+    /// Serial of the operator's latest call, with the `CLOSED` bit.
+    appended: AtomicU64,
+    /// Serial of the latest result stored.
+    done: AtomicU64,
+    /// Serial of the latest result taken.
+    taken: AtomicU64,
+    /// Guards `len` and the result words (written in place by the Guard).
+    result: SeqLock,
+    /// Bytes of the latest result.
+    len: AtomicU64,
+    /// Pid of the process that claimed the mailbox.
+    owner: AtomicU64,
+}
+// SAFETY: `#[repr(C)]` of `AtomicU64`s and a `SeqLock` (itself InRegion):
+// no padding, no pointers, valid for every bit pattern; every field is
+// range-checked or compared where it is read.
+unsafe impl xme_core::InRegion for MailboxHeader {}
+
+const BOX_HEADER: usize = std::mem::size_of::<MailboxHeader>() / 8;
+const _: () = assert!(
+    BOX_HEADER == 8,
+    "the mailbox layout changed: bump REGION_VERSION"
+);
+
+/// Mailbox `i`: its header and its result's words.
+struct Mailbox<'a> {
+    header: &'a MailboxHeader,
+    data: &'a [AtomicU64],
+}
+
+impl<'a> std::ops::Deref for Mailbox<'a> {
+    type Target = MailboxHeader;
+    fn deref(&self) -> &MailboxHeader {
+        self.header
+    }
+}
 /// A freed mailbox's operator word (`Operator::alloc` never makes this id).
 const BOX_TOMB: u64 = u64::MAX - 1;
 /// Set in `appended` while a mailbox is freed or changes hands.
@@ -145,7 +178,7 @@ const WRITER_WAIT: Duration = Duration::from_secs(1);
 /// The call buffer in a region; see the module docs.
 #[derive(Clone)]
 pub(crate) struct CallBuffer {
-    futexes: Mapped<[AtomicU32]>,
+    events: Mapped<[EventCount]>,
     words: Mapped<[AtomicU64]>,
     config: BufferConfig,
 }
@@ -162,7 +195,7 @@ impl CallBuffer {
     ) -> Result<CallBuffer, ShmError> {
         let n = (config.bytes() - FUTEX_BYTES) / 8;
         Ok(CallBuffer {
-            futexes: region.slice_owned(offset, FUTEX_BYTES / 4)?,
+            events: region.slice_owned(offset, 3)?,
             words: region.slice_owned(offset + FUTEX_BYTES, n)?,
             config,
         })
@@ -211,39 +244,36 @@ impl CallBuffer {
         Ring::attach(&self.words, self.config.capacity, self.config.cell_words())
     }
 
-    fn mailbox_words(&self, i: usize) -> &[AtomicU64] {
+    fn mailbox_at(&self, i: usize) -> Mailbox<'_> {
         let bw = self.config.box_words();
         let at = Ring::words_for(self.config.capacity, self.config.cell_words()) + i * bw;
-        &self.words[at..at + bw]
+        let words = &self.words[at..at + bw];
+        Mailbox {
+            header: xme_core::view(words).expect("a mailbox is longer than its header"),
+            data: &words[BOX_HEADER..],
+        }
     }
 
     // ---- events ----------------------------------------------------------
 
-    /// Wakes the sleepers of `e`, if any. The SeqCst load pairs with the
-    /// waiter's SeqCst registration (see [`CallBuffer::wait`]).
+    /// Wakes the sleepers of `e`, if any.
     pub fn signal(&self, e: Event) {
-        if self.words[H_SLEEPERS + e as usize].load(Ordering::SeqCst) > 0 {
-            self.futexes[e as usize].fetch_add(1, Ordering::SeqCst);
-            futex::wake(&self.futexes[e as usize], u32::MAX);
-        }
+        self.events[e as usize].notify();
     }
 
-    /// Wakes every sleeper of `e`, registered or not.
+    /// Wakes every sleeper of `e`, announced or not.
     pub fn signal_all(&self, e: Event) {
-        self.futexes[e as usize].fetch_add(1, Ordering::SeqCst);
-        futex::wake(&self.futexes[e as usize], u32::MAX);
+        self.events[e as usize].notify_all();
     }
 
     /// Sleeps until `e` is signalled or `timeout` passes, unless `ready()`
-    /// already holds after registering (so no signal is missed).
+    /// already holds after announcing (so no signal is missed).
     pub fn wait(&self, e: Event, timeout: Duration, ready: impl Fn() -> bool) {
-        let sleepers = &self.words[H_SLEEPERS + e as usize];
-        sleepers.fetch_add(1, Ordering::SeqCst);
-        let seen = self.futexes[e as usize].load(Ordering::SeqCst);
+        let sleeper = self.events[e as usize].prepare_wait();
+        let ticket = sleeper.ticket();
         if !ready() {
-            futex::wait(&self.futexes[e as usize], seen, Some(timeout));
+            sleeper.wait(ticket, Some(timeout));
         }
-        sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 
     // ---- producers -------------------------------------------------------
@@ -385,7 +415,7 @@ impl CallBuffer {
         let n = self.config.mailboxes;
         let start = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n;
         (0..n).map(|k| (start + k) % n).find_map(|i| {
-            match self.mailbox_words(i)[B_OP].load(Ordering::Acquire) {
+            match self.mailbox_at(i).op.load(Ordering::Acquire) {
                 w if w == id => Some(Some(i)),
                 0 => Some(None),
                 _ => None,
@@ -393,11 +423,11 @@ impl CallBuffer {
         })?
     }
 
-    fn box_lock(&self) -> process::PidLock<'_> {
+    fn box_lock(&self) -> xme_core::sync::PidLock<'_> {
         // Held for a short scan; a holder that died is taken over (claims
         // and frees leave each word whole), one stuck is seized.
-        process::PidLock::take_within(&self.words[H_BOX_LOCK], WRITER_WAIT)
-            .unwrap_or_else(|_| process::PidLock::seize(&self.words[H_BOX_LOCK]))
+        xme_core::sync::PidLock::take_within(&self.words[H_BOX_LOCK], WRITER_WAIT)
+            .unwrap_or_else(|_| xme_core::sync::PidLock::seize(&self.words[H_BOX_LOCK]))
     }
 
     /// The index of `op`'s mailbox, claiming one if `create`.
@@ -417,51 +447,51 @@ impl CallBuffer {
         let start = (id.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize % n;
         let me = u64::from(process::current_pid());
         let free = (0..n).map(|k| (start + k) % n).find(|&i| {
-            let w = self.mailbox_words(i)[B_OP].load(Ordering::Acquire);
+            let w = self.mailbox_at(i).op.load(Ordering::Acquire);
             w == 0 || w == BOX_TOMB
         });
         // Full: take over a slot whose owner died with nothing in flight.
         let taken_over = || {
             (0..n).map(|k| (start + k) % n).find(|&i| {
-                let b = self.mailbox_words(i);
-                let owner = b[B_OWNER].load(Ordering::Acquire);
+                let b = self.mailbox_at(i);
+                let owner = b.owner.load(Ordering::Acquire);
                 let (_, done, _) = self.counters(i);
-                let appended = b[B_APPENDED].load(Ordering::Acquire);
+                let appended = b.appended.load(Ordering::Acquire);
                 owner != 0
                     && owner != me
                     && appended & CLOSED == 0
                     && appended <= done
-                    && b[B_WRITER].load(Ordering::Acquire) == 0
+                    && !b.result.is_held()
                     && !alive(owner as u32)
             })
         };
         let Some(i) = free.or_else(taken_over) else {
             return Err(ShmError::MailboxesFull { mailboxes: n });
         };
-        let b = self.mailbox_words(i);
+        let b = self.mailbox_at(i);
         // Closed first: an appender that found this box under its old
         // operator cannot count a call in it while it changes hands.
-        b[B_APPENDED].store(CLOSED, Ordering::Release);
-        b[B_OP].store(id, Ordering::Release);
-        b[B_OWNER].store(me, Ordering::Release);
-        b[B_DONE].store(0, Ordering::Release);
-        b[B_TAKEN].store(0, Ordering::Release);
-        b[B_APPENDED].store(0, Ordering::Release);
+        b.appended.store(CLOSED, Ordering::Release);
+        b.op.store(id, Ordering::Release);
+        b.owner.store(me, Ordering::Release);
+        b.done.store(0, Ordering::Release);
+        b.taken.store(0, Ordering::Release);
+        b.appended.store(0, Ordering::Release);
         Ok(Some(i))
     }
 
     /// Frees `op`'s mailbox `i` if no call of it is in flight and no result
     /// waits; false if it stays.
     pub fn free_mailbox(&self, op: Operator, i: usize) -> bool {
-        let b = self.mailbox_words(i);
+        let b = self.mailbox_at(i);
         let _lock = self.box_lock();
         let (_, done, taken) = self.counters(i);
-        let appended = b[B_APPENDED].load(Ordering::Acquire);
-        if b[B_OP].load(Ordering::Acquire) != op.id()
+        let appended = b.appended.load(Ordering::Acquire);
+        if b.op.load(Ordering::Acquire) != op.id()
             || appended & CLOSED != 0
             || appended != done
             || done != taken
-            || b[B_APPENDED]
+            || b.appended
                 .compare_exchange(
                     appended,
                     appended | CLOSED,
@@ -472,8 +502,8 @@ impl CallBuffer {
         {
             return false;
         }
-        b[B_OP].store(BOX_TOMB, Ordering::Release);
-        b[B_OWNER].store(0, Ordering::Release);
+        b.op.store(BOX_TOMB, Ordering::Release);
+        b.owner.store(0, Ordering::Release);
         true
     }
 
@@ -482,7 +512,7 @@ impl CallBuffer {
     pub fn note_append(&self, op: Operator) -> Result<(usize, u64), ShmError> {
         loop {
             let i = self.mailbox(op, true)?.expect("created");
-            let appended = &self.mailbox_words(i)[B_APPENDED];
+            let appended = &self.mailbox_at(i).appended;
             let mut a = appended.load(Ordering::Acquire);
             while a & CLOSED == 0 {
                 match appended.compare_exchange_weak(a, a + 1, Ordering::AcqRel, Ordering::Acquire)
@@ -498,28 +528,23 @@ impl CallBuffer {
 
     /// Undoes [`note_append`](Self::note_append) for a call that was not appended.
     pub fn unnote_append(&self, i: usize) {
-        self.mailbox_words(i)[B_APPENDED].fetch_sub(1, Ordering::AcqRel);
+        self.mailbox_at(i).appended.fetch_sub(1, Ordering::AcqRel);
     }
 
     /// Stores `reply` as the result of call `serial` of mailbox `i`.
     pub fn store_reply(&self, i: usize, serial: u64, reply: &[u8]) {
-        let b = self.mailbox_words(i);
-        // Writer lock: free, or held by a dead process, is ours to take. Only
-        // the registered Guard writes mailboxes, so a word another live
-        // process keeps holding is a corrupt one: after a while, seize it.
-        let writer = process::PidLock::take_within(&b[B_WRITER], WRITER_WAIT)
-            .unwrap_or_else(|_| process::PidLock::seize(&b[B_WRITER]));
-        let v = b[B_VERSION].load(Ordering::Relaxed);
-        // An odd version is a dead writer's unfinished write: continue from it.
-        let start = if v % 2 == 1 { v } else { v + 1 };
-        b[B_VERSION].store(start, Ordering::Relaxed);
-        std::sync::atomic::fence(Ordering::Release);
-        let reply = &reply[..reply.len().min(self.config.reply_bytes)];
-        b[B_LEN].store(reply.len() as u64, Ordering::Relaxed);
-        store_bytes(&b[BOX_HEADER..], reply);
-        b[B_VERSION].store(start + 1, Ordering::Release);
-        b[B_DONE].fetch_max(serial, Ordering::AcqRel);
-        drop(writer);
+        let b = self.mailbox_at(i);
+        // Writer word: free, or held by a dead process, is ours to take
+        // (continuing its write). Only the registered Guard writes mailboxes,
+        // so a word another live process keeps holding is a corrupt one:
+        // after a while, seize it.
+        {
+            let _write = b.result.write_in_place_or_seize(WRITER_WAIT);
+            let reply = &reply[..reply.len().min(self.config.reply_bytes)];
+            b.len.store(reply.len() as u64, Ordering::Relaxed);
+            store_bytes(b.data, reply);
+        }
+        b.done.fetch_max(serial, Ordering::AcqRel);
         self.signal(Event::Done);
     }
 
@@ -531,53 +556,46 @@ impl CallBuffer {
     /// (appended, done, taken) of mailbox `i` (`appended` without its CLOSED
     /// bit: a closed mailbox has nothing in flight).
     pub fn counters(&self, i: usize) -> (u64, u64, u64) {
-        let b = self.mailbox_words(i);
+        let b = self.mailbox_at(i);
         (
-            b[B_APPENDED].load(Ordering::Acquire) & !CLOSED,
-            b[B_DONE].load(Ordering::Acquire),
-            b[B_TAKEN].load(Ordering::Acquire),
+            b.appended.load(Ordering::Acquire) & !CLOSED,
+            b.done.load(Ordering::Acquire),
+            b.taken.load(Ordering::Acquire),
         )
     }
 
     /// Takes the latest result of mailbox `i` if it is newer than the last
     /// taken one and no older than the latest append; `None` otherwise.
     pub fn try_take(&self, i: usize) -> Option<Vec<u8>> {
-        let b = self.mailbox_words(i);
+        let b = self.mailbox_at(i);
         let mut odd_spins = 0u32;
         loop {
-            if self.mailbox_words(i)[B_APPENDED].load(Ordering::Acquire) & CLOSED != 0 {
+            if self.mailbox_at(i).appended.load(Ordering::Acquire) & CLOSED != 0 {
                 return None;
             }
             let (appended, done, taken) = self.counters(i);
             if done < appended || done <= taken {
                 return None;
             }
-            let v1 = b[B_VERSION].load(Ordering::Acquire);
-            if v1 % 2 == 1 {
+            let Some(stamp) = b.result.read_begin() else {
                 // A write in progress. One that no live process is making (its
                 // writer died, or the word was overwritten) will not finish
                 // by itself: report nothing rather than spin (the caller's
                 // wait is bounded; the next writer finishes the write).
                 odd_spins += 1;
-                if odd_spins.is_multiple_of(1024) {
-                    let w = b[B_WRITER].load(Ordering::Acquire);
-                    if w == 0 || w > u64::from(u32::MAX) || !alive(w as u32) {
-                        return None;
-                    }
+                if odd_spins.is_multiple_of(1024) && !b.result.writer_alive() {
+                    return None;
                 }
                 std::hint::spin_loop();
                 continue;
-            }
-            let len = (b[B_LEN].load(Ordering::Relaxed) as usize).min(self.config.reply_bytes);
+            };
+            let len = (b.len.load(Ordering::Relaxed) as usize).min(self.config.reply_bytes);
             let mut out = Vec::new();
-            load_bytes(&b[BOX_HEADER..], len, &mut out);
-            std::sync::atomic::fence(Ordering::Acquire);
-            if b[B_VERSION].load(Ordering::Relaxed) != v1
-                || b[B_DONE].load(Ordering::Acquire) != done
-            {
+            load_bytes(b.data, len, &mut out);
+            if !b.result.read_validate(stamp) || b.done.load(Ordering::Acquire) != done {
                 continue;
             }
-            if b[B_TAKEN]
+            if b.taken
                 .compare_exchange(taken, done, Ordering::AcqRel, Ordering::Relaxed)
                 .is_ok()
             {
@@ -588,16 +606,16 @@ impl CallBuffer {
 
     /// Discards the waiting result of mailbox `i` (the seed's `clean`).
     pub fn discard(&self, i: usize) {
-        let b = self.mailbox_words(i);
-        let done = b[B_DONE].load(Ordering::Acquire);
-        b[B_TAKEN].fetch_max(done, Ordering::AcqRel);
+        let b = self.mailbox_at(i);
+        let done = b.done.load(Ordering::Acquire);
+        b.taken.fetch_max(done, Ordering::AcqRel);
     }
 
     /// Operators with a result waiting: (operator, serial of the result).
     pub fn waiting_results(&self) -> Vec<(Operator, u64)> {
         (0..self.config.mailboxes)
             .filter_map(|i| {
-                let op = self.mailbox_words(i)[B_OP].load(Ordering::Acquire);
+                let op = self.mailbox_at(i).op.load(Ordering::Acquire);
                 let (_, done, taken) = self.counters(i);
                 let op = Operator::from_id(op).filter(|_| op != BOX_TOMB)?;
                 (done > taken).then_some((op, done))

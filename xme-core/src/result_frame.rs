@@ -7,24 +7,32 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::Error;
+use crate::{CodecError, Error};
 
 /// Bytes in a frame's length prefix.
 pub const LEN_BYTES: usize = 4;
 
 /// Encodes `value` with postcard.
 pub fn encode<T: Serialize + ?Sized>(value: &T, what: &'static str) -> Result<Vec<u8>, Error> {
-    postcard::to_stdvec(value).map_err(|source| Error::Encode { what, source })
+    postcard::to_stdvec(value).map_err(|e| Error::Encode {
+        what,
+        source: CodecError::encoding(e, value),
+    })
 }
 
 /// Decodes a `T` from postcard bytes; trailing bytes are an error.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, Error> {
-    let (value, rest) =
-        postcard::take_from_bytes(bytes).map_err(|source| Error::Decode { what, source })?;
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| Error::Decode {
+        what,
+        source: CodecError::decoding(e),
+    })?;
     if !rest.is_empty() {
         return Err(Error::Decode {
             what,
-            source: postcard::Error::DeserializeBadEncoding,
+            source: CodecError::other(format!(
+                "{} bytes are left after the value: a different type, or corrupted",
+                rest.len()
+            )),
         });
     }
     Ok(value)

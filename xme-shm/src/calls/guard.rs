@@ -8,8 +8,8 @@ use xme_core::process::{self, Child};
 use xme_exec::Context;
 use xme_log::Logger;
 
-use crate::buffer::Event;
-use crate::exec::Executed;
+use crate::buffer::call_buffer::Event;
+use crate::calls::manager_calls::Executed;
 use crate::{Manager, ShmError};
 
 /// How long an idle Guard checks for work before it sleeps.

@@ -1,0 +1,25 @@
+//! The synchronisation patterns xme's crates build on, each a small type
+//! placeable in a shared region and model-checked with loom once:
+//!
+//! - [`PidLock`]: a lock word naming its holder's pid, taken over when the
+//!   holder died.
+//! - [`EventCount`]: sleep until another process signals, without a lost
+//!   wake-up and without a system call while nobody sleeps.
+//! - [`Backoff`]: how long to spin and yield before sleeping.
+//! - [`SeqLock`]: optimistic reads validated by a stamp (in place, or over
+//!   a double buffer), with a pid-named writer word.
+//!
+//! Run the models with `RUSTFLAGS="--cfg loom" cargo test -p xme-core --release --lib`.
+
+mod backoff;
+mod event_count;
+mod pid_lock;
+mod primitive;
+mod seq_lock;
+
+pub use backoff::{Backoff, Step};
+pub use event_count::{EventCount, Sleeper};
+#[cfg(loom)]
+pub use pid_lock::LOOM_DEAD_PIDS;
+pub use pid_lock::PidLock;
+pub use seq_lock::{InPlaceWrite, SeqLock, SpareWrite};

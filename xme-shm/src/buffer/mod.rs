@@ -1,0 +1,5 @@
+//! The call buffer in the Manager's region: the ring of call cells, the
+//! mailboxes of results, and the event counts their waiters sleep on.
+
+pub(crate) mod call_buffer;
+pub(crate) mod call_ring;

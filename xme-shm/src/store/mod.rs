@@ -1,0 +1,8 @@
+//! The value table and its arena: one region of words, read without locks,
+//! written with pid-named locks only where probe chains or page roles change.
+
+pub(crate) mod arena;
+pub(crate) mod block;
+pub(crate) mod layout;
+pub(crate) mod table;
+pub(crate) mod word_lock;
