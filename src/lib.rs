@@ -25,6 +25,18 @@
 //! ```
 //!
 //! Linux only: xme uses fork, memfd, futexes, pidfd and /proc.
+//!
+//! # Features
+//!
+//! - `progress`: `Xme::progress`, a progress bar on stderr (through `indicatif`).
+//! - `cluster`: [`mpi`] runs on the ranks of a real MPI job started by
+//!   `mpirun` (Open MPI or MPICH through the `mpi` crate; building needs an
+//!   MPI library and libclang). Without it, a program started by a launcher
+//!   gets an error rather than a forked pool per rank.
+//!
+//! The crates' own features are on here: `xme-core`'s `named` (named regions),
+//! `xme-monitor`'s `sealed` (the sealed codec) and `rpc`. Depend on a single
+//! crate with `default-features = false` for a smaller tree (see the README).
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(

@@ -26,3 +26,9 @@ mod plan;
 pub use array::{Array, Same};
 pub use error::ArrayError;
 pub use plan::{Split, SplitArgs, SplitPlan};
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

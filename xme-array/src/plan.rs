@@ -10,6 +10,9 @@ pub trait Split {
 
     /// The value call `call` receives. Only called after a successful
     /// [`SplitArgs::plan`], so arrays are non-empty.
+    ///
+    /// # Panics
+    /// For an empty [`Array`] (which [`SplitArgs::plan`] refuses first).
     fn item(&self, call: usize) -> Self::Item;
 }
 
@@ -78,7 +81,11 @@ pub trait SplitArgs {
     /// Array lengths of the argument positions, in order (`None`: not an array).
     fn lengths(&self) -> Vec<Option<usize>>;
 
-    /// Call `i`'s arguments.
+    /// Call `i`'s arguments (an `i` past the plan's `calnum` gets each
+    /// array's last element, as padding does).
+    ///
+    /// # Panics
+    /// If an argument is an empty [`Array`]: check [`plan`](Self::plan) first.
     fn call(&self, call: usize) -> Self::Call;
 
     /// The split plan, or why there is none.

@@ -55,3 +55,9 @@ pub use time::monotonic_ns;
 
 /// The crate version, as shown by `show_version_info`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

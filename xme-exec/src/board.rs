@@ -1,4 +1,5 @@
-//! The claim board: shared memory through which workers take calls.
+//! The claim board: shared memory through which workers take calls. The
+//! protocol itself is in `claim.rs` (model-checked with loom).
 //!
 //! - `cursor`: the lowest call that may still be free.
 //! - `ended`: how many calls have ended (replied, or failed by the parent), so
@@ -14,6 +15,8 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use xme_core::{Error, SharedRegion, monotonic_ns};
+
+use crate::claim;
 
 /// Layout version of the board region.
 const VERSION: u32 = 2;
@@ -63,12 +66,15 @@ impl Board {
         self.ended().load(Ordering::Acquire) as usize + 1 >= self.calls
     }
 
-    fn slot(&self, w: usize) -> (&AtomicU64, &AtomicU64) {
+    fn slot(&self, w: usize) -> claim::Slot<'_> {
         let s: &[AtomicU64] = self
             .region
             .slice(HEAD + w * 16, 2)
             .expect("board layout: slots after the cursor");
-        (&s[0], &s[1])
+        claim::Slot {
+            current: &s[0],
+            started: &s[1],
+        }
     }
 
     fn claims(&self) -> &[AtomicU32] {
@@ -79,55 +85,31 @@ impl Board {
 
     /// In a worker: takes the next free call for worker `serial` in slot `w`.
     pub fn claim(&self, w: usize, serial: u32) -> Option<usize> {
-        let (current, started) = self.slot(w);
-        let claims = self.claims();
-        let cursor = self.cursor();
-        loop {
-            let g = cursor.load(Ordering::Acquire) as usize;
-            if g >= self.calls {
-                return None;
-            }
-            // Announce before claiming (see the module docs). Release pairs with
-            // the parent's Acquire load of `current`.
-            started.store(monotonic_ns(), Ordering::Relaxed);
-            current.store(g as u64 + 1, Ordering::Release);
-            let won = claims[g]
-                .compare_exchange(0, serial, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok();
-            // Whoever sees `g` taken helps move the cursor past it.
-            let _ = cursor.compare_exchange(
-                g as u64,
-                g as u64 + 1,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            );
-            if won {
-                return Some(g);
-            }
-        }
+        claim::claim(
+            self.cursor(),
+            self.claims(),
+            &self.slot(w),
+            serial,
+            monotonic_ns(),
+        )
     }
 
     /// In a worker: marks slot `w` idle after its reply was written.
     pub fn finish(&self, w: usize) {
-        self.slot(w).0.store(0, Ordering::Release);
+        self.slot(w).current.store(0, Ordering::Release);
         self.note_ended();
     }
 
     /// In the parent: the call worker `serial` in slot `w` has claimed and runs
     /// (or ran until it died), if any.
     pub fn running(&self, w: usize, serial: u32) -> Option<Running> {
-        let (current, started) = self.slot(w);
-        let g = current.load(Ordering::Acquire).checked_sub(1)? as usize;
-        let started_ns = started.load(Ordering::Relaxed);
-        (g < self.calls && self.claims()[g].load(Ordering::Acquire) == serial).then_some(Running {
-            call: g,
-            started_ns,
-        })
+        claim::running(self.claims(), &self.slot(w), serial)
+            .map(|(call, started_ns)| Running { call, started_ns })
     }
 
     /// In the parent: resets slot `w` before a replacement worker uses it.
     pub fn clear_slot(&self, w: usize) {
-        self.slot(w).0.store(0, Ordering::Release);
+        self.slot(w).current.store(0, Ordering::Release);
     }
 
     /// True while some call has not been claimed yet.

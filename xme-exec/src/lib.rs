@@ -43,27 +43,55 @@ compile_error!(
     "xme-exec runs on Linux only (fork, pidfd, SCM_RIGHTS and /proc): build it for a Linux target"
 );
 
+// Under `--cfg loom` only the claim protocol is built, and model-checked.
+#[cfg(not(loom))]
 mod board;
+mod claim;
+#[cfg(not(loom))]
 mod context;
+#[cfg(not(loom))]
 mod error;
+#[cfg(not(loom))]
 mod job;
+#[cfg(not(loom))]
 mod outcomes;
+#[cfg(not(loom))]
 mod pool;
+#[cfg(not(loom))]
 mod pool_job;
+#[cfg(not(loom))]
 mod runner;
+#[cfg(not(loom))]
 mod threads;
+#[cfg(not(loom))]
 mod worker;
+#[cfg(not(loom))]
 mod xme;
+#[cfg(not(loom))]
 mod zygote;
 
+#[cfg(not(loom))]
 pub use context::Context;
+#[cfg(not(loom))]
 pub use error::{ExecError, TaskError, TaskFailure};
+#[cfg(not(loom))]
 #[doc(hidden)]
 pub use job::ErasedJob;
+#[cfg(not(loom))]
 pub use job::{CallWith, Job, JobTable, Plain, WithContext};
+#[cfg(not(loom))]
 pub use outcomes::Outcomes;
+#[cfg(not(loom))]
 pub use pool::{Pool, PoolBuilder};
+#[cfg(not(loom))]
 pub use pool_job::{PoolJob, PoolJobs};
+#[cfg(not(loom))]
 pub use xme::{Xme, cpus};
 pub use xme_array::{Array, Same};
-pub use xme_core::Fate;
+pub use xme_core::{Fate, Operator, PanicReport};
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -76,6 +76,10 @@ impl<R> Outcomes<R> {
     }
 }
 
+/// `outcomes[call]`: the result of call `call`.
+///
+/// # Panics
+/// If `call` is not below [`Outcomes::len`].
 impl<R> Index<usize> for Outcomes<R> {
     type Output = Result<R, TaskError>;
 

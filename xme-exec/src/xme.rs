@@ -76,6 +76,15 @@ pub fn cpus() -> usize {
 
 impl Xme {
     /// The seed's defaults: `pnum` = number of CPUs, logging on, to the screen.
+    ///
+    /// ```
+    /// use xme_exec::{Array, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let out = Xme::new().fun(|x: i32| x + 1, Array::new([1, 2, 3]))?;
+    /// assert_eq!(out.into_result()?, [2, 3, 4]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new() -> Xme {
         Xme {
             requested_pnum: None,
@@ -90,42 +99,106 @@ impl Xme {
 
     /// Most worker processes alive at once. Clamped to `1..=cpus` as in the
     /// seed; a clamp is logged when a run starts.
+    ///
+    /// ```
+    /// use xme_exec::{Array, Xme};
+    /// assert_eq!(Xme::new().pnum(1).effective_pnum(), 1);
+    /// assert_eq!(Xme::new().pnum(0).effective_pnum(), 1); // clamped to 1..=cpus
+    /// assert_eq!(Xme::new().pnum(10_000).effective_pnum(), xme_exec::cpus());
+    /// ```
     pub fn pnum(mut self, pnum: usize) -> Xme {
         self.requested_pnum = Some(pnum);
         self
     }
 
     /// The `pnum` runs use: the requested one clamped to `1..=cpus`.
+    ///
+    /// ```
+    /// assert_eq!(xme_exec::Xme::new().effective_pnum(), xme_exec::cpus());
+    /// ```
     pub fn effective_pnum(&self) -> usize {
         self.requested_pnum.unwrap_or_else(cpus).clamp(1, cpus())
     }
 
     /// Whether tasks log through the xme logger (`true`) or print plain lines
     /// (`false`, like the built-in `print` of the seed).
+    ///
+    /// ```
+    /// use xme_exec::{Array, Context, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // Tasks print plain lines (no time, no pid) through their context's logger.
+    /// let xme = Xme::new().do_with_log(false);
+    /// xme.fun_ctx(|ctx: &mut Context, i: u8| ctx.logger().print(format!("call {i}")).unwrap(), Array::new([1u8]))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn do_with_log(mut self, on: bool) -> Xme {
         self.do_with_log = on;
         self
     }
 
     /// Appends log lines to `path` too.
+    ///
+    /// # Errors
+    /// [`ExecError::Log`] if the file cannot be opened for appending.
+    ///
+    /// ```
+    /// use xme_exec::{Array, Context, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let path = std::env::temp_dir().join(format!("xme-doc-exec-{}.log", std::process::id()));
+    /// let xme = Xme::new().print_in_screen(false).logfile(&path)?;
+    /// xme.fun_ctx(|ctx: &mut Context, ()| ctx.logger().print("from a worker").unwrap(), ())?;
+    /// assert!(std::fs::read_to_string(&path)?.contains("from a worker"));
+    /// # std::fs::remove_file(&path)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn logfile(mut self, path: impl AsRef<Path>) -> Result<Xme, ExecError> {
         self.logger = self.logger.logfile(path)?;
         Ok(self)
     }
 
     /// Logs the xme version when a run starts.
+    ///
+    /// ```
+    /// use xme_exec::{Array, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// Xme::new().show_version_info(true).fun(|()| (), ())?; // logs "xme <version>" first
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn show_version_info(mut self, on: bool) -> Xme {
         self.show_version_info = on;
         self
     }
 
     /// Whether log lines go to the screen.
+    ///
+    /// ```
+    /// use xme_exec::{Context, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let quiet = Xme::new().print_in_screen(false);
+    /// quiet.fun_ctx(|ctx: &mut Context, ()| ctx.logger().print("nowhere").unwrap(), ())?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn print_in_screen(mut self, on: bool) -> Xme {
         self.logger = self.logger.screen(on);
         self
     }
 
     /// Replaces the logger (all the seed's `logobj` options).
+    ///
+    /// ```
+    /// use xme_exec::{Context, Xme};
+    /// use xme_log::Logger;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xme = Xme::new().logger(Logger::new().time(false).indent_style(">", 1));
+    /// xme.fun_ctx(|ctx: &mut Context, ()| ctx.logger().entry().indent(2).print("nested").unwrap(), ())?;
+    /// // prints: (pid@4243):>>nested
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn logger(mut self, logger: Logger) -> Xme {
         self.logger = logger;
         self
@@ -133,12 +206,33 @@ impl Xme {
 
     /// Limits every call to `limit` (a [`Job::timeout`] overrides it). A call
     /// running longer is killed with its worker and reported `TimedOut`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_exec::{Array, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xme = Xme::new().timeout(Duration::from_millis(200));
+    /// let out = xme.fun(|ms: u64| std::thread::sleep(Duration::from_millis(ms)), Array::new([1, 10_000]))?;
+    /// assert!(out[0].is_ok());
+    /// assert!(out[1].as_ref().unwrap_err().is_timeout());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn timeout(mut self, limit: Duration) -> Xme {
         self.timeout = Some(limit);
         self
     }
 
     /// Shows a progress bar (calls done / total) on stderr.
+    ///
+    /// ```
+    /// use xme_exec::{Array, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let out = Xme::new().progress(true).fun(|x: u32| x * 2, Array::new(0..100u32))?;
+    /// assert_eq!(out.into_result()?.len(), 100);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "progress")]
     pub fn progress(mut self, on: bool) -> Xme {
         self.progress = on;
@@ -158,6 +252,12 @@ impl Xme {
     /// threaded program use a [`Pool`](crate::Pool), made first in `main`,
     /// whose workers are forked from a single-threaded zygote; or give calls
     /// a [`timeout`](Self::timeout) so a hung call fails instead.
+    ///
+    /// # Errors
+    /// [`ExecError::Arguments`] for an empty `Array`; [`ExecError::NoWorker`]
+    /// if not even one worker could be forked. A call that fails is not an
+    /// error of `fun`: it is the [`TaskError`](crate::TaskError) in its
+    /// place of the [`Outcomes`].
     ///
     /// ```
     /// use xme_exec::{Array, Pool};
@@ -187,6 +287,18 @@ impl Xme {
 
     /// Like [`fun`](Self::fun), the function also receiving a [`Context`]
     /// (logger, call index, operator).
+    ///
+    /// # Errors
+    /// As [`fun`](Self::fun).
+    ///
+    /// ```
+    /// use xme_exec::{Array, Context, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let out = Xme::new().fun_ctx(|ctx: &mut Context, x: u32| (ctx.call(), x), Array::new([7u32, 8]))?;
+    /// assert_eq!(out.into_result()?, [(0, 7), (1, 8)]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fun_ctx<A, R, F>(&self, f: F, args: A) -> Result<Outcomes<R>, ExecError>
     where
         A: SplitArgs,
@@ -200,6 +312,22 @@ impl Xme {
     /// `Vec` of them, or one [`Job`]) at once, at most `pnum` processes at a
     /// time, calls taken top to bottom. Returns each job's outcomes, shaped
     /// like the table.
+    ///
+    /// # Errors
+    /// As [`fun`](Self::fun), for any job of the table.
+    ///
+    /// ```
+    /// use xme_exec::{Array, Job, Same, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (lengths, flags) = Xme::new().pnum(2).funs((
+    ///     Job::new(|s: &str| s.len(), Array::from(["ab", "cde"])),
+    ///     Job::new(|(x, limit): (f64, f64)| x > limit, (Array::from([0.5, 2.0]), Same(1.0))),
+    /// ))?;
+    /// assert_eq!(lengths.into_result()?, [2, 3]);
+    /// assert_eq!(flags.into_result()?, [false, true]);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[doc(alias = "run")]
     pub fn funs<T: JobTable<()>>(&self, table: T) -> Result<T::Output, ExecError> {
         self.run_table(&(), table)
@@ -207,6 +335,9 @@ impl Xme {
 
     /// Like [`fun_ctx`](Self::fun_ctx), the tasks also reaching `data` (the
     /// seed's XMEManager) through [`Context::data`] (the seed's `gfun`).
+    ///
+    /// # Errors
+    /// As [`fun`](Self::fun).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -231,6 +362,22 @@ impl Xme {
     /// Like [`funs`](Self::funs), the tasks also reaching `data` through
     /// [`Context::data`] (the seed's `gfuns`; how the Manager handle reaches
     /// tasks).
+    ///
+    /// # Errors
+    /// As [`fun`](Self::fun).
+    ///
+    /// ```
+    /// use xme_exec::{Array, Context, Job, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let scale = 10;
+    /// let (a, b) = Xme::new().gfuns(&scale, (
+    ///     Job::with_context(|ctx: &mut Context<i32>, x: i32| x * ctx.data(), Array::new([1, 2])),
+    ///     Job::with_context(|ctx: &mut Context<i32>, ()| -ctx.data(), ()),
+    /// ))?;
+    /// assert_eq!((a.into_result()?, b.into_result()?), (vec![10, 20], vec![-10]));
+    /// # Ok(())
+    /// # }
+    /// ```
     #[doc(alias = "run_with")]
     pub fn gfuns<D, T: JobTable<D>>(&self, data: &D, table: T) -> Result<T::Output, ExecError> {
         self.run_table(data, table)

@@ -47,3 +47,9 @@ mod logger;
 
 pub use error::LogError;
 pub use logger::{Entry, Logger};
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -56,6 +56,13 @@ impl Default for Logger {
 impl Logger {
     /// The seed's defaults: time, message type and pid shown, indent `-` × 4,
     /// screen on, no log file, default message type `Message`.
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new();
+    /// let line = log.format(&log.entry(), "hello");
+    /// assert!(line.contains(&format!("(pid@{}):hello", std::process::id())));
+    /// ```
     pub fn new() -> Logger {
         // Made now, before the program forks, so that its children share it.
         let _ = line_lock();
@@ -73,6 +80,22 @@ impl Logger {
     }
 
     /// Appends every line to `path` too (opened `O_APPEND`, created if missing).
+    ///
+    /// # Errors
+    /// [`LogError::OpenLogfile`] if the file cannot be opened for appending.
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// # fn main() -> Result<(), xme_log::LogError> {
+    /// let path = std::env::temp_dir().join(format!("xme-doc-{}.log", std::process::id()));
+    /// let log = Logger::new().screen(false).logfile(&path)?;
+    /// log.print("to the file")?;
+    /// assert!(std::fs::read_to_string(&path).unwrap().ends_with(":to the file\n"));
+    /// # std::fs::remove_file(&path).unwrap();
+    /// assert!(Logger::new().logfile("/no/such/dir/x.log").is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn logfile(mut self, path: impl AsRef<Path>) -> Result<Logger, LogError> {
         let path = path.as_ref().to_path_buf();
         let file = OpenOptions::new()
@@ -92,47 +115,99 @@ impl Logger {
     }
 
     /// Stops writing to a log file.
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// # fn main() -> Result<(), xme_log::LogError> {
+    /// let path = std::env::temp_dir().join(format!("xme-doc-nolog-{}.log", std::process::id()));
+    /// let log = Logger::new().logfile(&path)?.no_logfile();
+    /// assert_eq!(log.logfile_path(), None);
+    /// # std::fs::remove_file(&path).unwrap();
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn no_logfile(mut self) -> Logger {
         self.file = None;
         self
     }
 
     /// The log file's path, if any.
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// assert_eq!(Logger::new().logfile_path(), None);
+    /// ```
     pub fn logfile_path(&self) -> Option<&Path> {
         self.file.as_deref().map(|f| f.path.as_path())
     }
 
     /// Show the local time (`2023-10-20 03:34:27`).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new().time(false).pid(false);
+    /// assert_eq!(log.format(&log.entry(), "no time"), "no time");
+    /// ```
     pub fn time(mut self, on: bool) -> Logger {
         self.time = on;
         self
     }
 
     /// Show message types (`(Type)` before the line).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new().time(false).pid(false).msgtype(false);
+    /// assert_eq!(log.format(&log.entry().msgtype("Warn"), "x"), "x"); // types hidden
+    /// ```
     pub fn msgtype(mut self, on: bool) -> Logger {
         self.show_msgtype = on;
         self
     }
 
     /// The type [`Entry::default_type`] uses (seed default: `Message`).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new().time(false).pid(false).default_msgtype("Info");
+    /// assert_eq!(log.format(&log.entry().default_type(), "x"), "(Info):x");
+    /// ```
     pub fn default_msgtype(mut self, ty: impl Into<String>) -> Logger {
         self.default_msgtype = ty.into();
         self
     }
 
     /// Show the pid (`(pid@27896)`).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new().time(false);
+    /// assert_eq!(log.format(&log.entry(), "x"), format!("(pid@{}):x", std::process::id()));
+    /// ```
     pub fn pid(mut self, on: bool) -> Logger {
         self.show_pid = on;
         self
     }
 
     /// Indent sub-log lines.
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new().time(false).pid(false).indent(false);
+    /// assert_eq!(log.format(&log.entry().indent(2), "x"), "x");
+    /// ```
     pub fn indent(mut self, on: bool) -> Logger {
         self.indent = on;
         self
     }
 
     /// One indent level is `indent_type` repeated `indent_num` times (seed: `-`, 4).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new().time(false).pid(false).indent_style("·", 2);
+    /// assert_eq!(log.format(&log.entry().indent(2), "x"), "····x");
+    /// ```
     pub fn indent_style(mut self, indent_type: impl Into<String>, indent_num: usize) -> Logger {
         self.indent_type = indent_type.into();
         self.indent_num = indent_num;
@@ -140,17 +215,46 @@ impl Logger {
     }
 
     /// Write lines to the screen (standard output).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// # fn main() -> Result<(), xme_log::LogError> {
+    /// Logger::new().screen(false).print("written nowhere: no screen, no file")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn screen(mut self, on: bool) -> Logger {
         self.screen = on;
         self
     }
 
     /// Writes one plain line: no type, no indent (the seed's `print(message)`).
+    ///
+    /// # Errors
+    /// [`LogError::Write`] if standard output or the log file refuses the line.
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// # fn main() -> Result<(), xme_log::LogError> {
+    /// Logger::new().print("one line, one write(2)")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn print(&self, message: impl AsRef<str>) -> Result<(), LogError> {
         self.entry().print(message)
     }
 
     /// Starts a line with a type or an indent (the seed's `print(message, msgtype=…, indent=…)`).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// # fn main() -> Result<(), xme_log::LogError> {
+    /// let log = Logger::new().time(false);
+    /// log.entry().msgtype("Warn").indent(1).no_pid().print("disk almost full")?;
+    /// // prints: (Warn):----disk almost full
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn entry(&self) -> Entry<'_> {
         Entry {
             logger: self,
@@ -161,6 +265,12 @@ impl Logger {
     }
 
     /// Formats a line without writing it (no trailing newline).
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// let log = Logger::new().time(false).pid(false);
+    /// assert_eq!(log.format(&log.entry().msgtype("Error").indent(1), "x"), "(Error):----x");
+    /// ```
     pub fn format(&self, entry: &Entry<'_>, message: &str) -> String {
         let mut line = String::with_capacity(48 + message.len());
         if self.show_msgtype
@@ -251,30 +361,60 @@ pub struct Entry<'a> {
 
 impl<'a> Entry<'a> {
     /// Show `(ty)` before the line (when the logger shows types).
+    ///
+    /// ```
+    /// let log = xme_log::Logger::new().time(false).pid(false);
+    /// assert_eq!(log.format(&log.entry().msgtype("Debug"), "x"), "(Debug):x");
+    /// ```
     pub fn msgtype(mut self, ty: impl Into<Cow<'a, str>>) -> Self {
         self.msgtype = Some(ty.into());
         self
     }
 
     /// Use the logger's default message type.
+    ///
+    /// ```
+    /// let log = xme_log::Logger::new().time(false).pid(false);
+    /// assert_eq!(log.format(&log.entry().default_type(), "x"), "(Message):x");
+    /// ```
     pub fn default_type(mut self) -> Self {
         self.msgtype = Some(Cow::Borrowed(&self.logger.default_msgtype));
         self
     }
 
     /// Indent by `levels` (each `indent_type` × `indent_num`).
+    ///
+    /// ```
+    /// let log = xme_log::Logger::new().time(false).pid(false);
+    /// assert_eq!(log.format(&log.entry().indent(1), "x"), "----x");
+    /// ```
     pub fn indent(mut self, levels: usize) -> Self {
         self.indent = levels;
         self
     }
 
     /// Hide the pid for this line (the seed's `pid=None`).
+    ///
+    /// ```
+    /// let log = xme_log::Logger::new().time(false);
+    /// assert_eq!(log.format(&log.entry().no_pid(), "x"), "x");
+    /// ```
     pub fn no_pid(mut self) -> Self {
         self.pid = false;
         self
     }
 
     /// Writes the line.
+    ///
+    /// # Errors
+    /// As [`Logger::print`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), xme_log::LogError> {
+    /// xme_log::Logger::new().entry().msgtype("Info").print("done")?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn print(self, message: impl AsRef<str>) -> Result<(), LogError> {
         let line = self.logger.format(&self, message.as_ref());
         self.logger.write_line(line)

@@ -38,6 +38,11 @@ pub use codec::{Codec, DEFAULT_MAX_FRAME, XmeWire, swap_nibbles};
 pub use error::MonitorError;
 pub use manager_ext::{CopyReport, JsonViews, MESSAGE_KEY, ManagerMessages};
 pub use monitor::{Monitor, MonitorBuilder};
+// Types of other crates in this crate's signatures, so it can be used alone.
+pub use serde_json;
+pub use xme_core::{Operator, SharedRegion};
+pub use xme_security::{LockType, Security, SecurityError};
+pub use xme_shm::Manager;
 
 /// A message map: string keys to JSON values, in insertion order.
 pub type Message = serde_json::Map<String, serde_json::Value>;
@@ -62,3 +67,9 @@ pub(crate) fn select(mut map: Message, keys: &[&str]) -> Result<serde_json::Valu
         }
     }
 }
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

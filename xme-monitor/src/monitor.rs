@@ -61,6 +61,17 @@ impl Default for MonitorBuilder {
 impl MonitorBuilder {
     /// Bytes the message map may take as JSON text (default 1 MiB; the
     /// region holds two copies).
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::builder().capacity(16).build()?;
+    /// let err = monitor.update(json!({"long": "more than sixteen bytes"}), Operator::ADMIN).unwrap_err();
+    /// assert!(matches!(err, MonitorError::MonitorFull { capacity: 16, .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn capacity(mut self, bytes: usize) -> MonitorBuilder {
         self.capacity = bytes;
         self
@@ -69,6 +80,17 @@ impl MonitorBuilder {
     /// The type of the Monitor's lock, taken by `update` and `delete`
     /// (default READWRITE, whose writer is `Operator::ADMIN` until another is
     /// registered).
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::builder().lock_type(LockType::Mutex).build()?;
+    /// assert_eq!(monitor.security().lock_type(), LockType::Mutex);
+    /// monitor.update(json!({"any": "operator"}), Operator::alloc())?; // MUTEX: anyone may write
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lock_type(mut self, lock_type: LockType) -> MonitorBuilder {
         self.lock_type = lock_type;
         self
@@ -77,12 +99,36 @@ impl MonitorBuilder {
     /// Puts the Monitor in the named region `name`, which other programs
     /// attach with [`Monitor::attach`]. Without a name the region is
     /// anonymous: this process and the children it forks share it.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("xme-doc-monitor-{}", std::process::id());
+    /// let monitor = Monitor::builder().named(&name).build()?; // /dev/shm/<name>, removed on drop
+    /// monitor.update(json!({"hello": "there"}), Operator::ADMIN)?;
+    /// let other = Monitor::attach(&name, None)?; // as another program would
+    /// assert_eq!(other.get(&["hello"])?, json!("there"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn named(mut self, name: impl Into<String>) -> MonitorBuilder {
         self.name = Some(name.into());
         self
     }
 
     /// The 32-byte key of the default (sealed) codec.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::builder().key([3; 32]).build()?;
+    /// assert!(!monitor.marshal()?.is_empty());
+    /// assert!(matches!(Monitor::new()?.marshal(), Err(MonitorError::NoKey)));
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "sealed")]
     pub fn key(mut self, key: [u8; 32]) -> MonitorBuilder {
         self.key = Some(key);
@@ -90,6 +136,21 @@ impl MonitorBuilder {
     }
 
     /// Builds the Monitor with an empty map.
+    ///
+    /// # Errors
+    /// [`MonitorError::Config`] for a capacity outside 2 bytes ..= 4 GiB;
+    /// [`MonitorError::Region`] if the region cannot be made (a named one that a
+    /// live process already has).
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert!(matches!(Monitor::builder().capacity(1).build(), Err(MonitorError::Config(_))));
+    /// assert_eq!(Monitor::builder().build()?.get(&[])?, json!({}));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn build(self) -> Result<Monitor, MonitorError> {
         if self.capacity < 2 || self.capacity > 1 << 32 {
             return Err(MonitorError::Config(format!(
@@ -200,11 +261,34 @@ fn load_bytes(src: &[AtomicU64], len: usize, out: &mut Vec<u8>) {
 
 impl Monitor {
     /// A builder: capacity, lock type, name, key.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::builder().capacity(4096).lock_type(LockType::Mutex).build()?;
+    /// assert_eq!(monitor.capacity(), 4096);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn builder() -> MonitorBuilder {
         MonitorBuilder::default()
     }
 
     /// An anonymous Monitor with the defaults and no key.
+    ///
+    /// # Errors
+    /// [`MonitorError::Region`] if the shared memory cannot be made.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// assert_eq!(monitor.items()?.len(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new() -> Result<Monitor, MonitorError> {
         MonitorBuilder::default().build()
     }
@@ -212,6 +296,19 @@ impl Monitor {
     /// Attaches to the Monitor built in the named region `name` by another
     /// program; `key` is the sealed codec's key, if this side marshals
     /// (ignored without the `sealed` feature).
+    ///
+    /// # Errors
+    /// [`MonitorError::Region`] if no Monitor of that name exists, its creator
+    /// died (a stale region), or the region is not a Monitor of this layout.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert!(matches!(Monitor::attach("xme-doc-no-such-monitor", None), Err(MonitorError::Region(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn attach(name: &str, key: Option<[u8; 32]>) -> Result<Monitor, MonitorError> {
         let region = Arc::new(SharedRegion::open_named(name, REGION_VERSION)?);
         Monitor::map(region, LockType::ReadWrite, key)
@@ -246,16 +343,48 @@ impl Monitor {
     }
 
     /// Bytes the map may take as JSON text.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(Monitor::new()?.capacity(), 1 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn capacity(&self) -> usize {
         (self.control.capacity.load(Ordering::Relaxed) as usize).min(self.slot_words * 8)
     }
 
     /// The Monitor's lock: set its type, writer, authorised operators.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?; // READWRITE, writer ADMIN
+    /// let writer = Operator::alloc();
+    /// monitor.security().register(writer);
+    /// monitor.update(json!({"by": "the new writer"}), writer)?;
+    /// assert!(monitor.update(json!({"by": "admin"}), Operator::ADMIN).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn security(&self) -> &Security<'static> {
         &self.security
     }
 
     /// The region holding the Monitor.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// assert_eq!(monitor.region().name(), None); // anonymous
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn region(&self) -> &Arc<SharedRegion> {
         &self.region
     }
@@ -287,11 +416,44 @@ impl Monitor {
     /// With no key, a copy of the whole map (as a JSON object); with one key,
     /// its value; with several, the sub-map of those keys (the seed's `get`).
     /// A missing key is [`MonitorError::NotFound`].
+    ///
+    /// # Errors
+    /// [`MonitorError::NotFound`] for a missing key; [`MonitorError::BadJson`] if
+    /// the region's text is not a JSON object (a corrupt region).
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// monitor.update(json!({"a": 1, "b": 2, "c": 3}), Operator::ADMIN)?;
+    /// assert_eq!(monitor.get(&["a"])?, json!(1));
+    /// assert_eq!(monitor.get(&["a", "c"])?, json!({"a": 1, "c": 3}));
+    /// assert_eq!(monitor.get(&[])?, json!({"a": 1, "b": 2, "c": 3}));
+    /// assert!(matches!(monitor.get(&["z"]), Err(MonitorError::NotFound(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get(&self, keys: &[&str]) -> Result<Value, MonitorError> {
         crate::select(self.read_map()?, keys)
     }
 
     /// Every entry, in insertion order (the seed's `items`).
+    ///
+    /// # Errors
+    /// As [`get`](Self::get) for a corrupt region.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// monitor.update(json!({"first": 1, "second": 2}), Operator::ADMIN)?;
+    /// let keys: Vec<String> = monitor.items()?.into_iter().map(|(k, _)| k).collect();
+    /// assert_eq!(keys, ["first", "second"]); // insertion order
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn items(&self) -> Result<Vec<(String, Value)>, MonitorError> {
         Ok(self.read_map()?.into_iter().collect())
     }
@@ -299,6 +461,29 @@ impl Monitor {
     /// Applies `change` to the map under the lock as `op`, and publishes the
     /// result whole, or nothing (if `change` fails or the result does not
     /// fit). Use it for read-modify-write such as counters.
+    ///
+    /// # Errors
+    /// The lock's refusal ([`MonitorError::Lock`]); the error `change` returns;
+    /// [`MonitorError::MonitorFull`] if the result does not fit;
+    /// [`MonitorError::WriterStuck`] if another live process holds the writer
+    /// word for a second.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// for _ in 0..3 {
+    ///     monitor.modify(Operator::ADMIN, |map| {
+    ///         let n = map.get("count").and_then(|v| v.as_u64()).unwrap_or(0);
+    ///         map.insert("count".into(), json!(n + 1));
+    ///         Ok(())
+    ///     })?;
+    /// }
+    /// assert_eq!(monitor.get(&["count"])?, json!(3));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn modify<T>(
         &self,
         op: Operator,
@@ -334,6 +519,23 @@ impl Monitor {
 
     /// Merges `message` (a JSON object) into the map as `op` (the seed's
     /// `update(newmessage, Operator)`).
+    ///
+    /// # Errors
+    /// [`MonitorError::NotAnObject`] unless `message` is a JSON object; otherwise
+    /// as [`modify`](Self::modify).
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// monitor.update(json!({"a": 1}), Operator::ADMIN)?;
+    /// monitor.update(json!({"a": 2, "b": 3}), Operator::ADMIN)?; // merged
+    /// assert_eq!(monitor.get(&[])?, json!({"a": 2, "b": 3}));
+    /// assert!(matches!(monitor.update(json!([1]), Operator::ADMIN), Err(MonitorError::NotAnObject { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn update(&self, message: impl Into<Value>, op: Operator) -> Result<(), MonitorError> {
         let new = match message.into() {
             Value::Object(m) => m,
@@ -351,6 +553,21 @@ impl Monitor {
 
     /// Deletes `keys` as `op`; with no key, every key (the seed's `delete`).
     /// Returns how many existed.
+    ///
+    /// # Errors
+    /// As [`modify`](Self::modify).
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// monitor.update(json!({"a": 1, "b": 2, "c": 3}), Operator::ADMIN)?;
+    /// assert_eq!(monitor.delete(&["a", "zz"], Operator::ADMIN)?, 1);
+    /// assert_eq!(monitor.delete(&[], Operator::ADMIN)?, 2); // every key
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delete(&self, keys: &[&str], op: Operator) -> Result<usize, MonitorError> {
         self.modify(op, |map| {
             if keys.is_empty() {
@@ -366,6 +583,22 @@ impl Monitor {
     }
 
     /// Replaces the whole map as `op`.
+    ///
+    /// # Errors
+    /// As [`modify`](Self::modify).
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// monitor.update(json!({"old": true}), Operator::ADMIN)?;
+    /// let new = json!({"new": true}).as_object().unwrap().clone();
+    /// monitor.replace(new, Operator::ADMIN)?;
+    /// assert_eq!(monitor.get(&[])?, json!({"new": true}));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn replace(&self, message: Message, op: Operator) -> Result<(), MonitorError> {
         self.modify(op, |map| {
             *map = message;
@@ -380,12 +613,43 @@ impl Monitor {
 
     /// The map as bytes with the default codec ([`Sealed`] under the
     /// Monitor's key).
+    ///
+    /// # Errors
+    /// [`MonitorError::NoKey`] if the Monitor was built without a key.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::builder().key([9; 32]).build()?;
+    /// monitor.update(json!({"secret": 42}), Operator::ADMIN)?;
+    /// let frame = monitor.marshal()?;
+    /// assert!(!frame.windows(6).any(|w| w == b"secret")); // encrypted
+    /// # Ok(())
+    /// # }
+    /// ```
     #[cfg(feature = "sealed")]
     pub fn marshal(&self) -> Result<Vec<u8>, MonitorError> {
         self.marshal_with(self.default_codec()?)
     }
 
     /// The map as bytes with `codec`.
+    ///
+    /// # Errors
+    /// The codec's error (a map too large for its frame limit).
+    ///
+    /// ```
+    /// use xme_monitor::XmeWire;
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// monitor.update(json!({"a": 1}), Operator::ADMIN)?;
+    /// let wire = monitor.marshal_with(&XmeWire::default())?; // Python XME 4.2's bytes
+    /// assert_eq!(wire[0], 0xb7); // '{' with its nibbles swapped
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn marshal_with(&self, codec: &dyn Codec) -> Result<Vec<u8>, MonitorError> {
         codec.encode(&self.read_map()?)
     }
@@ -393,11 +657,49 @@ impl Monitor {
     #[cfg(feature = "sealed")]
     /// Decodes `bytes` with the default codec and merges them into the map
     /// as `op`. A frame that fails to decode changes nothing.
+    ///
+    /// # Errors
+    /// [`MonitorError::NoKey`] without a key; the sealed codec's errors
+    /// ([`MonitorError::WrongKey`], [`MonitorError::Tampered`], …), then as
+    /// [`update`](Self::update). A frame that fails changes nothing.
+    ///
+    /// ```
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let a = Monitor::builder().key([5; 32]).build()?;
+    /// a.update(json!({"x": 1}), Operator::ADMIN)?;
+    /// let b = Monitor::builder().key([5; 32]).build()?;
+    /// b.unmarshal(&a.marshal()?, Operator::ADMIN)?;
+    /// assert_eq!(b.get(&["x"])?, json!(1));
+    /// let c = Monitor::builder().key([6; 32]).build()?;
+    /// assert!(matches!(c.unmarshal(&a.marshal()?, Operator::ADMIN), Err(MonitorError::WrongKey)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn unmarshal(&self, bytes: &[u8], op: Operator) -> Result<(), MonitorError> {
         self.unmarshal_with(self.default_codec()?, bytes, op)
     }
 
     /// Decodes `bytes` with `codec` and merges them into the map as `op`.
+    ///
+    /// # Errors
+    /// The codec's errors, then as [`update`](Self::update).
+    ///
+    /// ```
+    /// use xme_monitor::XmeWire;
+    /// use xme_monitor::serde_json::json;
+    /// use xme_monitor::{LockType, Monitor, MonitorError, Operator};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let monitor = Monitor::new()?;
+    /// let wire = XmeWire::default();
+    /// let mut bytes = br#"{"from": "python"}"#.to_vec();
+    /// xme_monitor::swap_nibbles(&mut bytes); // what Python XME sends
+    /// monitor.unmarshal_with(&wire, &bytes, Operator::ADMIN)?;
+    /// assert_eq!(monitor.get(&["from"])?, json!("python"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn unmarshal_with(
         &self,
         codec: &dyn Codec,

@@ -19,6 +19,21 @@ impl<'r> MpiHandle<'r> {
     /// already queued for it, then exits; one that does not exit within
     /// [`CLOSE_GRACE`] is killed. Every logical process is reaped. Closing a
     /// closed process is a no-op.
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     m.close(To::Process(1))?;
+    ///     assert!(matches!(m.acquire(&square, &1, To::Process(1)), Err(xme_mpi::MpiError::Closed { .. })));
+    ///     assert_eq!(m.block_acquire(&square, &3, To::Any)?, 9); // process 2 goes on
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn close(&self, to: To) -> Result<(), MpiError> {
         let targets: Vec<&Link<'r>> = match to {
             To::All | To::Any => self.links.iter().collect(),

@@ -159,22 +159,87 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// Ids of the logical processes, `1..pnum`.
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     assert_eq!(m.processes(), [1, 2]);
+    ///     let _ = &square;
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn processes(&self) -> Vec<usize> {
         self.links.iter().map(|l| l.id).collect()
     }
 
     /// The pid of logical process `id`.
+    ///
+    /// # Errors
+    /// [`MpiError::NoSuchProcess`] for an id outside `1..pnum`.
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     assert_ne!(m.pid(1)?, std::process::id() as i32); // a forked process
+    ///     assert!(m.pid(7).is_err());
+    ///     let _ = &square;
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pid(&self, id: usize) -> Result<i32, MpiError> {
         self.link(id).map(|l| l.pid)
     }
 
     /// The host logical process `id` runs on: the name its MPI library
     /// reports, in a cluster run; `None` for a process forked on this host.
+    ///
+    /// # Errors
+    /// [`MpiError::NoSuchProcess`] for an id outside `1..pnum`.
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     assert_eq!(m.host(1)?, None); // forked on this host
+    ///     let _ = &square;
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn host(&self, id: usize) -> Result<Option<String>, MpiError> {
         self.link(id).map(|l| l.host.clone())
     }
 
     /// Each logical process's state.
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     m.block_acquire(&square, &2, To::Process(1))?;
+    ///     let (id, status) = m.status()[0];
+    ///     assert_eq!(id, 1);
+    ///     assert_ne!(status, xme_mpi::LpStatus::End);
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn status(&self) -> Vec<(usize, LpStatus)> {
         self.links
             .iter()
@@ -202,6 +267,25 @@ impl<'r> MpiHandle<'r> {
     /// (or dropping a slot) frees one, so a thread holding `mpi_buffer_size`
     /// slots must `get` some before acquiring more, or use
     /// [`acquire_timeout`](Self::acquire_timeout).
+    ///
+    /// # Errors
+    /// [`MpiError::NoLiveProcess`], [`MpiError::NoSuchProcess`],
+    /// [`MpiError::Closed`] for a closed target, [`MpiError::FrameTooLarge`],
+    /// [`MpiError::Encode`].
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     let slot = m.acquire(&square, &7, To::Any)?; // returns at once
+    ///     assert_eq!(m.get(slot)?, 49);
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn acquire<A, R>(
         &self,
         unit: &Unit<A, R>,
@@ -216,6 +300,24 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// [`acquire`](Self::acquire), waiting at most `wait` for a free slot.
+    ///
+    /// # Errors
+    /// [`MpiError::BufferFull`] if no slot frees within `wait`; else as
+    /// [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     let slot = m.acquire_timeout(&square, &3, To::Process(2), std::time::Duration::from_secs(1))?;
+    ///     assert_eq!(m.get(slot)?, 9);
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn acquire_timeout<A, R>(
         &self,
         unit: &Unit<A, R>,
@@ -243,6 +345,22 @@ impl<'r> MpiHandle<'r> {
     /// # Errors
     /// [`MpiError::FnAcrossHosts`] in a cluster run (addresses differ per
     /// rank), before anything is sent; else as [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     fn cube(x: u64) -> u64 { x * x * x }
+    ///     let slot = m.acquire_fn(cube, &3, To::Any)?;
+    ///     assert_eq!(m.get(slot)?, 27);
+    ///     let _ = &square;
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn acquire_fn<A, R>(&self, f: fn(A) -> R, args: &A, to: To) -> Result<Slot<'_, R>, MpiError>
     where
         A: Serialize + DeserializeOwned,
@@ -263,6 +381,22 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// Calls and waits for the result (the seed's `acquire(…, block=True)`).
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), then as [`get`](Self::get).
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     assert_eq!(m.block_acquire(&square, &12, To::Any)?, 144);
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn block_acquire<A, R>(&self, unit: &Unit<A, R>, args: &A, to: To) -> Result<R, MpiError>
     where
         A: Serialize,
@@ -375,6 +509,24 @@ impl<'r> MpiHandle<'r> {
     }
 
     /// Sends the call to every live logical process: one slot each.
+    ///
+    /// # Errors
+    /// [`MpiError::NoLiveProcess`]; else as [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     let slots = m.broadcast(&square, &4)?; // one call per logical process
+    ///     let all: Vec<u64> = slots.into_iter().map(|s| m.get(s)).collect::<Result<_, _>>()?;
+    ///     assert_eq!(all, [16, 16]);
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn broadcast<A, R>(&self, unit: &Unit<A, R>, args: &A) -> Result<Vec<Slot<'_, R>>, MpiError>
     where
         A: Serialize,
@@ -400,6 +552,21 @@ impl<'r> MpiHandle<'r> {
     /// [`MpiError::BadSlot`] for a slot of another run (a nested or
     /// concurrent [`Mpi::run`](crate::Mpi::run)): it is left to its own run, which discards
     /// its result. Else the call's own error (see [`MpiError`]).
+    ///
+    /// ```
+    /// use xme_mpi::{Mpi, To};
+    /// # fn main() -> Result<(), xme_mpi::MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let square = mpi.register("square", |x: u64| x * x);
+    /// mpi.run(|m| -> Result<(), xme_mpi::MpiError> {
+    ///     let a = m.acquire(&square, &5, To::Any)?;
+    ///     let b = m.acquire(&square, &6, To::Any)?;
+    ///     assert_eq!((m.get(b)?, m.get(a)?), (36, 25)); // in any order
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get<R: DeserializeOwned>(&self, mut slot: Slot<'_, R>) -> Result<R, MpiError> {
         if slot.handle.token() != self.token
             || !std::ptr::addr_eq(slot.handle as *const dyn SlotOwner, self as *const Self)

@@ -119,3 +119,10 @@ pub use error::{MpiError, TASK_RUN_FAILURE};
 pub use handle::{LpStatus, MpiHandle, To};
 pub use slots::Slot;
 pub use unit::Unit;
+pub use xme_core::{Fate, PanicReport};
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

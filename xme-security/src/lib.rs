@@ -78,4 +78,10 @@ pub use lock_type::LockType;
 #[cfg(not(loom))]
 pub use security::{Acquired, DEFAULT_MUTE_TIME, DeadLockFun, Security};
 pub use state::{AUTH_CAPACITY, READER_SLOTS, SecurityState};
-pub use xme_core::Operator;
+pub use xme_core::{Operator, SharedRegion};
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

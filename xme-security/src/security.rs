@@ -87,6 +87,19 @@ impl fmt::Debug for Security<'_> {
 impl Security<'static> {
     /// A lock of `lock_type` in its own anonymous shared memory, shared with
     /// every child forked after this call.
+    ///
+    /// # Errors
+    /// [`SecurityError::Region`] if the shared memory cannot be made.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// assert_eq!(sec.lock_type(), LockType::Mutex);
+    /// drop(sec.lock(Operator::alloc())?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new(lock_type: LockType) -> Result<Security<'static>, SecurityError> {
         let region = Arc::new(SharedRegion::anonymous(SecurityState::SIZE)?);
         Security::in_shared_region(region, 0, lock_type)
@@ -94,6 +107,22 @@ impl Security<'static> {
 
     /// The lock at `offset` in a region this handle keeps alive (initialised
     /// with `lock_type` if still zero, else attached).
+    ///
+    /// # Errors
+    /// [`SecurityError::Region`] if `offset` is outside the region or misaligned,
+    /// [`SecurityError::NotALock`] if the memory there holds something else.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use xme_security::{LockType, Security, SecurityState, SharedRegion};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let region = Arc::new(SharedRegion::anonymous(2 * SecurityState::SIZE)?);
+    /// let first = Security::in_shared_region(region.clone(), 0, LockType::Mutex)?;
+    /// let again = Security::in_shared_region(region, 0, LockType::Spin)?; // attached: keeps MUTEX
+    /// assert_eq!(again.lock_type(), first.lock_type());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn in_shared_region(
         region: Arc<SharedRegion>,
         offset: usize,
@@ -113,6 +142,19 @@ impl Security<'static> {
 impl<'a> Security<'a> {
     /// The lock whose state is at `offset` in `region`: initialised with
     /// `lock_type` if that memory is still zero, else attached as it is.
+    ///
+    /// # Errors
+    /// As [`in_shared_region`](Security::in_shared_region).
+    ///
+    /// ```
+    /// use xme_security::{LockType, Security, SecurityState, SharedRegion};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let region = SharedRegion::anonymous(SecurityState::SIZE)?;
+    /// let sec = Security::in_region(&region, 0, LockType::ReadWrite)?;
+    /// assert_eq!(sec.lock_type(), LockType::ReadWrite);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn in_region(
         region: &'a SharedRegion,
         offset: usize,
@@ -123,6 +165,21 @@ impl<'a> Security<'a> {
 
     /// The lock whose state is `state` (embedded in a larger shared structure):
     /// initialised with `lock_type` if still zero, else attached.
+    ///
+    /// # Errors
+    /// [`SecurityError::NotALock`] if `state` holds something other than a lock
+    /// (or one still being initialised after a while).
+    ///
+    /// ```
+    /// use xme_security::{LockType, Security, SecurityState, SharedRegion};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let region = SharedRegion::anonymous(SecurityState::SIZE)?;
+    /// let state: &SecurityState = region.place(0)?;
+    /// let sec = Security::from_state(state, LockType::Spin)?;
+    /// assert_eq!(sec.lock_type(), LockType::Spin);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn from_state(
         state: &'a SecurityState,
         lock_type: LockType,
@@ -164,6 +221,14 @@ impl<'a> Security<'a> {
     }
 
     /// The lock's current type.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(Security::new(LockType::Disable)?.lock_type(), LockType::Disable);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lock_type(&self) -> LockType {
         LockType::from_raw(self.state().lock_type.load(Ordering::Acquire))
     }
@@ -173,6 +238,16 @@ impl<'a> Security<'a> {
     /// A current holder keeps its hold and releases it normally; read guards
     /// stay valid; waiters apply the new type's rules at their next attempt
     /// (an operator no longer allowed is then refused).
+    ///
+    /// ```
+    /// use xme_security::{LockType, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// sec.update_lock(LockType::ReadWrite); // seen by every process sharing the lock
+    /// assert_eq!(sec.lock_type(), LockType::ReadWrite);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn update_lock(&self, lock_type: LockType) {
         self.state()
             .lock_type
@@ -183,12 +258,31 @@ impl<'a> Security<'a> {
     /// How long a MUTEX, AUTHORISATION or READWRITE waiter sleeps at most
     /// before re-checking (the seed's `MuteTime`): it bounds how late a dead
     /// holder is noticed. Default 0.1 s.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_security::{LockType, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// sec.set_mute_time(Duration::from_millis(10));
+    /// assert_eq!(sec.mute_time(), Duration::from_millis(10));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_mute_time(&self, mute: Duration) {
         let ns = mute.as_nanos().clamp(1_000, u64::MAX as u128) as u64;
         self.state().mute_time_ns.store(ns, Ordering::Relaxed);
     }
 
     /// The current `MuteTime`.
+    ///
+    /// ```
+    /// use xme_security::{DEFAULT_MUTE_TIME, LockType, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(Security::new(LockType::Mutex)?.mute_time(), DEFAULT_MUTE_TIME);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mute_time(&self) -> Duration {
         Duration::from_nanos(self.state().mute_time_ns.load(Ordering::Relaxed))
     }
@@ -196,12 +290,33 @@ impl<'a> Security<'a> {
     /// Bounds every wait (the seed's `WaitTime`); `None`, the default, waits
     /// without limit. Past it the deadlock handler runs and a
     /// [`SecurityError::Deadlock`] is returned.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_security::{LockType, Operator, Security, SecurityError};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// sec.set_wait_time(Some(Duration::from_millis(20)));
+    /// let _held = sec.lock(Operator::alloc())?;
+    /// let err = sec.acquire(Operator::alloc()).unwrap_err();
+    /// assert!(matches!(err, SecurityError::Deadlock(_)));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set_wait_time(&self, wait: Option<Duration>) {
         let ns = wait.map_or(0, |w| w.as_nanos().clamp(1, u64::MAX as u128) as u64);
         self.state().wait_time_ns.store(ns, Ordering::Relaxed);
     }
 
     /// The current `WaitTime`.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(Security::new(LockType::Mutex)?.wait_time(), None); // waits without limit
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait_time(&self) -> Option<Duration> {
         match self.state().wait_time_ns.load(Ordering::Relaxed) {
             0 => None,
@@ -211,6 +326,23 @@ impl<'a> Security<'a> {
 
     /// Sets this handle's deadlock handlers (the seed's `DeadLockFun(acquire, release)`);
     /// `None` leaves a handler as it is.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::Duration;
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut sec = Security::new(LockType::Mutex)?;
+    /// let called = Arc::new(AtomicBool::new(false));
+    /// let seen = called.clone();
+    /// sec.dead_lock_fun(None, Some(Arc::new(move |_| seen.store(true, Ordering::SeqCst))));
+    /// assert!(sec.release(Operator::alloc()).is_err()); // not held: the release handler runs
+    /// assert!(called.load(Ordering::SeqCst));
+    /// # let _ = Duration::ZERO;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dead_lock_fun(&mut self, acquire: Option<DeadLockFun>, release: Option<DeadLockFun>) {
         if acquire.is_some() {
             self.on_lock = acquire;
@@ -223,6 +355,21 @@ impl<'a> Security<'a> {
     /// Adds operators to the AUTHORISATION list (which starts with `ADMIN`).
     /// Capacity: [`AUTH_CAPACITY`]; past it, [`SecurityError::AuthListFull`]
     /// and nothing of this call is added.
+    ///
+    /// # Errors
+    /// [`SecurityError::AuthListFull`] past [`AUTH_CAPACITY`] operators.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security, SecurityError};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Authorisation)?;
+    /// let (allowed, stranger) = (Operator::alloc(), Operator::alloc());
+    /// sec.authorize(&[allowed])?;
+    /// drop(sec.lock(allowed)?);
+    /// assert!(matches!(sec.acquire(stranger), Err(SecurityError::Unauthorised { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn authorize(&self, operators: &[Operator]) -> Result<(), SecurityError> {
         for op in operators {
             if self.is_authorised(*op) {
@@ -241,6 +388,16 @@ impl<'a> Security<'a> {
     }
 
     /// Whether `op` is on the AUTHORISATION list.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Authorisation)?;
+    /// assert!(sec.is_authorised(Operator::ADMIN)); // the list starts with ADMIN
+    /// assert!(!sec.is_authorised(Operator::alloc()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_authorised(&self, op: Operator) -> bool {
         let len = (self.state().auth_len.load(Ordering::Acquire) as usize).min(AUTH_CAPACITY);
         self.state().auth[..len]
@@ -250,16 +407,50 @@ impl<'a> Security<'a> {
 
     /// Makes `op` the only writer of a READWRITE lock (the seed's `registe`;
     /// initially `ADMIN`).
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security, SecurityError};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::ReadWrite)?;
+    /// let writer = Operator::alloc();
+    /// sec.register(writer);
+    /// assert_eq!(sec.writer(), writer);
+    /// drop(sec.lock(writer)?);
+    /// assert!(matches!(sec.acquire(Operator::ADMIN), Err(SecurityError::NotWriter { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn register(&self, op: Operator) {
         self.state().writer.store(op.id(), Ordering::Release);
     }
 
     /// The registered writer of a READWRITE lock.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(Security::new(LockType::ReadWrite)?.writer(), Operator::ADMIN);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn writer(&self) -> Operator {
         Operator::from_id(self.state().writer.load(Ordering::Acquire)).unwrap_or(Operator::ADMIN)
     }
 
     /// The exclusive holder's operator and pid, if the lock is held.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// let op = Operator::alloc();
+    /// let guard = sec.lock(op)?;
+    /// assert_eq!(sec.holder(), Some((Some(op), std::process::id())));
+    /// drop(guard);
+    /// assert_eq!(sec.holder(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn holder(&self) -> Option<(Option<Operator>, u32)> {
         match self.state().holder_pid() {
             0 => None,
@@ -272,12 +463,44 @@ impl<'a> Security<'a> {
 
     /// Acquires the lock for `op`, waiting at most `WaitTime` (the seed's
     /// `acquire`). Under READWRITE this is the write lock.
+    ///
+    /// # Errors
+    /// [`SecurityError::Deadlock`] past `WaitTime`; [`SecurityError::Unauthorised`]
+    /// or [`SecurityError::NotWriter`] at once when the type's rules refuse `op`;
+    /// [`SecurityError::AlreadyHeld`] if this process holds it already.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// let op = Operator::alloc();
+    /// let acquired = sec.acquire(op)?;
+    /// assert!(!acquired.previous_owner_died);
+    /// sec.release(op)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[inline]
     pub fn acquire(&self, op: Operator) -> Result<Acquired, SecurityError> {
         self.acquire_within(op, self.wait_time())
     }
 
     /// [`acquire`](Self::acquire) with this call's own wait limit.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire), with `wait` for `WaitTime`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_security::{LockType, Operator, Security, SecurityError};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// let _held = sec.lock(Operator::alloc())?;
+    /// let err = sec.acquire_timeout(Operator::alloc(), Duration::from_millis(10)).unwrap_err();
+    /// assert!(matches!(err, SecurityError::Deadlock(_)));
+    /// # Ok(())
+    /// # }
+    /// ```
     #[inline]
     pub fn acquire_timeout(&self, op: Operator, wait: Duration) -> Result<Acquired, SecurityError> {
         self.acquire_within(op, Some(wait))
@@ -285,6 +508,21 @@ impl<'a> Security<'a> {
 
     /// Releases the lock held by `op` (the seed's `release`). Refused, after the
     /// release deadlock handler runs, if `op` does not hold it.
+    ///
+    /// # Errors
+    /// [`SecurityError::NotHolder`] if `op` in this process does not hold it.
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security, SecurityError};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// let (a, b) = (Operator::alloc(), Operator::alloc());
+    /// sec.acquire(a)?;
+    /// assert!(matches!(sec.release(b), Err(SecurityError::NotHolder { .. })));
+    /// sec.release(a)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     #[inline]
     pub fn release(&self, op: Operator) -> Result<(), SecurityError> {
         let pid = process::current_pid();
@@ -319,12 +557,42 @@ impl<'a> Security<'a> {
     }
 
     /// Acquires and returns a guard that releases on drop.
+    ///
+    /// # Errors
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Mutex)?;
+    /// {
+    ///     let guard = sec.lock(Operator::alloc())?;
+    ///     assert!(!guard.previous_owner_died());
+    /// } // released here
+    /// assert_eq!(sec.holder(), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     #[inline]
     pub fn lock(&self, op: Operator) -> Result<LockGuard<'_>, SecurityError> {
         self.acquire(op).map(|a| LockGuard::new(self, op, a))
     }
 
     /// [`lock`](Self::lock) with this call's own wait limit.
+    ///
+    /// # Errors
+    /// As [`acquire_timeout`](Self::acquire_timeout).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::Spin)?;
+    /// let guard = sec.lock_timeout(Operator::alloc(), Duration::from_secs(1))?;
+    /// guard.release()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lock_timeout(
         &self,
         op: Operator,
@@ -340,6 +608,20 @@ impl<'a> Security<'a> {
     ///
     /// Do not take the write lock while holding a read guard in the same
     /// process: the writer would wait for itself until `WaitTime`.
+    ///
+    /// # Errors
+    /// Under READWRITE, [`SecurityError::Deadlock`] past `WaitTime` while a writer
+    /// holds it; under the exclusive types, as [`acquire`](Self::acquire).
+    ///
+    /// ```
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::ReadWrite)?;
+    /// let (r1, r2) = (sec.read(Operator::alloc())?, sec.read(Operator::alloc())?);
+    /// assert!(r1.is_shared() && r2.is_shared()); // readers share the lock
+    /// # Ok(())
+    /// # }
+    /// ```
     #[inline]
     pub fn read(&self, op: Operator) -> Result<ReadGuard<'_>, SecurityError> {
         if self.lock_type() == LockType::ReadWrite {
@@ -354,6 +636,20 @@ impl<'a> Security<'a> {
     }
 
     /// [`read`](Self::read) with this call's own wait limit.
+    ///
+    /// # Errors
+    /// As [`read`](Self::read), with `wait` for `WaitTime`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_security::{LockType, Operator, Security};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let sec = Security::new(LockType::ReadWrite)?;
+    /// let guard = sec.read_timeout(Operator::alloc(), Duration::from_secs(1))?;
+    /// assert!(guard.is_shared());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn read_timeout(
         &self,
         op: Operator,

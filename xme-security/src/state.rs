@@ -241,9 +241,7 @@ mod loom_models {
     use loom::thread;
 
     fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.check(f);
+        xme_core::sync::loom_model(3, f);
     }
 
     /// The writer's path of `Security::acquire`, waiting by yielding.

@@ -75,6 +75,7 @@ mod shared_object;
 mod store;
 
 pub use error::ShmError;
+// Types of other crates in this crate's signatures, so it can be used alone.
 #[cfg(not(loom))]
 pub use manager::{
     BUILTINS, GUARD_KEY, GuardTable, Manager, ProcessStatus, RESERVED_KEYS, STATUS_KEY,
@@ -85,6 +86,10 @@ pub use raw::RawValue;
 pub use store::arena::ArenaStats;
 pub use store::layout::{Layout, MAX_BLOCK, PAGE_BYTES};
 pub use store::table::MAX_KEY;
+pub use xme_core::{Operator, SharedRegion};
+#[cfg(not(loom))]
+pub use xme_exec::Context;
+pub use xme_security::{LockType, Security, SecurityError};
 #[cfg(not(loom))]
 pub use {
     buffer::call_buffer::BufferConfig,
@@ -94,3 +99,9 @@ pub use {
     calls::manager_calls::{BufferSnapshot, Executed, PendingCall, TableCopy, Ticket},
     shared_object::SharedObject,
 };
+
+// The README's example runs as a doctest (and, depending on this crate
+// alone, in CI: scripts/standalone-check.sh).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -220,9 +220,7 @@ mod loom_models {
     use loom::thread;
 
     fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(3);
-        b.check(f);
+        crate::sync::loom_model(3, f);
     }
 
     /// The wait loop every user of an EventCount runs.

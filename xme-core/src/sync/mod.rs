@@ -23,3 +23,13 @@ pub use event_count::{EventCount, Sleeper};
 pub use pid_lock::LOOM_DEAD_PIDS;
 pub use pid_lock::PidLock;
 pub use seq_lock::{InPlaceWrite, SeqLock, SpareWrite};
+
+/// Runs a loom model exploring interleavings with at most
+/// `preemption_bound` preemptions (the bound every xme model uses: 2 or 3).
+#[cfg(loom)]
+#[doc(hidden)]
+pub fn loom_model(preemption_bound: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(preemption_bound);
+    b.check(f);
+}

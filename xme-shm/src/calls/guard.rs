@@ -120,6 +120,18 @@ pub struct GuardReport {
 impl Guard {
     /// The seed's defaults: `ExitTime` 10 s, `LoopTime` 1 µs, `EmpLoopTime`
     /// 100 ms, `VerboseTime` 0 (never; the seed's 5 s is one call away), no script.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new().exit_time(Duration::from_millis(50)).spawn(&xmem)?;
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new() -> Guard {
         Guard {
             exit_time: Duration::from_secs(10),
@@ -132,12 +144,36 @@ impl Guard {
     }
 
     /// `ExitTime`: stop after this long with an empty buffer and no call.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use xme_shm::StopReason;
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let report = Guard::new().exit_time(Duration::from_millis(20)).run(&xmem)?; // idle: stops
+    /// assert!(matches!(report.stopped, StopReason::ExitTime));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn exit_time(mut self, d: Duration) -> Guard {
         self.exit_time = d;
         self
     }
 
     /// `LoopTime`: longest wait for a call that is being appended.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// Guard::new().loop_time(Duration::from_millis(1)).exit_time(Duration::from_millis(10)).run(&xmem)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn loop_time(mut self, d: Duration) -> Guard {
         self.loop_time = d;
         self
@@ -145,12 +181,35 @@ impl Guard {
 
     /// `EmpLoopTime`: longest single wait on an empty buffer (an `append`
     /// wakes the Guard at once; this only bounds how stale its checks get).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// Guard::new().emp_loop_time(Duration::from_millis(5)).exit_time(Duration::from_millis(10)).run(&xmem)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn emp_loop_time(mut self, d: Duration) -> Guard {
         self.emp_loop_time = d;
         self
     }
 
     /// `VerboseTime`: how often to log a status line (0: never).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let quiet = xme_log::Logger::new().screen(false);
+    /// Guard::new().verbose_time(Duration::from_millis(1)).logger(quiet).exit_time(Duration::from_millis(10)).run(&xmem)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn verbose_time(mut self, d: Duration) -> Guard {
         self.verbose_time = d;
         self
@@ -158,18 +217,64 @@ impl Guard {
 
     /// `script`: a closure run on its own thread in the Guard's process,
     /// beside the loop, when the Guard starts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new().script(|m| m.set("script ran", &true).unwrap()).spawn(&xmem)?;
+    /// let t = std::time::Instant::now();
+    /// while xmem.get::<bool>("script ran").is_err() {
+    ///     assert!(t.elapsed() < WAIT, "the script did not run");
+    ///     std::thread::sleep(Duration::from_millis(1)); // it runs beside the loop
+    /// }
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn script(mut self, f: impl Fn(&Manager) + Send + Sync + 'static) -> Guard {
         self.script = Some(Arc::new(f));
         self
     }
 
     /// The logger for status lines (default: a plain one to the screen).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let log = xme_log::Logger::new().screen(false);
+    /// Guard::new().logger(log).exit_time(Duration::from_millis(10)).run(&xmem)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn logger(mut self, logger: Logger) -> Guard {
         self.logger = Some(logger);
         self
     }
 
     /// Runs the Guard in this process until it stops.
+    ///
+    /// # Errors
+    /// [`ShmError::GuardRunning`] if another live Guard serves the buffer;
+    /// [`ShmError::BadLayout`] if the region is unusable.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// xmem.append(&Call::table_set("k", &1u8)?, xmem.alloc_operator())?;
+    /// let report = Guard::new().exit_time(Duration::from_millis(20)).run(&xmem)?;
+    /// assert_eq!(report.executed, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn run(&self, manager: &Manager) -> Result<GuardReport, ShmError> {
         manager.set_guard_status(true)?;
         self.run_until(manager, || false)
@@ -179,6 +284,27 @@ impl Guard {
     /// as the run's data (the seed's `xme.gfun(…, xmem, garg=(xmem,))`). It
     /// also stops once every other task of the run has ended, so a run never
     /// hangs on its Guard. Put it first in the table so it starts first.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use xme_exec::{Array, Context, Job, Xme};
+    /// use xme_shm::Manager;
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new();
+    /// Xme::new().pnum(2).gfuns(&xmem, (
+    ///     Job::with_context(|ctx: &mut Context<Manager>, ()| guard.serve(ctx), ()),
+    ///     Job::with_context(|ctx: &mut Context<Manager>, i: u32| {
+    ///         let (m, op) = (ctx.data(), ctx.operator());
+    ///         m.append(&Call::table_set(&format!("k{i}"), &i).unwrap(), op).unwrap().wait(m, WAIT).unwrap();
+    ///     }, Array::new(0..3u32)),
+    /// ))?;
+    /// assert_eq!(xmem.get::<u32>("k2")?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn serve(&self, ctx: &mut Context<'_, Manager>) -> GuardReport {
         let mut guard = self.clone();
         if guard.logger.is_none() {
@@ -200,6 +326,22 @@ impl Guard {
     }
 
     /// Forks a process that runs the Guard; stop it with [`GuardProcess::stop`].
+    ///
+    /// # Errors
+    /// [`ShmError::Region`] if the process cannot be forked.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// assert!(guard.pid() > 0);
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn spawn(&self, manager: &Manager) -> Result<GuardProcess, ShmError> {
         manager.set_guard_status(true)?;
         let child = process::fork_child(|| match self.run_until(manager, || false) {
@@ -218,6 +360,22 @@ impl Guard {
     /// Runs the Guard in this process until it stops or `stop()` returns
     /// true (checked when the buffer is empty). Unlike [`run`](Self::run), it
     /// leaves `__GUARD__["Status"]` as it is: false stops it at once.
+    ///
+    /// # Errors
+    /// As [`run`](Self::run).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// xmem.append(&Call::table_set("k", &1u8)?, xmem.alloc_operator())?;
+    /// let report = Guard::new().run_until(&xmem, || xmem.buffer_len() == 0)?;
+    /// assert_eq!(report.executed, 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn run_until(
         &self,
         manager: &Manager,
@@ -362,6 +520,19 @@ pub struct GuardProcess {
 
 impl GuardProcess {
     /// The Guard's pid.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// assert_ne!(guard.pid() as u32, std::process::id());
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn pid(&self) -> i32 {
         self.child.as_ref().map_or(0, Child::pid)
     }
@@ -369,6 +540,21 @@ impl GuardProcess {
     /// Asks the Guard to stop once the buffer is empty (sets
     /// `__GUARD__["Status"]` to false) and waits for it; past `max_wait` it
     /// is killed. Returns whether it ended by itself.
+    ///
+    /// # Errors
+    /// [`ShmError::Region`] if it could not be waited for.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// assert!(guard.stop(WAIT)?); // ended by itself
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stop(mut self, max_wait: Duration) -> Result<bool, ShmError> {
         self.stop_mut(max_wait)
     }
@@ -393,6 +579,21 @@ impl GuardProcess {
     }
 
     /// Kills the Guard with SIGKILL and reaps it (for tests of recovery).
+    ///
+    /// # Errors
+    /// [`ShmError::Region`] if it could not be killed or reaped.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// Guard::new().spawn(&xmem)?.kill()?; // a new Guard may start at once
+    /// Guard::new().spawn(&xmem)?.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn kill(mut self) -> Result<(), ShmError> {
         if let Some(child) = self.child.take() {
             child.kill()?;

@@ -36,6 +36,23 @@ pub struct Ticket<R> {
 impl<R: DeserializeOwned> Ticket<R> {
     /// Waits for the operator's latest result, as [`Manager::get_result`]:
     /// this call's result if the operator appended nothing after it.
+    ///
+    /// # Errors
+    /// As [`Manager::get_result`].
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard};
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// let ticket = xmem.append(&Call::table_set("k", &1u8)?, xmem.alloc_operator())?;
+    /// ticket.wait(&xmem, Duration::from_secs(5))?;
+    /// guard.stop(Duration::from_secs(5))?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn wait(&self, manager: &Manager, max_wait: Duration) -> Result<R, ShmError> {
         manager.get_result(self.operator, max_wait)
     }
@@ -164,6 +181,26 @@ impl Manager {
     /// A handle to the function registered as `name` (by this or another
     /// process); [`ShmError::UnknownFunction`] if `__XMEM__` has no such name.
     /// The types are the caller's promise: a mismatch shows as a failed call.
+    ///
+    /// # Errors
+    /// [`ShmError::UnknownFunction`] if no process registered `name`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// xmem.register("twice", |_m, x: i32| 2 * x)?;
+    /// let twice = xmem.named::<i32, i32>("twice")?; // e.g. in a program that attached by name
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// let op = xmem.alloc_operator();
+    /// xmem.append(&twice.call(&21)?, op)?.wait(&xmem, WAIT)?;
+    /// assert!(matches!(xmem.named::<(), ()>("nope"), Err(ShmError::UnknownFunction { .. })));
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn named<A: Serialize, R>(&self, name: &str) -> Result<Named<A, R>, ShmError> {
         self.check_name(name)?;
         Ok(Named::new(name.to_string()))
@@ -189,12 +226,53 @@ impl Manager {
     ///
     /// Calls appended by one thread run in the order appended; a call is
     /// appended whole or not at all, even if the process is killed meanwhile.
+    ///
+    /// # Errors
+    /// [`ShmError::CallTooLarge`] past the builder's `call_bytes`;
+    /// [`ShmError::MailboxesFull`] when every mailbox is taken;
+    /// [`ShmError::Refused`] for a pointer call from outside the fork family.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// let op = xmem.alloc_operator();
+    /// let ticket = xmem.append(&Call::table_set("k", &5u8)?, op)?;
+    /// ticket.wait(&xmem, WAIT)?; // the Guard ran it
+    /// assert_eq!(xmem.get::<u8>("k")?, 5);
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn append<R>(&self, call: &Call<R>, op: Operator) -> Result<Ticket<R>, ShmError> {
         self.append_until(call, op, None)
     }
 
     /// [`append`](Self::append), waiting at most `max_wait` for room:
     /// [`ShmError::BufferFull`] after that.
+    ///
+    /// # Errors
+    /// [`ShmError::BufferFull`] if no cell frees within `max_wait`; else as
+    /// [`append`](Self::append).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().buffer_capacity(2).build()?; // no Guard runs
+    /// let op = xmem.alloc_operator();
+    /// let call = Call::table_set("k", &1u8)?;
+    /// xmem.append_timeout(&call, op, Duration::from_millis(10))?;
+    /// xmem.append_timeout(&call, op, Duration::from_millis(10))?;
+    /// let full = xmem.append_timeout(&call, op, Duration::from_millis(10));
+    /// assert!(matches!(full, Err(ShmError::BufferFull { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn append_timeout<R>(
         &self,
         call: &Call<R>,
@@ -289,6 +367,25 @@ impl Manager {
     /// operator's mailbox (the seed's `exec`). A call that panics or fails
     /// leaves an error there instead; `exec` itself only fails if the region
     /// is unusable. Normally a [`Guard`](crate::Guard) calls this in a loop.
+    ///
+    /// # Errors
+    /// [`ShmError::BadLayout`] if the buffer is corrupt.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use xme_shm::Executed;
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let op = xmem.alloc_operator();
+    /// xmem.append(&Call::table_set("k", &9u8)?, op)?;
+    /// assert!(matches!(xmem.exec()?, Executed::Ran { .. })); // run here, no Guard
+    /// assert_eq!(xmem.get::<u8>("k")?, 9);
+    /// assert!(matches!(xmem.exec()?, Executed::Empty));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn exec(&self) -> Result<Executed, ShmError> {
         let (pos, payload) = match self.buffer.pop() {
             Pop::Empty => return Ok(Executed::Empty),
@@ -434,6 +531,23 @@ impl Manager {
     /// [`ShmError::GuardDied`] when the registered Guard died;
     /// [`ShmError::CallPanicked`] / [`ShmError::CallFailed`] (the seed's
     /// `GUARD_FUN_FAIL`) for a call that failed in the Guard.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().value("n", &3u32)?.build()?;
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// let op = xmem.alloc_operator();
+    /// xmem.append(&Call::table_get(&["n"])?, op)?;
+    /// let table = xmem.get_result::<std::collections::BTreeMap<String, xme_shm::RawValue>>(op, WAIT)?;
+    /// assert_eq!(table["n"].decode::<u32>()?, 3);
+    /// assert!(matches!(xmem.get_result::<()>(op, WAIT), Err(ShmError::NoCallPending { .. })));
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_result<R: DeserializeOwned>(
         &self,
         op: Operator,
@@ -499,6 +613,24 @@ impl Manager {
     }
 
     /// Discards `op`'s waiting result, if any (the seed's `clean`).
+    ///
+    /// # Errors
+    /// [`ShmError::BadLayout`] if the buffer is corrupt.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let op = xmem.alloc_operator();
+    /// xmem.append(&Call::table_set("k", &1u8)?, op)?;
+    /// xmem.exec()?;
+    /// xmem.clean(op)?; // the result is dropped, its mailbox freed
+    /// assert!(xmem.get_result::<()>(op, Duration::from_millis(10)).is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn clean(&self, op: Operator) -> Result<(), ShmError> {
         if let Some(i) = self.buffer.mailbox(op, false)? {
             self.buffer.discard(i);
@@ -508,22 +640,77 @@ impl Manager {
     }
 
     /// Calls appended and not yet taken by the Guard (the seed's `len`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// xmem.append(&Call::table_set("k", &1u8)?, xmem.alloc_operator())?;
+    /// assert_eq!(xmem.buffer_len(), 1);
+    /// xmem.exec()?;
+    /// assert_eq!(xmem.buffer_len(), 0);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn buffer_len(&self) -> usize {
         self.buffer.len()
     }
 
     /// The pid of the Guard serving the buffer (it may have died: then
     /// waiting callers get [`ShmError::GuardDied`] and a new Guard may start).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// assert_eq!(xmem.guard_pid(), None);
+    /// let guard = Guard::new().spawn(&xmem)?;
+    /// xmem.append(&Call::table_set("k", &1u8)?, xmem.alloc_operator())?.wait(&xmem, WAIT)?;
+    /// assert_eq!(xmem.guard_pid(), Some(guard.pid() as u32));
+    /// guard.stop(WAIT)?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn guard_pid(&self) -> Option<u32> {
         Some(self.buffer.guard_pid()).filter(|&p| p != 0)
     }
 
     /// Calls run from the buffer since it was built.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_shm::{Call, Guard, ShmError, XmemBuilder};
+    /// const WAIT: Duration = Duration::from_secs(5);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// xmem.append(&Call::table_set("k", &1u8)?, xmem.alloc_operator())?;
+    /// xmem.exec()?;
+    /// assert_eq!(xmem.executed(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn executed(&self) -> u64 {
         self.buffer.executed()
     }
 
     /// A snapshot of pending calls and waiting results (the seed's `get_buffers`).
+    ///
+    /// ```
+    /// use xme_shm::{Call, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let op = xmem.alloc_operator();
+    /// xmem.append(&Call::table_set("k", &1u8)?, op)?;
+    /// assert_eq!(xmem.get_buffers().pending.len(), 1); // appended, not run yet
+    /// xmem.exec()?;
+    /// assert_eq!(xmem.get_buffers().results.len(), 1); // its result waits for op
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_buffers(&self) -> BufferSnapshot {
         let pending = self
             .buffer
@@ -550,6 +737,14 @@ impl Manager {
 
     /// Reports as failed every call that a dead Guard was running, and frees
     /// its cell; returns how many. A starting [`Guard`](crate::Guard) does this.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = xme_shm::XmemBuilder::new().build()?;
+    /// assert_eq!(xmem.recover(), 0); // no Guard died running a call
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn recover(&self) -> usize {
         let orphans = self.buffer.recover();
         let n = orphans.len();

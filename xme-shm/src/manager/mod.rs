@@ -10,6 +10,7 @@ use xme_security::{LockType, Security, SecurityState};
 use crate::buffer::call_buffer::{BufferConfig, CallBuffer};
 use crate::store::arena::ArenaStats;
 mod registry;
+mod status;
 
 use crate::store::layout::Layout;
 use crate::store::table::{Stored, ValueTable};
@@ -58,6 +59,15 @@ pub struct ProcessStatus {
 
 impl ProcessStatus {
     /// `status`, reported now by this process.
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let s = xme_shm::ProcessStatus::now("ready");
+    /// assert_eq!((s.status.as_str(), s.pid), ("ready", std::process::id()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn now(status: &str) -> ProcessStatus {
         ProcessStatus {
             status: status.to_string(),
@@ -85,18 +95,33 @@ pub type GuardTable = BTreeMap<String, bool>;
 
 /// Region layout version of a Manager (header + lock + table).
 const REGION_VERSION: u32 = 0x4d47_0004;
-/// Words of the Manager header; room for the call buffer and Guard areas.
-const HEADER_WORDS: usize = 32;
-const M_OP_SIZE: usize = 0;
-const M_TABLE_OFFSET: usize = 1;
-const M_BUFFER_OFFSET: usize = 2;
-/// Status entries in the table (counted by inserts and prunes).
-const M_STATUS_COUNT: usize = 3;
-/// Status entries kept before the oldest are pruned.
-const M_STATUS_KEEP: usize = 4;
-/// Pid-named word held by the process pruning status entries.
-const M_PRUNE_LOCK: usize = 5;
-const LOCK_OFFSET: usize = HEADER_WORDS * 8;
+/// The Manager's header, at the start of its region.
+#[repr(C)]
+struct ManagerHeader {
+    /// Characters of an operator's name (`XmemBuilder::op_size`).
+    op_size: AtomicU64,
+    /// Where the value table starts (0 until the Manager is built).
+    table_offset: AtomicU64,
+    /// Where the call buffer starts.
+    buffer_offset: AtomicU64,
+    /// Status entries in the table (counted by inserts and prunes).
+    status_count: AtomicU64,
+    /// Status entries kept before the oldest are pruned.
+    status_keep: AtomicU64,
+    /// Pid-named word held by the process pruning status entries.
+    prune_lock: AtomicU64,
+    /// Room for later fields without moving the lock.
+    _reserved: [AtomicU64; 26],
+}
+// SAFETY: `#[repr(C)]` of `AtomicU64`s: no padding, no pointers, valid for
+// every bit pattern; offsets are bounds-checked by `slice`/`place` where they
+// are used, and sizes are clamped.
+unsafe impl xme_core::InRegion for ManagerHeader {}
+const LOCK_OFFSET: usize = std::mem::size_of::<ManagerHeader>();
+const _: () = assert!(
+    LOCK_OFFSET == 256,
+    "the Manager header moved: bump REGION_VERSION"
+);
 
 /// Builds a [`Manager`] (the seed's `XMEMBuilder`).
 ///
@@ -134,6 +159,15 @@ impl Default for XmemBuilder {
 impl XmemBuilder {
     /// Defaults: operator names of 32 characters, 4096 keys, a 16 MiB arena,
     /// a READWRITE lock (writer `ADMIN`), anonymous memory.
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// assert_eq!(xmem.arena_bytes(), 16 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new() -> XmemBuilder {
         XmemBuilder {
             op_size: 32,
@@ -149,6 +183,15 @@ impl XmemBuilder {
 
     /// Characters of an operator's name in [`Manager::operator_name`] (the
     /// seed's `size`; operators themselves are 64 random bits, 16 hex digits).
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().op_size(4).build()?;
+    /// assert_eq!(xmem.operator_name(xmem.alloc_operator()).len(), "<Operator::>".len() + 4);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn op_size(mut self, size: usize) -> XmemBuilder {
         self.op_size = size;
         self
@@ -157,6 +200,23 @@ impl XmemBuilder {
     /// Live keys the value table can hold (default 4096; reserved keys and
     /// status entries have room of their own). A deleted key's slot is
     /// reused; past the capacity, [`ShmError::CapacityFull`].
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().capacity(2).build()?;
+    /// let mut stored = 0;
+    /// let err = loop {
+    ///     match xmem.set(&format!("k{stored}"), &1) {
+    ///         Ok(()) => stored += 1,
+    ///         Err(e) => break e,
+    ///     }
+    /// };
+    /// assert!(stored >= 2); // at least the capacity (status entries' room may add more)
+    /// assert!(matches!(err, ShmError::CapacityFull { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn capacity(mut self, keys: usize) -> XmemBuilder {
         self.capacity = keys;
         self
@@ -165,6 +225,18 @@ impl XmemBuilder {
     /// Status entries kept in `__STATUS__` (default 1024): past `keep` plus a
     /// quarter, the oldest entries are pruned, those of ended processes first.
     /// Keep it above the number of operators that report at once.
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().status_keep(16).build()?;
+    /// for _ in 0..100 {
+    ///     xmem.status(xmem.alloc_operator(), "done")?;
+    /// }
+    /// assert!(xmem.statuses()?.len() <= 16 + 16); // pruned past keep plus a quarter (at least 16)
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn status_keep(mut self, keep: usize) -> XmemBuilder {
         self.status_keep = keep;
         self
@@ -177,12 +249,32 @@ impl XmemBuilder {
     /// replacing a value frees its space at once; a page whose blocks are all
     /// free returns to the pool. Memory is committed only as it is used, so a
     /// generous arena costs little. Past it, [`ShmError::ArenaFull`].
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().arena_bytes(1 << 20).build()?;
+    /// let err = xmem.set("big", &vec![0u8; 2 << 20]).unwrap_err();
+    /// assert!(matches!(err, ShmError::ValueTooLarge { .. }));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn arena_bytes(mut self, bytes: usize) -> XmemBuilder {
         self.arena_bytes = bytes;
         self
     }
 
     /// The type of the Manager's lock, taken by `update` and `delete`.
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// use xme_shm::LockType;
+    /// let xmem = XmemBuilder::new().lock_type(LockType::Mutex).build()?;
+    /// xmem.update([("k", 1)], xmem.alloc_operator())?; // MUTEX: any operator may write
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lock_type(mut self, lock_type: LockType) -> XmemBuilder {
         self.lock_type = lock_type;
         self
@@ -190,36 +282,96 @@ impl XmemBuilder {
 
     /// Puts the Manager in the named region `name`, which other processes
     /// attach with [`Manager::attach`].
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let name = format!("xme-doc-named-{}", std::process::id());
+    /// let xmem = XmemBuilder::new().named(&name).build()?;
+    /// assert_eq!(xmem.region().name(), Some(name.as_str())); // removed when xmem drops
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn named(mut self, name: impl Into<String>) -> XmemBuilder {
         self.name = Some(name.into());
         self
     }
 
     /// Calls the call buffer holds (default 1024): `append` waits while it is full.
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().buffer_capacity(16).build()?;
+    /// # let _ = xmem;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn buffer_capacity(mut self, calls: usize) -> XmemBuilder {
         self.buffer.capacity = calls;
         self
     }
 
     /// Largest encoded call (arguments included) in bytes (default 256).
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// use xme_shm::Call;
+    /// let xmem = XmemBuilder::new().call_bytes(64).build()?;
+    /// let big = Call::table_set("k", &vec![0u8; 200])?;
+    /// assert!(matches!(xmem.append(&big, xmem.alloc_operator()), Err(ShmError::CallTooLarge { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn call_bytes(mut self, bytes: usize) -> XmemBuilder {
         self.buffer.call_bytes = bytes;
         self
     }
 
     /// Operators that can have a mailbox for call results (default 256).
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().mailboxes(1024).build()?;
+    /// # let _ = xmem;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mailboxes(mut self, operators: usize) -> XmemBuilder {
         self.buffer.mailboxes = operators;
         self
     }
 
     /// Largest encoded call result in bytes (default 4096).
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().reply_bytes(64 << 10).build()?; // results up to 64 KiB
+    /// # let _ = xmem;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn reply_bytes(mut self, bytes: usize) -> XmemBuilder {
         self.buffer.reply_bytes = bytes;
         self
     }
 
     /// An initial key-value pair (the seed's `**initialtable`).
+    ///
+    /// # Errors
+    /// As [`Manager::set`] (checked at once for the key, when building for room).
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("a", &1u8)?.value("b", "two")?.build()?;
+    /// assert_eq!(xmem.get::<String>("b")?, "two");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn value<T: Serialize + ?Sized>(
         mut self,
         key: &str,
@@ -231,6 +383,19 @@ impl XmemBuilder {
     }
 
     /// Builds the Manager.
+    ///
+    /// # Errors
+    /// [`ShmError::Config`] for sizes out of range; [`ShmError::Region`] if the
+    /// region cannot be made (a named one a live process already has).
+    ///
+    /// ```
+    /// use xme_shm::{ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// assert!(matches!(XmemBuilder::new().capacity(0).build(), Err(ShmError::Config(_))));
+    /// let _xmem = XmemBuilder::new().build()?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn build(self) -> Result<Manager, ShmError> {
         if self.op_size == 0 || self.op_size > 64 {
             return Err(ShmError::Config(format!(
@@ -261,9 +426,11 @@ impl XmemBuilder {
             Some(name) => SharedRegion::create_named(name, bytes, REGION_VERSION)?,
             None => SharedRegion::anonymous_versioned(bytes, REGION_VERSION)?,
         });
-        let header: &[AtomicU64] = region.slice(0, HEADER_WORDS)?;
-        header[M_OP_SIZE].store(self.op_size as u64, std::sync::atomic::Ordering::Relaxed);
-        header[M_STATUS_KEEP].store(
+        let header: &ManagerHeader = region.place(0)?;
+        header
+            .op_size
+            .store(self.op_size as u64, std::sync::atomic::Ordering::Relaxed);
+        header.status_keep.store(
             self.status_keep as u64,
             std::sync::atomic::Ordering::Relaxed,
         );
@@ -272,8 +439,13 @@ impl XmemBuilder {
         // to the region).
         let family = Some(FamilyKey::random());
         let buffer = CallBuffer::init(&region, buffer_offset, self.buffer)?;
-        header[M_BUFFER_OFFSET].store(buffer_offset as u64, std::sync::atomic::Ordering::Relaxed);
-        header[M_TABLE_OFFSET].store(table_offset as u64, std::sync::atomic::Ordering::Release);
+        header
+            .buffer_offset
+            .store(buffer_offset as u64, std::sync::atomic::Ordering::Relaxed);
+        // Release: an attacher that sees the table offset sees the rest.
+        header
+            .table_offset
+            .store(table_offset as u64, std::sync::atomic::Ordering::Release);
         let security = Security::in_shared_region(region.clone(), LOCK_OFFSET, self.lock_type)?;
         let table_mem = region.slice_owned(table_offset, layout.words())?;
         ValueTable::init(&table_mem, layout)?;
@@ -440,20 +612,40 @@ pub(crate) fn check_reserved_value(key: &str, bytes: &[u8]) -> Result<(), ShmErr
 
 impl Manager {
     /// Attaches to the Manager built in the named region `name` by another process.
+    ///
+    /// # Errors
+    /// [`ShmError::Region`] if no Manager of that name exists, its creator died
+    /// (a stale region) or the region has another layout version;
+    /// [`ShmError::BadLayout`] if its header is corrupt.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let name = format!("xme-doc-manager-{}", std::process::id());
+    /// let xmem = XmemBuilder::new().named(&name).value("answer", &42u32)?.build()?;
+    /// let other = xme_shm::Manager::attach(&name)?; // as an unrelated program would
+    /// assert_eq!(other.get::<u32>("answer")?, 42);
+    /// assert!(xme_shm::Manager::attach("xme-doc-no-such-manager").is_err());
+    /// # drop(xmem);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn attach(name: &str) -> Result<Manager, ShmError> {
         let region = Arc::new(SharedRegion::open_named(name, REGION_VERSION)?);
-        let header: &[AtomicU64] = region.slice(0, HEADER_WORDS)?;
-        let op_size = header[M_OP_SIZE].load(std::sync::atomic::Ordering::Relaxed) as usize;
-        let table_offset =
-            header[M_TABLE_OFFSET].load(std::sync::atomic::Ordering::Acquire) as usize;
+        let header: &ManagerHeader = region.place(0)?;
+        let op_size = header.op_size.load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let table_offset = header
+            .table_offset
+            .load(std::sync::atomic::Ordering::Acquire) as usize;
         let words = region.payload_len().saturating_sub(table_offset) / 8;
         if table_offset == 0 || words == 0 {
             return Err(ShmError::BadLayout(
                 "the Manager header is not initialised".into(),
             ));
         }
-        let buffer_offset =
-            header[M_BUFFER_OFFSET].load(std::sync::atomic::Ordering::Relaxed) as usize;
+        let buffer_offset = header
+            .buffer_offset
+            .load(std::sync::atomic::Ordering::Relaxed) as usize;
         let security =
             Security::in_shared_region(region.clone(), LOCK_OFFSET, LockType::ReadWrite)?;
         let table_mem = region.slice_owned(table_offset, words)?;
@@ -477,12 +669,31 @@ impl Manager {
     }
 
     /// A fresh operator (the seed's `AllocOperator`).
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// assert_ne!(xmem.alloc_operator(), xmem.alloc_operator());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn alloc_operator(&self) -> Operator {
         Operator::alloc()
     }
 
     /// An operator's name, `<Operator::…>` with `op_size` characters of its id
     /// (the id has 16 hex digits; a larger `op_size` repeats it).
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().op_size(8).build()?;
+    /// let name = xmem.operator_name(xmem.alloc_operator());
+    /// assert!(name.starts_with("<Operator::") && name.len() == "<Operator::>".len() + 8);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn operator_name(&self, op: Operator) -> String {
         let hex = op.to_string();
         let name: String = hex.chars().cycle().take(self.op_size).collect();
@@ -491,16 +702,53 @@ impl Manager {
 
     /// The Manager's lock (the seed's Security object): set its type, writer,
     /// wait time.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?; // READWRITE, writer ADMIN
+    /// let writer = xmem.alloc_operator();
+    /// xmem.security().register(writer);
+    /// xmem.update([("k", 1)], writer)?;
+    /// assert!(matches!(xmem.update([("k", 2)], Operator::ADMIN), Err(ShmError::Lock(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn security(&self) -> &Security<'static> {
         &self.security
     }
 
     /// The region holding the Manager.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// assert_eq!(xmem.region().name(), None); // anonymous: shared with forked children
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn region(&self) -> &Arc<SharedRegion> {
         &self.region
     }
 
     /// Stores `value` under `key` (the seed's `set`): lock-free, replaces any value.
+    ///
+    /// # Errors
+    /// [`ShmError::Reserved`] for a reserved key, [`ShmError::KeyTooLong`],
+    /// [`ShmError::Encode`], [`ShmError::CapacityFull`] for a new key past the
+    /// capacity, [`ShmError::ArenaFull`] / [`ShmError::ValueTooLarge`].
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// xmem.set("point", &(1.5f64, -2.0f64))?;
+    /// assert_eq!(xmem.get::<(f64, f64)>("point")?, (1.5, -2.0));
+    /// assert!(matches!(xmem.set("__XMEM__", &0), Err(ShmError::Reserved { .. })));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn set<T: Serialize + ?Sized>(&self, key: &str, value: &T) -> Result<(), ShmError> {
         let bytes = encode(key, value)?;
         check_reserved_value(key, &bytes)?;
@@ -538,6 +786,20 @@ impl Manager {
     /// are not a valid `T` give [`ShmError::WrongType`], but a value of another
     /// type whose bytes happen to be a valid `T` decodes (a `0i32` reads as an
     /// empty `String`). Keep one type per key.
+    ///
+    /// # Errors
+    /// [`ShmError::NotFound`], or [`ShmError::WrongType`] when the bytes are
+    /// not a `T`.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("name", "xme")?.build()?;
+    /// assert_eq!(xmem.get::<String>("name")?, "xme");
+    /// assert!(matches!(xmem.get::<String>("nobody"), Err(ShmError::NotFound(_))));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<T, ShmError> {
         let raw = self
             .get_raw(key)?
@@ -546,6 +808,19 @@ impl Manager {
     }
 
     /// The encoded value of `key`, if present.
+    ///
+    /// # Errors
+    /// [`ShmError::BadLayout`] if the table is corrupt.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("n", &7u8)?.build()?;
+    /// assert_eq!(xmem.get_raw("n")?.unwrap().decode::<u8>()?, 7);
+    /// assert_eq!(xmem.get_raw("missing")?, None);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_raw(&self, key: &str) -> Result<Option<RawValue>, ShmError> {
         if key == STATUS_KEY {
             return Ok(Some(RawValue::new(encode(key, &self.statuses()?)?)));
@@ -559,6 +834,20 @@ impl Manager {
 
     /// A copy of the entries for `keys` (the seed's `get_table(*keys)`); with no
     /// key, the whole table. A missing key is [`ShmError::NotFound`].
+    ///
+    /// # Errors
+    /// [`ShmError::NotFound`] for a missing key.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("a", &1)?.value("b", &2)?.build()?;
+    /// let t = xmem.get_table(&["a", "b"])?;
+    /// assert_eq!(t["b"].decode::<i32>()?, 2);
+    /// assert!(xmem.get_table(&[])?.contains_key("__XMEM__")); // the whole table
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get_table(&self, keys: &[&str]) -> Result<BTreeMap<String, RawValue>, ShmError> {
         if keys.is_empty() {
             return Ok(self.items()?.into_iter().collect());
@@ -574,6 +863,19 @@ impl Manager {
     }
 
     /// Every entry (the seed's `items`), `__STATUS__` gathered into one.
+    ///
+    /// # Errors
+    /// [`ShmError::BadLayout`] if the table is corrupt.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("a", &1)?.build()?;
+    /// let keys: Vec<String> = xmem.items()?.into_iter().map(|(k, _)| k).collect();
+    /// assert!(keys.contains(&"a".to_string()) && keys.contains(&"__STATUS__".to_string()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn items(&self) -> Result<Vec<(String, RawValue)>, ShmError> {
         let mut items: Vec<(String, RawValue)> = self
             .table()
@@ -587,11 +889,39 @@ impl Manager {
     }
 
     /// Number of keys, reserved keys included (`__STATUS__` counts as one).
+    ///
+    /// # Errors
+    /// As [`items`](Self::items).
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let reserved = xmem.len()?; // __STATUS__, __GUARD__, __XMEM__
+    /// xmem.set("k", &1)?;
+    /// assert_eq!(xmem.len()?, reserved + 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn len(&self) -> Result<usize, ShmError> {
         Ok(self.table().keys_where(|k| !is_status_key(k))?.len() + 1)
     }
 
     /// True when only the reserved keys exist.
+    ///
+    /// # Errors
+    /// As [`items`](Self::items).
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// assert!(xmem.is_empty()?);
+    /// xmem.set("k", &1)?;
+    /// assert!(!xmem.is_empty()?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_empty(&self) -> Result<bool, ShmError> {
         Ok(self.len()? <= RESERVED_KEYS.len())
     }
@@ -600,6 +930,21 @@ impl Manager {
     /// `update(newtable, Operator)`). All values are encoded and checked before
     /// the first is stored. Each key changes atomically; readers may see some
     /// keys of the batch updated before others.
+    ///
+    /// # Errors
+    /// The lock's refusal ([`ShmError::Lock`]); as [`set`](Self::set) for each
+    /// entry, checked before any is stored; [`ShmError::PartlyDone`] if storing
+    /// failed part-way (the entries before it stay).
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// xmem.update([("a", 1), ("b", 2)], Operator::ADMIN)?;
+    /// assert_eq!(xmem.get::<i32>("b")?, 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn update<K, V, I>(&self, entries: I, op: Operator) -> Result<(), ShmError>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -638,6 +983,19 @@ impl Manager {
     /// [`update_with`](Self::update_with) does, and returns what `f` returned;
     /// a missing key is [`ShmError::NotFound`]. `f` may run more than once if
     /// another process changes the key meanwhile.
+    ///
+    /// # Errors
+    /// [`ShmError::NotFound`]; as [`update_with`](Self::update_with).
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("queue", &vec![1, 2, 3])?.build()?;
+    /// let first = xmem.modify("queue", |q: &mut Vec<i32>| q.remove(0))?;
+    /// assert_eq!((first, xmem.get::<Vec<i32>>("queue")?), (1, vec![2, 3]));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn modify<T, R, F>(&self, key: &str, mut f: F) -> Result<R, ShmError>
     where
         T: Serialize + DeserializeOwned,
@@ -662,6 +1020,21 @@ impl Manager {
     /// Deletes `keys` while holding the lock as `op`; with no key, every
     /// non-reserved key. Returns how many existed. Reserved keys are refused
     /// before anything is deleted.
+    ///
+    /// # Errors
+    /// The lock's refusal; [`ShmError::Reserved`] for a reserved key (nothing
+    /// deleted); [`ShmError::PartlyDone`] if it failed part-way.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("a", &1)?.value("b", &2)?.build()?;
+    /// assert_eq!(xmem.delete(&["a", "zz"], Operator::ADMIN)?, 1);
+    /// assert_eq!(xmem.delete(&[], Operator::ADMIN)?, 1); // every non-reserved key
+    /// assert!(xmem.is_empty()?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn delete(&self, keys: &[&str], op: Operator) -> Result<usize, ShmError> {
         if let Some(k) = keys
             .iter()
@@ -697,6 +1070,22 @@ impl Manager {
     /// and returns the new one; if another process changed the key meanwhile,
     /// `f` runs again on the newer value. Lock-free, no lost update. Returns
     /// the value stored.
+    ///
+    /// # Errors
+    /// As [`set`](Self::set); [`ShmError::WrongType`] if the current value is
+    /// not a `T`.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// for _ in 0..3 {
+    ///     xmem.update_with("hits", |n: Option<u64>| n.unwrap_or(0) + 1)?;
+    /// }
+    /// assert_eq!(xmem.get::<u64>("hits")?, 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn update_with<T, F>(&self, key: &str, f: F) -> Result<T, ShmError>
     where
         T: Serialize + DeserializeOwned,
@@ -735,159 +1124,48 @@ impl Manager {
         Ok(stored.expect("update stored a value"))
     }
 
-    /// Records `status` for `op` in `__STATUS__` (the seed's `status`).
-    ///
-    /// Each operator's entry is a key of its own: recording never fails for
-    /// the status table's size. Past the builder's
-    /// [`status_keep`](XmemBuilder::status_keep) plus a quarter, the oldest
-    /// entries are pruned (ended processes' first).
-    pub fn status(&self, op: Operator, status: &str) -> Result<(), ShmError> {
-        self.record_status(op, ProcessStatus::now(status))
-    }
-
-    /// Stores `entry` as `op`'s status. A heartbeat (`beat`) leaves an
-    /// entry that is its operator's last word unchanged.
-    pub(crate) fn record_status_as(
-        &self,
-        op: Operator,
-        entry: ProcessStatus,
-        beat: bool,
-    ) -> Result<(), ShmError> {
-        let key = status_key(op);
-        let bytes = encode(&key, &entry)?;
-        let pid = process::current_pid();
-        let store = || -> Result<Stored, ShmError> {
-            if !beat {
-                return self.table().set(&key, &bytes, pid);
-            }
-            let mut inserted = false;
-            self.table().update(&key, pid, |old| {
-                inserted = old.is_none();
-                let last_word = old
-                    .and_then(|b| decode::<ProcessStatus>(&key, b).ok())
-                    .is_some_and(|s| s.last_word);
-                Ok::<_, ShmError>((!last_word).then(|| bytes.clone()))
-            })??;
-            Ok(if inserted {
-                Stored::Inserted
-            } else {
-                Stored::Replaced
-            })
-        };
-        let stored = match store() {
-            Err(ShmError::CapacityFull { .. }) => {
-                // Status entries have room of their own, unless other keys
-                // took it: prune to the limit and try once more.
-                self.prune_statuses(true);
-                store()?
-            }
-            other => other?,
-        };
-        if stored == Stored::Inserted {
-            let count = self.header()[M_STATUS_COUNT].fetch_add(1, Ordering::Relaxed) + 1;
-            let keep = self.header()[M_STATUS_KEEP].load(Ordering::Relaxed) as usize;
-            if count as usize > status_limit(keep) {
-                self.prune_statuses(false);
-            }
-        }
-        Ok(())
-    }
-
-    pub(crate) fn record_status(&self, op: Operator, entry: ProcessStatus) -> Result<(), ShmError> {
-        self.record_status_as(op, entry, false)
-    }
-
-    fn header(&self) -> &[AtomicU64] {
-        // The header was placed at build; its 32 words are always there.
-        self.region
-            .slice(0, HEADER_WORDS)
-            .expect("the Manager header is mapped")
-    }
-
-    /// Deletes the oldest status entries until `status_keep` remain: those
-    /// of processes that ended first, then the oldest reports. One process
-    /// prunes at a time; the others go on (unless `wait`).
-    fn prune_statuses(&self, wait: bool) {
-        let header = self.header();
-        let word = &header[M_PRUNE_LOCK];
-        let patience = std::time::Duration::from_secs(if wait { 1 } else { 0 });
-        let Ok(_lock) = xme_core::sync::PidLock::take_within(word, patience) else {
-            return; // another process prunes
-        };
-        let keep = header[M_STATUS_KEEP].load(Ordering::Relaxed) as usize;
-        let Ok(entries) = self.table().entries_where(is_status_key) else {
-            return;
-        };
-        let mut entries: Vec<(bool, u64, String)> = entries
-            .into_iter()
-            .map(|(key, bytes)| {
-                let s = decode::<ProcessStatus>(&key, &bytes).ok();
-                let running = s.as_ref().is_some_and(|s| process::is_alive(s.pid as i32));
-                (running, s.map_or(0, |s| s.time_ms), key)
-            })
-            .collect();
-        let total = entries.len();
-        entries.sort();
-        let pid = process::current_pid();
-        let mut deleted = 0;
-        for (_, _, key) in entries.iter().take(total.saturating_sub(keep)) {
-            if self.table().delete(key, pid).unwrap_or(false) {
-                deleted += 1;
-            }
-        }
-        // Recount (a process killed between a store and its count leaves the
-        // count off): entries inserted meanwhile are counted by their inserter.
-        header[M_STATUS_COUNT].store((total - deleted) as u64, Ordering::Relaxed);
-    }
-
-    /// The status table (`__STATUS__`): every operator's last report.
-    pub fn statuses(&self) -> Result<StatusTable, ShmError> {
-        self.table()
-            .entries_where(is_status_key)?
-            .into_iter()
-            .map(|(key, bytes)| {
-                let op = key[STATUS_PREFIX.len()..]
-                    .parse::<Operator>()
-                    .map_err(|_| {
-                        ShmError::BadLayout(format!("status key {key:?} names no operator"))
-                    })?;
-                Ok((op, decode::<ProcessStatus>(&key, &bytes)?))
-            })
-            .collect()
-    }
-
-    /// `__GUARD__["Status"]`: whether the Guard should keep running.
-    pub fn guard_status(&self) -> Result<bool, ShmError> {
-        Ok(self
-            .get::<GuardTable>(GUARD_KEY)?
-            .get("Status")
-            .copied()
-            .unwrap_or(false))
-    }
-
-    /// Sets `__GUARD__["Status"]`.
-    pub fn set_guard_status(&self, running: bool) -> Result<(), ShmError> {
-        self.update_with_as(GUARD_KEY, true, |t: Option<GuardTable>| {
-            let mut t = t.unwrap_or_default();
-            t.insert("Status".to_string(), running);
-            t
-        })
-        .map(drop)
-    }
-
     /// Keys the table can hold: the builder's capacity, plus room for the
     /// reserved keys and the status entries.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().capacity(100).build()?;
+    /// assert!(xmem.capacity() >= 100);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn capacity(&self) -> usize {
         self.table().layout().capacity
     }
 
     /// Slots taken by live keys and by tombstones of deleted keys (a
     /// tombstone is emptied again once no probe chain runs through it).
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// let before = xmem.keys_claimed();
+    /// xmem.set("k", &1)?;
+    /// assert_eq!(xmem.keys_claimed(), before + 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn keys_claimed(&self) -> usize {
         self.table().keys_claimed()
     }
 
     /// Bytes of the arena.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().arena_bytes(1 << 20).build()?;
+    /// assert_eq!(xmem.arena_bytes(), 1 << 20);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn arena_bytes(&self) -> usize {
         self.table().layout().arena_bytes()
     }
@@ -895,6 +1173,15 @@ impl Manager {
     /// Frees blocks left by processes that died while writing, and pages a
     /// dead process left half made; returns how many blocks. Runs by itself
     /// when the arena seems full.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().build()?;
+    /// assert_eq!(xmem.sweep(), 0); // nobody died writing
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn sweep(&self) -> usize {
         self.table().sweep(process::current_pid())
     }
@@ -903,6 +1190,19 @@ impl Manager {
     /// while other processes write: a slot being written is read again until
     /// it reads whole, so only lasting damage is reported; the counts are
     /// then a close estimate.
+    ///
+    /// # Errors
+    /// [`ShmError::BadLayout`] naming the damage found.
+    ///
+    /// ```
+    /// use xme_shm::{Operator, ShmError, XmemBuilder};
+    /// # fn main() -> Result<(), xme_shm::ShmError> {
+    /// let xmem = XmemBuilder::new().value("k", "v")?.build()?;
+    /// let stats = xmem.check()?;
+    /// assert!(stats.live_blocks >= 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn check(&self) -> Result<ArenaStats, ShmError> {
         self.table().check()
     }

@@ -633,9 +633,7 @@ mod loom_models {
     use loom::thread;
 
     fn model(f: impl Fn() + Sync + Send + 'static) {
-        let mut b = loom::model::Builder::new();
-        b.preemption_bound = Some(2);
-        b.check(f);
+        xme_core::sync::loom_model(2, f);
     }
 
     /// A table of 2 slots over 4 tiny pages.
