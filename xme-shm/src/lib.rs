@@ -60,7 +60,6 @@ compile_error!(
     "xme-shm runs on Linux only (shared regions and futexes): build it for a Linux target"
 );
 
-#[cfg(not(loom))]
 mod buffer;
 #[cfg(not(loom))]
 mod calls;
@@ -89,6 +88,7 @@ pub use store::table::MAX_KEY;
 pub use xme_core::{Operator, SharedRegion};
 #[cfg(not(loom))]
 pub use xme_exec::Context;
+#[cfg(not(loom))]
 pub use xme_security::{LockType, Security, SecurityError};
 #[cfg(not(loom))]
 pub use {

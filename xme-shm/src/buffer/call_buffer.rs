@@ -31,18 +31,12 @@ use xme_core::sync::{EventCount, SeqLock};
 use xme_core::{Mapped, Operator, SharedRegion, process};
 
 use crate::ShmError;
-use crate::buffer::call_ring::{CELL_HEADER, HEADER_WORDS, Orphan, PAYLOAD_HEADER, Pop, Ring};
+use crate::buffer::call_ring::{
+    BufferHeader, CELL_HEADER, HEADER_WORDS, Orphan, PAYLOAD_HEADER, Pop, Ring,
+};
 use crate::store::block::{load_bytes, store_bytes, words};
 
-// Header words (the ring's tail, head and executed count are words 0, 1, 3).
-const H_GUARD: usize = 2;
-const H_CAPACITY: usize = 4;
-const H_CELL_WORDS: usize = 5;
-const H_BOXES: usize = 6;
-const H_REPLY_WORDS: usize = 7;
-/// Pid-named lock taken to claim or free a mailbox (word 8 once held a
-/// fork-family token, which the region must not carry: see `FamilyKey`).
-const H_BOX_LOCK: usize = 8;
+// The header (`BufferHeader`) is declared with the ring, which uses its first words.
 // Words 9 to 11 once counted each event's sleepers (now in its EventCount).
 /// The three event counts, before the header.
 const FUTEX_BYTES: usize = 64;
@@ -209,30 +203,36 @@ impl CallBuffer {
     ) -> Result<CallBuffer, ShmError> {
         config.check()?;
         let b = CallBuffer::map(region, offset, config)?;
-        let h = &*b.words;
-        h[H_CAPACITY].store(config.capacity as u64, Ordering::Relaxed);
-        h[H_CELL_WORDS].store(config.cell_words() as u64, Ordering::Relaxed);
-        h[H_BOXES].store(config.mailboxes as u64, Ordering::Relaxed);
-        h[H_REPLY_WORDS].store(words(config.reply_bytes) as u64, Ordering::Relaxed);
+        let h = BufferHeader::of(&b.words);
+        h.capacity.store(config.capacity as u64, Ordering::Relaxed);
+        h.cell_words
+            .store(config.cell_words() as u64, Ordering::Relaxed);
+        h.boxes.store(config.mailboxes as u64, Ordering::Relaxed);
+        h.reply_words
+            .store(words(config.reply_bytes) as u64, Ordering::Relaxed);
         Ring::init(&b.words, config.capacity, config.cell_words());
         Ok(b)
     }
 
     /// Maps the buffer another process laid out at `offset`.
     pub fn attach(region: &Arc<SharedRegion>, offset: usize) -> Result<CallBuffer, ShmError> {
-        let h: &[AtomicU64] = region.slice(offset + FUTEX_BYTES, HEADER_WORDS)?;
-        let cell_words = h[H_CELL_WORDS].load(Ordering::Acquire) as usize;
-        let reply_words = h[H_REPLY_WORDS].load(Ordering::Acquire) as usize;
+        let h = BufferHeader::of(region.slice(offset + FUTEX_BYTES, HEADER_WORDS)?);
+        let cell_words = h.cell_words.load(Ordering::Acquire) as usize;
+        let reply_words = h.reply_words.load(Ordering::Acquire) as usize;
         let config = BufferConfig {
-            capacity: h[H_CAPACITY].load(Ordering::Acquire) as usize,
+            capacity: h.capacity.load(Ordering::Acquire) as usize,
             call_bytes: (cell_words.saturating_sub(CELL_HEADER) * 8).saturating_sub(PAYLOAD_HEADER),
-            mailboxes: h[H_BOXES].load(Ordering::Acquire) as usize,
+            mailboxes: h.boxes.load(Ordering::Acquire) as usize,
             reply_bytes: reply_words * 8,
         };
         config
             .check()
             .map_err(|e| ShmError::BadLayout(format!("call buffer header: {e}")))?;
         CallBuffer::map(region, offset, config)
+    }
+
+    fn header(&self) -> &BufferHeader {
+        BufferHeader::of(&self.words)
     }
 
     pub fn config(&self) -> BufferConfig {
@@ -379,14 +379,14 @@ impl CallBuffer {
 
     /// The registered Guard's pid (0: none).
     pub fn guard_pid(&self) -> u32 {
-        self.words[H_GUARD].load(Ordering::Acquire) as u32
+        self.header().guard.load(Ordering::Acquire) as u32
     }
 
     /// Registers this process as the Guard, replacing a dead one; returns the
     /// live Guard's pid if there is one.
     pub fn register_guard(&self) -> Result<(), u32> {
         let me = process::current_pid();
-        let g = &self.words[H_GUARD];
+        let g = &self.header().guard;
         loop {
             let cur = g.load(Ordering::Acquire);
             if cur != 0 && cur as u32 != me && alive(cur as u32) {
@@ -403,7 +403,10 @@ impl CallBuffer {
     /// Removes this process's registration.
     pub fn unregister_guard(&self) {
         let me = u64::from(process::current_pid());
-        let _ = self.words[H_GUARD].compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = self
+            .header()
+            .guard
+            .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
         // Waiters re-check the Guard when woken.
         self.signal_all(Event::Done);
     }
@@ -426,8 +429,8 @@ impl CallBuffer {
     fn box_lock(&self) -> xme_core::sync::PidLock<'_> {
         // Held for a short scan; a holder that died is taken over (claims
         // and frees leave each word whole), one stuck is seized.
-        xme_core::sync::PidLock::take_within(&self.words[H_BOX_LOCK], WRITER_WAIT)
-            .unwrap_or_else(|_| xme_core::sync::PidLock::seize(&self.words[H_BOX_LOCK]))
+        xme_core::sync::PidLock::take_within(&self.header().box_lock, WRITER_WAIT)
+            .unwrap_or_else(|_| xme_core::sync::PidLock::seize(&self.header().box_lock))
     }
 
     /// The index of `op`'s mailbox, claiming one if `create`.

@@ -37,17 +37,71 @@ pub(crate) const SKIP: u32 = u32::MAX;
 /// Tag bit of a cell taken by a consumer (pids are below 2^22 on Linux).
 pub(crate) const RUNNING: u32 = 1 << 31;
 
-/// Ring words at the start of the buffer's header.
-pub(crate) const H_TAIL: usize = 0;
-pub(crate) const H_HEAD: usize = 1;
-pub(crate) const H_EXECUTED: usize = 3;
-/// Words of the buffer header; cells follow.
+/// The call buffer's header: the ring's counters and the buffer's sizes.
+/// Cells follow it.
+#[repr(C)]
+pub(crate) struct BufferHeader {
+    /// Positions appended (claimed) so far; lags by a few when a producer
+    /// died between its claim and advancing it.
+    pub tail: AtomicU64,
+    /// Positions taken by a consumer so far (lags likewise).
+    pub head: AtomicU64,
+    /// The registered Guard's pid (0: none).
+    pub guard: AtomicU64,
+    /// Calls run so far (skipped entries included).
+    pub executed: AtomicU64,
+    /// Cells of the ring.
+    pub capacity: AtomicU64,
+    /// Words of one cell.
+    pub cell_words: AtomicU64,
+    /// Mailboxes.
+    pub boxes: AtomicU64,
+    /// Words of one mailbox's result.
+    pub reply_words: AtomicU64,
+    /// Pid-named lock taken to claim or free a mailbox.
+    pub box_lock: AtomicU64,
+    /// Words 9 to 11 once counted each event's sleepers (now in the event
+    /// counts before the header).
+    _reserved: [AtomicU64; 7],
+}
+/// Words of the buffer header.
 pub(crate) const HEADER_WORDS: usize = 16;
+const _: () = assert!(
+    std::mem::size_of::<BufferHeader>() == HEADER_WORDS * std::mem::size_of::<AtomicU64>(),
+    "the buffer header is HEADER_WORDS words"
+);
 
-// Cell words: state, payload length, payload.
-const C_STATE: usize = 0;
-const C_LEN: usize = 1;
+impl BufferHeader {
+    /// The header at the start of the buffer's words.
+    #[inline]
+    pub fn of(words: &[AtomicU64]) -> &BufferHeader {
+        // SAFETY: `BufferHeader` is `#[repr(C)]` and made only of
+        // `AtomicU64` fields and an array of them (std's, or loom's in
+        // models: the type of `words`).
+        unsafe { crate::primitive::view_words(words) }
+    }
+}
+
+/// A cell's header; the payload's words follow.
+#[repr(C)]
+struct CellHeader {
+    /// `seq:32 | tag:32` (see the module docs).
+    state: AtomicU64,
+    /// Bytes of the payload.
+    len: AtomicU64,
+}
+/// Words of a cell's header.
 pub(crate) const CELL_HEADER: usize = 2;
+const _: () =
+    assert!(std::mem::size_of::<CellHeader>() == CELL_HEADER * std::mem::size_of::<AtomicU64>());
+
+/// The header of a cell's words.
+#[inline]
+fn head_of(cell: &[AtomicU64]) -> &CellHeader {
+    // SAFETY: `CellHeader` is `#[repr(C)]` and made only of `AtomicU64`
+    // fields (std's, or loom's in models: the type of `cell`).
+    unsafe { crate::primitive::view_words(cell) }
+}
 /// Bytes of a payload before the call itself: operator and serial.
 pub(crate) const PAYLOAD_HEADER: usize = 16;
 
@@ -111,6 +165,11 @@ impl<'m> Ring<'m> {
         HEADER_WORDS + capacity * cell_words
     }
 
+    #[inline]
+    fn header(&self) -> &'m BufferHeader {
+        BufferHeader::of(self.words)
+    }
+
     /// The ring in `words`, already laid out.
     pub fn attach(words: &'m [AtomicU64], capacity: usize, cell_words: usize) -> Ring<'m> {
         Ring {
@@ -124,7 +183,9 @@ impl<'m> Ring<'m> {
     pub fn init(words: &'m [AtomicU64], capacity: usize, cell_words: usize) -> Ring<'m> {
         let ring = Ring::attach(words, capacity, cell_words);
         for p in 0..capacity {
-            ring.cell(p as u64)[C_STATE].store(state(p as u32, 0), Ordering::Release);
+            head_of(ring.cell(p as u64))
+                .state
+                .store(state(p as u32, 0), Ordering::Release);
         }
         ring
     }
@@ -145,7 +206,7 @@ impl<'m> Ring<'m> {
     }
 
     fn read_payload(&self, cell: &[AtomicU64]) -> Vec<u8> {
-        let len = (cell[C_LEN].load(Ordering::Relaxed) as usize).min(self.payload_bytes());
+        let len = (head_of(cell).len.load(Ordering::Relaxed) as usize).min(self.payload_bytes());
         let mut payload = Vec::new();
         load_bytes(&cell[CELL_HEADER..], len, &mut payload);
         payload
@@ -156,11 +217,11 @@ impl<'m> Ring<'m> {
     /// the tail is corrupt.
     pub fn try_push(&self, me: u32, op: u64, serial: u64, call: &[u8]) -> Result<bool, String> {
         debug_assert!(call.len() <= self.call_bytes());
-        let tail = &self.words[H_TAIL];
+        let tail = &self.header().tail;
         loop {
             let pos = tail.load(Ordering::Acquire);
             let cell = self.cell(pos);
-            let st = cell[C_STATE].load(Ordering::Acquire);
+            let st = head_of(cell).state.load(Ordering::Acquire);
             let (seq, tag) = split(st);
             let d = seq.wrapping_sub(pos as u32) as i32;
             if d < 0 {
@@ -176,7 +237,8 @@ impl<'m> Ring<'m> {
             }
             if d == 0 && tag == 0 {
                 // Claim: from here on the cell names us.
-                if cell[C_STATE]
+                if head_of(cell)
+                    .state
                     .compare_exchange(st, state(seq, me), Ordering::AcqRel, Ordering::Relaxed)
                     .is_err()
                 {
@@ -187,10 +249,14 @@ impl<'m> Ring<'m> {
                 data[0].store(op, Ordering::Relaxed);
                 data[1].store(serial, Ordering::Relaxed);
                 store_bytes(&data[2..], call);
-                cell[C_LEN].store((PAYLOAD_HEADER + call.len()) as u64, Ordering::Relaxed);
+                head_of(cell)
+                    .len
+                    .store((PAYLOAD_HEADER + call.len()) as u64, Ordering::Relaxed);
                 // Publish: one store. SeqCst pairs with the waiters' SeqCst
                 // sleeper registration (buffer.rs).
-                cell[C_STATE].store(state(seq.wrapping_add(1), 0), Ordering::SeqCst);
+                head_of(cell)
+                    .state
+                    .store(state(seq.wrapping_add(1), 0), Ordering::SeqCst);
                 return Ok(true);
             }
             // Claimed by someone else (or tail lags): help tail along.
@@ -200,41 +266,41 @@ impl<'m> Ring<'m> {
 
     /// True when the cell at the tail is free (an append would not wait).
     pub fn has_space(&self) -> bool {
-        let pos = self.words[H_TAIL].load(Ordering::SeqCst);
-        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        let pos = self.header().tail.load(Ordering::SeqCst);
+        let (seq, _) = split(head_of(self.cell(pos)).state.load(Ordering::SeqCst));
         seq.wrapping_sub(pos as u32) as i32 >= 0
     }
 
     /// True when a published or in-progress call is at the head.
     pub fn has_work(&self) -> bool {
-        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
-        let (seq, tag) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        let pos = self.header().head.load(Ordering::SeqCst);
+        let (seq, tag) = split(head_of(self.cell(pos)).state.load(Ordering::SeqCst));
         let d = seq.wrapping_sub(pos as u32) as i32;
         d > 0 || (d == 0 && tag != 0)
     }
 
     /// True when the call at the head is published (or the head moved on).
     pub fn head_ready(&self) -> bool {
-        let pos = self.words[H_HEAD].load(Ordering::SeqCst);
-        let (seq, _) = split(self.cell(pos)[C_STATE].load(Ordering::SeqCst));
+        let pos = self.header().head.load(Ordering::SeqCst);
+        let (seq, _) = split(head_of(self.cell(pos)).state.load(Ordering::SeqCst));
         seq.wrapping_sub(pos as u32) as i32 > 0
     }
 
     /// Calls appended (or being appended) and not yet taken by a consumer.
     pub fn len(&self) -> usize {
-        let head = self.words[H_HEAD].load(Ordering::Acquire);
-        let tail = self.words[H_TAIL].load(Ordering::Acquire);
+        let head = self.header().head.load(Ordering::Acquire);
+        let tail = self.header().tail.load(Ordering::Acquire);
         tail.saturating_sub(head) as usize
     }
 
     /// Takes the call at the head as process `me`; `alive` says whether a
     /// pid still runs (a dead producer's half-written cell is skipped).
     pub fn pop(&self, me: u32, alive: impl Fn(u32) -> bool) -> Pop {
-        let head = &self.words[H_HEAD];
+        let head = &self.header().head;
         loop {
             let pos = head.load(Ordering::Acquire);
             let cell = self.cell(pos);
-            let st = cell[C_STATE].load(Ordering::Acquire);
+            let st = head_of(cell).state.load(Ordering::Acquire);
             let (seq, tag) = split(st);
             let p = pos as u32;
             match seq.wrapping_sub(p) as i32 {
@@ -250,7 +316,7 @@ impl<'m> Ring<'m> {
                 0 if alive(tag) => return Pop::Busy,
                 0 => {
                     // Its producer died mid-write: the entry never runs.
-                    let _ = cell[C_STATE].compare_exchange(
+                    let _ = head_of(cell).state.compare_exchange(
                         st,
                         state(p.wrapping_add(1), SKIP),
                         Ordering::AcqRel,
@@ -258,7 +324,8 @@ impl<'m> Ring<'m> {
                     );
                 }
                 1 if tag == 0 || tag == SKIP => {
-                    if cell[C_STATE]
+                    if head_of(cell)
+                        .state
                         .compare_exchange(
                             st,
                             state(seq, me | RUNNING),
@@ -292,32 +359,35 @@ impl<'m> Ring<'m> {
     /// Frees the cell of position `pos` after its call ran.
     pub fn complete(&self, pos: u64) {
         let next = (pos + self.capacity as u64) as u32;
-        self.cell(pos)[C_STATE].store(state(next, 0), Ordering::SeqCst);
-        self.words[H_EXECUTED].fetch_add(1, Ordering::Relaxed);
+        head_of(self.cell(pos))
+            .state
+            .store(state(next, 0), Ordering::SeqCst);
+        self.header().executed.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Calls run so far (skipped entries included).
     pub fn executed(&self) -> u64 {
-        self.words[H_EXECUTED].load(Ordering::Relaxed)
+        self.header().executed.load(Ordering::Relaxed)
     }
 
     /// Takes over, as `me`, the cells a dead consumer was running: returned
     /// for the caller to report as failed, then [`complete`](Self::complete).
     pub fn recover(&self, me: u32, alive: impl Fn(u32) -> bool) -> Vec<(u64, Orphan)> {
         let mut orphans = Vec::new();
-        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let head = self.header().head.load(Ordering::Acquire);
         let cap = self.capacity as u64;
         // Running cells lie within the lap before head (or at head, if their
         // consumer died before moving it).
         for pos in head.saturating_sub(cap)..=head {
             let cell = self.cell(pos);
-            let st = cell[C_STATE].load(Ordering::Acquire);
+            let st = head_of(cell).state.load(Ordering::Acquire);
             let (seq, tag) = split(st);
             if seq == (pos as u32).wrapping_add(1)
                 && tag != SKIP
                 && tag & RUNNING != 0
                 && !alive(tag & !RUNNING)
-                && cell[C_STATE]
+                && head_of(cell)
+                    .state
                     .compare_exchange(
                         st,
                         state(seq, me | RUNNING),
@@ -340,18 +410,18 @@ impl<'m> Ring<'m> {
 
     /// A snapshot of the cells holding calls: (position, payload, running pid).
     pub fn pending(&self) -> Vec<(u64, Vec<u8>, Option<u32>)> {
-        let head = self.words[H_HEAD].load(Ordering::Acquire);
+        let head = self.header().head.load(Ordering::Acquire);
         let cap = self.capacity as u64;
         let mut out = Vec::new();
         for pos in head.saturating_sub(cap)..head + cap {
             let cell = self.cell(pos);
-            let (seq, tag) = split(cell[C_STATE].load(Ordering::Acquire));
+            let (seq, tag) = split(head_of(cell).state.load(Ordering::Acquire));
             if seq != (pos as u32).wrapping_add(1) || tag == SKIP {
                 continue;
             }
             let payload = self.read_payload(cell);
             // Keep the copy only if the cell did not move on meanwhile.
-            if cell[C_STATE].load(Ordering::Acquire) >> 32 == u64::from(seq) {
+            if head_of(cell).state.load(Ordering::Acquire) >> 32 == u64::from(seq) {
                 let running = (tag & RUNNING != 0).then_some(tag & !RUNNING);
                 out.push((pos, payload, running));
             }
@@ -461,7 +531,7 @@ mod loom_models {
             let ring = Ring::attach(&words, 2, CELL_WORDS);
             // Producer 7 claimed position 0 and was killed before publishing.
             let cell = ring.cell(0);
-            cell[C_STATE].store(state(0, 7), Ordering::Release);
+            head_of(cell).state.store(state(0, 7), Ordering::Release);
             let w2 = words.clone();
             let producer = thread::spawn(move || {
                 let ring = Ring::attach(&w2, 2, CELL_WORDS);
@@ -540,7 +610,9 @@ mod tests {
             .collect();
         let ring = Ring::init(&words, 4, 8);
         // The cell at the (current) tail and head claims a sequence 100 laps on.
-        ring.cell(0)[C_STATE].store(state(400, 0), Ordering::Relaxed);
+        head_of(ring.cell(0))
+            .state
+            .store(state(400, 0), Ordering::Relaxed);
         assert!(
             ring.try_push(1, 1, 1, b"x")
                 .unwrap_err()

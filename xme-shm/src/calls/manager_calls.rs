@@ -230,7 +230,8 @@ impl Manager {
     /// # Errors
     /// [`ShmError::CallTooLarge`] past the builder's `call_bytes`;
     /// [`ShmError::MailboxesFull`] when every mailbox is taken;
-    /// [`ShmError::Refused`] for a pointer call from outside the fork family.
+    /// [`ShmError::ForeignFunction`] for a pointer call from a process outside the
+    /// fork family.
     ///
     /// ```
     /// use std::time::Duration;

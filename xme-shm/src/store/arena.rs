@@ -29,7 +29,7 @@
 use crate::ShmError;
 use crate::primitive::{AtomicU64, Ordering, fence};
 use crate::store::block::{self, FREE, HEADER, LIVE, Meta, WRITING};
-use crate::store::layout::{BITMAP_WORDS, CLASSES, H_CLASS_HINT, H_PAGE_LOCK, Layout, PAGE_BYTES};
+use crate::store::layout::{BITMAP_WORDS, CLASSES, Layout, PAGE_BYTES, TableHeader};
 use crate::store::word_lock;
 use xme_core::sync::PidLock;
 
@@ -141,7 +141,7 @@ impl<'m> Arena<'m> {
     }
 
     fn page_lock(&self, pid: u32) -> Result<PidLock<'m>, ShmError> {
-        let lock = word_lock::take(self.word(H_PAGE_LOCK), pid, "page")?;
+        let lock = word_lock::take(&TableHeader::of(self.mem).page_lock, pid, "page")?;
         if lock.took_over() {
             self.repair();
         }
@@ -159,7 +159,7 @@ impl<'m> Arena<'m> {
 
     fn alloc_in_class(&self, class: usize, pid: u32) -> Result<Option<(usize, u64)>, ShmError> {
         let pages = self.layout.page_count;
-        let hint = self.word(H_CLASS_HINT + class);
+        let hint = &TableHeader::of(self.mem).class_hint[class];
         let start = hint.load(Ordering::Relaxed) as usize % pages;
         let want = Role::of_class(class);
         let per_page = Layout::blocks_per_page(class) as u64;
@@ -201,7 +201,7 @@ impl<'m> Arena<'m> {
             let words = Layout::class_words(class);
             let start = self.layout.page_start(page);
             for i in 0..per_page as usize {
-                self.word(start + i * words + block::W_META).store(
+                block::header(self.mem, start + i * words).meta.store(
                     Meta::free(block::first_generation(epoch)),
                     Ordering::Relaxed,
                 );
@@ -243,7 +243,7 @@ impl<'m> Arena<'m> {
         let per_page = Layout::blocks_per_page(class);
         let start = self.layout.page_start(page);
         let try_take = |block: usize| -> Option<(usize, u64)> {
-            let meta = self.word(block + block::W_META);
+            let meta = &block::header(self.mem, block).meta;
             let m = Meta::unpack(meta.load(Ordering::Acquire));
             if m.state != FREE {
                 return None;
@@ -297,7 +297,7 @@ impl<'m> Arena<'m> {
     /// page (unless it is its class's current page).
     fn unreserve(&self, page: usize, class: usize) {
         let word = self.role_word(page);
-        let current = self.word(H_CLASS_HINT + class).load(Ordering::Relaxed) as usize;
+        let current = TableHeader::of(self.mem).class_hint[class].load(Ordering::Relaxed) as usize;
         let mut w = word.load(Ordering::Acquire);
         loop {
             let r = Role::unpack(w);
@@ -392,7 +392,8 @@ impl<'m> Arena<'m> {
         let block = self.layout.page_start(head);
         self.word(self.layout.extent_word(head))
             .store(n as u64, Ordering::Relaxed);
-        self.word(block + block::W_META)
+        block::header(self.mem, block)
+            .meta
             .store(Meta::writing(generation, pid), Ordering::Relaxed);
         let head_role = Role {
             epoch,
@@ -407,7 +408,7 @@ impl<'m> Arena<'m> {
 
     /// Frees the block at `block` if its meta is still `expected`.
     pub fn free(&self, block: usize, expected: u64, pid: u32) -> bool {
-        let meta = self.word(block + block::W_META);
+        let meta = &block::header(self.mem, block).meta;
         let freed = Meta::unpack(expected).freed();
         if meta
             .compare_exchange(expected, freed, Ordering::AcqRel, Ordering::Acquire)
@@ -479,8 +480,8 @@ impl<'m> Arena<'m> {
                     }
                 }
                 ROLE_HEAD => {
-                    let meta = self
-                        .word(self.layout.page_start(page) + block::W_META)
+                    let meta = block::header(self.mem, self.layout.page_start(page))
+                        .meta
                         .load(Ordering::Acquire);
                     if Meta::unpack(meta).state == FREE {
                         self.release_extent(page);
@@ -513,7 +514,7 @@ impl<'m> Arena<'m> {
         }
         .pack();
         // Fails only if the block was already replaced and freed: nothing to do.
-        let _ = self.word(block + block::W_META).compare_exchange(
+        let _ = block::header(self.mem, block).meta.compare_exchange(
             Meta::writing(generation, pid),
             live,
             Ordering::AcqRel,
@@ -534,7 +535,7 @@ impl<'m> Arena<'m> {
         if self.block_room(page, offset, r).is_none() || !block::of_epoch(generation, r.epoch) {
             return;
         }
-        let meta = self.word(block + block::W_META);
+        let meta = &block::header(self.mem, block).meta;
         loop {
             let m = Meta::unpack(meta.load(Ordering::Acquire));
             if m.generation != generation || m.state == FREE {
@@ -579,7 +580,7 @@ impl<'m> Arena<'m> {
         let mut freed = 0;
         let blocks: Vec<usize> = self.blocks().map(|(b, _)| b).collect();
         for block in blocks {
-            let meta = self.word(block + block::W_META);
+            let meta = &block::header(self.mem, block).meta;
             let raw = meta.load(Ordering::Acquire);
             let m = Meta::unpack(raw);
             match m.state {
@@ -616,7 +617,7 @@ impl<'m> Arena<'m> {
             .filter(|&p| self.role(p).role != ROLE_FREE)
             .count();
         for (block, bytes) in self.blocks() {
-            match Meta::unpack(self.word(block + block::W_META).load(Ordering::Acquire)).state {
+            match Meta::unpack(block::header(self.mem, block).meta.load(Ordering::Acquire)).state {
                 FREE => s.free_blocks += 1,
                 LIVE => {
                     s.live_blocks += 1;

@@ -21,11 +21,35 @@
 use crate::primitive::AtomicU64;
 use crate::primitive::Ordering;
 
+/// The header of a block (or extent): its first `HEADER` words; the key and
+/// the value follow.
+#[repr(C)]
+pub(crate) struct BlockHeader {
+    /// `generation:24 | owner pid:32 | state:8` (see [`Meta`]).
+    pub meta: AtomicU64,
+    /// The slot the entry was published in (a hint for the sweep).
+    pub place: AtomicU64,
+    /// Bytes of the key.
+    pub key_len: AtomicU64,
+    /// Bytes of the value.
+    pub value_len: AtomicU64,
+}
+/// Words of a block's header.
 pub(crate) const HEADER: usize = 4;
-pub(crate) const W_META: usize = 0;
-pub(crate) const W_PLACE: usize = 1;
-pub(crate) const W_KEY_LEN: usize = 2;
-pub(crate) const W_VALUE_LEN: usize = 3;
+const _: () =
+    assert!(std::mem::size_of::<BlockHeader>() == HEADER * std::mem::size_of::<AtomicU64>());
+
+/// The header of the block that starts at word `b` of `mem`.
+///
+/// # Panics
+/// If the block's header lies past `mem` (callers index blocks inside the
+/// arena's pages).
+#[inline]
+pub(crate) fn header(mem: &[AtomicU64], b: usize) -> &BlockHeader {
+    // SAFETY: `BlockHeader` is `#[repr(C)]` and made only of `AtomicU64`
+    // fields (std's, or loom's in models: the type of `mem`).
+    unsafe { crate::primitive::view_words(&mem[b..b + HEADER]) }
+}
 
 pub(crate) const FREE: u64 = 0;
 pub(crate) const WRITING: u64 = 1;

@@ -8,6 +8,7 @@
 //! ```
 
 use crate::ShmError;
+use crate::primitive::AtomicU64;
 
 /// Bytes in a page; a page holds blocks of one size class, or is part of
 /// one extent (a run of pages holding one large entry).
@@ -35,23 +36,48 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"XMEVTAB1");
 /// Layout version: bump when anything in this file, `block.rs` or `page.rs` changes.
 pub(crate) const VERSION: u64 = 2;
 
-pub(crate) const H_MAGIC: usize = 0;
-pub(crate) const H_VERSION: usize = 1;
-pub(crate) const H_CAPACITY: usize = 2;
-pub(crate) const H_NSLOTS: usize = 3;
-pub(crate) const H_PAGES: usize = 4;
-/// Slots that are not empty (live keys and tombstones).
-pub(crate) const H_USED: usize = 5;
-/// Live keys.
-pub(crate) const H_LIVE: usize = 6;
-/// Pid-named lock taken to insert or delete a key (replacing a value does not).
-pub(crate) const H_KEY_LOCK: usize = 7;
-/// Pid-named lock taken to change a page's role (give it to a class, make or
-/// free an extent).
-pub(crate) const H_PAGE_LOCK: usize = 8;
-pub(crate) const H_CLASS_HINT: usize = 9;
+/// The table's header: its first `HEADER_WORDS` words.
+#[repr(C)]
+pub(crate) struct TableHeader {
+    pub magic: AtomicU64,
+    pub version: AtomicU64,
+    /// Keys the table accepts.
+    pub capacity: AtomicU64,
+    pub nslots: AtomicU64,
+    pub pages: AtomicU64,
+    /// Slots that are not empty (live keys and tombstones).
+    pub used: AtomicU64,
+    /// Live keys.
+    pub live: AtomicU64,
+    /// Pid-named lock taken to insert or delete a key (replacing a value does not).
+    pub key_lock: AtomicU64,
+    /// Pid-named lock taken to change a page's role (give it to a class, make
+    /// or free an extent).
+    pub page_lock: AtomicU64,
+    /// Per size class: a page that had room lately.
+    pub class_hint: [AtomicU64; CLASSES],
+    _reserved: [AtomicU64; HEADER_WORDS - 9 - CLASSES],
+}
 pub(crate) const HEADER_WORDS: usize = 32;
-const _: () = assert!(H_CLASS_HINT + CLASSES <= HEADER_WORDS);
+const _: () = assert!(
+    std::mem::size_of::<TableHeader>() == HEADER_WORDS * std::mem::size_of::<AtomicU64>(),
+    "the table header is HEADER_WORDS words"
+);
+
+impl TableHeader {
+    /// The header at the start of the table's words.
+    ///
+    /// # Panics
+    /// If `words` is shorter than the header (the table's callers check the
+    /// mapping's size first).
+    #[inline]
+    pub fn of(words: &[AtomicU64]) -> &TableHeader {
+        // SAFETY: `TableHeader` is `#[repr(C)]` and made only of `AtomicU64`
+        // fields and arrays of them (std's, or loom's in models: the type of
+        // `words`).
+        unsafe { crate::primitive::view_words(words) }
+    }
+}
 
 /// Positions of the parts of one table, in words from its start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

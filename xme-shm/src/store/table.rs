@@ -21,10 +21,8 @@
 use crate::ShmError;
 use crate::primitive::{AtomicU64, Ordering, fence};
 use crate::store::arena::{Arena, ArenaStats, Role};
-use crate::store::block::{self, HEADER, Meta, TOMB, W_KEY_LEN, W_META, W_PLACE, W_VALUE_LEN};
-use crate::store::layout::{
-    self, H_CAPACITY, H_KEY_LOCK, H_LIVE, H_MAGIC, H_NSLOTS, H_PAGES, H_USED, H_VERSION, Layout,
-};
+use crate::store::block::{self, HEADER, Meta, TOMB};
+use crate::store::layout::{self, Layout, TableHeader};
 use crate::store::word_lock;
 use xme_core::sync::PidLock;
 
@@ -113,6 +111,12 @@ struct Conflict;
 
 impl<'m> ValueTable<'m> {
     /// Makes a new table in zeroed memory of at least `layout.bytes()`.
+    /// The table's header (its first words).
+    #[inline]
+    fn header(&self) -> &'m TableHeader {
+        TableHeader::of(self.mem)
+    }
+
     pub(crate) fn init(mem: &'m [AtomicU64], layout: Layout) -> Result<Self, ShmError> {
         if mem.len() < layout.total_words {
             return Err(ShmError::BadLayout(format!(
@@ -121,35 +125,44 @@ impl<'m> ValueTable<'m> {
                 layout.total_words
             )));
         }
-        mem[H_VERSION].store(layout::VERSION, Ordering::Relaxed);
-        mem[H_CAPACITY].store(layout.capacity as u64, Ordering::Relaxed);
-        mem[H_NSLOTS].store(layout.nslots as u64, Ordering::Relaxed);
-        mem[H_PAGES].store(layout.page_count as u64, Ordering::Relaxed);
+        let h = TableHeader::of(mem);
+        h.version.store(layout::VERSION, Ordering::Relaxed);
+        h.capacity.store(layout.capacity as u64, Ordering::Relaxed);
+        h.nslots.store(layout.nslots as u64, Ordering::Relaxed);
+        h.pages.store(layout.page_count as u64, Ordering::Relaxed);
         // Release: whoever sees the magic sees the fields above.
-        mem[H_MAGIC].store(layout::MAGIC, Ordering::Release);
+        h.magic.store(layout::MAGIC, Ordering::Release);
         Ok(ValueTable { mem, layout })
     }
 
     /// Attaches to a table another process made in `mem`.
     pub(crate) fn attach(mem: &'m [AtomicU64]) -> Result<Self, ShmError> {
-        let word = |i: usize| mem.get(i).map(|w| w.load(Ordering::Acquire)).unwrap_or(0);
-        if word(H_MAGIC) != layout::MAGIC {
-            return Err(ShmError::BadLayout(format!("magic {:#x}", word(H_MAGIC))));
-        }
-        if word(H_VERSION) != layout::VERSION {
+        if mem.len() < layout::HEADER_WORDS {
             return Err(ShmError::BadLayout(format!(
-                "layout version {}, this build reads {}",
-                word(H_VERSION),
+                "{} words of memory: too few for a table header",
+                mem.len()
+            )));
+        }
+        let h = TableHeader::of(mem);
+        let magic = h.magic.load(Ordering::Acquire);
+        if magic != layout::MAGIC {
+            return Err(ShmError::BadLayout(format!("magic {magic:#x}")));
+        }
+        let version = h.version.load(Ordering::Acquire);
+        if version != layout::VERSION {
+            return Err(ShmError::BadLayout(format!(
+                "layout version {version}, this build reads {}",
                 layout::VERSION
             )));
         }
-        let capacity = word(H_CAPACITY) as usize;
-        let pages = word(H_PAGES) as usize;
+        let capacity = h.capacity.load(Ordering::Acquire) as usize;
+        let pages = h.pages.load(Ordering::Acquire) as usize;
         let layout = Layout::new(capacity, pages.saturating_mul(layout::PAGE_BYTES))?;
-        if layout.nslots as u64 != word(H_NSLOTS) || layout.total_words > mem.len() {
+        let nslots = h.nslots.load(Ordering::Acquire);
+        if layout.nslots as u64 != nslots || layout.total_words > mem.len() {
             return Err(ShmError::BadLayout(format!(
                 "sizes do not match: {} slots in the header, {} computed; {} words needed, {} mapped",
-                word(H_NSLOTS),
+                nslots,
                 layout.nslots,
                 layout.total_words,
                 mem.len()
@@ -190,7 +203,7 @@ impl<'m> ValueTable<'m> {
     /// Takes the key lock; a taker that finds its holder dead recounts the
     /// counters the holder may have left half-updated.
     fn key_lock(&self, pid: u32) -> Result<PidLock<'m>, ShmError> {
-        let lock = word_lock::take(&self.mem[H_KEY_LOCK], pid, "key")?;
+        let lock = word_lock::take(&self.header().key_lock, pid, "key")?;
         if lock.took_over() {
             let (mut used, mut live) = (0, 0);
             for i in 0..self.layout.nslots {
@@ -200,8 +213,8 @@ impl<'m> ValueTable<'m> {
                     _ => (used, live) = (used + 1, live + 1),
                 }
             }
-            self.mem[H_USED].store(used, Ordering::Relaxed);
-            self.mem[H_LIVE].store(live, Ordering::Relaxed);
+            self.header().used.store(used, Ordering::Relaxed);
+            self.header().live.store(live, Ordering::Relaxed);
         }
         Ok(lock)
     }
@@ -226,14 +239,14 @@ impl<'m> ValueTable<'m> {
         let Some(room) = self.arena().block_room(page, offset, Role::unpack(r1)) else {
             return Ok(None); // the page has another role now
         };
-        let meta = &self.mem[b + W_META];
+        let meta = &block::header(self.mem, b).meta;
         let m1 = Meta::unpack(meta.load(Ordering::Acquire));
         if m1.generation != generation || m1.state == block::FREE {
             return Ok(None);
         }
-        let place = self.mem[b + W_PLACE].load(Ordering::Relaxed);
-        let klen = self.mem[b + W_KEY_LEN].load(Ordering::Relaxed) as usize;
-        let vlen = self.mem[b + W_VALUE_LEN].load(Ordering::Relaxed) as usize;
+        let place = block::header(self.mem, b).place.load(Ordering::Relaxed);
+        let klen = block::header(self.mem, b).key_len.load(Ordering::Relaxed) as usize;
+        let vlen = block::header(self.mem, b).value_len.load(Ordering::Relaxed) as usize;
         // Lengths from a block being reused may be garbage: never read past it.
         let fits = block::words(klen)
             .checked_add(block::words(vlen))
@@ -348,7 +361,7 @@ impl<'m> ValueTable<'m> {
             {
                 continue; // replaced meanwhile: delete the new value
             }
-            self.mem[H_LIVE].fetch_sub(1, Ordering::Relaxed);
+            self.header().live.fetch_sub(1, Ordering::Relaxed);
             if next_empty {
                 let mut emptied = 1;
                 let mut j = i;
@@ -363,7 +376,7 @@ impl<'m> ValueTable<'m> {
                     }
                     emptied += 1;
                 }
-                self.mem[H_USED].fetch_sub(emptied, Ordering::Relaxed);
+                self.header().used.fetch_sub(emptied, Ordering::Relaxed);
             }
             drop(lock);
             self.arena().retire(h, pid);
@@ -433,8 +446,12 @@ impl<'m> ValueTable<'m> {
                 })?
             }
         };
-        self.mem[b + W_KEY_LEN].store(key.len() as u64, Ordering::Relaxed);
-        self.mem[b + W_VALUE_LEN].store(value.len() as u64, Ordering::Relaxed);
+        block::header(self.mem, b)
+            .key_len
+            .store(key.len() as u64, Ordering::Relaxed);
+        block::header(self.mem, b)
+            .value_len
+            .store(value.len() as u64, Ordering::Relaxed);
         let data = &self.mem[b + HEADER..];
         block::store_bytes(data, key);
         block::store_bytes(&data[block::words(key.len())..], value);
@@ -472,7 +489,7 @@ impl<'m> ValueTable<'m> {
     ) -> Result<Result<Stored, Conflict>, ShmError> {
         let hash = block::key_hash(key);
         let new = block::handle(generation, b);
-        let place = &self.mem[b + W_PLACE];
+        let place = &block::header(self.mem, b).place;
         let mut last = None;
         loop {
             let found = self.lookup(key, hash, None)?;
@@ -508,8 +525,8 @@ impl<'m> ValueTable<'m> {
                 let w = self.slot(i).load(Ordering::Acquire);
                 (w == 0 || w == TOMB).then_some((i, w))
             });
-            let live = self.mem[H_LIVE].load(Ordering::Relaxed) as usize;
-            let used = self.mem[H_USED].load(Ordering::Relaxed) as usize;
+            let live = self.header().live.load(Ordering::Relaxed) as usize;
+            let used = self.header().used.load(Ordering::Relaxed) as usize;
             let Some((i, w)) = free.filter(|&(_, w)| {
                 live < self.layout.capacity && (w == TOMB || used < self.layout.max_used())
             }) else {
@@ -527,9 +544,9 @@ impl<'m> ValueTable<'m> {
                     "slot {i} changed while the key lock was held: the table is corrupt"
                 )));
             }
-            self.mem[H_LIVE].fetch_add(1, Ordering::Relaxed);
+            self.header().live.fetch_add(1, Ordering::Relaxed);
             if w == 0 {
-                self.mem[H_USED].fetch_add(1, Ordering::Relaxed);
+                self.header().used.fetch_add(1, Ordering::Relaxed);
             }
             drop(lock);
             self.arena().mark_live(b, generation, pid);
@@ -585,7 +602,7 @@ impl<'m> ValueTable<'m> {
     pub fn sweep(&self, pid: u32) -> usize {
         self.arena().sweep(
             |b, generation| {
-                let place = self.mem[b + W_PLACE].load(Ordering::Acquire);
+                let place = block::header(self.mem, b).place.load(Ordering::Acquire);
                 let slot = (place & 0xffff_ffff) as usize;
                 slot < self.layout.nslots
                     && self.slot(slot).load(Ordering::Acquire) == block::handle(generation, b)
@@ -614,13 +631,13 @@ impl<'m> ValueTable<'m> {
 
     /// Slots taken by keys and tombstones.
     pub fn keys_claimed(&self) -> usize {
-        self.mem[H_USED].load(Ordering::Acquire) as usize
+        self.header().used.load(Ordering::Acquire) as usize
     }
 
     /// Live keys, as counted by inserts and deletes.
     #[cfg(loom)]
     pub fn live_keys(&self) -> usize {
-        self.mem[H_LIVE].load(Ordering::Acquire) as usize
+        self.header().live.load(Ordering::Acquire) as usize
     }
 }
 
