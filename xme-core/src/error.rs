@@ -223,6 +223,27 @@ impl fmt::Display for PanicReport {
     }
 }
 
+/// The text of `e` followed by that of every error it came from, joined by
+/// ": ". Messages do not repeat their source (a reporter walks the chain);
+/// where an error is kept as text (sent across a pipe, stored in a `String`
+/// field), this keeps the cause.
+///
+/// ```
+/// let e = xme_core::result_frame::decode::<bool>(&[7], "a flag").unwrap_err();
+/// assert_eq!(e.to_string(), "could not decode a flag");
+/// assert!(xme_core::error_chain(&e).starts_with("could not decode a flag: the bytes are not"));
+/// ```
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -238,5 +259,6 @@ mod tests {
         assert_eq!(e.to_string(), "I/O error while reading a result");
         let cause = std::error::Error::source(&e).expect("a source").to_string();
         assert!(!e.to_string().contains(&cause), "{e} repeats {cause}");
+        assert_eq!(error_chain(&e), format!("{e}: {cause}"));
     }
 }

@@ -48,7 +48,7 @@ pub mod sync;
 mod time;
 
 pub use codec_error::CodecError;
-pub use error::{Error, Fate, PanicReport};
+pub use error::{Error, Fate, PanicReport, error_chain};
 pub use operator::{Operator, ParseOperatorError};
 pub use region::{InRegion, Mapped, RegionHeader, SharedRegion, view};
 pub use time::monotonic_ns;

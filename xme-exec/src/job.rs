@@ -185,10 +185,10 @@ where
     fn deliver(&mut self, job: usize, call: usize, reply: Result<&[u8], TaskFailure>) {
         let outcome = reply.and_then(|bytes| match bytes.split_first() {
             Some((&tag::VALUE, body)) => result_frame::decode::<R>(body, "a task result")
-                .map_err(|e| TaskFailure::Decode(with_cause(&e))),
+                .map_err(|e| TaskFailure::Decode(xme_core::error_chain(&e))),
             Some((&tag::PANICKED, body)) => Err(result_frame::decode(body, "a panic report")
                 .map(TaskFailure::Panicked)
-                .unwrap_or_else(|e| TaskFailure::Decode(with_cause(&e)))),
+                .unwrap_or_else(|e| TaskFailure::Decode(xme_core::error_chain(&e)))),
             Some((&tag::ENCODE_FAILED, body)) => Err(TaskFailure::Encode(
                 String::from_utf8_lossy(body).into_owned(),
             )),
@@ -323,11 +323,3 @@ tuple_table!(A.0, B.1, C.2, D2.3, E.4);
 tuple_table!(A.0, B.1, C.2, D2.3, E.4, F.5);
 tuple_table!(A.0, B.1, C.2, D2.3, E.4, F.5, G.6);
 tuple_table!(A.0, B.1, C.2, D2.3, E.4, F.5, G.6, H.7);
-
-/// An error's text followed by its cause's (for a failure kept as text).
-fn with_cause(e: &dyn std::error::Error) -> String {
-    match e.source() {
-        Some(cause) => format!("{e}: {cause}"),
-        None => e.to_string(),
-    }
-}

@@ -188,7 +188,7 @@ pub(crate) fn run<D>(
     // replacement worker could be forked: fail it rather than lose it.
     if ledger.remaining > 0 {
         let why = spawn_error
-            .map(|e| e.to_string())
+            .map(|e| xme_core::error_chain(&e))
             .unwrap_or_else(|| "no worker was left to run it".into());
         let _ = spec
             .logger

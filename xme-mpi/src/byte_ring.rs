@@ -26,8 +26,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use xme_core::SharedRegion;
 use xme_core::sync::{Backoff, EventCount, Step};
-use xme_core::{SharedRegion, fence};
 
 use crate::channel::{Corrupt, RecvChannel, SendChannel, Waited};
 
@@ -257,14 +257,6 @@ pub(crate) fn ring_bytes(cap: usize) -> usize {
 }
 
 impl RingParts<'_> {
-    /// The publishing side of the event count: the light fence orders the
-    /// store just made before the look for sleepers (who fenced heavily after
-    /// announcing themselves, see `Waiting::wait`).
-    fn wake(&self, light: bool, events: &EventCount) {
-        fence::light(light);
-        events.notify_after_fence();
-    }
-
     /// Bytes a frame of `len` payload bytes occupies.
     fn frame_bytes(len: usize) -> usize {
         (FRAME_HEADER + len).next_multiple_of(FRAME_ALIGN)
@@ -355,7 +347,7 @@ impl Waiting {
 
 impl Producer<'_> {
     /// Lets this side use light fences: call after a successful
-    /// [`fence::register`] in the process that uses it.
+    /// [`xme_core::fence::register`] in the process that uses it.
     pub fn use_light_fences(&mut self, registered: bool) {
         self.waiting.light = registered;
     }
@@ -363,7 +355,7 @@ impl Producer<'_> {
     /// After publishing a frame: wakes a consumer that sleeps on the ring.
     fn wake_consumer(&self) {
         let r = &self.ring;
-        r.wake(self.waiting.light, &r.sig.data);
+        r.sig.data.notify_after_light_fence(self.waiting.light);
     }
 
     /// Writes a frame if there is room; false if the ring is full.
@@ -509,7 +501,7 @@ impl Consumer<'_> {
                     r.ctl
                         .head
                         .store(head + RingParts::frame_bytes(len) as u64, Ordering::Release);
-                    r.wake(self.waiting.light, &r.sig.space);
+                    r.sig.space.notify_after_light_fence(self.waiting.light);
                     return Ok(true);
                 }
                 _ => {

@@ -179,6 +179,6 @@ pub enum MpiError {
 
 impl From<xme_core::Error> for MpiError {
     fn from(e: xme_core::Error) -> Self {
-        MpiError::Setup(e.to_string())
+        MpiError::Setup(xme_core::error_chain(&e))
     }
 }

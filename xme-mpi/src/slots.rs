@@ -172,7 +172,7 @@ pub(crate) fn deliver_to(
 pub(crate) fn decode_result<R: DeserializeOwned>(bytes: &[u8], unit: &str) -> Result<R, MpiError> {
     xme_core::result_frame::decode(bytes, "a unit result").map_err(|e| MpiError::Decode {
         unit: unit.to_string(),
-        reason: e.to_string(),
+        reason: xme_core::error_chain(&e),
     })
 }
 

@@ -33,7 +33,7 @@ where
 {
     let args: A = match xme_core::result_frame::decode(args, "unit arguments") {
         Ok(a) => a,
-        Err(e) => return Ran::Failed(e.to_string()),
+        Err(e) => return Ran::Failed(xme_core::error_chain(&e)),
     };
     match xme_core::process::catch_panic(|| f(args)) {
         Ok(r) => {

@@ -128,12 +128,15 @@ impl EventCount {
         }
     }
 
-    /// [`notify`](Self::notify) for a side that ordered its store before this
-    /// call with [`fence::light`](crate::fence::light) (its sleepers use
-    /// [`Sleeper::ticket_after_heavy_fence`]).
+    /// [`notify`](Self::notify) on the frequent side of an asymmetric
+    /// handshake: a [`fence::light`](crate::fence::light) (`registered`: this
+    /// process registered for heavy fences), then a plain look for sleepers,
+    /// who use [`Sleeper::ticket_after_heavy_fence`].
+    #[cfg(not(loom))]
     #[inline]
-    pub fn notify_after_fence(&self) {
-        // Relaxed: the caller's light fence, paired with the sleeper's heavy
+    pub fn notify_after_light_fence(&self, registered: bool) {
+        crate::fence::light(registered);
+        // Relaxed: the light fence above, paired with the sleeper's heavy
         // one, orders the condition's store before this load.
         if self.sleepers.load(Ordering::Relaxed) > 0 {
             self.notify_all();
@@ -172,7 +175,7 @@ impl Sleeper<'_> {
     }
 
     /// [`ticket`](Self::ticket) after a heavy fence ([`fence::heavy`](crate::fence::heavy)),
-    /// for counts whose notifier uses [`EventCount::notify_after_fence`].
+    /// for counts whose notifier uses [`EventCount::notify_after_light_fence`].
     #[cfg(not(loom))]
     pub fn ticket_after_heavy_fence(&self) -> u32 {
         crate::fence::heavy();

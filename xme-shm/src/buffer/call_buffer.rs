@@ -573,7 +573,7 @@ impl CallBuffer {
         let b = self.mailbox_at(i);
         let mut odd_spins = 0u32;
         loop {
-            if self.mailbox_at(i).appended.load(Ordering::Acquire) & CLOSED != 0 {
+            if b.appended.load(Ordering::Acquire) & CLOSED != 0 {
                 return None;
             }
             let (appended, done, taken) = self.counters(i);

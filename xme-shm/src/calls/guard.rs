@@ -347,7 +347,7 @@ impl Guard {
         let child = process::fork_child(|| match self.run_until(manager, || false) {
             Ok(_) => 0,
             Err(e) => {
-                eprintln!("xme Guard: {e}");
+                eprintln!("xme Guard: {}", xme_core::error_chain(&e));
                 1
             }
         })?;
