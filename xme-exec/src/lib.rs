@@ -38,6 +38,8 @@
 //!
 //! Linux only: xme uses fork, pidfd, SCM_RIGHTS and /proc.
 
+#![cfg_attr(loom, allow(dead_code))] // only the models use the claim protocol then
+
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "xme-exec runs on Linux only (fork, pidfd, SCM_RIGHTS and /proc): build it for a Linux target"

@@ -41,6 +41,7 @@ pub(crate) const INITIALISING: u32 = 1;
 /// region (see [`Security::in_region`](crate::Security::in_region)). Its size
 /// is [`SecurityState::SIZE`].
 #[repr(C)]
+#[cfg_attr(loom, allow(missing_debug_implementations))] // loom's atomics: no Debug impl here
 pub struct SecurityState {
     pub(crate) magic: AtomicU32,
     pub(crate) lock_type: AtomicU32,

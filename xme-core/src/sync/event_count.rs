@@ -143,6 +143,13 @@ impl EventCount {
         }
     }
 
+    /// Loom: the asymmetric pair is modelled as two SeqCst fences, which is
+    /// what the heavy fence guarantees the light side (see [`crate::fence`]).
+    #[cfg(loom)]
+    pub fn notify_after_light_fence(&self, _registered: bool) {
+        self.notify();
+    }
+
     /// Bumps the word and wakes every sleeper, announced or not (for a
     /// waiter that may sleep on the word without announcing, or to end all
     /// waits at once).
@@ -179,6 +186,13 @@ impl Sleeper<'_> {
     #[cfg(not(loom))]
     pub fn ticket_after_heavy_fence(&self) -> u32 {
         crate::fence::heavy();
+        self.ticket()
+    }
+
+    /// Loom: see [`EventCount::notify_after_light_fence`].
+    #[cfg(loom)]
+    pub fn ticket_after_heavy_fence(&self) -> u32 {
+        loom_sc_fence();
         self.ticket()
     }
 

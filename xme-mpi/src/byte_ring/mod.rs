@@ -22,14 +22,27 @@
 //! looking for sleepers; a sleeper runs the heavy one (see
 //! [`xme_core::fence`]) before its last look. Each sleep is bounded so the
 //! caller can check its peer is alive.
+//!
+//! The protocol is model-checked with loom (`--cfg loom`, see
+//! `loom_models.rs`): its atomics are then loom's and its data area is
+//! memory loom owns ([`data_area`]).
 
+#[cfg(loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+#[cfg(not(loom))]
 use xme_core::SharedRegion;
 use xme_core::sync::{Backoff, EventCount, Step};
 
 use crate::channel::{Corrupt, RecvChannel, SendChannel, Waited};
+use data_area::DataArea;
+
+mod data_area;
+#[cfg(all(test, loom))]
+mod loom_models;
 
 const KIND_FRAME: u32 = 0;
 const KIND_WRAP: u32 = 1;
@@ -48,6 +61,7 @@ struct Control {
     tail: AtomicU64,
     _pad1: [AtomicU64; 7],
 }
+#[cfg(not(loom))]
 // SAFETY: only integer atomics (valid for every bit pattern, no pointers);
 // zero is an empty ring, other values are checked where they are read.
 unsafe impl xme_core::InRegion for Control {}
@@ -59,6 +73,7 @@ struct Signals {
     /// Notified by the consumer: a producer may sleep on it.
     space: EventCount,
 }
+#[cfg(not(loom))]
 // SAFETY: two `EventCount`s (each InRegion: integer atomics, valid for every
 // bit pattern, no pointers), no padding.
 unsafe impl xme_core::InRegion for Signals {}
@@ -74,6 +89,7 @@ struct FastLane {
     len: AtomicU64,
     payload: [AtomicU64; FAST_WORDS],
 }
+#[cfg(not(loom))]
 // SAFETY: only integer atomics (valid for every bit pattern, no pointers);
 // zero is an empty lane (no stamp is zero), a bad length is refused on read.
 unsafe impl xme_core::InRegion for FastLane {}
@@ -84,6 +100,8 @@ pub(crate) const FAST_BYTES: usize = FAST_WORDS * 8;
 /// Where the fast lane lies in the header.
 const FAST_OFFSET: usize = HEADER_BYTES - std::mem::size_of::<FastLane>();
 
+// (Loom's atomics are larger: the layout holds for the real ones.)
+#[cfg(not(loom))]
 const _: () = assert!(
     std::mem::size_of::<Control>() + std::mem::size_of::<Signals>() <= FAST_OFFSET
         && std::mem::size_of::<FastLane>() == 64,
@@ -96,7 +114,7 @@ struct RingParts<'r> {
     ctl: &'r Control,
     sig: &'r Signals,
     lane: &'r FastLane,
-    data: *mut u8,
+    data: DataArea<'r>,
     cap: usize,
     /// XORed with a frame's position to make its stamp; top bit set, so no
     /// stamp is zero (the ring starts zeroed).
@@ -142,8 +160,8 @@ pub(crate) struct Consumer<'r> {
 
 // SAFETY: a Producer is the one writer of its ring's frames, tail and fast
 // lane (`split` makes one per ring and it is not Clone); moving it to another
-// thread keeps it the only one. `data` points into a mapping that outlives
-// 'r. It is deliberately not Sync: `&mut self` methods plus a Mutex (or one
+// thread keeps it the only one. Its data area points into a mapping that
+// outlives 'r. It is deliberately not Sync: `&mut self` methods plus a Mutex (or one
 // owning thread) serialise production.
 unsafe impl Send for Producer<'_> {}
 // SAFETY: as for Producer, for the reader of frames and the writer of `head`.
@@ -153,6 +171,7 @@ unsafe impl Send for Consumer<'_> {}
 /// (64-byte aligned), `cap` data bytes (a power of two, at least 128), its
 /// stamps keyed by `key`. Call once per ring; after fork, each process keeps
 /// the half it uses and drops the other.
+#[cfg(not(loom))]
 pub(crate) fn split<'r>(
     region: &'r SharedRegion,
     offset: usize,
@@ -160,11 +179,8 @@ pub(crate) fn split<'r>(
     key: u64,
     spin: Duration,
 ) -> Result<(Producer<'r>, Consumer<'r>), xme_core::Error> {
-    let data = region.raw(offset + HEADER_BYTES, cap)?;
-    if !cap.is_power_of_two()
-        || cap < 2 * FRAME_ALIGN
-        || !(data as usize).is_multiple_of(FRAME_ALIGN)
-    {
+    let data = DataArea::new(region, offset + HEADER_BYTES, cap)?;
+    if !cap.is_power_of_two() || cap < 2 * FRAME_ALIGN || !data.is_aligned(FRAME_ALIGN) {
         return Err(xme_core::Error::OutOfRegion {
             offset: offset + HEADER_BYTES,
             len: cap,
@@ -180,27 +196,7 @@ pub(crate) fn split<'r>(
         cap,
         key: key | 1 << 63,
     };
-    let yield_for = if spin >= SPIN_DEDICATED {
-        YIELD_DEDICATED
-    } else {
-        Duration::ZERO
-    };
-    let waiting = || Waiting {
-        backoff: Backoff::timed(spin, YIELDS, yield_for),
-        light: false,
-    };
-    Ok((
-        Producer {
-            ring,
-            seen_head: 0,
-            waiting: waiting(),
-        },
-        Consumer {
-            ring,
-            lane_expects: 0,
-            waiting: waiting(),
-        },
-    ))
+    Ok(ring.halves(spin))
 }
 
 impl SendChannel for Producer<'_> {
@@ -256,7 +252,23 @@ pub(crate) fn ring_bytes(cap: usize) -> usize {
     HEADER_BYTES + cap
 }
 
-impl RingParts<'_> {
+impl<'r> RingParts<'r> {
+    /// The two sides of this ring, each waiting with a spin of `spin`.
+    fn halves(self, spin: Duration) -> (Producer<'r>, Consumer<'r>) {
+        (
+            Producer {
+                ring: self,
+                seen_head: 0,
+                waiting: Waiting::new(spin),
+            },
+            Consumer {
+                ring: self,
+                lane_expects: 0,
+                waiting: Waiting::new(spin),
+            },
+        )
+    }
+
     /// Bytes a frame of `len` payload bytes occupies.
     fn frame_bytes(len: usize) -> usize {
         (FRAME_HEADER + len).next_multiple_of(FRAME_ALIGN)
@@ -279,20 +291,15 @@ impl RingParts<'_> {
         position ^ self.key
     }
 
-    /// The stamp word of the frame at data offset `at`.
-    fn stamp_word(&self, at: usize) -> &AtomicU64 {
-        debug_assert!(at.is_multiple_of(FRAME_ALIGN) && at < self.cap);
-        // SAFETY: `at` is a 64-aligned offset inside the data area (frames
-        // start on cache lines, and the area is 64-aligned); the word is only
-        // accessed atomically while it may be a frame's stamp.
-        unsafe { &*(self.data.add(at) as *const AtomicU64) }
+    /// The stamp word of the frame at data offset `at` (a frame start).
+    fn stamp_word(&self, at: usize) -> &'r AtomicU64 {
+        debug_assert!(at.is_multiple_of(FRAME_ALIGN));
+        self.data.word(at)
     }
 
     /// The length-and-kind word of the frame at data offset `at`.
-    fn kind_word(&self, at: usize) -> &AtomicU64 {
-        // SAFETY: as for `stamp_word`: `at + 8` is 8-aligned and, the frame
-        // header being 16 bytes inside one line, inside the data area.
-        unsafe { &*(self.data.add(at + 8) as *const AtomicU64) }
+    fn kind_word(&self, at: usize) -> &'r AtomicU64 {
+        self.data.word(at + 8)
     }
 
     /// Writes a frame's length and kind, then publishes it with its stamp.
@@ -318,6 +325,25 @@ impl RingParts<'_> {
 }
 
 impl Waiting {
+    fn new(spin: Duration) -> Waiting {
+        let yield_for = if spin >= SPIN_DEDICATED {
+            YIELD_DEDICATED
+        } else {
+            Duration::ZERO
+        };
+        // Loom: straight to the event count (a timed spin is not
+        // deterministic, and the sleep is the protocol to check).
+        let backoff = if cfg!(loom) {
+            Backoff::exponential(0, 0)
+        } else {
+            Backoff::timed(spin, YIELDS, yield_for)
+        };
+        Waiting {
+            backoff,
+            light: false,
+        }
+    }
+
     fn wait(&mut self, max: Duration, ready: impl Fn() -> bool, events: &EventCount) -> Waited {
         self.backoff.reset();
         loop {
@@ -385,13 +411,7 @@ impl Producer<'_> {
         // before the end, checked above) and in the producer's part of the
         // ring, [tail, head + cap), which the consumer does not read; this is
         // the ring's only producer (`&mut self`, one per ring).
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                payload.as_ptr(),
-                r.data.add(at + FRAME_HEADER),
-                payload.len(),
-            );
-        }
+        unsafe { r.data.write(at + FRAME_HEADER, payload) };
         r.publish(at, tail + wrap as u64, payload.len(), KIND_FRAME);
         r.ctl
             .tail
@@ -484,20 +504,11 @@ impl Consumer<'_> {
                 KIND_FRAME
                     if len <= r.max_payload() && pos + RingParts::frame_bytes(len) <= r.cap =>
                 {
-                    out.clear();
-                    out.reserve(len);
                     // SAFETY: the frame lies inside the data area (checked just
                     // above) and was published by its stamp (acquired above);
                     // the producer does not touch it until `head` passes it,
                     // and only this consumer (`&mut self`) moves `head`.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            r.data.add(pos + FRAME_HEADER),
-                            out.as_mut_ptr(),
-                            len,
-                        );
-                        out.set_len(len);
-                    }
+                    unsafe { r.data.read(pos + FRAME_HEADER, len, out) };
                     r.ctl
                         .head
                         .store(head + RingParts::frame_bytes(len) as u64, Ordering::Release);
@@ -554,7 +565,7 @@ impl Consumer<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 
