@@ -105,6 +105,11 @@ mod model {
         cells: Box<[UnsafeCell<u64>]>,
     }
 
+    // SAFETY: the cells are accessed only through loom's `with`/`with_mut`,
+    // which report any two accesses of a cell that are not ordered (the race
+    // a real `Sync` bound would forbid); the rest are atomics.
+    unsafe impl Sync for ModelMemory {}
+
     impl ModelMemory {
         /// `cap` zeroed bytes (a multiple of 64).
         pub(crate) fn new(cap: usize) -> ModelMemory {

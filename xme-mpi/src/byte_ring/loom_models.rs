@@ -34,13 +34,6 @@ struct ModelRing {
     cap: usize,
 }
 
-// SAFETY: the data area's cells are accessed only through loom's
-// `with`/`with_mut`, which report any two accesses that are not ordered;
-// everything else is atomics, a mutex and a condvar.
-unsafe impl Sync for ModelRing {}
-// SAFETY: as above; nothing in the ring is tied to a thread.
-unsafe impl Send for ModelRing {}
-
 fn zeroed<const N: usize>() -> [AtomicU64; N] {
     std::array::from_fn(|_| AtomicU64::new(0))
 }

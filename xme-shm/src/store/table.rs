@@ -469,12 +469,9 @@ impl<'m> ValueTable<'m> {
         pid: u32,
         expect: Expect,
     ) -> Result<Result<Stored, Conflict>, ShmError> {
-        let give_back = || {
-            self.arena().free(b, Meta::writing(generation, pid), pid);
-        };
         let result = self.try_publish(key, b, generation, pid, expect);
         if !matches!(result, Ok(Ok(_))) {
-            give_back();
+            self.arena().free(b, Meta::writing(generation, pid), pid);
         }
         result
     }
