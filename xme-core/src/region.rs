@@ -96,7 +96,7 @@ impl RegionHeader {
 enum Backing {
     /// A `memfd` mapped `MAP_SHARED`: shared with forked children.
     /// (memmap2's `map_anon` is `MAP_PRIVATE`, copy-on-write after fork: not shared.)
-    Anonymous { _map: MmapMut, _file: File },
+    Anonymous { _map: MmapMut, file: File },
     /// A POSIX shared-memory object (`/dev/shm/<name>`), for unrelated processes.
     #[cfg(feature = "named")]
     Named {
@@ -184,12 +184,66 @@ impl SharedRegion {
         let region = SharedRegion {
             base: map.as_mut_ptr(),
             len: map.len(),
-            backing: Backing::Anonymous {
-                _map: map,
-                _file: file,
-            },
+            backing: Backing::Anonymous { _map: map, file },
         };
         region.stamp(version);
+        Ok(region)
+    }
+
+    /// The memfd behind an anonymous region (`None` for a named one), to
+    /// hand to a process that is not a fork of this one (for example over
+    /// `exec`, or with `SCM_RIGHTS`), which maps it with
+    /// [`from_memfd`](Self::from_memfd).
+    pub fn memfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match &self.backing {
+            Backing::Anonymous { file, .. } => Some(file.as_fd()),
+            #[cfg(feature = "named")]
+            Backing::Named { .. } => None,
+        }
+    }
+
+    /// Maps the memfd of an anonymous region made by another process (see
+    /// [`memfd`](Self::memfd)) and checks its header against `version`.
+    ///
+    /// ```
+    /// use std::os::fd::AsFd;
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use xme_core::SharedRegion;
+    ///
+    /// let region = SharedRegion::anonymous_versioned(64, 7).unwrap();
+    /// let fd = region.memfd().unwrap().try_clone_to_owned().unwrap();
+    /// let again = SharedRegion::from_memfd(fd, 7).unwrap();
+    /// let word: &AtomicU64 = region.place(0).unwrap();
+    /// word.store(5, Ordering::Relaxed);
+    /// assert_eq!(again.place::<AtomicU64>(0).unwrap().load(Ordering::Relaxed), 5);
+    /// assert!(SharedRegion::from_memfd(region.memfd().unwrap().try_clone_to_owned().unwrap(), 8).is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::RegionCreate`] when the descriptor cannot be mapped (not a
+    /// file, or too small for a header); [`Error::HeaderMismatch`] when the
+    /// header is not an xme region of `version`.
+    pub fn from_memfd(fd: std::os::fd::OwnedFd, version: u32) -> Result<SharedRegion, Error> {
+        let file = File::from(fd);
+        let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
+        let create_err = |source: std::io::Error| Error::RegionCreate { size, source };
+        if size < RegionHeader::RESERVED {
+            return Err(create_err(std::io::Error::other(format!(
+                "the descriptor holds {size} bytes, too few for a region header"
+            ))));
+        }
+        // SAFETY: as in `anonymous_versioned`: the memfd is shared only by
+        // the processes of one family, none of which resizes it while mapped;
+        // what the bytes hold is judged by `check_header` and, after it, only
+        // read through `InRegion` types.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(create_err)?;
+        let region = SharedRegion {
+            base: map.as_mut_ptr(),
+            len: map.len(),
+            backing: Backing::Anonymous { _map: map, file },
+        };
+        region.check_header(version)?;
         Ok(region)
     }
 

@@ -72,11 +72,22 @@ pub enum TaskFailure {
     ChannelClosed,
     /// The call was never started: no worker process could be started for it.
     NotRun(String),
-    /// The call's worker ended with the pool's zygote, which died.
+    /// The call's worker ended with the pool's zygote, which died (or the
+    /// call was submitted after it died): make a new pool.
     ZygoteDied {
         /// The zygote's pid.
         zygote: i32,
     },
+    /// The call was cancelled (its handle or stream was cancelled or
+    /// dropped) before it gave a result; if it was running, its worker was
+    /// killed.
+    Cancelled,
+    /// The call returned in its worker, but the worker died before its
+    /// result reached the parent. It is not run again (it may have had
+    /// effects).
+    ResultLost,
+    /// The result was already taken from this handle.
+    Taken,
 }
 
 impl fmt::Display for TaskFailure {
@@ -107,8 +118,14 @@ impl fmt::Display for TaskFailure {
             TaskFailure::NotRun(why) => write!(f, "was never run: {why}"),
             TaskFailure::ZygoteDied { zygote } => write!(
                 f,
-                "failed: its worker ended with the pool's zygote (pid {zygote}), which died"
+                "failed: the pool's zygote (pid {zygote}) died, taking its workers; make a new Pool"
             ),
+            TaskFailure::Cancelled => write!(f, "was cancelled before it gave a result"),
+            TaskFailure::ResultLost => write!(
+                f,
+                "returned, but its worker died before the result reached the parent (it is not run again)"
+            ),
+            TaskFailure::Taken => write!(f, "has no result here any more: it was already taken"),
         }
     }
 }
@@ -161,6 +178,21 @@ impl TaskError {
             TaskFailure::Killed { signal } => Some(signal),
             _ => None,
         }
+    }
+
+    /// True if the call was cancelled (see [`Call::cancel`](crate::Call::cancel)).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.failure, TaskFailure::Cancelled)
+    }
+
+    /// True if the call returned but its result was lost with its worker.
+    pub fn is_result_lost(&self) -> bool {
+        matches!(self.failure, TaskFailure::ResultLost)
+    }
+
+    /// True if the pool's zygote died: nothing more runs on that pool.
+    pub fn is_pool_gone(&self) -> bool {
+        matches!(self.failure, TaskFailure::ZygoteDied { .. })
     }
 
     /// The worker's exit status, if it exited during the call.

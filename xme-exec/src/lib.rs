@@ -59,8 +59,14 @@ mod job;
 mod outcomes;
 #[cfg(not(loom))]
 mod pool;
-#[cfg(not(loom))]
-mod pool_job;
+// Under loom only the pool's shared-memory protocols are built, and checked.
+#[cfg(loom)]
+mod pool {
+    mod claims;
+    mod doorbell;
+    mod ring;
+    mod sync;
+}
 #[cfg(not(loom))]
 mod runner;
 #[cfg(not(loom))]
@@ -69,8 +75,6 @@ mod threads;
 mod worker;
 #[cfg(not(loom))]
 mod xme;
-#[cfg(not(loom))]
-mod zygote;
 
 #[cfg(not(loom))]
 pub use context::Context;
@@ -84,9 +88,10 @@ pub use job::{CallWith, Job, JobTable, Plain, WithContext};
 #[cfg(not(loom))]
 pub use outcomes::Outcomes;
 #[cfg(not(loom))]
-pub use pool::{Pool, PoolBuilder};
-#[cfg(not(loom))]
-pub use pool_job::{PoolJob, PoolJobs};
+pub use pool::{
+    Call, CallSet, Ordered, Pool, PoolBuilder, PoolJob, PoolJobs, PoolStart, StreamBuilder,
+    Unordered,
+};
 #[cfg(not(loom))]
 pub use xme::{Xme, cpus};
 pub use xme_array::{Array, Same};

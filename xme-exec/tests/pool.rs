@@ -220,7 +220,12 @@ fn killed_workers_fail_only_their_calls_and_are_replaced() {
                         ok += 1;
                     }
                     Err(e) => {
-                        assert_eq!(e.signal(), Some(9), "batch {b} call {i}: {e}");
+                        // Killed while running, or after it returned and
+                        // before its result was handed over.
+                        assert!(
+                            e.signal() == Some(9) || e.failure == TaskFailure::ResultLost,
+                            "batch {b} call {i}: {e}"
+                        );
                         assert_eq!(e.call, i);
                         failed += 1;
                     }

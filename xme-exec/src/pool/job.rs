@@ -1,5 +1,6 @@
-//! The functions a [`Pool`](crate::Pool) runs: one task with its arguments
-//! ([`PoolJob`]), and tables of them ([`PoolJobs`]) for `Pool::funs`.
+//! The functions a [`Pool`](crate::Pool) batch runs: one task with its
+//! arguments ([`PoolJob`]), and tables of them ([`PoolJobs`]) for
+//! `Pool::funs`.
 
 use std::borrow::Cow;
 use std::marker::PhantomData;
@@ -8,13 +9,28 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use xme_array::SplitArgs;
 
-use crate::zygote::{self, Trampoline};
+use super::PoolInner;
+use super::feed::{self, Source};
 use crate::{ExecError, Outcomes, TaskError, TaskFailure};
 
-/// One call as it crosses to a worker: what runs it, and its arguments.
-pub(crate) struct Call {
-    pub trampoline: usize,
-    pub args: Result<Vec<u8>, String>,
+/// One call of a batch as it crosses to a worker: its entry (or why it
+/// cannot run) and its `[len][bytes]` arguments.
+pub(crate) struct BatchCall {
+    pub entry: Result<u64, TaskFailure>,
+    pub args: Vec<u8>,
+}
+
+/// The calls of a batch, in order, for a feed.
+pub(crate) struct BatchSource(pub std::vec::IntoIter<BatchCall>);
+
+impl Source for BatchSource {
+    fn next_call(&mut self, args: &mut Vec<u8>) -> Option<Result<u64, TaskFailure>> {
+        let call = self.0.next()?;
+        if call.entry.is_ok() {
+            args.extend_from_slice(&call.args);
+        }
+        Some(call.entry)
+    }
 }
 
 /// One function of a [`Pool::funs`](crate::Pool::funs) table: a task (a
@@ -78,21 +94,20 @@ where
             .map_or_else(|| std::any::type_name::<F>().to_string(), Cow::into_owned)
     }
 
-    pub(crate) fn calls(&self, job: usize) -> Result<Vec<Call>, ExecError> {
+    pub(crate) fn calls(&self, job: usize, pool: &PoolInner) -> Result<Vec<BatchCall>, ExecError> {
         let plan = self.args.plan().map_err(|source| ExecError::Arguments {
             job,
             function: self.name(),
             source,
         })?;
-        let trampoline: Trampoline = zygote::trampoline::<F, A::Call, R>;
+        let entry = pool.entry_of::<F, A::Call, R>();
         Ok((0..plan.calnum())
-            .map(|i| Call {
-                trampoline: trampoline as usize,
-                args: {
-                    let args = self.args.call(i);
-                    postcard::to_stdvec(&args)
-                        .map_err(|e| xme_core::CodecError::encoding(e, &args).to_string())
-                },
+            .map(|i| {
+                let mut args = Vec::new();
+                let entry = entry
+                    .clone()
+                    .and_then(|e| feed::encode_call(&self.args.call(i), &mut args).map(|()| e));
+                BatchCall { entry, args }
             })
             .collect())
     }
@@ -132,7 +147,7 @@ pub trait PoolJobs {
 
     #[doc(hidden)]
     #[allow(private_interfaces)]
-    fn calls(&self) -> Result<Vec<Vec<Call>>, ExecError>;
+    fn calls(&self, pool: &PoolInner) -> Result<Vec<Vec<BatchCall>>, ExecError>;
 
     #[doc(hidden)]
     fn outcomes(&self, raw: Vec<Vec<Result<Vec<u8>, TaskFailure>>>) -> Self::Output;
@@ -152,8 +167,8 @@ macro_rules! pool_jobs {
             type Output = ($(Outcomes<$r>,)+);
 
             #[allow(private_interfaces)]
-            fn calls(&self) -> Result<Vec<Vec<Call>>, ExecError> {
-                Ok(vec![$(self.$idx.calls($idx)?),+])
+            fn calls(&self, pool: &PoolInner) -> Result<Vec<Vec<BatchCall>>, ExecError> {
+                Ok(vec![$(self.$idx.calls($idx, pool)?),+])
             }
 
             fn outcomes(&self, raw: Vec<Vec<Result<Vec<u8>, TaskFailure>>>) -> Self::Output {

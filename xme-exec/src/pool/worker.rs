@@ -1,0 +1,153 @@
+//! A worker's loop (in the worker process): read a frame of tasks, run each
+//! call, put each result in the ring at once, wake the driver when a task
+//! ends.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use super::claims::{self, PHASE_DONE, PHASE_REPLYING, PHASE_RUNNING, Start};
+use super::entry::{self, TOO_LARGE};
+use super::layout::{PoolHeader, Slot};
+use super::ring::{KIND_BIG, KIND_END, KIND_RESULT, Ring};
+use super::{doorbell, wire};
+
+/// Exit statuses of a worker that stopped for a reason of its own.
+pub(crate) const EXIT_BROKEN_FRAME: i32 = 90;
+pub(crate) const EXIT_CORRUPT_SLOT: i32 = 91;
+pub(crate) const EXIT_SOCKET: i32 = 92;
+
+struct Worker<'a> {
+    socket: UnixStream,
+    slot: Slot<'a>,
+    header: &'a PoolHeader,
+}
+
+impl Worker<'_> {
+    fn ring(&self) -> Ring<'_> {
+        self.slot.ring()
+    }
+
+    /// Tells the driver to look at this slot (a byte on the socket, only if
+    /// it sleeps).
+    fn announce(&mut self) -> Result<(), i32> {
+        if doorbell::ring(&self.slot.header.events, &self.header.driver_sleeping) {
+            self.socket
+                .write_all(&[wire::WAKE])
+                .map_err(|_| EXIT_SOCKET)?;
+        }
+        Ok(())
+    }
+
+    /// Appends a record, waiting for the driver to free space if the ring
+    /// is full.
+    fn push(&mut self, kind: u8, status: u8, payload: &[u8]) -> Result<(), i32> {
+        loop {
+            if self.ring().try_push(kind, status, payload) {
+                let cap = self.slot.ring_words.len() as u64;
+                let h = self.slot.header;
+                let used = h.tail.load(std::sync::atomic::Ordering::Relaxed)
+                    - h.head.load(std::sync::atomic::Ordering::Relaxed);
+                if used > cap / 2 {
+                    self.announce()?;
+                }
+                return Ok(());
+            }
+            self.announce()?;
+            let sleeper = self.slot.header.space.prepare_wait();
+            let ticket = sleeper.ticket();
+            if self.ring().try_push(kind, status, payload) {
+                return Ok(());
+            }
+            // Bounded: the driver notifies after each drain, and a worker
+            // whose parent died is killed by its death signal.
+            sleeper.wait(ticket, Some(Duration::from_millis(50)));
+        }
+    }
+
+    fn run_task(&mut self, task: &wire::TaskView<'_>, out: &mut Vec<u8>) -> Result<(), i32> {
+        match claims::start(&self.slot.header.claims, task.ordinal) {
+            Start::Run => {}
+            Start::Skip => return Ok(()),
+            Start::Corrupt => return Err(EXIT_CORRUPT_SLOT),
+        }
+        // SAFETY: the entry offset comes from the driver over this worker's
+        // private socket (the zygote made the pair and passed the other end
+        // to the parent alone), computed by `entry::offset_of` in a process
+        // running this same executable.
+        let run = unsafe { entry::at_offset(task.entry) };
+        let timed = task.flags & wire::FLAG_TIMED != 0;
+        let progress = &self.slot.header.progress;
+        let began = Instant::now();
+        let mut done = 0;
+        for (call, args) in wire::calls(task.args).enumerate() {
+            let args = args.ok_or(EXIT_BROKEN_FRAME)?;
+            if timed {
+                self.slot.header.started_ns.store(
+                    xme_core::monotonic_ns(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            claims::record(progress, task.ordinal, call, PHASE_RUNNING);
+            out.clear();
+            let mut status = run(args, out);
+            claims::record(progress, task.ordinal, call, PHASE_REPLYING);
+            let max = (self
+                .header
+                .max_result
+                .load(std::sync::atomic::Ordering::Relaxed) as usize)
+                .min(wire::MAX_FRAME);
+            if out.len() > max {
+                let len = out.len();
+                out.clear();
+                let _ = write!(
+                    out,
+                    "a result of {len} bytes is larger than the pool accepts ({max} bytes; see PoolBuilder::max_result)"
+                );
+                status = TOO_LARGE;
+            }
+            if out.len() >= wire::BIG_RESULT {
+                let mut head = [wire::BIG, 0, 0, 0, 0];
+                head[1..].copy_from_slice(&(out.len() as u32).to_le_bytes());
+                self.socket.write_all(&head).map_err(|_| EXIT_SOCKET)?;
+                self.socket.write_all(out).map_err(|_| EXIT_SOCKET)?;
+                self.push(KIND_BIG, status, &(out.len() as u64).to_le_bytes())?;
+            } else {
+                self.push(KIND_RESULT, status, out)?;
+            }
+            claims::record(progress, task.ordinal, call, PHASE_DONE);
+            done += 1;
+        }
+        if done != task.calls {
+            return Err(EXIT_BROKEN_FRAME);
+        }
+        let elapsed = began.elapsed().as_nanos() as u64;
+        self.push(KIND_END, 0, &elapsed.to_le_bytes())?;
+        self.announce()
+    }
+}
+
+/// Runs tasks until the parent closes the socket; the exit status.
+pub(crate) fn work(socket: UnixStream, slot: Slot<'_>, header: &PoolHeader) -> i32 {
+    xme_core::process::install_quiet_panic_hook();
+    let mut worker = Worker {
+        socket,
+        slot,
+        header,
+    };
+    let mut frame = Vec::new();
+    let mut out = Vec::with_capacity(256);
+    loop {
+        if wire::read_frame(&mut worker.socket, &mut frame).is_err() {
+            return 0; // the parent closed the socket (or died)
+        }
+        let Some(tasks) = wire::parse_tasks(&frame) else {
+            return EXIT_BROKEN_FRAME;
+        };
+        for task in &tasks {
+            if let Err(code) = worker.run_task(task, &mut out) {
+                return code;
+            }
+        }
+    }
+}
