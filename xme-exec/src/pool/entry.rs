@@ -47,8 +47,8 @@ where
         }
     };
     match process::catch_panic(|| f(arg)) {
-        Ok(r) => match postcard::to_io(&r, &mut *out) {
-            Ok(_) => OK,
+        Ok(r) => match encode_into(&r, out) {
+            Ok(()) => OK,
             Err(e) => {
                 out.clear();
                 out.extend_from_slice(CodecError::encoding(e, &r).to_string().as_bytes());
@@ -57,9 +57,48 @@ where
         },
         Err(panic) => {
             out.clear();
-            let _ = postcard::to_io(&panic, &mut *out);
+            let _ = encode_into(&panic, out);
             PANICKED
         }
+    }
+}
+
+/// Appends `value`'s postcard bytes to `out`.
+pub(crate) fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    out: &mut Vec<u8>,
+) -> Result<(), postcard::Error> {
+    postcard::serialize_with_flavor(value, AppendTo(out))
+}
+
+/// A postcard flavor that appends to a vector it borrows: one `push` per
+/// byte and a copy per longer slice (postcard's `io::Write` flavor makes a
+/// `write_all` call per byte, which showed in profiles of short calls).
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        if data.len() <= 16 {
+            for &b in data {
+                self.0.push(b);
+            }
+        } else {
+            self.0.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 

@@ -40,8 +40,8 @@ pub(crate) fn encode_call<A: Serialize>(arg: &A, args: &mut Vec<u8>) -> Result<(
     args.extend_from_slice(&[0; 4]);
     let failed =
         |why: String| TaskFailure::Encode(format!("its arguments could not be encoded: {why}"));
-    match postcard::to_io(arg, &mut *args) {
-        Ok(_) => {
+    match super::entry::encode_into(arg, args) {
+        Ok(()) => {
             let len = args.len() - at - 4;
             let Ok(len32) = u32::try_from(len) else {
                 args.truncate(at);

@@ -46,12 +46,33 @@ pub(crate) struct CorruptRing {
     pub at: u64,
 }
 
+/// The producer's own view: where it writes next, and where it last saw
+/// the consumer.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Producer {
+    pub tail: u64,
+    pub head: u64,
+}
+
+impl Producer {
+    /// Words in use, as far as the producer knows.
+    pub fn used(&self) -> u64 {
+        self.tail - self.head
+    }
+}
+
 /// The two ends of one ring, over words that live in shared memory (or, in
 /// loom models, in memory loom owns).
 pub(crate) struct Ring<'a> {
     pub head: &'a AtomicU64,
     pub tail: &'a AtomicU64,
     pub data: &'a [AtomicU64],
+    /// In loom models, a cell beside each word, written and read with it:
+    /// loom cannot see a read that returns a later store (load buffering),
+    /// but it reports a cell written while a read of it may still be under
+    /// way, which is what the `head` orderings prevent.
+    #[cfg(loom)]
+    pub shadow: &'a [loom::cell::UnsafeCell<u64>],
 }
 
 impl Ring<'_> {
@@ -63,39 +84,67 @@ impl Ring<'_> {
 
     /// Producer: appends a record if there is room, and publishes it.
     /// Returns `false` when the consumer must free space first. Only one
-    /// process may push into a ring.
-    pub fn try_push(&self, kind: u8, status: u8, payload: &[u8]) -> bool {
+    /// process may push into a ring, keeping its own position in `at` (the
+    /// shared `tail` is only ever stored): `at.head` is its last view of the
+    /// consumer's position, read again only when that view shows too little
+    /// room, so a busy producer does not pull the consumer's cache line on
+    /// every record.
+    #[cfg(loom)]
+    fn touch_written(&self, from: usize, to: usize) {
+        for cell in &self.shadow[from..to] {
+            // SAFETY: loom checks this access; no real memory is involved.
+            cell.with_mut(|p| unsafe { *p = 1 });
+        }
+    }
+
+    #[cfg(loom)]
+    fn touch_read(&self, from: usize, to: usize) {
+        for cell in &self.shadow[from..to] {
+            // SAFETY: as above.
+            cell.with(|p| unsafe { *p });
+        }
+    }
+
+    pub fn try_push(&self, at: &mut Producer, kind: u8, status: u8, payload: &[u8]) -> bool {
         debug_assert!(payload.len() <= self.max_payload());
         let cap = self.data.len() as u64;
-        // Relaxed: only this producer writes `tail`.
-        let tail = self.tail.load(Ordering::Relaxed);
-        // Acquire: the consumer's reads of the words we are about to reuse
-        // happened before it released them.
-        let head = self.head.load(Ordering::Acquire);
+        let (tail, head) = (&mut at.tail, &mut at.head);
         let n = words_for(payload.len()) as u64;
-        let index = tail % cap;
+        let index = *tail % cap;
         let padding = if index + n > cap { cap - index } else { 0 };
-        if tail + padding + n - head > cap {
-            return false;
+        if *tail + padding + n - *head > cap {
+            // Acquire: the consumer's reads of the words we are about to
+            // reuse happened before it released them.
+            *head = self.head.load(Ordering::Acquire);
+            if *tail + padding + n - *head > cap {
+                return false;
+            }
         }
         if padding > 0 {
+            #[cfg(loom)]
+            self.touch_written(index as usize, index as usize + 1);
             self.data[index as usize].store(header(KIND_WRAP, 0, 0), Ordering::Relaxed);
         }
-        let at = ((tail + padding) % cap) as usize;
+        let start = ((*tail + padding) % cap) as usize;
+        #[cfg(loom)]
+        self.touch_written(start, start + n as usize);
         let mut chunks = payload.chunks_exact(8);
-        for (word, chunk) in self.data[at + 1..].iter().zip(chunks.by_ref()) {
+        for (word, chunk) in self.data[start + 1..].iter().zip(chunks.by_ref()) {
             let bytes: [u8; 8] = chunk.try_into().expect("chunks of 8");
             word.store(u64::from_le_bytes(bytes), Ordering::Relaxed);
         }
         let rest = chunks.remainder();
         if !rest.is_empty() {
-            let mut bytes = [0u8; 8];
-            bytes[..rest.len()].copy_from_slice(rest);
-            self.data[at + n as usize - 1].store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+            let word = rest
+                .iter()
+                .rev()
+                .fold(0u64, |w, &b| (w << 8) | u64::from(b));
+            self.data[start + n as usize - 1].store(word, Ordering::Relaxed);
         }
-        self.data[at].store(header(kind, status, payload.len()), Ordering::Relaxed);
+        self.data[start].store(header(kind, status, payload.len()), Ordering::Relaxed);
+        *tail += padding + n;
         // Release: the record's words are visible to whoever sees this tail.
-        self.tail.store(tail + padding + n, Ordering::Release);
+        self.tail.store(*tail, Ordering::Release);
         true
     }
 
@@ -124,6 +173,8 @@ impl Ring<'_> {
         let mut records = 0;
         while *pos < tail {
             let index = (*pos % cap) as usize;
+            #[cfg(loom)]
+            self.touch_read(index, index + 1);
             let word = self.data[index].load(Ordering::Relaxed);
             let kind = (word >> 40) as u8;
             let status = (word >> 32) as u8;
@@ -136,6 +187,8 @@ impl Ring<'_> {
             if len > self.max_payload() || index + n > cap as usize || *pos + n as u64 > tail {
                 return Err(CorruptRing { at: *pos });
             }
+            #[cfg(loom)]
+            self.touch_read(index + 1, index + n);
             if !each(kind, status, len, &self.data[index + 1..index + n]) {
                 break;
             }
@@ -184,10 +237,11 @@ mod tests {
             data: &data,
         };
         let mut pos = 0;
+        let mut head = Producer::default();
         let mut seen = Vec::new();
         for round in 0..200u32 {
             let payload: Vec<u8> = (0..(round % 37) as u8).collect();
-            if !r.try_push(KIND_RESULT, (round % 7) as u8, &payload) {
+            if !r.try_push(&mut head, KIND_RESULT, (round % 7) as u8, &payload) {
                 // Full: drain, then the push must succeed.
                 r.drain(&mut pos, |k, s, len, words| {
                     let mut out = Vec::new();
@@ -197,7 +251,7 @@ mod tests {
                 })
                 .unwrap();
                 r.release(pos);
-                assert!(r.try_push(KIND_RESULT, (round % 7) as u8, &payload));
+                assert!(r.try_push(&mut head, KIND_RESULT, (round % 7) as u8, &payload));
             }
             let _ = payload;
         }
@@ -224,7 +278,7 @@ mod tests {
             tail: &tail,
             data: &data,
         };
-        assert!(r.try_push(KIND_RESULT, 0, b"hello"));
+        assert!(r.try_push(&mut Producer::default(), KIND_RESULT, 0, b"hello"));
         data[0].store(header(KIND_RESULT, 0, 1 << 20), Ordering::Relaxed);
         let mut pos = 0;
         assert!(r.drain(&mut pos, |_, _, _, _| true).is_err());
@@ -246,10 +300,17 @@ mod loom_models {
     #[test]
     fn records_survive_wrapping_and_reuse() {
         xme_core::sync::loom_model(3, || {
-            let words: Arc<(AtomicU64, AtomicU64, Vec<AtomicU64>)> = Arc::new((
+            #[allow(clippy::type_complexity)]
+            let words: Arc<(
+                AtomicU64,
+                AtomicU64,
+                Vec<AtomicU64>,
+                Vec<loom::cell::UnsafeCell<u64>>,
+            )> = Arc::new((
                 AtomicU64::new(0),
                 AtomicU64::new(0),
                 (0..8).map(|_| AtomicU64::new(0)).collect(),
+                (0..8).map(|_| loom::cell::UnsafeCell::new(0)).collect(),
             ));
             let payloads: [&[u8]; 3] = [b"0123456789abcdefghij", b"xyz", b"ABCDEFGHIJKLMNOP"];
             let w = words.clone();
@@ -258,9 +319,11 @@ mod loom_models {
                     head: &w.0,
                     tail: &w.1,
                     data: &w.2,
+                    shadow: &w.3,
                 };
+                let mut head = Producer::default();
                 for (i, p) in payloads.iter().enumerate() {
-                    while !r.try_push(KIND_RESULT, i as u8, p) {
+                    while !r.try_push(&mut head, KIND_RESULT, i as u8, p) {
                         loom::thread::yield_now();
                     }
                 }
@@ -269,6 +332,7 @@ mod loom_models {
                 head: &words.0,
                 tail: &words.1,
                 data: &words.2,
+                shadow: &words.3,
             };
             let mut pos = 0;
             let mut got: Vec<(u8, Vec<u8>)> = Vec::new();

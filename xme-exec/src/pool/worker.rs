@@ -4,12 +4,13 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::claims::{self, PHASE_DONE, PHASE_REPLYING, PHASE_RUNNING, Start};
 use super::entry::{self, TOO_LARGE};
 use super::layout::{PoolHeader, Slot};
-use super::ring::{KIND_BIG, KIND_END, KIND_RESULT, Ring};
+use super::ring::{KIND_BIG, KIND_END, KIND_RESULT, Producer};
 use super::{doorbell, wire};
 
 /// Exit statuses of a worker that stopped for a reason of its own.
@@ -21,42 +22,42 @@ struct Worker<'a> {
     socket: UnixStream,
     slot: Slot<'a>,
     header: &'a PoolHeader,
+    /// Our position in the ring, and our last view of the driver's.
+    at: Producer,
 }
 
 impl Worker<'_> {
-    fn ring(&self) -> Ring<'_> {
-        self.slot.ring()
-    }
-
     /// Tells the driver to look at this slot (a byte on the socket, only if
     /// it sleeps).
     fn announce(&mut self) -> Result<(), i32> {
-        if doorbell::ring(&self.slot.header.events, &self.header.driver_sleeping) {
-            self.socket
-                .write_all(&[wire::WAKE])
-                .map_err(|_| EXIT_SOCKET)?;
-        }
-        Ok(())
+        announce(&mut self.socket, &self.slot, self.header)
     }
 
     /// Appends a record, waiting for the driver to free space if the ring
     /// is full.
     fn push(&mut self, kind: u8, status: u8, payload: &[u8]) -> Result<(), i32> {
+        let Worker {
+            socket,
+            slot,
+            header,
+            at,
+        } = self;
+        let ring = slot.ring();
         loop {
-            if self.ring().try_push(kind, status, payload) {
-                let cap = self.slot.ring_words.len() as u64;
-                let h = self.slot.header;
-                let used = h.tail.load(std::sync::atomic::Ordering::Relaxed)
-                    - h.head.load(std::sync::atomic::Ordering::Relaxed);
-                if used > cap / 2 {
-                    self.announce()?;
+            if ring.try_push(at, kind, status, payload) {
+                // Half full as far as we know: have the driver drain it
+                // before we must wait for room.
+                let cap = slot.ring_words.len() as u64;
+                if at.used() > cap / 2 {
+                    at.head = slot.header.head.load(Ordering::Acquire);
+                    announce(socket, slot, header)?;
                 }
                 return Ok(());
             }
-            self.announce()?;
-            let sleeper = self.slot.header.space.prepare_wait();
+            announce(socket, slot, header)?;
+            let sleeper = slot.header.space.prepare_wait();
             let ticket = sleeper.ticket();
-            if self.ring().try_push(kind, status, payload) {
+            if ring.try_push(at, kind, status, payload) {
                 return Ok(());
             }
             // Bounded: the driver notifies after each drain, and a worker
@@ -127,6 +128,15 @@ impl Worker<'_> {
     }
 }
 
+/// Tells the driver to look at `slot` (a byte on the socket, only if it
+/// sleeps).
+fn announce(socket: &mut UnixStream, slot: &Slot<'_>, header: &PoolHeader) -> Result<(), i32> {
+    if doorbell::ring(&slot.header.events, &header.driver_sleeping) {
+        socket.write_all(&[wire::WAKE]).map_err(|_| EXIT_SOCKET)?;
+    }
+    Ok(())
+}
+
 /// Runs tasks until the parent closes the socket; the exit status.
 pub(crate) fn work(socket: UnixStream, slot: Slot<'_>, header: &PoolHeader) -> i32 {
     xme_core::process::install_quiet_panic_hook();
@@ -134,6 +144,7 @@ pub(crate) fn work(socket: UnixStream, slot: Slot<'_>, header: &PoolHeader) -> i
         socket,
         slot,
         header,
+        at: Producer::default(),
     };
     let mut frame = Vec::new();
     let mut out = Vec::with_capacity(256);
