@@ -62,7 +62,9 @@ pub use xme_shm as shm;
 
 pub use xme_array::{Array, Same};
 pub use xme_core::Operator;
-pub use xme_exec::{Context, ExecError, Job, Outcomes, Pool, TaskError, TaskFailure, Xme};
+pub use xme_exec::{
+    Call, CallSet, Context, ExecError, Job, Outcomes, Pool, PoolJob, TaskError, TaskFailure, Xme,
+};
 pub use xme_log::Logger;
 
 // The README's Rust examples run as doctests.

@@ -27,8 +27,16 @@
 //! - Every worker is reaped before the run returns; workers die with their
 //!   parent (`PR_SET_PDEATHSIG`).
 //!
+//! # The warm pool
+//! [`Pool`] keeps workers across calls and can be made at any point of any
+//! program: its zygote is a fresh `exec` of the program that becomes a fork
+//! server before `main` runs. It runs single calls ([`Pool::spawn`] → a
+//! [`Call`] to join, cancel or await), sets of calls ([`CallSet`]), streams
+//! over lazy inputs ([`Pool::stream`]) and the standard interface
+//! ([`Pool::fun`]), each call at most once.
+//!
 //! # Fork before threads
-//! A worker is a fork of the calling process, which copies only the calling
+//! An [`Xme`] worker is a fork of the calling process, which copies only the calling
 //! thread. Tasks must not take locks another thread of the parent might have
 //! held at fork time (see [`xme_core::process`]). Start runs before threads, or
 //! keep tasks free of such locks; the xme logger takes none.
