@@ -403,3 +403,51 @@ fn interrupted_system_calls_do_not_break_the_pool() {
     stop.store(true, Ordering::Relaxed);
     storm.join().unwrap();
 }
+
+/// The zygote killed while a batch, a stream, a handle and a call set all
+/// wait: every one of them ends, with the pool-gone failure.
+#[test]
+fn a_killed_zygote_ends_batches_streams_handles_and_call_sets() {
+    let _s = serial();
+    let pool = Pool::new(2).unwrap();
+    let zygote = pool.zygote_pid();
+    let p = pool.clone();
+    let batch = std::thread::spawn(move || p.fun(sleep_ms, Array::new(vec![400u64; 8])));
+    let p = pool.clone();
+    let stream = std::thread::spawn(move || {
+        p.stream(sleep_ms, std::iter::repeat(400u64))
+            .unordered()
+            .find_map(|(_, r)| r.err())
+    });
+    let p = pool.clone();
+    let handle = std::thread::spawn(move || p.spawn(sleep_ms, 5_000).join());
+    let p = pool.clone();
+    let set = std::thread::spawn(move || {
+        let mut set = p.call_set();
+        for _ in 0..4 {
+            set.spawn(sleep_ms, 5_000);
+        }
+        let mut errors = Vec::new();
+        while let Some((_, r)) = set.join_next() {
+            errors.push(r.unwrap_err());
+        }
+        errors
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    kill9(zygote);
+    let t = Instant::now();
+    let err = batch.join().unwrap().unwrap_err();
+    assert!(matches!(err, ExecError::PoolGone { .. }), "{err}");
+    let err = stream
+        .join()
+        .unwrap()
+        .expect("the endless stream ended in an error");
+    assert!(err.is_pool_gone(), "{err}");
+    let err = handle.join().unwrap().unwrap_err();
+    assert!(err.is_pool_gone(), "{err}");
+    let errors = set.join().unwrap();
+    assert_eq!(errors.len(), 4);
+    assert!(errors.iter().all(|e| e.is_pool_gone()), "{errors:?}");
+    assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+    assert!(eventually(Duration::from_secs(5), || children_of(zygote).is_empty()));
+}

@@ -256,3 +256,41 @@ fn a_hundred_thousand_outstanding_calls_hold_no_descriptor_each() {
     }
     assert_eq!(n, 100_000);
 }
+
+fn sleep_ms(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+#[test]
+fn a_slow_call_holds_back_only_itself() {
+    let _s = serial();
+    let pool = Pool::new(2).unwrap();
+    // Warm both workers, and teach the pool that calls are short.
+    let _ = pool
+        .fun(sleep_ms, xme_exec::Array::new([0u64; 64]))
+        .unwrap();
+    let mut set = pool.call_set();
+    for ms in [400u64, 20, 100, 20, 20] {
+        set.spawn(sleep_ms, ms);
+    }
+    let order: Vec<u64> = std::iter::from_fn(|| set.join_next())
+        .map(|(_, r)| r.unwrap())
+        .collect();
+    // The short calls run on the other worker while the 400 ms call runs,
+    // even those first queued behind it.
+    assert_eq!(order.last(), Some(&400), "{order:?}");
+    let t = Instant::now();
+    let out = pool
+        .fun(
+            sleep_ms,
+            xme_exec::Array::new([400u64, 20, 20, 20, 20, 20, 20, 20]),
+        )
+        .unwrap();
+    assert_eq!(out.into_result().unwrap()[0], 400);
+    assert!(
+        t.elapsed() < Duration::from_millis(700),
+        "{:?}",
+        t.elapsed()
+    );
+}

@@ -295,6 +295,7 @@ impl Driver {
                 self.cancel(&sink, reason);
             }
             self.start_workers();
+            self.steal();
             self.dispatch();
             self.flush();
             self.read_sockets();
@@ -460,6 +461,62 @@ impl Driver {
         };
         let queued_calls: usize = pending.iter().map(|s| s.task.calls as usize).sum();
         w.args_in_flight < ARGS_IN_FLIGHT && queued_calls as f64 * call_ns < QUEUED_WORK_NS
+    }
+
+    /// When a worker is idle and nothing is queued, takes back tasks queued
+    /// behind a running one on another worker (cancelled there by their
+    /// claim word, so each runs once) for the idle worker: a slow call then
+    /// holds back only itself.
+    fn steal(&mut self) {
+        if !self.queue.is_empty() || self.gone.is_some() {
+            return;
+        }
+        let idle = self
+            .workers
+            .iter()
+            .filter(|w| self.has_room(w) && w.pending().next().is_none())
+            .count();
+        if idle == 0 {
+            return;
+        }
+        // The most loaded worker with tasks not started yet.
+        let Some(victim) = (0..self.workers.len())
+            .filter(|&w| self.workers[w].pending().count() >= 2)
+            .max_by_key(|&w| self.workers[w].pending().count())
+        else {
+            return;
+        };
+        let claims = &self.region.slot(self.workers[victim].slot).header.claims;
+        let link = &mut self.workers[victim];
+        let waiting = link.pending().count() - 1;
+        let mut taken = Vec::new();
+        // From the back, at most half of what waits, one per idle worker.
+        for sent in link.tasks.iter_mut().rev() {
+            if taken.len() >= idle.min(waiting.div_ceil(2)) {
+                break;
+            }
+            if sent.complete() || sent.received() > 0 {
+                continue;
+            }
+            if !claims::cancel(claims, sent.ordinal) {
+                break; // it started: so did everything before it
+            }
+            sent.skipped = true;
+            link.args_in_flight -= sent.task.args.len();
+            let task = Task {
+                sink: sent.task.sink.clone(),
+                entry: sent.task.entry,
+                first: sent.task.first,
+                calls: sent.task.calls,
+                args: std::mem::take(&mut sent.task.args),
+                limit: sent.task.limit,
+            };
+            taken.push(task);
+        }
+        // Oldest first.
+        for task in taken.into_iter().rev() {
+            self.queue.push_back(task);
+        }
     }
 
     /// Sends queued tasks to workers with room, one task to each in turn
