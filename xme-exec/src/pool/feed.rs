@@ -82,15 +82,36 @@ pub(crate) struct Feed<S> {
     max_chunks: usize,
     /// Blocks received (or failures decided here), not yet consumed.
     pub inbox: VecDeque<Block>,
+    /// Chunks made by one `fill`, submitted together.
+    outgoing: Vec<Task>,
 }
 
 impl<S: Source> Feed<S> {
-    pub fn new(pool: Pool, source: S, window: usize, chunk: Option<usize>) -> Feed<S> {
+    /// A stream's feed: chunks start at one call (so the first result comes
+    /// at once) and grow as call times are measured; at most two chunks per
+    /// worker in flight.
+    pub fn stream(pool: Pool, source: S, window: usize, chunk: Option<usize>) -> Feed<S> {
         let pnum = pool.pnum();
         let window = window.max(1);
         let max_chunk = (window / (2 * pnum)).clamp(1, MAX_TASK_CALLS);
+        let chunker = Chunker::new(chunk, max_chunk, None);
+        Feed::new(pool, source, window, chunker, 2 * pnum)
+    }
+
+    /// A batch's feed (`calls` known up front, all wanted before any is
+    /// used): every chunk is sent at once, sized from the pool's measured
+    /// call time when there is one (two chunks per worker at most), else one
+    /// call each, so idle workers can take back what waits behind a slow
+    /// call.
+    pub fn batch(pool: Pool, source: S, calls: usize) -> Feed<S> {
+        let pnum = pool.pnum();
+        let max_chunk = calls.div_ceil(2 * pnum).clamp(1, MAX_TASK_CALLS);
+        let chunker = Chunker::new(None, max_chunk, pool.inner.measured_call_ns());
+        Feed::new(pool, source, calls.max(1), chunker, usize::MAX)
+    }
+
+    fn new(pool: Pool, source: S, window: usize, chunker: Chunker, max_chunks: usize) -> Feed<S> {
         let limit = pool.inner.shared.limit;
-        let chunker = Chunker::new(chunk, max_chunk, pool.inner.measured_call_ns());
         Feed {
             pool,
             sink: Sink::new(),
@@ -107,8 +128,9 @@ impl<S: Source> Feed<S> {
             calls: 0,
             began: None,
             chunks: BTreeMap::new(),
-            max_chunks: 2 * pnum,
+            max_chunks,
             inbox: VecDeque::new(),
+            outgoing: Vec::new(),
         }
     }
 
@@ -130,7 +152,7 @@ impl<S: Source> Feed<S> {
                     if self.entry.is_some_and(|e| e != entry) {
                         // Another function: the call starts a chunk of its own.
                         let call = self.args.split_off(before);
-                        self.send();
+                        self.seal();
                         self.args = call;
                     }
                     if self.calls == 0 {
@@ -142,12 +164,12 @@ impl<S: Source> Feed<S> {
                     self.pulled += 1;
                     if self.calls as usize >= self.chunker.size() || self.args.len() >= CHUNK_BYTES
                     {
-                        self.send();
+                        self.seal();
                     }
                 }
                 Some(Err(failure)) => {
                     self.args.truncate(before);
-                    self.send();
+                    self.seal();
                     let mut block = Block::new(self.pulled);
                     block.items.push(Item::Failed(Box::new(failure)));
                     self.inbox.push_back(block);
@@ -160,12 +182,28 @@ impl<S: Source> Feed<S> {
                 || self.pulled - self.yielded >= self.window
                 || self.began.is_some_and(|t| t.elapsed() >= CHUNK_AGE))
         {
-            self.send();
+            self.seal();
+        }
+        self.submit();
+    }
+
+    /// Submits the chunk being built, and any made before it.
+    pub fn send(&mut self) {
+        self.seal();
+        self.submit();
+    }
+
+    fn submit(&mut self) {
+        if !self.outgoing.is_empty() {
+            self.pool
+                .inner
+                .shared
+                .submit(std::mem::take(&mut self.outgoing));
         }
     }
 
-    /// Submits the chunk being built.
-    pub fn send(&mut self) {
+    /// Closes the chunk being built (submitted with the next `submit`).
+    fn seal(&mut self) {
         if self.calls == 0 {
             return;
         }
@@ -180,7 +218,7 @@ impl<S: Source> Feed<S> {
         self.chunks.insert(self.first, self.calls as usize);
         self.calls = 0;
         self.began = None;
-        self.pool.inner.shared.submit(vec![task]);
+        self.outgoing.push(task);
     }
 
     /// Takes delivered blocks into the inbox, waiting for one until

@@ -464,7 +464,7 @@ impl Pool {
         }
         let n = calls.len();
         let deadline = limit.and_then(|l| Instant::now().checked_add(l));
-        let mut feed = Feed::new(self.clone(), BatchSource(calls.into_iter()), n, None);
+        let mut feed = Feed::batch(self.clone(), BatchSource(calls.into_iter()), n);
         let mut results: Vec<Option<Result<Vec<u8>, TaskFailure>>> = (0..n).map(|_| None).collect();
         let mut got = 0;
         loop {

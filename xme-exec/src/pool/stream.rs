@@ -111,7 +111,7 @@ where
             entry,
             _task: PhantomData,
         };
-        Feed::new(self.pool, source, window, self.chunk)
+        Feed::stream(self.pool, source, window, self.chunk)
     }
 
     /// The results in input order.
