@@ -139,6 +139,14 @@ impl<S: Source> Feed<S> {
         self.exhausted && self.yielded == self.pulled
     }
 
+    /// Whether [`fill`](Self::fill) would pull anything now.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        !self.exhausted
+            && self.pulled - self.yielded < self.window
+            && self.chunks.len() < self.max_chunks
+    }
+
     /// Pulls calls while the window and the chunks in flight allow.
     pub fn fill(&mut self) {
         while !self.exhausted
@@ -177,10 +185,11 @@ impl<S: Source> Feed<S> {
                 }
             }
         }
+        // The clock is read once every 64 calls pulled.
         if self.calls > 0
             && (self.exhausted
                 || self.pulled - self.yielded >= self.window
-                || self.began.is_some_and(|t| t.elapsed() >= CHUNK_AGE))
+                || (self.pulled % 64 == 0 && self.began.is_some_and(|t| t.elapsed() >= CHUNK_AGE)))
         {
             self.seal();
         }

@@ -338,6 +338,11 @@ fn step<S: Source, T>(
     mut take: impl FnMut(&mut Feed<S>) -> Option<T>,
 ) -> Poll<Option<T>> {
     loop {
+        // Keep the workers fed while results are handed out, so they never
+        // wait for the consumer to empty what has come.
+        if feed.has_room() {
+            feed.fill();
+        }
         if let Some(r) = take(feed) {
             return Poll::Ready(Some(r));
         }
