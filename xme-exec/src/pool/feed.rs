@@ -189,7 +189,8 @@ impl<S: Source> Feed<S> {
         if self.calls > 0
             && (self.exhausted
                 || self.pulled - self.yielded >= self.window
-                || (self.pulled % 64 == 0 && self.began.is_some_and(|t| t.elapsed() >= CHUNK_AGE)))
+                || (self.pulled.is_multiple_of(64)
+                    && self.began.is_some_and(|t| t.elapsed() >= CHUNK_AGE)))
         {
             self.seal();
         }
