@@ -13,7 +13,8 @@
 //! # Fork hooks
 //! [`at_fork`] registers [`ForkHooks`] that every fork made through
 //! [`fork_child`] calls: prepare hooks before `fork(2)`, parent hooks after
-//! it, child hooks first thing in the child. An embedded interpreter uses
+//! it, child hooks first thing in the child, exit hooks last thing in the
+//! child (before `_exit`, which skips `atexit`). An embedded interpreter uses
 //! them to hold its own locks across the fork; a program, to reseed a
 //! random generator in every worker.
 
@@ -131,7 +132,8 @@ impl Drop for Child {
 /// - `PR_SET_PDEATHSIG` is set to `SIGKILL` and the parent is re-checked, so the
 ///   child dies with the parent (note: with the *thread* that forked it);
 /// - a panic in `body` ends the child with [`EXIT_PANICKED`];
-/// - stdout and stderr are flushed and the child leaves with `_exit`, so the
+/// - the [exit hooks](ForkHooks::before_exit) run, stdout and stderr are
+///   flushed and the child leaves with `_exit`, so the
 ///   parent's destructors and `atexit` handlers do not run twice.
 ///
 /// See the module docs for the "fork before threads" rule.
@@ -180,7 +182,11 @@ pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
         }
         Ok(ForkResult::Child) => {
             let code = match hooks.child() {
-                Ok(()) => run_child(parent, body),
+                Ok(()) => {
+                    let code = run_child(parent, body);
+                    hooks.before_exit();
+                    code
+                }
                 Err(()) => EXIT_PANICKED,
             };
             exit_now(code)

@@ -38,6 +38,14 @@ fn children() -> Vec<i32> {
 #[test]
 fn hooks_run_in_order_and_a_panicking_hook_is_contained() {
     let before = children();
+    // Where the children's exit hooks leave their trace: they run after
+    // the body, so only shared memory sees them.
+    let exits: &'static SharedRegion = Box::leak(Box::new(SharedRegion::anonymous(8).unwrap()));
+    let exit_trace: &'static AtomicU64 = exits.place(0).unwrap();
+    let exit_digit = move |digit: u64| {
+        let t = exit_trace.load(Ordering::SeqCst);
+        exit_trace.store(t * 10 + digit, Ordering::SeqCst);
+    };
     process::at_fork(
         ForkHooks::new()
             .prepare(|| {
@@ -45,7 +53,11 @@ fn hooks_run_in_order_and_a_panicking_hook_is_contained() {
                 log("prepare 1")
             })
             .parent(|| log("parent 1"))
-            .child(|| trace(1)),
+            .child(|| trace(1))
+            .before_exit(move || {
+                exit_digit(3);
+                panic!("an exit hook's panic is ignored");
+            }),
     );
     process::at_fork(
         ForkHooks::new()
@@ -57,7 +69,8 @@ fn hooks_run_in_order_and_a_panicking_hook_is_contained() {
             .child(|| {
                 assert!(!PANIC_IN_CHILD.load(Ordering::Relaxed), "child refused");
                 trace(2)
-            }),
+            })
+            .before_exit(move || exit_digit(4)),
     );
     let region = SharedRegion::anonymous(8).unwrap();
     let seen: &AtomicU64 = region.place(0).unwrap();
@@ -71,6 +84,9 @@ fn hooks_run_in_order_and_a_panicking_hook_is_contained() {
     .unwrap();
     assert_eq!(child.wait().unwrap(), Fate::Exited(0));
     assert_eq!(seen.load(Ordering::SeqCst), 12);
+    // Exit hooks in registration order, after the body; a panic in the
+    // first did not stop the second nor change the exit status.
+    assert_eq!(exit_trace.swap(0, Ordering::SeqCst), 34);
     assert_eq!(
         CHILD_TRACE.load(Ordering::Relaxed),
         0,

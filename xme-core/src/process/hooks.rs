@@ -17,7 +17,9 @@ type Hook = Box<dyn Fn() + Send + Sync + 'static>;
 /// Functions to run around every fork xme makes: `prepare` in the parent
 /// just before `fork(2)`, then `parent` in the parent and `child` in the
 /// child just after it (the child's hooks first, before anything else runs
-/// there). The same contract as `pthread_atfork`, for xme's forks only
+/// there), and `before_exit` in the child when its body has returned, just
+/// before it leaves with `_exit`. The contract of `pthread_atfork` (plus an
+/// exit hook, since `_exit` skips `atexit`), for xme's forks only
 /// (`Xme` runs, the `Pool`'s zygote and workers, MPI's logical processes,
 /// every [`fork_child`](super::fork_child)), so that a process running code
 /// xme cannot see (an interpreter, a random generator, a connection pool)
@@ -57,6 +59,7 @@ pub struct ForkHooks {
     prepare: Option<Hook>,
     parent: Option<Hook>,
     child: Option<Hook>,
+    before_exit: Option<Hook>,
 }
 
 impl std::fmt::Debug for ForkHooks {
@@ -65,6 +68,7 @@ impl std::fmt::Debug for ForkHooks {
             .field("prepare", &self.prepare.is_some())
             .field("parent", &self.parent.is_some())
             .field("child", &self.child.is_some())
+            .field("before_exit", &self.before_exit.is_some())
             .finish()
     }
 }
@@ -74,7 +78,10 @@ impl ForkHooks {
     ///
     /// ```
     /// let hooks = xme_core::process::ForkHooks::new();
-    /// assert_eq!(format!("{hooks:?}"), "ForkHooks { prepare: false, parent: false, child: false }");
+    /// assert_eq!(
+    ///     format!("{hooks:?}"),
+    ///     "ForkHooks { prepare: false, parent: false, child: false, before_exit: false }"
+    /// );
     /// ```
     pub fn new() -> ForkHooks {
         ForkHooks::default()
@@ -131,6 +138,29 @@ impl ForkHooks {
     /// ```
     pub fn child(mut self, f: impl Fn() + Send + Sync + 'static) -> ForkHooks {
         self.child = Some(Box::new(f));
+        self
+    }
+
+    /// Runs `f` in the child when its body has returned (or panicked), just
+    /// before it flushes Rust's stdout and stderr and leaves with `_exit`,
+    /// in the order of registration: `_exit` skips `atexit` handlers and
+    /// destructors, so this is where a runtime flushes what it buffered in
+    /// the child. A panic in one is ignored (the others still run). Not run
+    /// when the child is killed, or when a child hook panicked.
+    ///
+    /// ```
+    /// use std::io::Write;
+    /// use xme_core::process::{self, ForkHooks};
+    /// # fn main() -> Result<(), xme_core::Error> {
+    /// process::at_fork(ForkHooks::new().before_exit(|| {
+    ///     let _ = std::io::stderr().write_all(b"a child is leaving\n");
+    /// }));
+    /// process::fork_child(|| 0)?.wait()?; // prints: a child is leaving
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn before_exit(mut self, f: impl Fn() + Send + Sync + 'static) -> ForkHooks {
+        self.before_exit = Some(Box::new(f));
         self
     }
 }
@@ -193,6 +223,11 @@ impl Snapshot {
             catch_unwind(AssertUnwindSafe(f)).map_err(|_| ())?;
         }
         Ok(())
+    }
+
+    /// Runs every exit hook in registration order, panics ignored.
+    pub(super) fn before_exit(&self) {
+        let _ = run_each(self.0.iter().filter_map(|h| h.before_exit.as_ref()));
     }
 }
 
