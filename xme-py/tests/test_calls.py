@@ -42,6 +42,8 @@ def test_arrays_pad_with_their_last_element_and_plain_arguments_go_to_every_call
     assert xme.fun(1, 2, 3) == ((1, 2, 3, None),)  # no Array: one call
     assert xme.fun(xme.Array([]), 0, 0) == ()  # an empty Array: no call
     assert XME.XME(lambda: 7).fun(calnum=3) == (7, 7, 7)  # XME 4.2's calnum
+    assert XME.XME(lambda calnum=2: calnum).fun(calnum=3) == (3, 3, 3)  # passed on
+    assert XME.XME(lambda calnum=2: calnum).fun() == (2,)
     with pytest.raises(ValueError, match="empty"):
         xme.fun(xme.Array([1, 2]), xme.Array([]), 0)
 

@@ -60,7 +60,8 @@ class _Job:
         self.name = getattr(f, "__qualname__", None) or repr(f)
         kwargs = dict(kwargs)
         # XME 4.2's special keyword: the number of calls.
-        calnum = kwargs["calnum"] if "calnum" in params.names else kwargs.pop("calnum", None)
+        # (Passed on too when the function has a parameter of that name.)
+        calnum = kwargs.get("calnum") if "calnum" in params.names else kwargs.pop("calnum", None)
         # Seed 1.2.2, note 1: keywords for a **kwargs parameter given as one
         # dict under its name (kwargs={...}) reach it as keywords.
         vk = params.var_keyword
