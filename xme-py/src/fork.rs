@@ -51,7 +51,7 @@ fn prepare() {
     // SAFETY: the interpreter is initialized; PyGILState_Ensure attaches
     // this thread and takes the GIL (or nests, if it already holds it).
     let state = unsafe { ffi::PyGILState_Ensure() };
-    Python::attach(flush_std_streams);
+    let _ = Python::try_attach(flush_std_streams);
     // SAFETY: this thread holds the GIL, as PyOS_BeforeFork requires; the
     // matching PyOS_AfterFork_* call is made by the parent or child hook
     // right after fork(2), and no Python code runs in between.
@@ -82,7 +82,7 @@ fn child() {
 
 fn before_exit() {
     if PYTHON_CHILD.get() {
-        Python::attach(flush_std_streams);
+        let _ = Python::try_attach(flush_std_streams);
     }
 }
 
