@@ -197,3 +197,13 @@ def test_the_same_function_twice_and_a_builtin():
     assert XME.XME(len).fun(XME.Array(["ab", "c"])) == (2, 1)
     assert XME.XME(pow, pnum=2).funs(funum_array=[0, 0], tagr_array=[[2, XME.Array([3, 4])], [3, 2]],
                                      args_array=[{}, {}]) == ((8, 16), (9,))
+
+
+def test_a_task_may_run_a_batch_of_its_own(no_leftover_children):
+    def inner(x):
+        return x * 2
+
+    def outer(n):
+        return sum(XME.XME(inner, pnum=2).fun(XME.Array(range(n))))
+
+    assert XME.XME(outer, pnum=2).fun(XME.Array([3, 4, 5])) == (6, 12, 20)
