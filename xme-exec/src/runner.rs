@@ -108,6 +108,8 @@ pub(crate) fn run<D>(
         remaining: total,
         on_settled,
     };
+    // Once per run, not per fork: counting threads reads /proc.
+    crate::threads::warn_if_threaded();
     let mut serials = 1u32..;
     let mut live: Vec<Worker> = Vec::with_capacity(slots);
     let mut spawn_error = None;
@@ -240,7 +242,6 @@ fn spawn<D>(
     };
     // The closure owns the write end: the child uses it, and in the parent it
     // is closed when fork_child drops the closure, so EOF means "worker gone".
-    crate::threads::warn_if_threaded();
     let child = process::fork_child(move || plan.run(slot, serial, write))?;
     Ok(Worker {
         slot,

@@ -18,6 +18,10 @@ from bisect import bisect_right
 from . import _xme
 from ._errors import BatchError, CallFailure
 
+#: CPUs this process may use, read once (it reads cgroup files).
+_CPUS = _xme.cpu_count()
+
+
 class Array(list):
     """An argument split across calls: call ``i`` gets element ``i``. The
     number of calls is the length of the longest ``Array`` of the call; a
@@ -209,7 +213,7 @@ class XME:
                 raise TypeError(f"XME.XME: function {i} is not callable: {f!r}")
         if errors not in ("log", "raise"):
             raise ValueError(f'errors must be "log" or "raise", not {errors!r}')
-        cpus = _xme.cpu_count()
+        cpus = _CPUS
         if pnum is None:
             pnum = cpus
         elif isinstance(pnum, bool) or not isinstance(pnum, int):
