@@ -20,10 +20,15 @@ pids = sys.argv[1]
 def slow(i):
     open(os.path.join(pids, str(os.getpid())), "w").close()
     time.sleep(120)
+def parent_of(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[1]
+    except OSError:  # it ended while we looked
+        return None
 def children():
     me = str(os.getpid())
-    return sorted(p for p in os.listdir("/proc") if p.isdigit() and
-                  open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == me)
+    return sorted(p for p in os.listdir("/proc") if p.isdigit() and parent_of(p) == me)
 try:
     XME.XME(slow, pnum=2).fun(XME.Array(range(6)))
 except KeyboardInterrupt:
