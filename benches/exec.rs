@@ -7,6 +7,9 @@
 //! - fun/10_trivial_pnum2: `Xme::fun` over 10 trivial calls with pnum = 2.
 //! - sum/*: a CPU-bound sum, split in 2 calls with pnum = 2, vs one process,
 //!   and vs the same two halves in two raw forked processes (the machine's ceiling).
+//! - result/*: one call returning 10 MiB of bytes already encoded by the task
+//!   (a pickled Python object, say): as `RawBytes` (sent as they are) vs as a
+//!   `Vec<u8>` (encoded again by postcard, byte by byte).
 //!
 //! Run: `cargo bench --bench exec`.
 
@@ -19,6 +22,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use criterion::{Criterion, criterion_group, criterion_main};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, fork, pipe, read, write};
+use xme::exec::RawBytes;
 use xme::{Array, Xme};
 
 /// Forks a child that writes `frames` 8-byte frames to a new pipe and exits.
@@ -152,5 +156,26 @@ fn sum(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, floors, fun, sum);
+fn result(c: &mut Criterion) {
+    const LEN: usize = 10 << 20;
+    let bytes: Vec<u8> = (0..LEN).map(|i| (i % 251) as u8).collect();
+    let xme = Xme::new().pnum(1).print_in_screen(false);
+    let mut g = c.benchmark_group("result");
+    g.sample_size(20);
+    g.bench_function("10MiB_raw_bytes", |b| {
+        b.iter(|| {
+            let out = xme.fun(|()| RawBytes(bytes.clone()), ()).unwrap();
+            black_box(out.into_result().unwrap()[0].len())
+        })
+    });
+    g.bench_function("10MiB_postcard_vec_u8", |b| {
+        b.iter(|| {
+            let out = xme.fun(|()| bytes.clone(), ()).unwrap();
+            black_box(out.into_result().unwrap()[0].len())
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, floors, fun, sum, result);
 criterion_main!(benches);

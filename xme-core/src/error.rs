@@ -144,6 +144,16 @@ pub enum Error {
         /// The limit.
         after: std::time::Duration,
     },
+    /// A fork hook ([`ForkHooks`](crate::process::ForkHooks)) panicked.
+    #[error(
+        "a {stage} fork hook panicked: {message} (fork hooks must not panic; the fork was cancelled or its child killed)"
+    )]
+    ForkHook {
+        /// Which hook: `"prepare"` or `"parent"`.
+        stage: &'static str,
+        /// The panic message.
+        message: String,
+    },
     /// Other I/O failure.
     #[error("I/O error while {doing}")]
     Io {

@@ -9,6 +9,14 @@
 //! with `println!` while a parent thread holds stdout, can deadlock in the
 //! child. Start worker processes before starting threads, or keep the tasks
 //! free of locks that other threads take.
+//!
+//! # Fork hooks
+//! [`at_fork`] registers [`ForkHooks`] that every fork made through
+//! [`fork_child`] calls: prepare hooks before `fork(2)`, parent hooks after
+//! it, child hooks first thing in the child, exit hooks last thing in the
+//! child (before `_exit`, which skips `atexit`). An embedded interpreter uses
+//! them to hold its own locks across the fork; a program, to reseed a
+//! random generator in every worker.
 
 use std::any::Any;
 use std::cell::RefCell;
@@ -22,6 +30,10 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid};
 
 use crate::{Error, Fate, PanicReport};
+
+mod hooks;
+
+pub use hooks::{ForkHooks, at_fork};
 
 /// Exit status of a child whose parent died before it could start.
 pub const EXIT_ORPHANED: i32 = 125;
@@ -112,17 +124,36 @@ impl Drop for Child {
 
 /// Forks a child that runs `body` and exits with the status it returns.
 ///
-/// Before forking, the parent's stdout and stderr are flushed, so text buffered
-/// before the fork is not printed twice. In the child:
+/// Before forking, the [prepare hooks](ForkHooks::prepare) run and the
+/// parent's stdout and stderr are flushed, so text buffered before the fork
+/// is not printed twice; after it, the [parent hooks](ForkHooks::parent) run
+/// in the parent. In the child:
+/// - the [child hooks](ForkHooks::child) run first;
 /// - `PR_SET_PDEATHSIG` is set to `SIGKILL` and the parent is re-checked, so the
 ///   child dies with the parent (note: with the *thread* that forked it);
 /// - a panic in `body` ends the child with [`EXIT_PANICKED`];
-/// - stdout and stderr are flushed and the child leaves with `_exit`, so the
+/// - the [exit hooks](ForkHooks::before_exit) run, stdout and stderr are
+///   flushed and the child leaves with `_exit`, so the
 ///   parent's destructors and `atexit` handlers do not run twice.
 ///
 /// See the module docs for the "fork before threads" rule.
+///
+/// # Errors
+/// [`Error::Fork`] if `fork(2)` fails; [`Error::ForkHook`] if a prepare or
+/// parent hook panicked (the fork did not happen, or its child was killed
+/// and reaped).
+///
+/// ```
+/// # fn main() -> Result<(), xme_core::Error> {
+/// let child = xme_core::process::fork_child(|| 7)?;
+/// assert_eq!(child.wait()?, xme_core::Fate::Exited(7));
+/// # Ok(())
+/// # }
+/// ```
 pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
     let parent = nix::unistd::getpid();
+    let hooks = hooks::Snapshot::take();
+    hooks.prepare()?;
     // Hold stdout and stderr across the fork: no other thread can hold them at
     // that instant, and in the child these re-entrant locks belong to the
     // forking thread, which releases them like the parent does.
@@ -138,15 +169,32 @@ pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
         // deadlock the child, never break memory safety (see the module docs).
         unsafe { nix::unistd::fork() }
     };
-    match forked.map_err(|e| Error::Fork(e.into()))? {
-        ForkResult::Parent { child } => Ok(Child {
-            pid: child,
-            fate: None,
-            pidfd: pidfd_open(child),
-        }),
-        ForkResult::Child => {
-            let code = run_child(parent, body);
+    match forked {
+        Ok(ForkResult::Parent { child }) => {
+            let child = Child {
+                pid: child,
+                fate: None,
+                pidfd: pidfd_open(child),
+            };
+            // A failed parent hook drops (kills and reaps) the child.
+            hooks.parent()?;
+            Ok(child)
+        }
+        Ok(ForkResult::Child) => {
+            let code = match hooks.child() {
+                Ok(()) => {
+                    let code = run_child(parent, body);
+                    hooks.before_exit();
+                    code
+                }
+                Err(()) => EXIT_PANICKED,
+            };
             exit_now(code)
+        }
+        Err(e) => {
+            // The prepare hooks ran: let their parent hooks undo them.
+            let _ = hooks.parent();
+            Err(Error::Fork(e.into()))
         }
     }
 }

@@ -38,6 +38,17 @@ pub enum ExecError {
         /// What showed it.
         why: String,
     },
+    /// The run's [interrupt check](crate::Xme::interrupt_when) returned true:
+    /// every worker was killed and reaped, and the run's results dropped.
+    #[error(
+        "the run was interrupted after {settled} of {total} calls; every worker was killed and reaped"
+    )]
+    Interrupted {
+        /// Calls that had ended when the run stopped.
+        settled: usize,
+        /// Calls in the run.
+        total: usize,
+    },
     /// The log file could not be opened.
     #[error(transparent)]
     Log(#[from] xme_log::LogError),

@@ -2,12 +2,10 @@ use std::borrow::Cow;
 use std::marker::PhantomData;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use xme_array::{ArrayError, SplitArgs};
 use xme_core::result_frame;
 
-use crate::{Context, Outcomes, TaskError, TaskFailure};
+use crate::{Context, Outcomes, Reply, TaskError, TaskFailure};
 
 /// One row of the function table: a function, its arguments, and options.
 ///
@@ -143,7 +141,7 @@ impl<F, A, R, D> ErasedJob<D> for Job<F, A, R, D>
 where
     A: SplitArgs,
     F: CallWith<D, A::Call, R>,
-    R: Serialize + DeserializeOwned,
+    R: Reply,
 {
     fn prepare(&mut self) -> Result<usize, ArrayError> {
         let calnum = self.args.plan()?.calnum();
@@ -161,31 +159,29 @@ where
 
     fn run_call(&self, call: usize, ctx: &mut Context<'_, D>, out: &mut Vec<u8>) {
         let input = self.args.call(call);
-        let result = xme_core::process::catch_panic(|| self.f.call_with(ctx, input));
-        let encoded = match &result {
-            Ok(value) => postcard::to_stdvec(value)
-                .map(|b| (tag::VALUE, b))
-                .map_err(|e| xme_core::CodecError::encoding(e, value)),
-            Err(report) => postcard::to_stdvec(report)
-                .map(|b| (tag::PANICKED, b))
-                .map_err(|e| xme_core::CodecError::encoding(e, report)),
+        let mark = out.len();
+        let encoded = match xme_core::process::catch_panic(|| self.f.call_with(ctx, input)) {
+            Ok(value) => {
+                out.push(tag::VALUE);
+                value.encode_into(out)
+            }
+            Err(report) => {
+                out.push(tag::PANICKED);
+                report.encode_into(out)
+            }
         };
-        match encoded {
-            Ok((tag, body)) => {
-                out.push(tag);
-                out.extend_from_slice(&body);
-            }
-            Err(e) => {
-                out.push(tag::ENCODE_FAILED);
-                out.extend_from_slice(e.to_string().as_bytes());
-            }
+        if let Err(e) = encoded {
+            out.truncate(mark);
+            out.push(tag::ENCODE_FAILED);
+            out.extend_from_slice(e.to_string().as_bytes());
         }
     }
 
     fn deliver(&mut self, job: usize, call: usize, reply: Result<&[u8], TaskFailure>) {
         let outcome = reply.and_then(|bytes| match bytes.split_first() {
-            Some((&tag::VALUE, body)) => result_frame::decode::<R>(body, "a task result")
-                .map_err(|e| TaskFailure::Decode(xme_core::error_chain(&e))),
+            Some((&tag::VALUE, body)) => {
+                R::decode_from(body).map_err(|e| TaskFailure::Decode(xme_core::error_chain(&e)))
+            }
             Some((&tag::PANICKED, body)) => Err(result_frame::decode(body, "a panic report")
                 .map(TaskFailure::Panicked)
                 .unwrap_or_else(|e| TaskFailure::Decode(xme_core::error_chain(&e)))),
@@ -247,7 +243,7 @@ impl<F, A, R, D> JobTable<D> for Job<F, A, R, D>
 where
     A: SplitArgs,
     F: CallWith<D, A::Call, R>,
-    R: Serialize + DeserializeOwned,
+    R: Reply,
 {
     type Output = Outcomes<R>;
 

@@ -76,6 +76,8 @@ mod pool {
     mod sync;
 }
 #[cfg(not(loom))]
+mod reply;
+#[cfg(not(loom))]
 mod runner;
 #[cfg(not(loom))]
 mod threads;
@@ -100,6 +102,8 @@ pub use pool::{
     Call, CallSet, Ordered, Pool, PoolBuilder, PoolJob, PoolJobs, PoolStart, StreamBuilder,
     Unordered,
 };
+#[cfg(not(loom))]
+pub use reply::{RawBytes, Reply};
 #[cfg(not(loom))]
 pub use xme::{Xme, cpus};
 pub use xme_array::{Array, Same};

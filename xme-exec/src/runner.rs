@@ -20,6 +20,8 @@ use crate::{ExecError, TaskFailure};
 const LINGER: Duration = Duration::from_secs(1);
 /// Longest sleep of the parent between liveness checks of every worker.
 const TICK: Duration = Duration::from_millis(100);
+/// Longest time between two calls of a run's interrupt check.
+const INTERRUPT_EVERY: Duration = Duration::from_millis(50);
 /// Bytes before a reply body: the global call index.
 const CALL_BYTES: usize = 8;
 
@@ -27,6 +29,8 @@ pub(crate) struct RunSpec<'a> {
     pub pnum: usize,
     pub default_timeout: Option<Duration>,
     pub logger: &'a xme_log::Logger,
+    /// Stops the run when it returns true (`Xme::interrupt_when`).
+    pub interrupt: Option<&'a (dyn Fn() -> bool + Send + Sync)>,
 }
 
 struct Worker {
@@ -104,6 +108,8 @@ pub(crate) fn run<D>(
         remaining: total,
         on_settled,
     };
+    // Once per run, not per fork: counting threads reads /proc.
+    crate::threads::warn_if_threaded();
     let mut serials = 1u32..;
     let mut live: Vec<Worker> = Vec::with_capacity(slots);
     let mut spawn_error = None;
@@ -130,14 +136,27 @@ pub(crate) fn run<D>(
 
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_sweep = Instant::now();
+    let mut last_interrupt_check = Instant::now();
     while !live.is_empty() {
-        let deadline_wait = next_deadline(&live, &board, &ledger, &timeouts);
-        wait_readable(
-            &mut live,
-            &mut buf,
-            &mut ledger,
-            deadline_wait.unwrap_or(TICK),
-        )?;
+        let mut wait = next_deadline(&live, &board, &ledger, &timeouts).unwrap_or(TICK);
+        if spec.interrupt.is_some() {
+            wait = wait.min(INTERRUPT_EVERY);
+        }
+        let signalled = wait_readable(&mut live, &mut buf, &mut ledger, wait)?;
+        if let Some(stop) = spec.interrupt
+            && (signalled || last_interrupt_check.elapsed() >= INTERRUPT_EVERY)
+        {
+            last_interrupt_check = Instant::now();
+            if stop() {
+                for w in &mut live {
+                    w.child.kill_mut()?;
+                }
+                return Err(ExecError::Interrupted {
+                    settled: total - ledger.remaining,
+                    total,
+                });
+            }
+        }
         kill_overdue(&mut live, &board, &ledger, &timeouts);
 
         // Reap workers whose process ended (pidfd), whose pipe closed, or that
@@ -223,7 +242,6 @@ fn spawn<D>(
     };
     // The closure owns the write end: the child uses it, and in the parent it
     // is closed when fork_child drops the closure, so EOF means "worker gone".
-    crate::threads::warn_if_threaded();
     let child = process::fork_child(move || plan.run(slot, serial, write))?;
     Ok(Worker {
         slot,
@@ -258,15 +276,17 @@ fn next_deadline<D>(
         .map(|d| d.min(TICK))
 }
 
-/// Sleeps until a pipe is readable, a worker ends, or `wait` passes; reads
-/// every ready pipe and marks every worker whose process ended.
+/// Sleeps until a pipe is readable, a worker ends, a signal arrives, or
+/// `wait` passes; reads every ready pipe and marks every worker whose
+/// process ended. True if a signal cut the wait short.
 fn wait_readable<D>(
     live: &mut [Worker],
     buf: &mut [u8],
     ledger: &mut Ledger<'_, '_, D>,
     wait: Duration,
-) -> Result<(), Error> {
+) -> Result<bool, Error> {
     // Per worker: (pipe readable, process ended).
+    let mut signalled = false;
     let events: Vec<(bool, bool)> = {
         let mut fds: Vec<PollFd<'_>> = Vec::with_capacity(live.len() * 2);
         for w in live.iter() {
@@ -281,7 +301,8 @@ fn wait_readable<D>(
         let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
         let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
         match poll(&mut fds, timeout) {
-            Ok(_) | Err(nix::Error::EINTR) => {}
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => signalled = true,
             Err(source) => {
                 return Err(Error::Pipe {
                     doing: "waiting for worker replies",
@@ -307,7 +328,7 @@ fn wait_readable<D>(
         }
         w.ended |= ended;
     }
-    Ok(())
+    Ok(signalled)
 }
 
 /// One `read` from a worker's pipe; complete frames are settled at once.

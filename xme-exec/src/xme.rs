@@ -1,14 +1,13 @@
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use xme_array::SplitArgs;
 use xme_log::Logger;
 
 use crate::job::{JobTable, Plain, WithContext};
 use crate::runner::{self, RunSpec};
-use crate::{Context, ExecError, Job, Outcomes};
+use crate::{Context, ExecError, Job, Outcomes, Reply};
 
 /// The standard interface (XMESI): runs a table of functions over forked
 /// worker processes.
@@ -51,7 +50,8 @@ use crate::{Context, ExecError, Job, Outcomes};
 ///
 /// Tasks are closures and may capture anything, even what cannot be sent or
 /// serialized (an open file, an `Rc`): each worker is a fork of this process.
-/// Only results cross back, so they are `Serialize + DeserializeOwned`.
+/// Only results cross back, so they are [`Reply`]s: any serde type
+/// (postcard-encoded), or [`RawBytes`](crate::RawBytes) sent as they are.
 #[derive(Clone, Debug)]
 pub struct Xme {
     requested_pnum: Option<usize>,
@@ -59,8 +59,19 @@ pub struct Xme {
     show_version_info: bool,
     logger: Logger,
     timeout: Option<Duration>,
+    interrupt: Option<InterruptCheck>,
     #[cfg(feature = "progress")]
     progress: bool,
+}
+
+/// The check a waiting run consults (see [`Xme::interrupt_when`]).
+#[derive(Clone)]
+struct InterruptCheck(Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for InterruptCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InterruptCheck(..)")
+    }
 }
 
 impl Default for Xme {
@@ -92,6 +103,7 @@ impl Xme {
             show_version_info: false,
             logger: Logger::new(),
             timeout: None,
+            interrupt: None,
             #[cfg(feature = "progress")]
             progress: false,
         }
@@ -223,6 +235,38 @@ impl Xme {
         self
     }
 
+    /// Stops a run when `stop` returns true: while a run waits for its
+    /// workers, it calls `stop` at least every 50 ms, and at once when a
+    /// signal cuts a wait short (a handler for Ctrl-C that sets a flag, an
+    /// interpreter that must run its own signal handlers). A run stopped
+    /// this way kills and reaps every worker and returns
+    /// [`ExecError::Interrupted`]; its results are dropped.
+    ///
+    /// `stop` runs in the calling thread, between waits; it must be quick.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::sync::atomic::{AtomicBool, Ordering};
+    /// use std::time::{Duration, Instant};
+    /// use xme_exec::{Array, ExecError, Xme};
+    ///
+    /// let stop = Arc::new(AtomicBool::new(false));
+    /// let flag = stop.clone();
+    /// std::thread::spawn(move || {
+    ///     std::thread::sleep(Duration::from_millis(200));
+    ///     flag.store(true, Ordering::Relaxed); // what a Ctrl-C handler would do
+    /// });
+    /// let started = Instant::now();
+    /// let xme = Xme::new().pnum(2).interrupt_when(move || stop.load(Ordering::Relaxed));
+    /// let err = xme.fun(|s: u64| std::thread::sleep(Duration::from_secs(s)), Array::new([60u64, 60])).unwrap_err();
+    /// assert!(matches!(err, ExecError::Interrupted { .. }));
+    /// assert!(started.elapsed() < Duration::from_secs(30));
+    /// ```
+    pub fn interrupt_when(mut self, stop: impl Fn() -> bool + Send + Sync + 'static) -> Xme {
+        self.interrupt = Some(InterruptCheck(Arc::new(stop)));
+        self
+    }
+
     /// Shows a progress bar (calls done / total) on stderr.
     ///
     /// ```
@@ -255,7 +299,8 @@ impl Xme {
     ///
     /// # Errors
     /// [`ExecError::Arguments`] for an empty `Array`; [`ExecError::NoWorker`]
-    /// if not even one worker could be forked. A call that fails is not an
+    /// if not even one worker could be forked; [`ExecError::Interrupted`] if
+    /// the [interrupt check](Self::interrupt_when) stopped the run. A call that fails is not an
     /// error of `fun`: it is the [`TaskError`](crate::TaskError) in its
     /// place of the [`Outcomes`].
     ///
@@ -280,7 +325,7 @@ impl Xme {
     where
         A: SplitArgs,
         F: Fn(A::Call) -> R,
-        R: Serialize + DeserializeOwned,
+        R: Reply,
     {
         self.funs(Job::<Plain<F>, A, R>::new(f, args))
     }
@@ -303,7 +348,7 @@ impl Xme {
     where
         A: SplitArgs,
         F: Fn(&mut Context<'_>, A::Call) -> R,
-        R: Serialize + DeserializeOwned,
+        R: Reply,
     {
         self.funs(Job::<WithContext<F>, A, R>::with_context(f, args))
     }
@@ -354,7 +399,7 @@ impl Xme {
     where
         A: SplitArgs,
         F: Fn(&mut Context<'_, D>, A::Call) -> R,
-        R: Serialize + DeserializeOwned,
+        R: Reply,
     {
         self.run_table(data, Job::<WithContext<F>, A, R, D>::with_context(f, args))
     }
@@ -396,6 +441,7 @@ impl Xme {
             pnum,
             default_timeout: self.timeout,
             logger: &task_logger,
+            interrupt: self.interrupt.as_ref().map(|c| &*c.0),
         };
         {
             let mut erased = table.erased();

@@ -260,7 +260,7 @@ impl Logger {
             logger: self,
             msgtype: None,
             indent: 0,
-            pid: true,
+            pid: Some(None),
         }
     }
 
@@ -284,9 +284,11 @@ impl Logger {
             use std::fmt::Write;
             let _ = write!(line, "{}", chrono::Local::now().format("%Y-%m-%d %H:%M:%S"));
         }
-        if self.show_pid && entry.pid {
+        if self.show_pid
+            && let Some(pid) = entry.pid
+        {
             use std::fmt::Write;
-            let _ = write!(line, "(pid@{})", std::process::id());
+            let _ = write!(line, "(pid@{})", pid.unwrap_or_else(std::process::id));
         }
         if !line.is_empty() {
             line.push(':');
@@ -300,7 +302,23 @@ impl Logger {
         line
     }
 
-    fn write_line(&self, mut line: String) -> Result<(), LogError> {
+    /// Writes a line made by [`format`](Self::format) (or any text without
+    /// a newline) to the screen and the log file, as [`Entry::print`]
+    /// does: one `write(2)` per target, one line at a time across processes.
+    ///
+    /// # Errors
+    /// [`LogError::Write`] if standard output or the log file refuses the line.
+    ///
+    /// ```
+    /// use xme_log::Logger;
+    /// # fn main() -> Result<(), xme_log::LogError> {
+    /// let log = Logger::new().time(false);
+    /// let line = log.format(&log.entry().msgtype("Info"), "formatted once");
+    /// log.write_line(line)?; // prints: (Info)(pid@4242):formatted once
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn write_line(&self, mut line: String) -> Result<(), LogError> {
         line.push('\n');
         // One line at a time across processes: a write of more than
         // PIPE_BUF bytes to a pipe may be split, and another process's line
@@ -356,7 +374,8 @@ pub struct Entry<'a> {
     logger: &'a Logger,
     msgtype: Option<Cow<'a, str>>,
     indent: usize,
-    pid: bool,
+    /// `None`: no pid; `Some(None)`: this process's; `Some(Some(p))`: `p`.
+    pid: Option<Option<u32>>,
 }
 
 impl<'a> Entry<'a> {
@@ -400,7 +419,18 @@ impl<'a> Entry<'a> {
     /// assert_eq!(log.format(&log.entry().no_pid(), "x"), "x");
     /// ```
     pub fn no_pid(mut self) -> Self {
-        self.pid = false;
+        self.pid = None;
+        self
+    }
+
+    /// Show `pid` instead of this process's pid (the seed's `pid=…`).
+    ///
+    /// ```
+    /// let log = xme_log::Logger::new().time(false);
+    /// assert_eq!(log.format(&log.entry().pid_value(7), "x"), "(pid@7):x");
+    /// ```
+    pub fn pid_value(mut self, pid: u32) -> Self {
+        self.pid = Some(Some(pid));
         self
     }
 

@@ -1,0 +1,120 @@
+//! One batch of the standard interface: `Xme::fun` over the batch's calls,
+//! each running a Python callable in a forked worker, its pickled result
+//! coming back as raw bytes, while the parent waits with the GIL released
+//! and checks for Ctrl-C.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+use xme_exec::{Array, ExecError, RawBytes, TaskFailure, Xme};
+
+use crate::XMEError;
+use crate::logputter::Logputter;
+
+/// First byte of the reply a worker makes itself when the call wrapper
+/// raised (the Python wrapper catches everything, so this is a last resort).
+const WRAPPER_RAISED: u8 = b'R';
+
+/// Runs `run_call(0) … run_call(calls - 1)` in forked workers, at most
+/// `pnum` at a time, calls taken in order, and returns one outcome per call
+/// in call order: the `bytes` its `run_call` returned in the worker, or a
+/// tuple saying why the call gave none: `("signal", n)`, `("exit", status)`,
+/// `("timeout", seconds)` or `("lost", why)`.
+///
+/// The parent waits with the GIL released and checks for signals at least
+/// every 50 ms: a pending exception (`KeyboardInterrupt` after Ctrl-C)
+/// stops the batch, kills and reaps every worker, and is raised.
+#[pyfunction]
+#[pyo3(signature = (calls, run_call, *, pnum, timeout=None, logger=None))]
+pub(crate) fn run_batch(
+    py: Python<'_>,
+    calls: usize,
+    run_call: Py<PyAny>,
+    pnum: usize,
+    timeout: Option<f64>,
+    logger: Option<PyRef<'_, Logputter>>,
+) -> PyResult<Vec<Py<PyAny>>> {
+    let mut xme = Xme::new().pnum(pnum);
+    if let Some(logger) = logger {
+        xme = xme.logger(logger.rust_logger());
+    }
+    if let Some(seconds) = timeout {
+        let limit = Duration::try_from_secs_f64(seconds)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "timeout must be a positive number of seconds, not {seconds}"
+                ))
+            })?;
+        xme = xme.timeout(limit);
+    }
+    let pending: Arc<Mutex<Option<PyErr>>> = Arc::default();
+    let slot = pending.clone();
+    let xme = xme.interrupt_when(move || {
+        Python::try_attach(|py| match py.check_signals() {
+            Ok(()) => false,
+            Err(e) => {
+                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                true
+            }
+        })
+        .unwrap_or(false)
+    });
+    let outcomes = py.detach(|| {
+        xme.fun(
+            |g: usize| Python::attach(|py| call_in_worker(py, &run_call, g)),
+            Array::new(0..calls),
+        )
+    });
+    let outcomes = match outcomes {
+        Ok(outcomes) => outcomes,
+        Err(ExecError::Interrupted { .. }) => {
+            let raised = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+            return Err(raised.unwrap_or_else(|| PyKeyboardInterrupt::new_err(())));
+        }
+        Err(e) => return Err(XMEError::new_err(xme_core::error_chain(&e))),
+    };
+    outcomes
+        .into_iter()
+        .map(|outcome| match outcome {
+            Ok(bytes) => Ok(PyBytes::new(py, &bytes).into_any().unbind()),
+            Err(e) => {
+                let why = match e.failure {
+                    TaskFailure::Killed { signal } => {
+                        ("signal", signal.into_pyobject(py)?.into_any())
+                    }
+                    TaskFailure::Exited { code } => ("exit", code.into_pyobject(py)?.into_any()),
+                    TaskFailure::TimedOut { after } => {
+                        ("timeout", after.as_secs_f64().into_pyobject(py)?.into_any())
+                    }
+                    other => ("lost", other.to_string().into_pyobject(py)?.into_any()),
+                };
+                Ok(
+                    PyTuple::new(py, [why.0.into_pyobject(py)?.into_any(), why.1])?
+                        .into_any()
+                        .unbind(),
+                )
+            }
+        })
+        .collect()
+}
+
+/// In a worker: the bytes `run_call(g)` returns. The Python wrapper catches
+/// everything a call raises; should it raise itself, or return something
+/// other than bytes, the reply says so instead.
+fn call_in_worker(py: Python<'_>, run_call: &Py<PyAny>, g: usize) -> RawBytes {
+    let why = match run_call.call1(py, (g,)) {
+        Ok(reply) => match reply.extract::<&[u8]>(py) {
+            Ok(bytes) => return RawBytes(bytes.to_vec()),
+            Err(e) => format!("the XME call wrapper returned no bytes: {e}"),
+        },
+        Err(e) => format!("the XME call wrapper raised {e}"),
+    };
+    let mut bytes = vec![WRAPPER_RAISED];
+    bytes.extend_from_slice(why.as_bytes());
+    RawBytes(bytes)
+}

@@ -1,0 +1,103 @@
+//! Forking an interpreter as CPython's own `os.fork` does, through
+//! xme-core's fork hooks, so every fork xme makes in this process is safe
+//! for Python:
+//! - prepare: take the GIL, flush `sys.stdout` and `sys.stderr` (so text
+//!   buffered before the fork is not written twice), then
+//!   `PyOS_BeforeFork` (the import lock, `os.register_at_fork` handlers).
+//!   No Python code runs after it until `fork(2)`.
+//! - parent: `PyOS_AfterFork_Parent`, then give the GIL back, so the
+//!   parent waits for its workers with the GIL released.
+//! - child, first thing: `PyOS_AfterFork_Child` (the interpreter's state
+//!   after a fork, `threading`'s and `os.register_at_fork`'s handlers). The
+//!   child keeps the GIL: it runs Python calls until it leaves with `_exit`.
+//! - before the child's `_exit` (which skips `atexit`): flush `sys.stdout`
+//!   and `sys.stderr` (each call's wrapper flushes too, so a worker killed
+//!   later keeps the output of its earlier calls).
+
+use std::cell::Cell;
+use std::sync::Once;
+
+use pyo3::prelude::*;
+use pyo3::{ffi, intern};
+use xme_core::process::{self, ForkHooks};
+
+thread_local! {
+    /// The GIL state taken by this thread's prepare hook, for its parent hook.
+    static HELD: Cell<Option<ffi::PyGILState_STATE>> = const { Cell::new(None) };
+    /// In a child: it was forked with the interpreter prepared, and holds the GIL.
+    static PYTHON_CHILD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Registers the hooks once per process.
+pub(crate) fn register() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        process::at_fork(
+            ForkHooks::new()
+                .prepare(prepare)
+                .parent(parent)
+                .child(child)
+                .before_exit(before_exit),
+        )
+    });
+}
+
+fn prepare() {
+    // SAFETY: Py_IsInitialized may be called at any time, with or without
+    // the GIL.
+    if unsafe { ffi::Py_IsInitialized() } == 0 {
+        return;
+    }
+    // SAFETY: the interpreter is initialized; PyGILState_Ensure attaches
+    // this thread and takes the GIL (or nests, if it already holds it).
+    let state = unsafe { ffi::PyGILState_Ensure() };
+    let _ = Python::try_attach(flush_std_streams);
+    // SAFETY: this thread holds the GIL, as PyOS_BeforeFork requires; the
+    // matching PyOS_AfterFork_* call is made by the parent or child hook
+    // right after fork(2), and no Python code runs in between.
+    unsafe { ffi::PyOS_BeforeFork() };
+    HELD.set(Some(state));
+}
+
+fn parent() {
+    let Some(state) = HELD.take() else { return };
+    // SAFETY: the prepare hook of this thread called PyOS_BeforeFork and
+    // still holds the GIL; `state` is what its PyGILState_Ensure returned.
+    unsafe {
+        ffi::PyOS_AfterFork_Parent();
+        ffi::PyGILState_Release(state);
+    }
+}
+
+fn child() {
+    if HELD.take().is_some() {
+        // SAFETY: we are the forking thread, just after fork(2), holding
+        // the GIL taken by the prepare hook before PyOS_BeforeFork, which is
+        // what PyOS_AfterFork_Child requires. The GIL stays held: the child
+        // runs Python until it exits.
+        unsafe { ffi::PyOS_AfterFork_Child() };
+        PYTHON_CHILD.set(true);
+    }
+}
+
+fn before_exit() {
+    if PYTHON_CHILD.get() {
+        let _ = Python::try_attach(flush_std_streams);
+    }
+}
+
+/// Flushes Python's `sys.stdout` and `sys.stderr`; a stream that is
+/// missing, closed or refuses is left as it is (nothing to duplicate then).
+pub(crate) fn flush_std_streams(py: Python<'_>) {
+    let Ok(sys) = py.import(intern!(py, "sys")) else {
+        return;
+    };
+    for name in [intern!(py, "stdout"), intern!(py, "stderr")] {
+        if let Ok(stream) = sys.getattr(name)
+            && !stream.is_none()
+        {
+            // A failed flush must not stop a fork: its error is dropped.
+            let _ = stream.call_method0(intern!(py, "flush"));
+        }
+    }
+}
