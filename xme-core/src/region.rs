@@ -172,14 +172,27 @@ impl SharedRegion {
     pub fn anonymous_versioned(payload_len: usize, version: u32) -> Result<SharedRegion, Error> {
         let size = total_size(payload_len)?;
         let create_err = |source: std::io::Error| Error::RegionCreate { size, source };
-        let fd =
-            nix::sys::memfd::memfd_create(c"xme-region", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .map_err(|e| create_err(e.into()))?;
+        let fd = nix::sys::memfd::memfd_create(
+            c"xme-region",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC | nix::sys::memfd::MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| create_err(e.into()))?;
         let file = File::from(fd);
         file.set_len(size as u64).map_err(create_err)?;
-        // SAFETY: the memfd is private to this process and its children; nobody
-        // truncates it while mapped (the file is owned by the region and never
-        // resized again), so the mapping stays valid for the region's life.
+        // Sealed against resizing: a process that holds the descriptor (a
+        // child, or one it was passed to) cannot shrink the file under a
+        // mapping, which would turn reads of the vanished pages into SIGBUS.
+        nix::fcntl::fcntl(
+            &file,
+            nix::fcntl::FcntlArg::F_ADD_SEALS(
+                nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW,
+            ),
+        )
+        .map_err(|e| create_err(e.into()))?;
+        // SAFETY: the memfd is shared only by this process, its children and
+        // processes it hands the descriptor to; its size is sealed (above),
+        // so nobody can truncate it while mapped and the mapping stays valid
+        // for the region's life.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(create_err)?;
         let region = SharedRegion {
             base: map.as_mut_ptr(),
@@ -228,15 +241,23 @@ impl SharedRegion {
         let file = File::from(fd);
         let size = file.metadata().map(|m| m.len() as usize).unwrap_or(0);
         let create_err = |source: std::io::Error| Error::RegionCreate { size, source };
+        let sealed = nix::fcntl::fcntl(&file, nix::fcntl::FcntlArg::F_GET_SEALS)
+            .map(nix::fcntl::SealFlag::from_bits_truncate)
+            .is_ok_and(|s| s.contains(nix::fcntl::SealFlag::F_SEAL_SHRINK));
+        if !sealed {
+            return Err(create_err(std::io::Error::other(
+                "the descriptor is not a memfd sealed against shrinking",
+            )));
+        }
         if size < RegionHeader::RESERVED {
             return Err(create_err(std::io::Error::other(format!(
                 "the descriptor holds {size} bytes, too few for a region header"
             ))));
         }
-        // SAFETY: as in `anonymous_versioned`: the memfd is shared only by
-        // the processes of one family, none of which resizes it while mapped;
-        // what the bytes hold is judged by `check_header` and, after it, only
-        // read through `InRegion` types.
+        // SAFETY: as in `anonymous_versioned`: the memfd's size is sealed
+        // (checked below before trusting the mapping), so nobody resizes it
+        // while mapped; what the bytes hold is judged by `check_header` and,
+        // after it, only read through `InRegion` types.
         let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(create_err)?;
         let region = SharedRegion {
             base: map.as_mut_ptr(),

@@ -58,6 +58,18 @@ fn workers_are_reused_across_batches() {
         out.into_result().unwrap(),
         (0..10).map(|x| x * x).collect::<Vec<_>>()
     );
+    // Calls long enough that both workers start (a short batch may run
+    // whole on the first before the second is forked).
+    let out = pool
+        .fun(
+            |ms: u64| {
+                std::thread::sleep(Duration::from_millis(ms));
+                ms
+            },
+            Array::new([100u64, 100]),
+        )
+        .unwrap();
+    assert_eq!(out.into_result().unwrap(), [100, 100]);
     let mut first = pool.idle_workers();
     first.sort();
     assert_eq!(first.len(), 2);

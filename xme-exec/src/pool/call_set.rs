@@ -103,6 +103,7 @@ impl<R: DeserializeOwned> CallSet<R> {
                 calls: 1,
                 args,
                 limit: self.pool.inner.shared.limit,
+                requeued: 0,
             }]),
             Err(failure) => {
                 let mut block = Block::new(index);

@@ -35,6 +35,9 @@ pub(crate) struct Task {
     pub args: Vec<u8>,
     /// Each call's time limit.
     pub limit: Option<Duration>,
+    /// Times it was sent back to the queue because its worker ended before
+    /// it started.
+    pub requeued: u8,
 }
 
 /// How one call ended, as the driver saw it.
@@ -138,9 +141,7 @@ impl Sink {
             s.waker.take()
         };
         self.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
     }
 
     /// Driver: the owner's cancellation is complete.
@@ -151,9 +152,7 @@ impl Sink {
             s.waker.take()
         };
         self.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
-        }
+        wake(waker);
     }
 
     /// Owner: waits until `done` holds for the state, or until `deadline`;
@@ -181,6 +180,14 @@ impl Sink {
             }
         }
         s
+    }
+}
+
+/// Wakes an owner's task; a waker that panics (foreign executor code) must
+/// not take the driver thread with it.
+fn wake(waker: Option<Waker>) {
+    if let Some(w) = waker {
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.wake()));
     }
 }
 

@@ -39,22 +39,28 @@ where
     // making one is what copying the value the caller passed to the pool
     // would do, and the caller had such a value, so the type is inhabited.
     let f: F = unsafe { std::ptr::NonNull::<F>::dangling().as_ptr().read() };
-    let arg: A = match postcard::from_bytes(args) {
-        Ok(arg) => arg,
-        Err(e) => {
-            out.extend_from_slice(CodecError::decoding(e).to_string().as_bytes());
-            return DECODE;
-        }
-    };
-    match process::catch_panic(|| f(arg)) {
-        Ok(r) => match encode_into(&r, out) {
+    // A `Deserialize` or `Serialize` impl may panic too: that is a panic of
+    // the call, not the end of its worker.
+    let run = process::catch_panic(|| {
+        let arg: A = match postcard::from_bytes(args) {
+            Ok(arg) => arg,
+            Err(e) => {
+                out.extend_from_slice(CodecError::decoding(e).to_string().as_bytes());
+                return DECODE;
+            }
+        };
+        let r = f(arg);
+        match encode_into(&r, out) {
             Ok(()) => OK,
             Err(e) => {
                 out.clear();
                 out.extend_from_slice(CodecError::encoding(e, &r).to_string().as_bytes());
                 ENCODE
             }
-        },
+        }
+    });
+    match run {
+        Ok(status) => status,
         Err(panic) => {
             out.clear();
             let _ = encode_into(&panic, out);

@@ -43,13 +43,15 @@ pub(crate) fn encode_call<A: Serialize>(arg: &A, args: &mut Vec<u8>) -> Result<(
     match super::entry::encode_into(arg, args) {
         Ok(()) => {
             let len = args.len() - at - 4;
-            let Ok(len32) = u32::try_from(len) else {
+            // A worker refuses frames over its limit; one call must fit one.
+            let limit = wire::MAX_FRAME - 64;
+            if len > limit {
                 args.truncate(at);
                 return Err(failed(format!(
-                    "{len} bytes, over the 4 GiB a call may carry"
+                    "{len} bytes, over the {limit} bytes a call may carry"
                 )));
-            };
-            args[at..at + 4].copy_from_slice(&len32.to_le_bytes());
+            }
+            args[at..at + 4].copy_from_slice(&(len as u32).to_le_bytes());
             Ok(())
         }
         Err(e) => {
@@ -84,7 +86,15 @@ pub(crate) struct Feed<S> {
     pub inbox: VecDeque<Block>,
     /// Chunks made by one `fill`, submitted together.
     outgoing: Vec<Task>,
+    /// Result bytes received and not yet taken by the consumer.
+    held: usize,
+    /// Nothing more is pulled while `held` is at least this.
+    pub max_held: usize,
 }
+
+/// Result bytes a stream holds for its consumer before it stops pulling
+/// (results of chunks already sent still come).
+pub(crate) const DEFAULT_MAX_HELD: usize = 64 << 20;
 
 impl<S: Source> Feed<S> {
     /// A stream's feed: chunks start at one call (so the first result comes
@@ -131,6 +141,8 @@ impl<S: Source> Feed<S> {
             max_chunks,
             inbox: VecDeque::new(),
             outgoing: Vec::new(),
+            held: 0,
+            max_held: DEFAULT_MAX_HELD,
         }
     }
 
@@ -145,14 +157,12 @@ impl<S: Source> Feed<S> {
         !self.exhausted
             && self.pulled - self.yielded < self.window
             && self.chunks.len() < self.max_chunks
+            && self.held < self.max_held
     }
 
     /// Pulls calls while the window and the chunks in flight allow.
     pub fn fill(&mut self) {
-        while !self.exhausted
-            && self.pulled - self.yielded < self.window
-            && self.chunks.len() < self.max_chunks
-        {
+        while self.has_room() {
             let before = self.args.len();
             match self.source.next_call(&mut self.args) {
                 None => self.exhausted = true,
@@ -224,6 +234,7 @@ impl<S: Source> Feed<S> {
             calls: self.calls,
             args: std::mem::take(&mut self.args),
             limit: self.limit,
+            requeued: 0,
         };
         self.chunks.insert(self.first, self.calls as usize);
         self.calls = 0;
@@ -265,6 +276,7 @@ impl<S: Source> Feed<S> {
             if block.elapsed_ns > 0 {
                 self.chunker.observe(n, block.elapsed_ns);
             }
+            self.held += block.data.len();
             if let Some((&first, left)) = self.chunks.range_mut(..=block.first).next_back() {
                 *left = left.saturating_sub(n);
                 if *left == 0 {
@@ -294,6 +306,13 @@ impl<S: Source> Feed<S> {
         };
         self.absorb(blocks);
         self.chunks.clear();
+    }
+}
+
+impl<S> Feed<S> {
+    /// The consumer took a whole block of `bytes` result bytes.
+    pub fn taken(&mut self, bytes: usize) {
+        self.held = self.held.saturating_sub(bytes);
     }
 }
 

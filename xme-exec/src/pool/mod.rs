@@ -3,10 +3,11 @@
 //! Rooms: `mod.rs` (the pool and its builder), `call.rs` / `call_set.rs`
 //! (handles), `stream.rs` + `feed.rs` + `chunk.rs` (streams and batches on
 //! the caller's thread), `job.rs` (the multi-function table of `funs`),
-//! `engine.rs` (tasks and sinks, shared with the driver), `driver.rs` (the
-//! driver thread), `zygote.rs` and `worker.rs` (the processes), `layout.rs`,
-//! `ring.rs`, `claims.rs`, `doorbell.rs` (what they share in memory),
-//! `wire.rs` and `entry.rs` (what crosses their sockets).
+//! `engine.rs` (tasks and sinks, shared with the driver), `driver/` (the
+//! driver thread), `zygote.rs` (starting the zygote, and the driver's side
+//! of it), `fork_server.rs` and `worker.rs` (the zygote's and a worker's
+//! loops), `layout.rs`, `ring.rs`, `claims.rs`, `doorbell.rs` (what they
+//! share in memory), `wire.rs` and `entry.rs` (what crosses their sockets).
 
 mod call;
 mod call_set;
@@ -17,6 +18,7 @@ mod driver;
 mod engine;
 mod entry;
 mod feed;
+mod fork_server;
 mod job;
 mod layout;
 mod ring;
@@ -160,6 +162,14 @@ impl PoolInner {
 
 impl Drop for PoolInner {
     fn drop(&mut self) {
+        if self.shared.foreign() {
+            // A forked child's copy: the driver thread and the zygote are
+            // the parent's (a thread of another process cannot be joined).
+            if let Some(h) = lock(&self.driver).take() {
+                std::mem::forget(h);
+            }
+            return;
+        }
         self.shared.shut_down();
         let handle = lock(&self.driver).take();
         if let Some(h) = handle
@@ -280,6 +290,7 @@ impl PoolBuilder {
             limit: self.timeout,
             zygote_pid: AtomicI32::new(0),
             call_ns: AtomicU64::new(0),
+            owner: xme_core::process::current_pid(),
         });
         let handle = driver::start(shared.clone(), region, self.start)?;
         Ok(Pool {
@@ -350,6 +361,7 @@ impl Pool {
                 calls: 1,
                 args,
                 limit: self.inner.shared.limit,
+                requeued: 0,
             }]),
             Err(failure) => {
                 let mut block = engine::Block::new(0);
@@ -456,6 +468,15 @@ impl Pool {
         calls: Vec<job::BatchCall>,
         limit: Option<Duration>,
     ) -> Result<Vec<Result<Vec<u8>, TaskFailure>>, ExecError> {
+        if self.inner.shared.foreign() {
+            return Err(ExecError::PoolGone {
+                zygote: self.zygote_pid(),
+                why: format!(
+                    "this process is a fork of process {}, which owns the pool; make a pool in the child",
+                    self.inner.shared.owner
+                ),
+            });
+        }
         if let Some(zygote) = lock(&self.inner.shared.state).gone {
             return Err(ExecError::PoolGone {
                 zygote,

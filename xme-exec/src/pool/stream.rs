@@ -49,6 +49,7 @@ pub struct StreamBuilder<F, I, R> {
     inputs: I,
     window: Option<usize>,
     chunk: Option<usize>,
+    max_held: Option<usize>,
     _task: PhantomData<fn() -> (F, R)>,
 }
 
@@ -80,6 +81,7 @@ where
             inputs,
             window: None,
             chunk: None,
+            max_held: None,
             _task: PhantomData,
         }
     }
@@ -101,6 +103,15 @@ where
         self
     }
 
+    /// Stops pulling while results of this many bytes (encoded) wait for
+    /// the consumer (default: 64 MiB); results of chunks already sent still
+    /// come. The window bounds calls; this bounds memory when results are
+    /// large and an ordered stream waits for a slow call.
+    pub fn max_buffered_bytes(mut self, bytes: usize) -> Self {
+        self.max_held = Some(bytes.max(1));
+        self
+    }
+
     fn feed(self) -> Feed<Typed<I, F, R>> {
         let entry = self.pool.inner.entry_of::<F, A, R>();
         let window = self
@@ -111,7 +122,11 @@ where
             entry,
             _task: PhantomData,
         };
-        Feed::stream(self.pool, source, window, self.chunk)
+        let mut feed = Feed::stream(self.pool, source, window, self.chunk);
+        if let Some(max) = self.max_held {
+            feed.max_held = max;
+        }
+        feed
     }
 
     /// The results in input order.
@@ -303,7 +318,9 @@ fn take_in_order<F, R: DeserializeOwned, S>(
     }
     let out = feed::decode::<R>(block, k).map_err(|f| task_error::<F>(next, f));
     if k + 1 == block.items.len() {
+        let bytes = block.data.len();
         pending.remove(&first);
+        feed.taken(bytes);
     }
     feed.yielded += 1;
     Some(out)
@@ -317,7 +334,9 @@ fn take_any<F, R: DeserializeOwned, S>(
     loop {
         let block = feed.inbox.front()?;
         if *at >= block.items.len() {
+            let bytes = block.data.len();
             feed.inbox.pop_front();
+            feed.taken(bytes);
             *at = 0;
             continue;
         }

@@ -7,10 +7,12 @@
 //! Worker → driver: `[WAKE u8]` (look at my slot), or `[BIG u8][len u32]`
 //! and the bytes of a result too large for the ring.
 //!
-//! Driver ↔ zygote (one request at a time): `[SPAWN u8][slot u32]` →
-//! `[pid i32]` with the driver's end of the worker's socket as `SCM_RIGHTS`;
-//! `[FATE u8][pid i32]` → `[kind u8][value i32]`. The zygote says `[READY]`
-//! once, when it starts serving.
+//! Driver ↔ zygote, packets on a `SOCK_SEQPACKET` pair: the driver sends
+//! `[SPAWN u8][slot u32]`; the zygote answers `[SPAWNED u8][pid i32]` with
+//! the driver's end of the worker's socket and the worker's pidfd as
+//! `SCM_RIGHTS`, or `[REFUSED u8][errno i32]`, and says on its own
+//! `[DIED u8][pid i32][kind u8][value i32]` when a worker ended (kind 0: exit
+//! status, 1: signal) and `[READY u8]` once, when it starts serving.
 
 use std::io::Read;
 
@@ -19,8 +21,10 @@ pub(crate) const WAKE: u8 = 2;
 pub(crate) const BIG: u8 = 3;
 
 pub(crate) const SPAWN: u8 = 1;
-pub(crate) const FATE: u8 = 2;
 pub(crate) const READY: u8 = 0x52;
+pub(crate) const SPAWNED: u8 = 1;
+pub(crate) const REFUSED: u8 = 2;
+pub(crate) const DIED: u8 = 3;
 
 /// Task flag: the worker stamps each call's start time (a time limit
 /// applies to it).

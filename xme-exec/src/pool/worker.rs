@@ -149,8 +149,11 @@ pub(crate) fn work(socket: UnixStream, slot: Slot<'_>, header: &PoolHeader) -> i
     let mut frame = Vec::new();
     let mut out = Vec::with_capacity(256);
     loop {
-        if wire::read_frame(&mut worker.socket, &mut frame).is_err() {
-            return 0; // the parent closed the socket (or died)
+        match wire::read_frame(&mut worker.socket, &mut frame) {
+            Ok(()) => {}
+            // The parent closed the socket (or died).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return 0,
+            Err(_) => return EXIT_BROKEN_FRAME,
         }
         let Some(tasks) = wire::parse_tasks(&frame) else {
             return EXIT_BROKEN_FRAME;

@@ -17,16 +17,19 @@
 //! and ignores `SIGPIPE`. Workers are forked from it with the same death
 //! signal, so the whole family ends with the pool.
 
-use std::collections::HashMap;
-use std::io::{IoSlice, IoSliceMut, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::IoSliceMut;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use nix::sys::socket::{
+    AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType, recvmsg, socketpair,
+};
 use xme_core::{Fate, SharedRegion, process};
 
+use super::fork_server::{self, send_packet};
 use super::layout::{self, PoolRegion};
 use super::wire;
 
@@ -47,22 +50,23 @@ fn entry_point() {
     let Some(value) = std::env::var_os(ZYGOTE_ENV) else {
         return;
     };
-    // SAFETY: constructors run before `main`, on the only thread there is,
-    // so nothing reads the environment while it changes.
+    // SAFETY: constructors run before `main`, and this process was started by
+    // the pool (the variable says so) from a program whose other
+    // constructors start no thread before `main` (none of xme's do; a
+    // program whose own constructors start threads would break this, as it
+    // breaks any use of the environment before `main`): nothing reads the
+    // environment while it changes.
     unsafe { std::env::remove_var(ZYGOTE_ENV) };
+    fork_server::fill_standard_descriptors();
     let code = match parse_env(&value.to_string_lossy()) {
         Some((control, region)) => {
             // SAFETY: the parent cleared close-on-exec on these two
             // descriptors for this process alone and named them in the
             // variable; nothing else here owns them.
-            let (control, region) = unsafe {
-                (
-                    UnixStream::from(OwnedFd::from_raw_fd(control)),
-                    OwnedFd::from_raw_fd(region),
-                )
-            };
+            let (control, region) =
+                unsafe { (OwnedFd::from_raw_fd(control), OwnedFd::from_raw_fd(region)) };
             match SharedRegion::from_memfd(region, layout::VERSION).and_then(PoolRegion::adopt) {
-                Ok(region) => serve(control, &region),
+                Ok(region) => fork_server::serve(control, &region),
                 Err(_) => EXIT_BAD_START,
             }
         }
@@ -94,19 +98,27 @@ pub enum PoolStart {
     Fork,
 }
 
-/// Why no worker came.
+/// What the zygote said.
 #[derive(Debug)]
-pub(crate) enum SpawnError {
-    /// The zygote could not fork (it goes on serving).
+pub(crate) enum FromZygote {
+    /// A worker for the requested slot: its pid, the driver's end of its
+    /// socket and its pidfd (`None` when the descriptors did not fit: the
+    /// driver's descriptor table is full; the worker then ends by itself).
+    Spawned {
+        pid: i32,
+        socket: Option<UnixStream>,
+        pidfd: Option<OwnedFd>,
+    },
+    /// It could not fork; it goes on serving.
     Refused(std::io::Error),
-    /// The control socket broke: the zygote is gone or stuck.
-    Broken,
+    /// A worker ended and was reaped.
+    Died { pid: i32, fate: Fate },
 }
 
 /// The driver's link to its zygote.
 #[derive(Debug)]
 pub(crate) struct Zygote {
-    control: UnixStream,
+    control: OwnedFd,
     pid: i32,
     /// Readable once the zygote has ended.
     pidfd: Option<OwnedFd>,
@@ -120,46 +132,69 @@ fn io(doing: &'static str) -> impl Fn(std::io::Error) -> xme_core::Error {
     move |source| xme_core::Error::Io { doing, source }
 }
 
+/// A descriptor copy numbered 3 or above, close-on-exec: descriptors 0-2
+/// may be closed in the program (a daemon's stdin), and `exec` would make
+/// the copy there stdin, stdout or stderr.
+fn above_standard(fd: BorrowedFd<'_>) -> Result<OwnedFd, xme_core::Error> {
+    rustix::io::fcntl_dupfd_cloexec(fd, 3).map_err(|e| xme_core::Error::Io {
+        doing: "copying a descriptor for the pool's zygote",
+        source: e.into(),
+    })
+}
+
 impl Zygote {
     /// Starts the zygote (on the driver thread, which it dies with).
     pub fn start(how: PoolStart, region: &PoolRegion) -> Result<Zygote, xme_core::Error> {
-        let (driver_end, zygote_end) =
-            UnixStream::pair().map_err(io("making the zygote's control socket"))?;
+        let (driver_end, zygote_end) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| xme_core::Error::Io {
+            doing: "making the zygote's control socket",
+            source: e.into(),
+        })?;
         let mut zygote = match how {
             PoolStart::Exec => Self::exec(driver_end, zygote_end, region)?,
             PoolStart::Fork => Self::fork(driver_end, zygote_end, region)?,
         };
-        // A zygote that cannot answer within this bound is stuck: say so
-        // instead of blocking the driver for ever.
-        zygote
-            .control
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(io("setting the zygote socket's timeout"))?;
-        let mut ready = [0u8; 1];
-        let said = zygote.control.read_exact(&mut ready);
-        if said.is_err() || ready[0] != wire::READY {
-            let fate = zygote.reap_now();
-            return Err(xme_core::Error::Io {
-                doing: "starting the pool's zygote",
-                source: std::io::Error::other(format!(
-                    "it did not start serving (it ended: {fate:?})"
-                )),
-            });
+        // Wait for READY: a zygote that cannot answer within this bound is
+        // stuck; say so instead of blocking the driver for ever.
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            match zygote.receive_raw() {
+                Ok(Some((n, packet))) if n == 1 && packet[0] == wire::READY => break,
+                Ok(None) if Instant::now() < until && !zygote.has_ended() => {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                other => {
+                    let fate = zygote.reap_now();
+                    return Err(xme_core::Error::Io {
+                        doing: "starting the pool's zygote",
+                        source: std::io::Error::other(format!(
+                            "it did not start serving ({other:?}; it ended: {fate:?})"
+                        )),
+                    });
+                }
+            }
         }
         Ok(zygote)
     }
 
     fn exec(
-        driver_end: UnixStream,
-        zygote_end: UnixStream,
+        driver_end: OwnedFd,
+        zygote_end: OwnedFd,
         region: &PoolRegion,
     ) -> Result<Zygote, xme_core::Error> {
-        let control_fd = zygote_end.as_raw_fd();
-        let region_fd = region
+        let memfd = region
             .shared()
             .memfd()
-            .expect("the pool's region is anonymous")
-            .as_raw_fd();
+            .expect("the pool's region is anonymous");
+        let control = above_standard(zygote_end.as_fd())?;
+        let region_copy = above_standard(memfd)?;
+        drop(zygote_end);
+        let (control_fd, region_fd) = (control.as_raw_fd(), region_copy.as_raw_fd());
         let parent = std::process::id() as libc::pid_t;
         let mut cmd = std::process::Command::new("/proc/self/exe");
         if let Some(arg0) = std::env::args_os().next() {
@@ -188,11 +223,12 @@ impl Zygote {
             });
         }
         let child = cmd.spawn().map_err(io("starting the pool's zygote"))?;
-        drop(zygote_end);
+        drop((control, region_copy));
         let pid = child.id() as i32;
         // `std::process::Child` does not reap on drop; the pid is ours to
         // reap (below, through `process::reap`).
         drop(child);
+        set_nonblocking(&driver_end)?;
         Ok(Zygote {
             control: driver_end,
             pid,
@@ -203,22 +239,23 @@ impl Zygote {
     }
 
     fn fork(
-        driver_end: UnixStream,
-        zygote_end: UnixStream,
+        driver_end: OwnedFd,
+        zygote_end: OwnedFd,
         region: &PoolRegion,
     ) -> Result<Zygote, xme_core::Error> {
         let driver_fd = driver_end.as_raw_fd();
         let region = region.clone();
         let child = process::fork_child(move || {
             // SAFETY: inherited by fork; only the parent uses it, and the
-            // value owning it is never dropped here (the zygote leaves with
+            // value owning it is never dropped in the zygote (it leaves with
             // `_exit`).
             drop(unsafe { OwnedFd::from_raw_fd(driver_fd) });
-            // SAFETY: as for the exec'd zygote; this is the fork's process
-            // group, not the program's.
+            // SAFETY: setpgid only changes this process's group (the fork's,
+            // not the program's).
             unsafe { libc::setpgid(0, 0) };
-            serve(zygote_end, &region)
+            fork_server::serve(zygote_end, &region)
         })?;
+        set_nonblocking(&driver_end)?;
         Ok(Zygote {
             control: driver_end,
             pid: child.pid(),
@@ -233,83 +270,117 @@ impl Zygote {
     }
 
     /// Readable once the zygote has ended.
-    pub fn pidfd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+    pub fn pidfd(&self) -> Option<BorrowedFd<'_>> {
         self.pidfd.as_ref().map(|fd| fd.as_fd())
     }
 
-    /// A new worker using slot `slot`: its pid and the driver's end of its
-    /// socket.
-    pub fn spawn(&mut self, slot: usize) -> Result<(i32, UnixStream), SpawnError> {
-        self.request_worker(slot).map_err(|_| SpawnError::Broken)?
+    /// Readable when the zygote has something to say.
+    pub fn control(&self) -> BorrowedFd<'_> {
+        self.control.as_fd()
     }
 
-    fn request_worker(
-        &mut self,
-        slot: usize,
-    ) -> std::io::Result<Result<(i32, UnixStream), SpawnError>> {
+    /// Asks for a worker using slot `slot` (answered by `Spawned` or
+    /// `Refused`).
+    pub fn request_spawn(&mut self, slot: usize) -> std::io::Result<()> {
         let mut req = [wire::SPAWN, 0, 0, 0, 0];
         req[1..].copy_from_slice(&(slot as u32).to_le_bytes());
-        self.control.write_all(&req)?;
-        let mut pid = [0u8; 4];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let mut fd = None;
-        let n = {
-            let mut iov = [IoSliceMut::new(&mut pid)];
+        send_packet(&self.control, &req, &[]).map_err(std::io::Error::from)
+    }
+
+    /// One packet, if one is there: its length and bytes, and any
+    /// descriptors it carried (in `fds`).
+    fn receive_packet(
+        &mut self,
+        fds: &mut Vec<OwnedFd>,
+    ) -> std::io::Result<Option<(usize, [u8; 16])>> {
+        let mut packet = [0u8; 16];
+        let mut space = nix::cmsg_space!([RawFd; 2]);
+        let (n, truncated) = {
+            let mut iov = [IoSliceMut::new(&mut packet)];
             let msg = loop {
-                match nix::sys::socket::recvmsg::<()>(
+                match recvmsg::<()>(
                     self.control.as_raw_fd(),
                     &mut iov,
                     Some(&mut space),
-                    nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+                    MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
                 ) {
                     Err(nix::Error::EINTR) => continue,
+                    Err(nix::Error::EAGAIN) => return Ok(None),
                     other => break other.map_err(std::io::Error::from)?,
                 }
             };
-            for c in msg.cmsgs().map_err(std::io::Error::from)? {
-                if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = c {
-                    for &f in &fds {
-                        // SAFETY: SCM_RIGHTS gave this process new
-                        // descriptors, owned by nobody else here; extra ones
-                        // are closed.
-                        let owned = unsafe { OwnedFd::from_raw_fd(f) };
-                        fd.get_or_insert(owned);
+            let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+            // Truncated: the descriptors did not fit this process's table
+            // (nix then refuses to walk the control data; whatever was
+            // installed is lost, at most the two descriptors of one worker).
+            if !truncated {
+                for c in msg.cmsgs().map_err(std::io::Error::from)? {
+                    if let ControlMessageOwned::ScmRights(raw) = c {
+                        for f in raw {
+                            // SAFETY: SCM_RIGHTS gave this process new
+                            // descriptors, owned by nobody else here.
+                            fds.push(unsafe { OwnedFd::from_raw_fd(f) });
+                        }
                     }
                 }
             }
-            msg.bytes
+            (msg.bytes, truncated)
         };
-        let pid = i32::from_le_bytes(pid);
-        if n == 4 && pid < 0 {
-            return Ok(Err(SpawnError::Refused(std::io::Error::from_raw_os_error(
-                -pid,
-            ))));
-        }
-        let fd = fd.filter(|_| n == 4).ok_or_else(|| {
-            std::io::Error::new(
+        if n == 0 {
+            return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
                 "the zygote closed its control socket",
-            )
-        })?;
-        Ok(Ok((pid, UnixStream::from(fd))))
+            ));
+        }
+        if truncated {
+            fds.clear();
+        }
+        Ok(Some((n, packet)))
     }
 
-    /// Reaps worker `pid`, which has ended (its pidfd said so), through the
-    /// zygote, its parent: how it ended.
-    pub fn fate(&mut self, pid: i32) -> std::io::Result<Fate> {
-        let mut req = [wire::FATE, 0, 0, 0, 0];
-        req[1..].copy_from_slice(&pid.to_le_bytes());
-        self.control.write_all(&req)?;
-        let mut reply = [0u8; 5];
-        self.control.read_exact(&mut reply)?;
-        let value = i32::from_le_bytes(reply[1..].try_into().expect("4 bytes"));
-        Ok(match reply[0] {
-            0 => Fate::Exited(value),
-            _ => Fate::Signaled {
-                signal: value,
-                core_dumped: false,
+    fn receive_raw(&mut self) -> std::io::Result<Option<(usize, [u8; 16])>> {
+        self.receive_packet(&mut Vec::new())
+    }
+
+    /// The next message, if one is there; an error when the control socket
+    /// broke (the zygote is gone) or carried something else.
+    pub fn receive(&mut self) -> std::io::Result<Option<FromZygote>> {
+        let mut fds = Vec::new();
+        let Some((n, p)) = self.receive_packet(&mut fds)? else {
+            return Ok(None);
+        };
+        let i32_at = |at: usize| i32::from_le_bytes(p[at..at + 4].try_into().expect("4 bytes"));
+        Ok(Some(match (p[0], n) {
+            (wire::SPAWNED, 5) => {
+                let mut fds = fds.into_iter();
+                let (socket, pidfd) = match (fds.next(), fds.next()) {
+                    (Some(s), p) => (Some(UnixStream::from(s)), p),
+                    (None, _) => (None, None),
+                };
+                FromZygote::Spawned {
+                    pid: i32_at(1),
+                    socket,
+                    pidfd,
+                }
+            }
+            (wire::REFUSED, 5) => FromZygote::Refused(std::io::Error::from_raw_os_error(i32_at(1))),
+            (wire::DIED, 10) => FromZygote::Died {
+                pid: i32_at(1),
+                fate: match p[5] {
+                    0 => Fate::Exited(i32_at(6)),
+                    _ => Fate::Signaled {
+                        signal: i32_at(6),
+                        core_dumped: false,
+                    },
+                },
             },
-        })
+            _ => {
+                return Err(std::io::Error::other(format!(
+                    "the zygote sent a packet of kind {} and {n} bytes",
+                    p[0]
+                )));
+            }
+        }))
     }
 
     /// Whether the zygote has ended (reaping it if so).
@@ -333,6 +404,7 @@ impl Zygote {
         if self.reaped {
             return None;
         }
+        // Our child, not yet reaped: the pid names it.
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(self.pid),
             nix::sys::signal::Signal::SIGKILL,
@@ -344,9 +416,10 @@ impl Zygote {
     /// Closes the control socket (the zygote then kills and reaps its
     /// workers and exits) and reaps the zygote, killing it after `grace`.
     pub fn finish(mut self, grace: Duration) {
-        let _ = self.control.shutdown(std::net::Shutdown::Both);
-        let until = std::time::Instant::now() + grace;
-        while !self.has_ended() && std::time::Instant::now() < until {
+        let _ =
+            nix::sys::socket::shutdown(self.control.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let until = Instant::now() + grace;
+        while !self.has_ended() && Instant::now() < until {
             std::thread::sleep(Duration::from_millis(1));
         }
         self.reap_now();
@@ -361,120 +434,29 @@ impl Drop for Zygote {
     }
 }
 
+fn set_nonblocking(fd: &OwnedFd) -> Result<(), xme_core::Error> {
+    let flags =
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL).map_err(|e| xme_core::Error::Io {
+            doing: "setting up the zygote's control socket",
+            source: e.into(),
+        })?;
+    let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags)).map_err(|e| {
+        xme_core::Error::Io {
+            doing: "setting up the zygote's control socket",
+            source: e.into(),
+        }
+    })?;
+    Ok(())
+}
+
 fn pidfd_open(pid: i32) -> Option<OwnedFd> {
     let pid = rustix::process::Pid::from_raw(pid)?;
     rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()).ok()
-}
-
-/// Opens a pidfd for a worker (a child of the zygote, which reaps it only
-/// when the driver asks, so the pid names the worker until then).
-pub(crate) fn worker_pidfd(pid: i32) -> Option<OwnedFd> {
-    pidfd_open(pid)
 }
 
 /// Whether the zygote entry point is in this executable, so that an `exec`
 /// of it becomes a zygote (and never runs `main` again).
 pub(crate) fn entry_linked() -> bool {
     ENTRY_LINKED.load(Ordering::Relaxed)
-}
-
-/// Forks a worker for `slot`: its handle and the driver's end of its
-/// socket, or the errno that stopped it.
-fn spawn_worker(
-    control: &UnixStream,
-    region: &PoolRegion,
-    slot: usize,
-) -> Result<(process::Child, UnixStream), i32> {
-    let (driver_end, worker_end) =
-        UnixStream::pair().map_err(|e| e.raw_os_error().unwrap_or(libc::EMFILE))?;
-    let control_fd = control.as_raw_fd();
-    let driver_fd = driver_end.as_raw_fd();
-    // The closure owns the worker's end: dropped here once forked (so the
-    // driver sees EOF when the worker ends).
-    let child = process::fork_child(move || {
-        // SAFETY: both descriptors were inherited by fork and are not used in
-        // the worker (the zygote and the driver use them); the values owning
-        // them are never dropped here (the worker leaves with `_exit`).
-        unsafe {
-            drop(OwnedFd::from_raw_fd(driver_fd));
-            drop(OwnedFd::from_raw_fd(control_fd));
-        }
-        super::worker::work(worker_end, region.slot(slot), region.header())
-    })
-    .map_err(|_| libc::EAGAIN)?;
-    Ok((child, driver_end))
-}
-
-/// The zygote's loop: answers requests until the driver closes the socket
-/// (then its workers are killed as their `Child` handles drop).
-fn serve(mut control: UnixStream, region: &PoolRegion) -> i32 {
-    // SAFETY: setting a signal's disposition to "ignore" runs no handler
-    // code; a worker writing to a closed socket then gets EPIPE, as in any
-    // Rust program (whose runtime ignores SIGPIPE the same way).
-    let _ = unsafe {
-        nix::sys::signal::signal(
-            nix::sys::signal::Signal::SIGPIPE,
-            nix::sys::signal::SigHandler::SigIgn,
-        )
-    };
-    if control.write_all(&[wire::READY]).is_err() {
-        return 2;
-    }
-    let mut workers: HashMap<i32, process::Child> = HashMap::new();
-    let mut op = [0u8; 1];
-    while control.read_exact(&mut op).is_ok() {
-        let mut arg = [0u8; 4];
-        if control.read_exact(&mut arg).is_err() {
-            return 3;
-        }
-        match op[0] {
-            wire::SPAWN => {
-                let slot = u32::from_le_bytes(arg) as usize;
-                if slot >= region.slots() {
-                    return 4;
-                }
-                let (pid, driver_end) = match spawn_worker(&control, region, slot) {
-                    Ok((child, driver_end)) => {
-                        let pid = child.pid();
-                        workers.insert(pid, child);
-                        (pid, Some(driver_end))
-                    }
-                    // Say why instead of ending: the driver decides.
-                    Err(errno) => (-errno, None),
-                };
-                let fds: Vec<RawFd> = driver_end.iter().map(|s| s.as_raw_fd()).collect();
-                let cmsg = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-                let bytes = pid.to_le_bytes();
-                let iov = [IoSlice::new(&bytes)];
-                let cmsgs: &[_] = if fds.is_empty() { &[] } else { &cmsg };
-                if nix::sys::socket::sendmsg::<()>(
-                    control.as_raw_fd(),
-                    &iov,
-                    cmsgs,
-                    nix::sys::socket::MsgFlags::empty(),
-                    None,
-                )
-                .is_err()
-                {
-                    return 7;
-                }
-            }
-            wire::FATE => {
-                let pid = i32::from_le_bytes(arg);
-                let (kind, value) = match workers.remove(&pid).map(process::Child::wait) {
-                    Some(Ok(Fate::Exited(code))) => (0u8, code),
-                    Some(Ok(Fate::Signaled { signal, .. })) => (1u8, signal),
-                    // Not ours, or not reapable: say "killed by SIGKILL".
-                    _ => (1u8, 9),
-                };
-                let mut reply = [kind, 0, 0, 0, 0];
-                reply[1..].copy_from_slice(&value.to_le_bytes());
-                if control.write_all(&reply).is_err() {
-                    return 8;
-                }
-            }
-            _ => return 9,
-        }
-    }
-    0
 }
