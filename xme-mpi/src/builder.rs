@@ -2,10 +2,10 @@
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use xme_core::SharedRegion;
 
 use crate::MpiError;
 use crate::backend::{self, Backend};
+use crate::config::RunConfig;
 use crate::fork;
 use crate::handle::MpiHandle;
 use crate::unit::{Registry, Unit};
@@ -40,21 +40,18 @@ pub const DEFAULT_CHANNEL_BYTES: usize = 1 << 20;
 /// # }
 /// ```
 pub struct Mpi {
-    pub(crate) pnum: usize,
-    pub(crate) buffer_size: usize,
-    pub(crate) channel_bytes: usize,
-    pub(crate) bind_to_cores: bool,
-    pub(crate) registry: Registry,
+    config: RunConfig,
 }
 
 impl std::fmt::Debug for Mpi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
         f.debug_struct("Mpi")
-            .field("pnum", &self.pnum)
-            .field("buffer_size", &self.buffer_size)
-            .field("channel_bytes", &self.channel_bytes)
-            .field("bind_to_cores", &self.bind_to_cores)
-            .field("units", &self.registry.signatures().len())
+            .field("pnum", &c.pnum)
+            .field("buffer_size", &c.buffer_size)
+            .field("channel_bytes", &c.channel_bytes)
+            .field("bind_to_cores", &c.bind_to_cores)
+            .field("units", &c.registry.signatures().len())
             .finish()
     }
 }
@@ -66,18 +63,20 @@ impl Mpi {
             return Err(MpiError::PnumTooSmall(pnum));
         }
         Ok(Mpi {
-            pnum,
-            buffer_size: DEFAULT_BUFFER_SIZE,
-            channel_bytes: DEFAULT_CHANNEL_BYTES,
-            bind_to_cores: true,
-            registry: Registry::default(),
+            config: RunConfig {
+                pnum,
+                buffer_size: DEFAULT_BUFFER_SIZE,
+                channel_bytes: DEFAULT_CHANNEL_BYTES,
+                bind_to_cores: true,
+                registry: Registry::default(),
+            },
         })
     }
 
     /// Result slots (the seed's `mpi_buffer_size`, default 255): calls in
     /// flight at most; `acquire` waits while every slot is taken.
     pub fn buffer_size(mut self, slots: usize) -> Mpi {
-        self.buffer_size = slots.max(1);
+        self.config.buffer_size = slots.max(1);
         self
     }
 
@@ -85,7 +84,7 @@ impl Mpi {
     /// rounded up to a power of two, 4 KiB to 1 TiB); one call's arguments or
     /// result must fit in half of it.
     pub fn channel_bytes(mut self, bytes: usize) -> Mpi {
-        self.channel_bytes = bytes.clamp(4096, 1 << 40).next_power_of_two();
+        self.config.channel_bytes = bytes.clamp(4096, 1 << 40).next_power_of_two();
         self
     }
 
@@ -96,7 +95,7 @@ impl Mpi {
     /// it, where their spinning waits then take turns. The main process is
     /// never bound.
     pub fn bind_to_cores(mut self, bind: bool) -> Mpi {
-        self.bind_to_cores = bind;
+        self.config.bind_to_cores = bind;
         self
     }
 
@@ -107,7 +106,7 @@ impl Mpi {
         R: Serialize + DeserializeOwned,
         F: Fn(A) -> R + Send + Sync + 'static,
     {
-        self.registry.register(name, f)
+        self.config.registry.register(name, f)
     }
 
     /// Starts the logical processes, runs `main` with the handle in this
@@ -129,22 +128,13 @@ impl Mpi {
     /// fork that failed.
     pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
         match backend::choose()? {
-            Backend::Fork => self.run_forked(main),
+            Backend::Fork => fork::run(self.config, main),
             #[cfg(feature = "cluster")]
-            Backend::Cluster { .. } => crate::cluster::run(self, main),
+            Backend::Cluster { .. } => crate::cluster::run(self.config, main),
             #[cfg(not(feature = "cluster"))]
             Backend::Cluster { found } => Err(MpiError::ClusterNotBuilt {
                 found: found.to_string(),
             }),
         }
-    }
-
-    fn run_forked<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
-        let token = xme_core::Operator::alloc().id();
-        let lps = self.pnum - 1;
-        let region = SharedRegion::anonymous(lps * fork::bytes_per_process(self.channel_bytes))?;
-        let links = fork::start(&self, &region, token)?;
-        let handle = MpiHandle::new(token, links, self.buffer_size, false);
-        Ok(handle.run_main(main))
     }
 }

@@ -29,8 +29,8 @@ use mpi::traits::*;
 use serde::{Deserialize, Serialize};
 
 use crate::MpiError;
-use crate::builder::Mpi;
 use crate::channel::{Corrupt, RecvChannel, SendChannel, Waited};
+use crate::config::RunConfig;
 use crate::handle::MpiHandle;
 use crate::link::{Link, Peer};
 use crate::logical::{self, LogicalProcess};
@@ -421,7 +421,10 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
 /// A cluster run: rank 0 runs `main` and returns; every other rank serves
 /// and exits inside (0 when closed). On any start error every rank returns
 /// the same error (after finalising MPI).
-pub(crate) fn run<T>(mpi: Mpi, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
+pub(crate) fn run<T>(
+    config: RunConfig,
+    main: impl FnOnce(&MpiHandle<'_>) -> T,
+) -> Result<T, MpiError> {
     let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
         return Err(MpiError::Cluster(
             "MPI was initialised already in this process: one cluster run per launch".into(),
@@ -454,18 +457,18 @@ pub(crate) fn run<T>(mpi: Mpi, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result
         let comm = world.lock();
         (comm.rank() as usize, comm.size() as usize)
     };
-    if size != mpi.pnum {
+    if size != config.pnum {
         drop(world);
         drop(universe);
         return Err(MpiError::WorldSize {
-            pnum: mpi.pnum,
+            pnum: config.pnum,
             world: size,
         });
     }
     let out = if rank == 0 {
-        lead(&mpi, &world, size, main)
+        lead(&config, &world, size, main)
     } else {
-        let code = serve(&mpi, &world, rank);
+        let code = serve(&config, &world, rank);
         drop(world);
         drop(universe); // MPI_Finalize
         match code {
@@ -480,12 +483,12 @@ pub(crate) fn run<T>(mpi: Mpi, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result
 
 /// Rank 0: gathers every rank's units, answers, runs `main`.
 fn lead<T>(
-    mpi: &Mpi,
+    config: &RunConfig,
     world: &Arc<World>,
     size: usize,
     main: impl FnOnce(&MpiHandle<'_>) -> T,
 ) -> Result<T, MpiError> {
-    let ours = mpi.registry.signatures();
+    let ours = config.registry.signatures();
     let mut hellos = Vec::with_capacity(size - 1);
     for r in 1..size {
         let hello = recv_from(world, r as i32, TAG_HELLO, HANDSHAKE)
@@ -532,7 +535,7 @@ fn lead<T>(
         .map(|(i, (hello, ids))| {
             let mut link = Link::new(
                 i + 1,
-                Box::new(RankSender::new(world.clone(), i + 1, mpi.channel_bytes)),
+                Box::new(RankSender::new(world.clone(), i + 1, config.channel_bytes)),
                 Box::new(RankReceiver::new(world.clone(), i + 1)),
                 Peer::Rank { pid: hello.pid },
             );
@@ -541,17 +544,17 @@ fn lead<T>(
             link
         })
         .collect();
-    let handle = MpiHandle::new(token, links, mpi.buffer_size, true);
+    let handle = MpiHandle::new(token, links, config.buffer_size, true);
     Ok(handle.run_main(main))
 }
 
 /// Ranks `1..N`: says hello, then serves requests until closed. Returns the
 /// exit status, or the start error every rank shares.
-fn serve(mpi: &Mpi, world: &Arc<World>, rank: usize) -> Result<i32, MpiError> {
+fn serve(config: &RunConfig, world: &Arc<World>, rank: usize) -> Result<i32, MpiError> {
     let hello = Hello {
         pid: std::process::id() as i32,
         host: host(),
-        units: mpi.registry.signatures().to_vec(),
+        units: config.registry.signatures().to_vec(),
     };
     world
         .lock()
@@ -569,9 +572,9 @@ fn serve(mpi: &Mpi, world: &Arc<World>, rank: usize) -> Result<i32, MpiError> {
         id: rank,
         token,
         requests: RankReceiver::new(world.clone(), 0),
-        replies: RankSender::new(world.clone(), 0, mpi.channel_bytes),
+        replies: RankSender::new(world.clone(), 0, config.channel_bytes),
         status: &status,
-        registry: &mpi.registry,
+        registry: &config.registry,
         parent: None,
     }
     .run();

@@ -107,10 +107,10 @@ mod byte_ring;
 #[cfg(not(loom))]
 mod call_frame;
 mod channel;
-#[cfg(not(loom))]
-mod close;
 #[cfg(all(feature = "cluster", not(loom)))]
 mod cluster;
+#[cfg(not(loom))]
+mod config;
 #[cfg(not(loom))]
 mod cores;
 #[cfg(not(loom))]
@@ -133,9 +133,9 @@ pub use backend::launcher_size;
 #[cfg(not(loom))]
 pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, Mpi};
 #[cfg(not(loom))]
-pub use close::CLOSE_GRACE;
-#[cfg(not(loom))]
 pub use error::{MpiError, TASK_RUN_FAILURE};
+#[cfg(not(loom))]
+pub use handle::CLOSE_GRACE;
 #[cfg(not(loom))]
 pub use handle::{LpStatus, MpiHandle, To};
 #[cfg(not(loom))]

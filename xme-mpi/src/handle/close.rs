@@ -3,9 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::{MpiHandle, To};
 use crate::MpiError;
 use crate::call_frame::{KIND_EXIT, Request};
-use crate::handle::{MpiHandle, To};
 use crate::link::{Ended, LIVENESS, Link, lock};
 
 /// Why a closed logical process answers no more calls.
