@@ -1,5 +1,7 @@
 //! `Mpi`: how a run is set up (pnum, buffers, units), and `run`.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -14,6 +16,11 @@ use crate::unit::{Registry, Unit};
 pub const DEFAULT_BUFFER_SIZE: usize = 255;
 /// Default bytes of each direction's channel to a logical process.
 pub const DEFAULT_CHANNEL_BYTES: usize = 1 << 20;
+/// Default bound on noticing a logical process that died or stopped
+/// answering ([`Mpi::failure_detection`]).
+pub const DEFAULT_FAILURE_DETECTION: Duration = Duration::from_secs(10);
+/// The shortest detection bound [`Mpi::failure_detection`] accepts.
+const MIN_FAILURE_DETECTION: Duration = Duration::from_millis(100);
 
 /// An MPI run: one main process and `pnum - 1` logical processes (seed 3).
 ///
@@ -51,6 +58,8 @@ impl std::fmt::Debug for Mpi {
             .field("buffer_size", &c.buffer_size)
             .field("channel_bytes", &c.channel_bytes)
             .field("bind_to_cores", &c.bind_to_cores)
+            .field("call_timeout", &c.call_timeout)
+            .field("failure_detection", &c.failure_detection)
             .field("units", &c.registry.signatures().len())
             .finish()
     }
@@ -69,6 +78,8 @@ impl Mpi {
                 channel_bytes: DEFAULT_CHANNEL_BYTES,
                 bind_to_cores: true,
                 registry: Registry::default(),
+                call_timeout: None,
+                failure_detection: DEFAULT_FAILURE_DETECTION,
             },
         })
     }
@@ -96,6 +107,61 @@ impl Mpi {
     /// never bound.
     pub fn bind_to_cores(mut self, bind: bool) -> Mpi {
         self.config.bind_to_cores = bind;
+        self
+    }
+
+    /// A deadline for every call (default: none): a call that has *run*
+    /// longer than `deadline` in its logical process (time queued behind
+    /// other calls does not count) fails with [`MpiError::DeadlineExceeded`],
+    /// and its process is ended, since a unit cannot be stopped from outside
+    /// in any other way: a forked process is killed (and reaped), a rank of
+    /// an MPI job is declared hung and gets no more calls (the job is then
+    /// ended when `run` returns, see the crate docs). The other calls still
+    /// pending on that process fail with [`MpiError::Closed`] naming why;
+    /// calls on the other processes go on. `get`, `block_acquire`, `map` and
+    /// streams all honour it; noticed within about an eighth of `deadline`
+    /// after it passes. To wait less for one result without ending anything,
+    /// use [`MpiHandle::get_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_mpi::{Mpi, MpiError, To};
+    /// # fn main() -> Result<(), MpiError> {
+    /// let mut mpi = Mpi::new(3)?.call_timeout(Duration::from_millis(300));
+    /// let nap = mpi.register("nap", |ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms });
+    /// mpi.run(|m| -> Result<(), MpiError> {
+    ///     let e = m.block_acquire(&nap, &60_000, To::Process(1)).unwrap_err();
+    ///     assert!(matches!(e, MpiError::DeadlineExceeded { process: 1, .. }), "{e}");
+    ///     assert_eq!(m.block_acquire(&nap, &1, To::Any)?, 1); // process 2 goes on
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn call_timeout(mut self, deadline: Duration) -> Mpi {
+        self.config.call_timeout = Some(deadline.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How soon a logical process that dies or stops answering is noticed
+    /// (default [`DEFAULT_FAILURE_DETECTION`], 10 s; at least 100 ms). Each
+    /// logical process beats four times per `bound` from a thread of its
+    /// own, also while a unit runs; one whose beats stop for `bound` (a rank
+    /// that was killed, a host that went down, a stopped process) is ended:
+    /// its pending calls fail with [`MpiError::Unresponsive`] naming it and
+    /// its host, and `To::Any` skips it. A forked process that dies is
+    /// noticed at once (it is the main process's child); a rank that dies is
+    /// noticed through its beats, and then ends the MPI job when `run`
+    /// returns. Ranks watch rank 0 the same way and end the job if it goes
+    /// silent. Too short a bound on a loaded machine mistakes a slow process
+    /// for a dead one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mpi = xme_mpi::Mpi::new(2).unwrap().failure_detection(Duration::from_secs(3));
+    /// ```
+    pub fn failure_detection(mut self, bound: Duration) -> Mpi {
+        self.config.failure_detection = bound.max(MIN_FAILURE_DETECTION);
         self
     }
 

@@ -1,8 +1,6 @@
 //! The fork backend: logical processes forked from this one, each joined
 //! to it by two shared-memory rings.
 
-use std::sync::atomic::AtomicU32;
-
 use xme_core::SharedRegion;
 use xme_core::process::fork_child;
 
@@ -13,6 +11,7 @@ use crate::cores::CorePlan;
 use crate::handle::MpiHandle;
 use crate::link::{Link, Peer};
 use crate::logical::LogicalProcess;
+use crate::watch::{SharedHeart, Watch};
 
 /// A forked run: the logical processes are forked from this one, `main`
 /// runs here, and every logical process is closed (and reaped) after it.
@@ -24,14 +23,25 @@ pub(crate) fn run<T>(
     let lps = config.pnum - 1;
     let region = SharedRegion::anonymous(lps * bytes_per_process(config.channel_bytes))?;
     let links = start(&config, &region, token)?;
-    let handle = MpiHandle::new(token, links, config.buffer_size, false);
+    let handle = MpiHandle::new(
+        token,
+        links,
+        config.buffer_size,
+        config.watch_plan(),
+        config.registry.names(),
+    );
     Ok(handle.run_main(main))
 }
 
-/// Bytes of region one logical process takes: two rings and a status word.
+/// Bytes of region one logical process takes: two rings and its [`Watch`].
 fn bytes_per_process(channel_bytes: usize) -> usize {
-    2 * byte_ring::ring_bytes(channel_bytes) + 64
+    2 * byte_ring::ring_bytes(channel_bytes) + WATCH_BYTES
 }
+
+/// Room for a process's [`Watch`], keeping the next process's rings on
+/// cache lines.
+const WATCH_BYTES: usize = 64;
+const _: () = assert!(std::mem::size_of::<Watch>() <= WATCH_BYTES);
 
 /// Forks `pnum - 1` logical processes over rings in `region` and returns
 /// the main process's links to them.
@@ -65,7 +75,7 @@ fn start<'r>(
             byte_ring::split(region, base, config.channel_bytes, token, spin)?;
         let (mut lp_replies, mut replies) =
             byte_ring::split(region, base + ring_bytes, config.channel_bytes, token, spin)?;
-        let status = region.place::<AtomicU32>(base + 2 * ring_bytes)?;
+        let watch = region.place::<Watch>(base + 2 * ring_bytes)?;
         requests.use_light_fences(light);
         replies.use_light_fences(light);
         // The logical process takes the request consumer and the reply
@@ -80,11 +90,12 @@ fn start<'r>(
                 token,
                 requests: lp_requests,
                 replies: lp_replies,
-                status,
+                status: &watch.status,
                 registry: &config.registry,
                 parent: Some(parent),
+                plan: config.watch_plan(),
             }
-            .run()
+            .run(SharedHeart(watch))
         })?;
         if let Some(cores) = &cores {
             cores.bind(i + 1, child.pid()); // unbound if refused: slower, still correct
@@ -93,7 +104,7 @@ fn start<'r>(
             i + 1,
             Box::new(requests),
             Box::new(replies),
-            Peer::Forked { child, status },
+            Peer::Forked { child, watch },
         ));
     }
     Ok(links)

@@ -127,11 +127,13 @@ mod logical;
 mod slots;
 #[cfg(not(loom))]
 mod unit;
+#[cfg(not(loom))]
+mod watch;
 
 #[cfg(not(loom))]
 pub use backend::launcher_size;
 #[cfg(not(loom))]
-pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, Mpi};
+pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, DEFAULT_FAILURE_DETECTION, Mpi};
 #[cfg(not(loom))]
 pub use error::{MpiError, TASK_RUN_FAILURE};
 #[cfg(not(loom))]

@@ -6,27 +6,8 @@ use std::time::{Duration, Instant};
 use xme_core::process::children_of;
 use xme_mpi::{LpStatus, Mpi, MpiError, To};
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Serialises the tests of this file: each counts this process's children and
-/// descriptors, which a test running beside it would change.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `f` and checks it leaves no child process and no descriptor behind.
-fn clean<T>(f: impl FnOnce() -> T) -> T {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let fds = open_fds();
-    let out = f();
-    assert_eq!(
-        children_of(std::process::id() as i32),
-        Vec::<i32>::new(),
-        "children left"
-    );
-    assert_eq!(open_fds(), fds, "descriptors leaked");
-    out
-}
+mod common;
+use common::clean;
 
 #[test]
 fn ten_thousand_calls_with_mixed_destinations_match_a_serial_run() {

@@ -1,7 +1,7 @@
 //! The calls of the public face: acquire, block_acquire, broadcast, get.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -230,6 +230,52 @@ impl MpiHandle<'_> {
             return Err(MpiError::BadSlot);
         }
         slot.taken = true;
-        self.wait_result(slot.index, slot.generation, decode_result)
+        self.wait_result(slot.index, slot.generation, None, decode_result)
+    }
+
+    /// [`get`](Self::get), waiting at most `wait`. On expiry the call goes
+    /// on and `slot` stays valid: `get` it (or `get_timeout` again) later,
+    /// or drop it to discard the result. Unlike [`Mpi::call_timeout`]
+    /// (crate::Mpi::call_timeout), this ends nothing.
+    ///
+    /// # Errors
+    /// [`MpiError::Timeout`] (naming the unit, the process and its host) if
+    /// no result came within `wait`; [`MpiError::BadSlot`] for a slot already
+    /// taken or of another run; else the call's own error.
+    ///
+    /// ```
+    /// use std::time::{Duration, Instant};
+    /// use xme_mpi::{Mpi, MpiError, To};
+    /// # fn main() -> Result<(), MpiError> {
+    /// let mut mpi = Mpi::new(3)?;
+    /// let nap = mpi.register("nap", |ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms });
+    /// mpi.run(|m| -> Result<(), MpiError> {
+    ///     let mut slow = m.acquire(&nap, &300, To::Process(1))?;
+    ///     let e = m.get_timeout(&mut slow, Duration::from_millis(10)).unwrap_err();
+    ///     assert!(matches!(e, MpiError::Timeout { process: 1, .. }), "{e}");
+    ///     assert_eq!(m.block_acquire(&nap, &1, To::Process(2))?, 1); // others serve
+    ///     assert_eq!(m.get(slow)?, 300); // the slot is still good
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_timeout<R: DeserializeOwned>(
+        &self,
+        slot: &mut Slot<'_, R>,
+        wait: Duration,
+    ) -> Result<R, MpiError> {
+        if slot.taken
+            || slot.handle.token() != self.token
+            || !std::ptr::addr_eq(slot.handle as *const dyn SlotOwner, self as *const Self)
+        {
+            return Err(MpiError::BadSlot);
+        }
+        let until = Instant::now() + wait;
+        let out = self.wait_result(slot.index, slot.generation, Some(until), decode_result);
+        if !matches!(out, Err(MpiError::Timeout { .. })) {
+            slot.taken = true;
+        }
+        out
     }
 }

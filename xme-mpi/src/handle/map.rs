@@ -7,6 +7,7 @@ use super::send::{BatchArgs, unit_request};
 use super::{MpiHandle, To};
 use crate::MpiError;
 use crate::call_frame::{self, KIND_BATCH, Request};
+use crate::link::Ended;
 use crate::slots::{decode_result, reply_outcome};
 use crate::unit::Unit;
 
@@ -132,9 +133,11 @@ impl MpiHandle<'_> {
             slot.taken = true;
             let process = slot.process;
             let results = &mut out[r.clone()];
-            let done = self.wait_result(slot.index, slot.generation, |body, unit| {
-                decode_batch(body, unit, process, r.start, results)
-            })?;
+            let done = self
+                .wait_result(slot.index, slot.generation, None, |body, unit| {
+                    decode_batch(body, unit, process, r.start, results)
+                })
+                .map_err(|e| self.name_overdue_call(e, process, r.start))?;
             if done < r.len() {
                 // The rest did not fit the reply: send it again.
                 queue.push_front(r.start + done..r.end);
@@ -144,5 +147,22 @@ impl MpiHandle<'_> {
             .into_iter()
             .map(|r| r.expect("every call of the map was answered"))
             .collect())
+    }
+}
+
+impl MpiHandle<'_> {
+    /// A batch's [`MpiError::DeadlineExceeded`] as the failure of the call
+    /// that ran over (`first` is the batch's first call); other errors as
+    /// they are.
+    pub(crate) fn name_overdue_call(&self, e: MpiError, process: usize, first: usize) -> MpiError {
+        match (&e, self.links[process - 1].ended.get()) {
+            (MpiError::DeadlineExceeded { .. }, Some(Ended::Overdue { position, .. })) => {
+                MpiError::MapCall {
+                    index: first + *position as usize,
+                    error: Box::new(e),
+                }
+            }
+            _ => e,
+        }
     }
 }

@@ -11,9 +11,11 @@ use crate::MpiError;
 use crate::link::{Ended, Link, lock};
 use crate::logical;
 use crate::slots::{SlotOwner, SlotTable};
+use crate::watch::WatchPlan;
 
 mod calls;
 mod close;
+mod health;
 mod inject;
 mod map;
 mod replies;
@@ -56,6 +58,10 @@ pub struct MpiHandle<'r> {
     pub(crate) slot_freed: Condvar,
     /// The logical processes are ranks of an MPI job (not forks of this one).
     pub(crate) cluster: bool,
+    /// The run's detection bound and call deadline.
+    pub(crate) plan: WatchPlan,
+    /// Unit names by id (this process's ids), for messages.
+    pub(crate) unit_names: Vec<&'static str>,
 }
 
 impl std::fmt::Debug for MpiHandle<'_> {
@@ -68,13 +74,21 @@ impl std::fmt::Debug for MpiHandle<'_> {
 }
 
 impl<'r> MpiHandle<'r> {
-    pub(crate) fn new(token: u64, links: Vec<Link<'r>>, slots: usize, cluster: bool) -> Self {
+    pub(crate) fn new(
+        token: u64,
+        links: Vec<Link<'r>>,
+        slots: usize,
+        plan: WatchPlan,
+        unit_names: Vec<&'static str>,
+    ) -> Self {
         MpiHandle {
             token,
+            cluster: links.iter().any(|l| !l.forked),
             links,
             slots: Mutex::new(SlotTable::new(slots)),
             slot_freed: Condvar::new(),
-            cluster,
+            plan,
+            unit_names,
         }
     }
 
@@ -185,7 +199,8 @@ impl<'r> MpiHandle<'r> {
                 } else {
                     // A rank on another host shares no status word: it is
                     // Allocated while calls to it are unanswered, else Idle.
-                    match l.status.map(|s| s.load(Ordering::Acquire)) {
+                    let shared = l.forked.then(|| l.watch.status.load(Ordering::Acquire));
+                    match shared {
                         Some(logical::ST_BEGIN) => LpStatus::Begin,
                         Some(logical::ST_INRUN) => LpStatus::InRun,
                         Some(logical::ST_END) => LpStatus::End,
@@ -223,6 +238,8 @@ impl<'r> MpiHandle<'r> {
         }
     }
 
+    /// The error of a call to (or pending on) an ended process, unless it
+    /// is the call that ran past the deadline (see `health::overdue_error`).
     pub(crate) fn ended_error(&self, l: &Link<'_>, e: &Ended) -> MpiError {
         match e {
             Ended::Died(fate) => MpiError::ProcessDied {
@@ -230,9 +247,37 @@ impl<'r> MpiHandle<'r> {
                 pid: l.pid,
                 fate: *fate,
             },
-            Ended::Closed(reason) => MpiError::Closed {
+            Ended::Closed(reason) | Ended::Broken(reason) => MpiError::Closed {
                 process: l.id,
                 reason: reason.clone(),
+            },
+            Ended::Overdue { unit, ran, .. } => MpiError::Closed {
+                process: l.id,
+                reason: format!(
+                    "{} after a call of `{unit}` ran {ran:?}, past the {:?} deadline \
+                     (Mpi::call_timeout)",
+                    if l.forked {
+                        "it was killed"
+                    } else {
+                        "the rank is treated as hung (the MPI job ends when run returns)"
+                    },
+                    self.plan.deadline.unwrap_or_default()
+                ),
+            },
+            Ended::Silent(silent) => MpiError::Unresponsive {
+                process: l.id,
+                pid: l.pid,
+                host: l.host.clone(),
+                silent: *silent,
+            },
+            Ended::Lingered => MpiError::Closed {
+                process: l.id,
+                reason: format!(
+                    "rank {} (host {}) had not finished its queued calls {CLOSE_GRACE:?} after \
+                     close (the MPI job ends when run returns)",
+                    l.id,
+                    l.host.as_deref().unwrap_or("?")
+                ),
             },
         }
     }

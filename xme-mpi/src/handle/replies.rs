@@ -1,14 +1,15 @@
 //! Reading replies: slots, waiting, delivering, and noticing an ended process.
 
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use xme_core::process::Child;
+/// How long a caller with a time limit sleeps while another thread reads
+/// the replies it waits for.
+const BUSY_READER_PAUSE: Duration = Duration::from_millis(1);
 
 use super::MpiHandle;
 use crate::MpiError;
 use crate::call_frame;
-use crate::link::{Ended, LIVENESS, Link, LivenessCheck, RecvSide, lock, log_foreign_reply};
+use crate::link::{LIVENESS, Link, LivenessCheck, RecvSide, lock, log_foreign_reply};
 use crate::slots::{SLOT_RECHECK, SlotState, deliver_to};
 
 impl MpiHandle<'_> {
@@ -86,17 +87,21 @@ impl MpiHandle<'_> {
     }
 
     /// Waits for slot `index` to hold its result, reading replies meanwhile;
-    /// `decode` reads a value's bytes (with the unit's name) in place.
+    /// `decode` reads a value's bytes (with the unit's name) in place. With
+    /// `until`, gives up then with [`MpiError::Timeout`], leaving the slot
+    /// pending.
     pub(crate) fn wait_result<T>(
         &self,
         index: u32,
         generation: u32,
+        until: Option<Instant>,
         decode: impl FnOnce(&[u8], &'static str) -> Result<T, MpiError>,
     ) -> Result<T, MpiError> {
         let mut decode = Some(decode);
         let mut liveness = LivenessCheck::default();
+        let started = Instant::now();
         loop {
-            let lp = {
+            let (lp, unit) = {
                 let mut table = lock(&self.slots);
                 let e = &mut table.entries[index as usize];
                 if e.generation != generation {
@@ -113,7 +118,7 @@ impl MpiHandle<'_> {
                     }
                     SlotState::Pending { lp, unit } => {
                         e.state = SlotState::Pending { lp, unit };
-                        lp
+                        (lp, unit)
                     }
                     other => {
                         e.state = other;
@@ -122,18 +127,39 @@ impl MpiHandle<'_> {
                 }
             };
             let link = &self.links[lp - 1];
+            let left = match until.map(|t| t.saturating_duration_since(Instant::now())) {
+                Some(Duration::ZERO) => {
+                    return Err(MpiError::Timeout {
+                        unit: unit.to_string(),
+                        process: lp,
+                        host: link.host.clone(),
+                        waited: started.elapsed(),
+                    });
+                }
+                left => left,
+            };
             // One thread reads a process's replies at a time; the others find
-            // their slot filled when they get the lock.
-            let mut reader = lock(&link.recv);
+            // their slot filled when they get the lock (a caller with a time
+            // limit does not queue for it: it looks again shortly).
+            let mut reader = match left {
+                None => lock(&link.recv),
+                Some(left) => match link.recv.try_lock() {
+                    Ok(reader) => reader,
+                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        std::thread::sleep(left.min(BUSY_READER_PAUSE));
+                        continue;
+                    }
+                },
+            };
             if self.slot_ready(index, generation) {
                 continue;
             }
             if self.pump(link, &mut reader) > 0 {
                 continue;
             }
-            if liveness.due(reader.channel.wait_recv(LIVENESS))
-                && !self.check_alive(link, &mut reader)
-            {
+            let max = left.map_or(LIVENESS, |left| left.min(LIVENESS));
+            if liveness.due(reader.channel.wait_recv(max)) && !self.check_alive(link, &mut reader) {
                 self.fail_pending(link);
             }
         }
@@ -166,7 +192,7 @@ impl MpiHandle<'_> {
                 Ok(false) => break,
                 Err(corrupt) => {
                     drop(table);
-                    self.corrupt_replies(link, &corrupt);
+                    self.corrupt_replies(link, rx, &corrupt);
                     return n;
                 }
             }
@@ -176,22 +202,6 @@ impl MpiHandle<'_> {
             self.slot_freed.notify_all();
         }
         n
-    }
-
-    /// Ends `link` whose reply channel broke the ring's format.
-    pub(crate) fn corrupt_replies(&self, link: &Link<'_>, corrupt: &crate::channel::Corrupt) {
-        log::error!(
-            "MPI: reply channel of logical process {} is corrupt ({}); closing it",
-            link.id,
-            corrupt.0
-        );
-        if let Some(c) = lock(&link.child).as_mut() {
-            let _ = c.kill_mut();
-        }
-        let _ = link
-            .ended
-            .set(Ended::Closed("its reply channel was corrupt".into()));
-        self.fail_pending(link);
     }
 
     pub(crate) fn deliver(
@@ -204,59 +214,6 @@ impl MpiHandle<'_> {
     ) {
         let notify = deliver_to(&mut lock(&self.slots), link, slot, generation, status, body);
         if notify {
-            self.slot_freed.notify_all();
-        }
-    }
-
-    /// Whether `link`'s process lives; records its death if not. `reader` is
-    /// the held `link.recv`.
-    pub(crate) fn check_alive(&self, link: &Link<'_>, reader: &mut RecvSide<'_>) -> bool {
-        if link.ended.get().is_some() {
-            return false;
-        }
-        if !link.forked {
-            // A rank that dies ends the whole job (the launcher's rule).
-            return true;
-        }
-        let mut child = lock(&link.child);
-        match child.as_mut().map(Child::try_wait) {
-            Some(Ok(None)) => true,
-            Some(Ok(Some(fate))) => {
-                drop(child);
-                self.pump(link, reader); // replies it wrote before dying still count
-                let _ = link.ended.set(Ended::Died(fate));
-                false
-            }
-            _ => {
-                let _ = link
-                    .ended
-                    .set(Ended::Closed("its process could not be waited for".into()));
-                false
-            }
-        }
-    }
-
-    /// Fails every slot still pending on an ended process.
-    pub(crate) fn fail_pending(&self, link: &Link<'_>) {
-        let Some(ended) = link.ended.get() else {
-            return;
-        };
-        let err = self.ended_error(link, ended);
-        let mut table = lock(&self.slots);
-        let mut freed = false;
-        for i in 0..table.entries.len() {
-            match table.entries[i].state {
-                SlotState::Pending { lp, .. } if lp == link.id => {
-                    table.entries[i].state = SlotState::Ready(Err(err.clone()));
-                }
-                SlotState::Abandoned { lp } if lp == link.id => {
-                    freed |= table.release(i as u32);
-                }
-                _ => {}
-            }
-        }
-        link.load.store(0, Ordering::Release);
-        if freed {
             self.slot_freed.notify_all();
         }
     }

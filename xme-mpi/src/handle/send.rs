@@ -64,7 +64,9 @@ impl<'r> MpiHandle<'r> {
         req.slot = index;
         req.generation = generation;
         if let Err(e) = self.write_request(link, req, unit, args, None) {
-            if !matches!(e, MpiError::ProcessDied { .. } | MpiError::Closed { .. }) {
+            // If the process ended, its pending slots (this one too) failed;
+            // dropping `slot` frees it. Else free it here.
+            if link.ended.get().is_none() {
                 self.release(index, generation);
             }
             return Err(e);
@@ -112,9 +114,18 @@ impl<'r> MpiHandle<'r> {
             if let Waited::Idle = tx.channel.wait_send(tx.buf.len(), LIVENESS) {
                 let alive = match direct.as_mut() {
                     Some((_, reader)) => self.check_alive(link, reader),
-                    None => self.check_alive(link, &mut lock(&link.recv)),
+                    // Lock order is recv, then send: only try. A thread that
+                    // holds recv reads replies and checks liveness itself.
+                    None => match link.recv.try_lock() {
+                        Ok(mut reader) => self.check_alive(link, &mut reader),
+                        Err(std::sync::TryLockError::Poisoned(p)) => {
+                            self.check_alive(link, &mut p.into_inner())
+                        }
+                        Err(std::sync::TryLockError::WouldBlock) => link.ended.get().is_none(),
+                    },
                 };
                 if !alive {
+                    self.fail_pending(link);
                     return Err(self.ended_error(link, link.ended.get().expect("just ended")));
                 }
             }
@@ -183,12 +194,12 @@ impl<'r> MpiHandle<'r> {
                         && !self.check_alive(link, reader)
                     {
                         self.fail_pending(link);
-                        return Err(self.ended_error(link, link.ended.get().expect("ended")));
+                        return Err(self.direct_error(link, unit));
                     }
                 }
                 Err(corrupt) => {
-                    self.corrupt_replies(link, &corrupt);
-                    return Err(self.ended_error(link, link.ended.get().expect("ended")));
+                    self.corrupt_replies(link, reader, &corrupt);
+                    return Err(self.direct_error(link, unit));
                 }
             }
         }
