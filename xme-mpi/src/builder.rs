@@ -189,7 +189,8 @@ impl Mpi {
     ///
     /// # Errors
     /// [`MpiError::ClusterNotBuilt`] under a launcher without the `cluster`
-    /// feature; [`MpiError::WorldSize`], [`MpiError::UnitMismatch`] and
+    /// feature; [`MpiError::SrunWithoutPmi`] in one of several `srun` tasks
+    /// that have no PMI (or one the MPI library does not speak); [`MpiError::WorldSize`], [`MpiError::UnitMismatch`] and
     /// [`MpiError::Cluster`] in a cluster run (on every rank); a region or
     /// fork that failed.
     pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {

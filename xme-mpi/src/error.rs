@@ -194,6 +194,21 @@ pub enum MpiError {
         /// What told it runs under a launcher.
         found: String,
     },
+    /// One of several tasks of an `srun` step whose MPI library cannot reach
+    /// the others (no PMI, or one it does not speak): each task would run
+    /// the whole program alone. Every task gets this error.
+    #[error(
+        "this is one of {tasks} tasks of an srun step, but {reason}, so each task would run the \
+         whole program alone: {advice} (or set XME_MPI_BACKEND=fork if each task should run alone)"
+    )]
+    SrunWithoutPmi {
+        /// The tasks of the step.
+        tasks: usize,
+        /// What is missing.
+        reason: String,
+        /// Which `srun --mpi=` to use.
+        advice: String,
+    },
     /// `XME_MPI_BACKEND` holds neither `fork` nor `cluster`.
     #[error("XME_MPI_BACKEND is {0:?}: it takes `fork` or `cluster`")]
     BadBackend(String),

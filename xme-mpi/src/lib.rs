@@ -131,7 +131,7 @@ mod unit;
 mod watch;
 
 #[cfg(not(loom))]
-pub use backend::launcher_size;
+pub use backend::{ABORT_STATUS, launcher_size};
 #[cfg(not(loom))]
 pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, DEFAULT_FAILURE_DETECTION, Mpi};
 #[cfg(not(loom))]

@@ -99,7 +99,8 @@ impl WatchPlan {
         self.detection / 4
     }
 
-    fn tick(&self) -> Duration {
+    /// How often the running call is looked at (and notes read).
+    pub(crate) fn tick(&self) -> Duration {
         match self.deadline {
             Some(d) => (d / 8).clamp(Duration::from_millis(1), self.period()),
             None => self.period(),
@@ -176,7 +177,7 @@ impl StopFlag {
         watcher.unpark();
     }
 
-    fn stopped(&self) -> bool {
+    pub(crate) fn stopped(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
 }

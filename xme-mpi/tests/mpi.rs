@@ -693,7 +693,20 @@ fn under_a_launcher_without_the_cluster_feature_run_is_an_error_not_a_pool() {
                 vec![("XME_MPI_BACKEND", "fork"), ("OMPI_COMM_WORLD_SIZE", "3")],
                 "forked",
             ),
-            (vec![("SLURM_NTASKS", "3")], "forked"),
+            // A batch script's own process: allocation variables, no step.
+            (vec![("SLURM_NTASKS", "3"), ("SLURM_JOB_ID", "7")], "forked"),
+            // One srun task alone is a program like any other.
+            (vec![("SLURM_STEP_NUM_TASKS", "1")], "forked"),
+            // Several srun tasks without PMI (srun --mpi=none): refused.
+            (
+                vec![("SLURM_STEP_NUM_TASKS", "3"), ("SLURM_NTASKS", "3")],
+                "no-pmi",
+            ),
+            // ... unless each should run alone.
+            (
+                vec![("SLURM_STEP_NUM_TASKS", "3"), ("XME_MPI_BACKEND", "fork")],
+                "forked",
+            ),
             (vec![("XME_MPI_BACKEND", "threads")], "bad-backend"),
         ] {
             let mut env = env.clone();
@@ -727,6 +740,12 @@ fn helper_backend_choice() {
                 e.to_string().contains("every rank would fork its own pool"),
                 "{e}"
             );
+        }
+        ("no-pmi", Err(e @ MpiError::SrunWithoutPmi { tasks: 3, .. })) => {
+            let text = e.to_string();
+            assert!(text.contains("one of 3 tasks of an srun step"), "{e}");
+            assert!(text.contains("srun --mpi=pmix"), "{e}");
+            assert!(text.contains("srun --mpi=pmi2"), "{e}");
         }
         ("bad-backend", Err(e @ MpiError::BadBackend(_))) => {
             assert!(e.to_string().contains("`fork` or `cluster`"), "{e}");

@@ -201,4 +201,23 @@ impl MpiHandle<'_> {
             self.slot_freed.notify_all();
         }
     }
+
+    /// Every process lost (died, hung, silent, or lingering after close),
+    /// said in one line; `None` if none was.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn lost_processes(&self) -> Option<String> {
+        let lost: Vec<String> = self
+            .links
+            .iter()
+            .filter_map(|l| {
+                let ended = l.ended.get().filter(|e| e.lost())?;
+                Some(match ended {
+                    Ended::Overdue { unit, ran, .. } => self.overdue_error(l, unit, *ran),
+                    other => self.ended_error(l, other),
+                })
+            })
+            .map(|e| e.to_string())
+            .collect();
+        (!lost.is_empty()).then(|| lost.join("; "))
+    }
 }
