@@ -78,7 +78,7 @@ impl SlotTable {
 }
 
 /// A pending call's result (the seed's buffer position): pass it to
-/// [`MpiHandle::get`]. Dropping it discards the result when it arrives.
+/// [`MpiHandle::get`](crate::MpiHandle::get). Dropping it discards the result when it arrives.
 #[must_use = "a slot holds a result: get it, or drop it to discard the result"]
 pub struct Slot<'h, R> {
     /// The run the slot belongs to (behind a trait object, so that a slot's

@@ -235,8 +235,8 @@ impl MpiHandle<'_> {
 
     /// [`get`](Self::get), waiting at most `wait`. On expiry the call goes
     /// on and `slot` stays valid: `get` it (or `get_timeout` again) later,
-    /// or drop it to discard the result. Unlike [`Mpi::call_timeout`]
-    /// (crate::Mpi::call_timeout), this ends nothing.
+    /// or drop it to discard the result. Unlike
+    /// [`Mpi::call_timeout`](crate::Mpi::call_timeout), this ends nothing.
     ///
     /// # Errors
     /// [`MpiError::Timeout`] (naming the unit, the process and its host) if
