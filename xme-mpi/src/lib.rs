@@ -139,7 +139,7 @@ pub use error::{MpiError, TASK_RUN_FAILURE};
 #[cfg(not(loom))]
 pub use handle::CLOSE_GRACE;
 #[cfg(not(loom))]
-pub use handle::{LpStatus, MpiHandle, To};
+pub use handle::{LpStatus, MpiHandle, Ordered, StreamBuilder, To, Unordered};
 #[cfg(not(loom))]
 pub use slots::Slot;
 #[cfg(not(loom))]

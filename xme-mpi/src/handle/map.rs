@@ -11,11 +11,54 @@ use crate::link::Ended;
 use crate::slots::{decode_result, reply_outcome};
 use crate::unit::Unit;
 
-/// Most calls in one batch frame of [`MpiHandle::map`].
-const MAP_BATCH_CALLS: usize = 512;
+/// Most calls in one batch frame (of [`MpiHandle::map`] and streams).
+pub(super) const BATCH_CALLS: usize = 512;
+/// Batch frames in flight per live logical process: enough for every
+/// process to have work while the main process encodes the next frame and
+/// decodes the last.
+pub(super) const FRAMES_PER_PROCESS: usize = 4;
+
+/// Decodes a batch reply of at most `sent` calls, handing each answered
+/// call's result to `each` (with its place in the batch); returns how many
+/// were answered (the rest did not fit the reply: send them again).
+///
+/// # Errors
+/// [`MpiError::Decode`] for a reply that does not follow the batch format.
+pub(super) fn decode_batch_each<R: DeserializeOwned>(
+    body: &[u8],
+    unit: &'static str,
+    process: usize,
+    sent: usize,
+    mut each: impl FnMut(usize, Result<R, MpiError>),
+) -> Result<usize, MpiError> {
+    let malformed = || MpiError::Decode {
+        unit: unit.to_string(),
+        reason: "a malformed batch reply".into(),
+    };
+    let (done, entries) = call_frame::batch_replies(body).ok_or_else(malformed)?;
+    if done > sent {
+        return Err(malformed());
+    }
+    let mut n = 0;
+    for (i, entry) in entries.enumerate() {
+        let (status, bytes) = entry.ok_or_else(malformed)?;
+        if i >= done {
+            return Err(malformed());
+        }
+        each(
+            i,
+            reply_outcome(unit, process, status, bytes).and_then(|()| decode_result(bytes, unit)),
+        );
+        n += 1;
+    }
+    if n != done {
+        return Err(malformed());
+    }
+    Ok(done)
+}
 
 /// Decodes a batch reply into `results` (calls `first..` of a map): how
-/// many calls it answered, or the first call's error.
+/// many calls it answered, or the first failed call's error.
 fn decode_batch<R: DeserializeOwned>(
     body: &[u8],
     unit: &'static str,
@@ -23,31 +66,17 @@ fn decode_batch<R: DeserializeOwned>(
     first: usize,
     results: &mut [Option<R>],
 ) -> Result<usize, MpiError> {
-    let malformed = || MpiError::Decode {
-        unit: unit.to_string(),
-        reason: "a malformed batch reply".into(),
-    };
-    let (done, entries) = call_frame::batch_replies(body).ok_or_else(malformed)?;
-    if done > results.len() {
-        return Err(malformed());
-    }
-    let mut n = 0;
-    for (i, entry) in entries.enumerate() {
-        let (status, bytes) = entry.ok_or_else(malformed)?;
-        let slot = results.get_mut(i).ok_or_else(malformed)?;
-        let value = reply_outcome(unit, process, status, bytes)
-            .and_then(|()| decode_result(bytes, unit))
-            .map_err(|e| MpiError::MapCall {
+    let mut failed = None;
+    let done = decode_batch_each(body, unit, process, results.len(), |i, r| match r {
+        Ok(v) => results[i] = Some(v),
+        Err(e) => {
+            failed.get_or_insert(MpiError::MapCall {
                 index: first + i,
                 error: Box::new(e),
-            })?;
-        *slot = Some(value);
-        n += 1;
-    }
-    if n != done {
-        return Err(malformed());
-    }
-    Ok(done)
+            });
+        }
+    })?;
+    failed.map_or(Ok(done), Err)
 }
 
 impl MpiHandle<'_> {
@@ -95,8 +124,11 @@ impl MpiHandle<'_> {
         }
         // Enough batches for every process to have work while the main
         // process encodes the next and decodes the last.
-        let per_batch = args.len().div_ceil(4 * live).clamp(1, MAP_BATCH_CALLS);
-        let window = (4 * live).min(self.slot_count());
+        let per_batch = args
+            .len()
+            .div_ceil(FRAMES_PER_PROCESS * live)
+            .clamp(1, BATCH_CALLS);
+        let window = (FRAMES_PER_PROCESS * live).min(self.slot_count());
         let mut queue: std::collections::VecDeque<std::ops::Range<usize>> = (0..args.len())
             .step_by(per_batch)
             .map(|s| s..(s + per_batch).min(args.len()))

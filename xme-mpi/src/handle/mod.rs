@@ -1,8 +1,9 @@
 //! `MpiHandle`: the main function's handle on the logical processes.
 //!
-//! Rooms: `calls` (the public calls), `map`, `send` (writing requests,
-//! direct calls), `replies` (slots, waiting, delivering, liveness),
-//! `close`, `inject` (broken frames for tests).
+//! Rooms: `calls` (the public calls), `map`, `stream` (lazy inputs, results
+//! in order or as they finish), `send` (writing requests, direct calls),
+//! `replies` (slots, waiting, delivering), `health` (noticing an ended
+//! process, failing its calls), `close`, `inject` (broken frames for tests).
 
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex};
@@ -20,8 +21,10 @@ mod inject;
 mod map;
 mod replies;
 mod send;
+mod stream;
 
 pub use close::CLOSE_GRACE;
+pub use stream::{Ordered, StreamBuilder, Unordered};
 
 /// Where a call goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

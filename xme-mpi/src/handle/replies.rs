@@ -2,15 +2,15 @@
 
 use std::time::{Duration, Instant};
 
-/// How long a caller with a time limit sleeps while another thread reads
-/// the replies it waits for.
-const BUSY_READER_PAUSE: Duration = Duration::from_millis(1);
-
 use super::MpiHandle;
 use crate::MpiError;
 use crate::call_frame;
 use crate::link::{LIVENESS, Link, LivenessCheck, RecvSide, lock, log_foreign_reply};
 use crate::slots::{SLOT_RECHECK, SlotState, deliver_to};
+
+/// How long a caller with a time limit sleeps while another thread reads
+/// the replies it waits for.
+const BUSY_READER_PAUSE: Duration = Duration::from_millis(1);
 
 impl MpiHandle<'_> {
     /// Takes a free slot, waiting while all are taken (at most `wait`).
@@ -30,6 +30,15 @@ impl MpiHandle<'_> {
                 return Ok((index, e.generation));
             }
             let start = *start.get_or_insert_with(Instant::now);
+            // Slots of dropped calls free when their replies land: read
+            // what came (lock order: recv, then slots).
+            drop(table);
+            let all: Vec<usize> = self.links.iter().map(|l| l.id).collect();
+            let landed = self.pump_each(&all, false);
+            table = lock(&self.slots);
+            if landed > 0 && !table.free.is_empty() {
+                continue;
+            }
             table.waiters += 1;
             // Woken when a batch of slots is free (see `SlotTable::release`),
             // and at least every SLOT_RECHECK to take a single freed slot.
@@ -162,6 +171,60 @@ impl MpiHandle<'_> {
             if liveness.due(reader.channel.wait_recv(max)) && !self.check_alive(link, &mut reader) {
                 self.fail_pending(link);
             }
+        }
+    }
+
+    /// The first of `slots` (index, generation) that holds its result or
+    /// its error, under one lock of the slot table.
+    pub(crate) fn first_ready(&self, slots: impl IntoIterator<Item = (u32, u32)>) -> Option<usize> {
+        let table = lock(&self.slots);
+        slots.into_iter().position(|(index, generation)| {
+            let e = &table.entries[index as usize];
+            e.generation != generation || !matches!(e.state, SlotState::Pending { .. })
+        })
+    }
+
+    /// Reads the waiting replies of processes `lps` (each once; those
+    /// another thread reads are left to it) without waiting; with `check`,
+    /// also checks each lives (see `check_alive`). Returns the replies read.
+    pub(crate) fn pump_each(&self, lps: &[usize], check: bool) -> usize {
+        let mut n = 0;
+        for (i, &lp) in lps.iter().enumerate() {
+            if lps[..i].contains(&lp) {
+                continue;
+            }
+            let link = &self.links[lp - 1];
+            let Ok(mut reader) = link.recv.try_lock() else {
+                continue;
+            };
+            n += self.pump(link, &mut reader);
+            if check && !self.check_alive(link, &mut reader) {
+                drop(reader);
+                self.fail_pending(link);
+            }
+        }
+        n
+    }
+
+    /// Waits at most `max` for a reply from process `lp`, reading what came
+    /// (a thread that reads its replies already does it for us: then sleep
+    /// briefly). Returns the replies read.
+    pub(crate) fn wait_replies(&self, lp: usize, max: Duration) -> usize {
+        let link = &self.links[lp - 1];
+        let mut reader = match link.recv.try_lock() {
+            Ok(reader) => reader,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => {
+                std::thread::sleep(max.min(BUSY_READER_PAUSE));
+                return 0;
+            }
+        };
+        match self.pump(link, &mut reader) {
+            0 => {
+                reader.channel.wait_recv(max);
+                self.pump(link, &mut reader)
+            }
+            n => n,
         }
     }
 

@@ -11,7 +11,7 @@ use super::{MpiHandle, To};
 use crate::MpiError;
 use crate::call_frame::{self, KIND_CALL, Request};
 use crate::channel::Waited;
-use crate::link::{LIVENESS, Link, LivenessCheck, RecvSide, lock, log_foreign_reply};
+use crate::link::{LIVENESS, Link, LivenessCheck, RecvSide, SendSide, lock, log_foreign_reply};
 use crate::slots::{Slot, decode_result, reply_outcome};
 
 /// What follows a request's header.
@@ -110,27 +110,50 @@ impl<'r> MpiHandle<'r> {
             return Ok(true);
         }
         while !tx.channel.try_send(&tx.buf) {
-            // The process is slow or gone: check before waiting again.
-            if let Waited::Idle = tx.channel.wait_send(tx.buf.len(), LIVENESS) {
-                let alive = match direct.as_mut() {
-                    Some((_, reader)) => self.check_alive(link, reader),
-                    // Lock order is recv, then send: only try. A thread that
-                    // holds recv reads replies and checks liveness itself.
-                    None => match link.recv.try_lock() {
-                        Ok(mut reader) => self.check_alive(link, &mut reader),
-                        Err(std::sync::TryLockError::Poisoned(p)) => {
-                            self.check_alive(link, &mut p.into_inner())
+            // The process may itself wait for room for its replies: read
+            // them before waiting, so that neither side waits on the other
+            // (a thread that holds the replies' lock reads them itself; the
+            // lock order is recv, then send: only try).
+            match direct.as_mut() {
+                Some((_, reader)) => self.make_room(link, reader, tx)?,
+                None => match link.recv.try_lock() {
+                    Ok(mut reader) => self.make_room(link, &mut reader, tx)?,
+                    Err(std::sync::TryLockError::Poisoned(p)) => {
+                        self.make_room(link, &mut p.into_inner(), tx)?
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => {
+                        if let Waited::Idle = tx.channel.wait_send(tx.buf.len(), LIVENESS)
+                            && let Some(ended) = link.ended.get()
+                        {
+                            self.fail_pending(link);
+                            return Err(self.ended_error(link, ended));
                         }
-                        Err(std::sync::TryLockError::WouldBlock) => link.ended.get().is_none(),
-                    },
-                };
-                if !alive {
-                    self.fail_pending(link);
-                    return Err(self.ended_error(link, link.ended.get().expect("just ended")));
-                }
+                    }
+                },
             }
         }
         Ok(false)
+    }
+
+    /// While `link`'s request channel is full: reads its replies (`reader` is
+    /// the held `link.recv`), else waits a while for room, then checks the
+    /// process lives.
+    fn make_room(
+        &self,
+        link: &Link<'_>,
+        reader: &mut RecvSide<'_>,
+        tx: &mut SendSide<'_>,
+    ) -> Result<(), MpiError> {
+        if self.pump(link, reader) > 0 {
+            return Ok(());
+        }
+        if let Waited::Idle = tx.channel.wait_send(tx.buf.len(), LIVENESS)
+            && !self.check_alive(link, reader)
+        {
+            self.fail_pending(link);
+            return Err(self.ended_error(link, link.ended.get().expect("just ended")));
+        }
+        Ok(())
     }
 
     /// `block_acquire` without a slot, when no other call waits on `link` and
