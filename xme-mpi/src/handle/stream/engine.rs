@@ -76,9 +76,50 @@ impl Chunk {
 /// Results waiting to be yielded.
 enum Landed<R> {
     /// In input order: `[i]` is call `yielded + i`'s, once it landed.
-    Ordered(VecDeque<Option<Result<R, MpiError>>>),
+    Ordered(VecDeque<Option<Kept<R>>>),
     /// As they landed, with their input's index.
-    Unordered(VecDeque<(usize, Result<R, MpiError>)>),
+    Unordered(VecDeque<Indexed<R>>),
+}
+
+impl<R> Landed<R> {
+    /// A result for call `index` (`yielded` results were yielded so far).
+    fn keep(&mut self, yielded: usize, index: usize, result: Kept<R>) {
+        match self {
+            Landed::Ordered(waiting) => {
+                let at = index - yielded;
+                if at == waiting.len() {
+                    waiting.push_back(Some(result)); // in order: the usual case
+                } else {
+                    if waiting.len() < at {
+                        waiting.resize_with(at, || None);
+                    }
+                    match waiting.get_mut(at) {
+                        Some(place) => *place = Some(result),
+                        None => waiting.push_back(Some(result)),
+                    }
+                }
+            }
+            Landed::Unordered(done) => done.push_back((index, result)),
+        }
+    }
+
+    /// How many results wait (a mark to go back to).
+    fn mark(&self) -> usize {
+        match self {
+            Landed::Ordered(waiting) => waiting.len(),
+            Landed::Unordered(done) => done.len(),
+        }
+    }
+
+    /// Forgets what was kept since `mark`: the calls of one frame whose
+    /// reply turned out malformed (their errors are kept instead).
+    fn back_to(&mut self, mark: usize) {
+        match self {
+            // Ordered places are overwritten by the errors.
+            Landed::Ordered(_) => {}
+            Landed::Unordered(done) => done.truncate(mark),
+        }
+    }
 }
 
 /// A frame sent and not yet landed.
@@ -89,8 +130,12 @@ struct Flight<'h, A> {
     sent: Instant,
 }
 
+/// A call's result as kept until yielded: the error boxed, so that a result
+/// moves as a few words (an `MpiError` is about a hundred bytes).
+pub(super) type Kept<R> = Result<R, Box<MpiError>>;
+
 /// A call's result with its input's index.
-pub(super) type Indexed<R> = (usize, Result<R, MpiError>);
+pub(super) type Indexed<R> = (usize, Kept<R>);
 
 /// [`Engine::step`] found no result ready and may not wait.
 #[derive(Debug)]
@@ -126,9 +171,8 @@ pub(super) struct Engine<'h, 'r, I: Iterator, R> {
     last_landed: Vec<Option<Instant>>,
     /// When the processes with frames were last checked to live (async).
     last_check: Instant,
-    /// A frame's results, decoded before any is kept (a malformed reply
-    /// then fails the whole frame, never half of it twice).
-    scratch: Vec<Result<R, MpiError>>,
+    /// The processes of the frames in flight (reused).
+    lps: Vec<usize>,
 }
 
 impl<'h, 'r, I, R> Engine<'h, 'r, I, R>
@@ -162,7 +206,7 @@ where
             },
             last_landed: vec![None; handle.links.len() + 1],
             last_check: Instant::now(),
-            scratch: Vec::new(),
+            lps: Vec::new(),
         }
     }
 
@@ -189,12 +233,13 @@ where
                 self.land(k);
                 continue;
             }
-            let lps: Vec<usize> = self.flights.iter().map(|f| f.slot.process).collect();
+            self.lps.clear();
+            self.lps.extend(self.flights.iter().map(|f| f.slot.process));
             let check = self.last_check.elapsed() >= LIVENESS;
             if check {
                 self.last_check = Instant::now();
             }
-            if self.handle.pump_each(&lps, check) > 0 || check {
+            if self.handle.pump_each(&self.lps, check) > 0 || check {
                 continue;
             }
             match (wait, &self.landed) {
@@ -214,9 +259,17 @@ where
     }
 
     /// Sends frames while there is room: frames in flight (four per live
-    /// process), the window (calls pulled and not yet yielded), free slots.
+    /// process), the window (calls pulled and not yet yielded: a new frame
+    /// waits until a whole chunk fits, or the window is empty), free slots.
     /// Only a stream with nothing in flight waits for a slot (`Wait::Block`).
     fn fill(&mut self, wait: Wait) {
+        // The common case, once per result: no room for a new frame yet.
+        let room = self.window - (self.pulled - self.yielded);
+        if self.unsent.is_empty()
+            && (self.input.is_none() || room < self.chunk.next().min(self.window))
+        {
+            return;
+        }
         let live = self
             .handle
             .links
@@ -280,7 +333,7 @@ where
                 }
                 Err(e) => {
                     for i in 0..args.len() {
-                        self.keep(first + i, Err(e.clone()));
+                        self.keep(first + i, Err(Box::new(e.clone())));
                     }
                 }
             }
@@ -288,17 +341,8 @@ where
     }
 
     /// A result for call `index`.
-    fn keep(&mut self, index: usize, result: Result<R, MpiError>) {
-        match &mut self.landed {
-            Landed::Ordered(waiting) => {
-                let at = index - self.yielded;
-                if waiting.len() <= at {
-                    waiting.resize_with(at + 1, || None);
-                }
-                waiting[at] = Some(result);
-            }
-            Landed::Unordered(done) => done.push_back((index, result)),
-        }
+    fn keep(&mut self, index: usize, result: Kept<R>) {
+        self.landed.keep(self.yielded, index, result);
     }
 
     /// The next result to yield, if it landed.
@@ -342,22 +386,24 @@ where
         } = self.flights.remove(k).expect("a frame in flight");
         slot.taken = true;
         let process = slot.process;
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch.clear();
-        let out = self
-            .handle
-            .wait_result(slot.index, slot.generation, None, |body, unit| {
-                decode_batch_each(body, unit, process, args.len(), |_, r| scratch.push(r))
-            });
+        // Each result goes straight to its place; a reply found malformed
+        // half-way is taken back, and the whole frame fails instead.
+        let (handle, yielded, landed) = (self.handle, self.yielded, &mut self.landed);
+        let mark = landed.mark();
+        let out = handle.wait_result(slot.index, slot.generation, None, |body, unit| {
+            decode_batch_each(body, unit, process, args.len(), |i, r| {
+                landed.keep(yielded, first + i, r.map_err(Box::new))
+            })
+        });
+        if out.is_err() {
+            self.landed.back_to(mark);
+        }
         match out {
             Ok(done) => {
                 let now = Instant::now();
                 let since = self.last_landed[process].map_or(sent, |t| t.max(sent));
                 self.last_landed[process] = Some(now);
                 self.chunk.observe(done, now - since);
-                for (i, r) in scratch.drain(..).enumerate() {
-                    self.keep(first + i, r);
-                }
                 if done < args.len() {
                     // The rest did not fit the reply: send it again.
                     let rest = args.split_off(done);
@@ -385,10 +431,9 @@ where
                     } else {
                         others.clone()
                     };
-                    self.keep(first + i, Err(r));
+                    self.keep(first + i, Err(Box::new(r)));
                 }
             }
         }
-        self.scratch = scratch;
     }
 }

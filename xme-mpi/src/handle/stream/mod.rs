@@ -266,7 +266,10 @@ macro_rules! stream_results {
     };
 }
 
-stream_results!(Ordered, Result<R, MpiError>, |(_, r): Indexed<R>| r);
-stream_results!(Unordered, (usize, Result<R, MpiError>), |out: Indexed<
-    R,
->| out);
+stream_results!(Ordered, Result<R, MpiError>, |(_, r): Indexed<R>| r
+    .map_err(|e| *e));
+stream_results!(
+    Unordered,
+    (usize, Result<R, MpiError>),
+    |(i, r): Indexed<R>| (i, r.map_err(|e| *e))
+);
