@@ -173,6 +173,8 @@ pub(super) struct Engine<'h, 'r, I: Iterator, R> {
     last_check: Instant,
     /// The processes of the frames in flight (reused).
     lps: Vec<usize>,
+    /// Calls in the next new frame: the chunk, less if the window is narrow.
+    frame_calls: usize,
 }
 
 impl<'h, 'r, I, R> Engine<'h, 'r, I, R>
@@ -207,6 +209,7 @@ where
             last_landed: vec![None; handle.links.len() + 1],
             last_check: Instant::now(),
             lps: Vec::new(),
+            frame_calls: 1,
         }
     }
 
@@ -265,9 +268,7 @@ where
     fn fill(&mut self, wait: Wait) {
         // The common case, once per result: no room for a new frame yet.
         let room = self.window - (self.pulled - self.yielded);
-        if self.unsent.is_empty()
-            && (self.input.is_none() || room < self.chunk.next().min(self.window))
-        {
+        if self.unsent.is_empty() && (self.input.is_none() || room < self.frame_calls) {
             return;
         }
         let live = self
@@ -278,15 +279,18 @@ where
             .count();
         // With no live process, one attempt still goes out, to fail its calls.
         let max_frames = (FRAMES_PER_PROCESS * live).max(1);
+        // A narrow window makes smaller frames, so that several are in flight.
+        self.frame_calls = self.chunk.next().min((self.window / max_frames).max(1));
         while self.flights.len() < max_frames {
             let (first, args) = match self.unsent.pop_front() {
                 Some(unsent) => unsent,
                 None => {
                     let room = self.window - (self.pulled - self.yielded);
-                    let Some(input) = self.input.as_mut().filter(|_| room > 0) else {
+                    let Some(input) = self.input.as_mut().filter(|_| room >= self.frame_calls)
+                    else {
                         break;
                     };
-                    let want = self.chunk.next().min(room);
+                    let want = self.frame_calls;
                     let args: Vec<I::Item> = input.by_ref().take(want).collect();
                     if args.len() < want {
                         self.input = None; // never called again once it said None
