@@ -25,8 +25,8 @@ impl<'r> MpiHandle<'r> {
     ///
     /// The builder sets `.window(n)` (calls pulled from `inputs` and not yet
     /// yielded, at most; never exceeded, not even inside `next`; by default
-    /// enough to keep every process busy: four frames of `chunk` calls per
-    /// live process) and `.chunk(n)` (calls per frame; by default grown
+    /// enough to keep every process busy: five frames of `chunk` calls per
+    /// live process, four in flight and one being handed out) and `.chunk(n)` (calls per frame; by default grown
     /// from 1 towards frames of about a millisecond, at most 512), then
     /// `.ordered()` (results in input order) or `.unordered()` (results as
     /// calls finish, each with its input's index).
@@ -193,9 +193,11 @@ where
             .filter(|l| l.ended.get().is_none())
             .count()
             .max(1);
+        // Frames in flight to every process, and one more landed while its
+        // results are handed out: the processes never wait for the caller.
         let window = self
             .window
-            .unwrap_or(FRAMES_PER_PROCESS * live * chunk.max());
+            .unwrap_or((FRAMES_PER_PROCESS + 1) * live * chunk.max());
         Engine::new(self.handle, self.unit, self.inputs, window, chunk, ordered)
     }
 }
