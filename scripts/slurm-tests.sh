@@ -78,6 +78,12 @@ expect_failure "a unit that never returns and a stopped rank, Open MPI, srun (no
   "${srun_pmix[@]}" -n 4 "$ompi/cluster_check" hung-rank 3
 expect_failure "a unit that never returns and a stopped rank, MPICH, srun (no -K)" 8 "hung-rank ok" \
   "${srun_pmi2[@]}" -n 4 "$mpich/cluster_check" hung-rank 3
+# A rank that dies before MPI_Init leaves the others in its fence: their
+# start watchdog (3 x the bound + 5 s; bound 1 s here) ends them.
+expect_failure "a rank dead before MPI_Init, Open MPI, srun (no -K)" 13 "did not start within" \
+  "${srun_pmix[@]}" -n 3 "$ompi/cluster_check" dies-at-start 1
+expect_failure "a rank dead before MPI_Init, MPICH, srun (no -K)" 13 "did not start within" \
+  "${srun_pmi2[@]}" -n 3 "$mpich/cluster_check" dies-at-start 1
 
 # ---- tasks without PMI: an error on every task, naming the --mpi= to use ------------
 # `srun --mpi=none` (Slurm's default where MpiDefault is not set); MPICH

@@ -17,6 +17,7 @@
 //! ```text
 //! srun --mpi=pmix -n 3 cluster_check dead-rank SECS   # the last rank SIGKILLs itself at its call 50
 //! srun --mpi=pmix -n 4 cluster_check hung-rank SECS   # a unit that never returns; a stopped rank
+//! srun --mpi=pmix -n 3 cluster_check dies-at-start SECS   # the last rank dies before MPI_Init
 //! ```
 //!
 //! Rank 0 checks what it sees (the lost rank's calls fail with the typed
@@ -509,6 +510,11 @@ fn main() {
     .find_map(|v| std::env::var(v).ok()?.parse().ok())
     .unwrap_or(0);
     let units = units(&mut mpi, mode == "mismatch" && rank != 0);
+    if mode == "dies-at-start" && rank + 1 == pnum {
+        // The others wait in MPI_Init for this rank until their start
+        // watchdog ends them (3 x the detection bound + 5 s).
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
     let out = mpi.run(|m| {
         let out = match mode.as_str() {
             "dead-rank" => dead_rank(m, &units, cluster),

@@ -146,15 +146,19 @@ impl Mpi {
     /// How soon a logical process that dies or stops answering is noticed
     /// (default [`DEFAULT_FAILURE_DETECTION`], 10 s; at least 100 ms). Each
     /// logical process beats four times per `bound` from a thread of its
-    /// own, also while a unit runs; one whose beats stop for `bound` (a rank
+    /// own, also while a unit runs; one that misses three beats in a row (a rank
     /// that was killed, a host that went down, a stopped process) is ended:
     /// its pending calls fail with [`MpiError::Unresponsive`] naming it and
     /// its host, and `To::Any` skips it. A forked process that dies is
     /// noticed at once (it is the main process's child); a rank that dies is
     /// noticed through its beats, and then ends the MPI job when `run`
     /// returns. Ranks watch rank 0 the same way and end the job if it goes
-    /// silent. Too short a bound on a loaded machine mistakes a slow process
-    /// for a dead one.
+    /// silent, and a cluster run's start (`MPI_Init` and the exchange of
+    /// units) must end within 3 × `bound` + 5 s: a rank that dies while the
+    /// job starts would leave the others in `MPI_Init` for ever, so past
+    /// that each rank leaves with [`ABORT_STATUS`](crate::ABORT_STATUS).
+    /// Too short a bound on a loaded machine mistakes a slow process for a
+    /// dead one.
     ///
     /// ```
     /// use std::time::Duration;

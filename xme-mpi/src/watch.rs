@@ -14,9 +14,10 @@
 //! forked process; for a rank, words rank 0's monitor thread keeps from the
 //! messages) whenever a wait for that process comes up empty: an overdue
 //! call ends the process (killed if forked, declared hung if a rank), and
-//! beats that stop for the run's detection bound end it as unresponsive.
-//! Beats come every quarter of the bound, so a busy machine that delays a
-//! watcher by a few beats is not mistaken for a dead process.
+//! beats that stop for three quarters of the run's detection bound end it as
+//! unresponsive. Beats come every quarter of the bound: a death is noticed
+//! within the bound, and a busy machine must delay a watcher by three beats
+//! in a row to be mistaken for a dead process.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -97,6 +98,21 @@ pub(crate) struct WatchPlan {
 impl WatchPlan {
     pub(crate) fn period(&self) -> Duration {
         self.detection / 4
+    }
+
+    /// How long without a new beat means lost: three periods. The last beat
+    /// came at most a period before a death, so the death is noticed within
+    /// the detection bound; three beats missed in a row is no scheduling
+    /// hiccup.
+    pub(crate) fn silence_limit(&self) -> Duration {
+        self.detection - self.period()
+    }
+
+    /// How often rank 0's monitor reads the ranks' notes: a note is seen at
+    /// most this late.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn note_reading(&self) -> Duration {
+        self.tick().min(self.period() / 4)
     }
 
     /// How often the running call is looked at (and notes read).

@@ -195,7 +195,7 @@ fn block_acquire_and_map_honour_the_deadline_and_name_the_call() {
 #[test]
 fn a_stopped_process_is_noticed_within_the_detection_bound() {
     clean(|| {
-        let bound = Duration::from_millis(1500);
+        let bound = Duration::from_millis(2000);
         let mut mpi = Mpi::new(3).unwrap().failure_detection(bound);
         let inc = mpi.register("inc", |x: u64| x + 1);
         let nap = mpi.register("nap", nap);
@@ -222,13 +222,14 @@ fn a_stopped_process_is_noticed_within_the_detection_bound() {
                         silent,
                     } => {
                         assert_eq!(pid, pid1);
-                        assert!(silent >= bound, "{silent:?}");
+                        // Lost after three beats missed: three quarters of the bound.
+                        assert!(silent >= bound * 3 / 4, "{silent:?}");
                     }
                     other => panic!("{other}"),
                 }
             }
             let took = t.elapsed();
-            assert!(took < bound + Duration::from_secs(3), "{took:?}");
+            assert!(took < bound + Duration::from_secs(2), "{took:?}");
             // Killed (a stopped process takes SIGKILL) and reaped.
             assert!(!xme_core::process::is_alive(pid1));
             survivors(m, &inc, To::Any, 500, 300);

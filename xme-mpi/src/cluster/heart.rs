@@ -8,8 +8,8 @@
 //! from rank 0 for the detection bound ends the job: rank 0 is dead or
 //! frozen, and nobody else would end it.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -85,7 +85,8 @@ impl Heart for RankHeart {
 
 /// Rank 0's monitor thread: beats to every rank each period, and each
 /// rank's notes into its [`Watch`] (`watches[i]` is rank `i + 1`'s), read
-/// every tick (an eighth of the deadline, when one is set), until `stop`.
+/// every sixteenth of the detection bound (or eighth of the deadline, if
+/// shorter), until `stop`.
 pub(super) fn monitor(
     world: &Arc<World>,
     watches: &[Arc<Watch>],
@@ -121,6 +122,55 @@ pub(super) fn monitor(
                 }
             }
         }
-        std::thread::park_timeout(plan.tick());
+        std::thread::park_timeout(plan.note_reading());
+    }
+}
+
+/// Bounds a rank's start (`MPI_Init`, the handshake): a rank that dies
+/// while the job starts leaves the others waiting in `MPI_Init`'s fence for
+/// ever, under a launcher that does not end the job for it (`srun` without
+/// `-K`). Past `limit`, this process leaves with [`ABORT_STATUS`] (no
+/// `MPI_Abort` can be called before `MPI_Init` returns), and the launcher
+/// then ends with every rank gone. Disarmed when dropped.
+pub(super) struct StartWatchdog {
+    armed: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl StartWatchdog {
+    pub(super) fn arm(limit: Duration) -> StartWatchdog {
+        let armed = Arc::new((Mutex::new(true), Condvar::new()));
+        let watch = armed.clone();
+        let spawned = std::thread::Builder::new()
+            .name("xme-mpi-start".into())
+            .spawn(move || {
+                let (lock, changed) = &*watch;
+                let guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let (still, _) = changed
+                    .wait_timeout_while(guard, limit, |armed| *armed)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *still {
+                    eprintln!(
+                        "xme-mpi: the MPI job did not start within {limit:?} (3 x \
+                         Mpi::failure_detection + 5 s): a rank died or hangs while starting; \
+                         leaving with status {ABORT_STATUS}"
+                    );
+                    // SAFETY: _exit ends the process at once, whatever the
+                    // other threads do (one is blocked in MPI); nothing is
+                    // left to run or flush that the message above needed.
+                    unsafe { libc::_exit(ABORT_STATUS) };
+                }
+            });
+        if spawned.is_err() {
+            log::error!("MPI: could not start the start watchdog thread");
+        }
+        StartWatchdog { armed }
+    }
+}
+
+impl Drop for StartWatchdog {
+    fn drop(&mut self) {
+        let (lock, changed) = &*self.armed;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        changed.notify_all();
     }
 }

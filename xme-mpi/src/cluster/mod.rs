@@ -33,7 +33,7 @@ use crate::logical::{self, LogicalProcess};
 use crate::unit::Signature;
 use crate::watch::{StopFlag, Watch, WatchPlan};
 use channel::{Polling, RankReceiver, RankSender, World, recv_from};
-use heart::RankHeart;
+use heart::{RankHeart, StartWatchdog};
 
 mod channel;
 mod heart;
@@ -115,6 +115,7 @@ pub(crate) fn run<T>(
     config: RunConfig,
     main: impl FnOnce(&MpiHandle<'_>) -> T,
 ) -> Result<T, MpiError> {
+    let started = StartWatchdog::arm(config.failure_detection * 3 + Duration::from_secs(5));
     let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
         return Err(MpiError::Cluster(
             "MPI was initialised already in this process: one cluster run per launch".into(),
@@ -173,9 +174,9 @@ pub(crate) fn run<T>(
         });
     }
     let out = if rank == 0 {
-        lead(&config, &world, size, main)
+        lead(&config, &world, size, started, main)
     } else {
-        let code = serve(&config, &world, rank);
+        let code = serve(&config, &world, rank, started);
         drop(world);
         drop(universe); // MPI_Finalize
         match code {
@@ -196,6 +197,7 @@ fn lead<T>(
     config: &RunConfig,
     world: &Arc<World>,
     size: usize,
+    started: StartWatchdog,
     main: impl FnOnce(&MpiHandle<'_>) -> T,
 ) -> Result<T, MpiError> {
     let plan = config.watch_plan();
@@ -242,6 +244,7 @@ fn lead<T>(
                 .send_with_tag(&bytes[..], TAG_VERDICT);
         }
     }
+    drop(started); // every rank is in: heartbeats watch from here
     if let Some((rank, detail)) = refused {
         return Err(MpiError::UnitMismatch { rank, detail });
     }
@@ -298,7 +301,12 @@ fn lead<T>(
 /// Ranks `1..N`: says hello, then serves requests until closed, a watcher
 /// thread beating beside. Returns the exit status, or the start error every
 /// rank shares.
-fn serve(config: &RunConfig, world: &Arc<World>, rank: usize) -> Result<i32, MpiError> {
+fn serve(
+    config: &RunConfig,
+    world: &Arc<World>,
+    rank: usize,
+    started: StartWatchdog,
+) -> Result<i32, MpiError> {
     let hello = Hello {
         pid: std::process::id() as i32,
         host: host(),
@@ -318,6 +326,7 @@ fn serve(config: &RunConfig, world: &Arc<World>, rank: usize) -> Result<i32, Mpi
             &format!("rank 0 did not answer within {wait:?} of start"),
         );
     };
+    drop(started); // rank 0 answered: heartbeats watch from here
     let (token, plan) = match verdict {
         Verdict::Start { token, plan } => (token, plan),
         Verdict::Refused { rank, detail } => return Err(MpiError::UnitMismatch { rank, detail }),

@@ -64,7 +64,7 @@ impl MpiHandle<'_> {
             return None;
         }
         let silent = seen.since.elapsed();
-        (silent >= self.plan.detection).then_some(Ended::Silent(silent))
+        (silent >= self.plan.silence_limit()).then_some(Ended::Silent(silent))
     }
 
     /// The name of unit `id` as `link`'s process numbers it.
