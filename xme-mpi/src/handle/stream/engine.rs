@@ -21,8 +21,8 @@ use crate::unit::Unit;
 /// enough that a frame's own cost (a few µs) does not count, short enough
 /// that slow calls still spread over every process.
 const FRAME_TARGET: Duration = Duration::from_millis(1);
-/// Longest wait on one process's replies while another may be the first to
-/// answer (unordered streams).
+/// Longest wait on one process's replies before looking at every frame
+/// again (another process may answer first).
 const ANY_WAIT: Duration = Duration::from_millis(1);
 
 /// How many calls go in a frame.
@@ -245,19 +245,19 @@ where
             if self.handle.pump_each(&self.lps, check) > 0 || check {
                 continue;
             }
-            match (wait, &self.landed) {
-                (Wait::No, _) => return Err(NotYet),
-                // The next result in order: wait for its frame (which also
-                // checks its process lives and keeps its deadline).
-                (Wait::Block, Landed::Ordered(_)) => {
-                    let k = self.head_flight();
-                    self.land(k);
-                }
-                (Wait::Block, Landed::Unordered(_)) => {
-                    self.handle
-                        .wait_replies(self.flights[0].slot.process, ANY_WAIT);
-                }
+            if wait == Wait::No {
+                return Err(NotYet);
             }
+            // Wait a while for the process of the frame holding the next
+            // result in order (ordered), or of the oldest frame (unordered),
+            // then look at every frame again; processes are checked to live
+            // and keep their deadlines every `LIVENESS` above.
+            let k = match self.landed {
+                Landed::Ordered(_) => self.head_flight(),
+                Landed::Unordered(_) => 0,
+            };
+            self.handle
+                .wait_replies(self.flights[k].slot.process, ANY_WAIT);
         }
     }
 
