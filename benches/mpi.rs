@@ -6,6 +6,9 @@
 //!   (pnum = 4 puts 4 processes on this 2-core machine).
 //! - calls10k/serial vs calls10k/pipelined: 10,000 trivial calls, each
 //!   waited for, or all acquired (in windows of 250) then got.
+//! - calls1m/*: 10^6 trivial calls over pnum = 2 (one logical process):
+//!   `map` of a slice against streams of a lazy range, ordered and
+//!   unordered (target: streams at >= 80 % of map's calls/s).
 //! - pi/*: the mpi_pi workload, 10^7 points in calls of 10^4: pnum = 3 vs one
 //!   process, and vs the same calls on two threads of one process (what two
 //!   cores of this machine give at best); `mpi_pnum3_no_calls` is the fixed
@@ -86,6 +89,38 @@ fn pipelined(c: &mut Criterion) {
     g.finish();
 }
 
+fn streams(c: &mut Criterion) {
+    const N: u64 = 1_000_000;
+    let mut g = c.benchmark_group("calls1m");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(6));
+    g.throughput(criterion::Throughput::Elements(N));
+    let mut mpi = Mpi::new(2).unwrap();
+    let inc = mpi.register("inc", |x: u64| x + 1);
+    let args: Vec<u64> = (0..N).collect();
+    mpi.run(|m| {
+        g.bench_function("map", |b| b.iter(|| black_box(m.map(&inc, &args).unwrap())));
+        g.bench_function("stream_ordered", |b| {
+            b.iter(|| {
+                m.stream(&inc, 0..N)
+                    .ordered()
+                    .map(|r| r.unwrap())
+                    .fold(0u64, |a, x| a.wrapping_add(black_box(x)))
+            })
+        });
+        g.bench_function("stream_unordered", |b| {
+            b.iter(|| {
+                m.stream(&inc, 0..N)
+                    .unordered()
+                    .map(|(_, r)| r.unwrap())
+                    .fold(0u64, |a, x| a.wrapping_add(black_box(x)))
+            })
+        });
+    })
+    .unwrap();
+    g.finish();
+}
+
 /// The mpi_pi unit: points of `nums` throws inside the unit circle.
 fn scatter((nums, seed): (u64, u64)) -> u64 {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -158,5 +193,5 @@ fn pi(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, floors, roundtrips, pipelined, pi);
+criterion_group!(benches, floors, roundtrips, pipelined, streams, pi);
 criterion_main!(benches);

@@ -8,10 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-passed=0
-failed=0
-ok() { echo "ok: $*"; passed=$((passed + 1)); }
-bad() { echo "FAILED: $*"; failed=$((failed + 1)); }
+# shellcheck source=cluster-lib.sh
+. scripts/cluster-lib.sh
 
 # ---- the MPI stacks -------------------------------------------------------
 need=()
@@ -95,6 +93,17 @@ if grep -q "right-angled: true" <<<"$out"; then ok "mpi_triangle, 3 ranks"; else
 out=$(ompi -n 3 target/release/examples/mpi_pi -n 10000000 2>&1) || true
 if grep -q "pi: 3.14" <<<"$out"; then ok "mpi_pi, 3 ranks"; else echo "$out"; bad "mpi_pi"; fi
 
+# ---- a dead rank, a hung rank (detection bound 3 s: the launcher must end
+# within bound + 5 s, leaving no process). A rank that dies makes mpirun and
+# mpiexec end the job at once; a hung one is left to xme, which ends the job
+# with MPI_Abort once rank 0's main returns.
+mpirun=(env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  OMPI_MCA_rmaps_base_oversubscribe=1 mpirun.openmpi)
+expect_failure "a rank SIGKILLed at its call 50, mpirun" 8 "" \
+  "${mpirun[@]}" -n 3 "$check" dead-rank 3
+expect_failure "a unit that never returns and a stopped rank, mpirun" 8 "hung-rank ok" \
+  "${mpirun[@]}" -n 4 "$check" hung-rank 3
+
 # ---- two hosts: network namespaces joined by a veth pair -------------------
 ns_a=xmeci-a-$$
 ns_b=xmeci-b-$$
@@ -137,6 +146,10 @@ fi
 
 # ---- MPICH ------------------------------------------------------------------
 expect_pass "MPICH, shared memory, 3 ranks" timeout 120 mpiexec.mpich -n 3 target/mpich/release/examples/cluster_check
+expect_failure "a rank SIGKILLed at its call 50, MPICH mpiexec" 8 "" \
+  mpiexec.mpich -n 3 target/mpich/release/examples/cluster_check dead-rank 3
+expect_failure "a unit that never returns and a stopped rank, MPICH mpiexec" 8 "hung-rank ok" \
+  mpiexec.mpich -n 4 target/mpich/release/examples/cluster_check hung-rank 3
 
 # ---- nothing left behind ------------------------------------------------------
 sleep 0.5

@@ -11,6 +11,23 @@
 //!
 //! Prints `cluster_check: N passed, 0 failed` and exits 0 when every check
 //! holds; exits 1 naming the first that does not.
+//!
+//! Failure modes, run under a launcher (`SECS`: the detection bound):
+//!
+//! ```text
+//! srun --mpi=pmix -n 3 cluster_check dead-rank SECS   # the last rank SIGKILLs itself at its call 50
+//! srun --mpi=pmix -n 4 cluster_check hung-rank SECS   # a unit that never returns; a stopped rank
+//! srun --mpi=pmix -n 3 cluster_check dies-at-start SECS   # the last rank dies before MPI_Init
+//! ```
+//!
+//! Rank 0 checks what it sees (the lost rank's calls fail with the typed
+//! error naming its rank and host; every other call succeeds once with its
+//! own result), prints `cluster_check: <mode> ok: ...`, and returns from
+//! `run`, which then ends the job (`MPI_Abort`): the launcher must exit
+//! non-zero. (Under `mpirun` and MPICH's `mpiexec`, a rank that dies ends
+//! the job at once, before rank 0 sees anything.)
+
+use std::time::{Duration, Instant};
 
 use xme_mpi::{LpStatus, Mpi, MpiError, MpiHandle, To, Unit};
 
@@ -29,6 +46,12 @@ struct Units {
     whoami: Unit<(), (u32, String)>,
     boom: Unit<u32, u32>,
     echo: Unit<Vec<u8>, Vec<u8>>,
+    /// Kills its own process (SIGKILL).
+    die: Unit<u64, u64>,
+    /// Never returns.
+    spin: Unit<u64, u64>,
+    /// Stops its own process (SIGSTOP): it answers nothing more.
+    stop: Unit<u64, u64>,
 }
 
 fn add((a, b): (u64, u64)) -> u64 {
@@ -96,6 +119,44 @@ fn suite(m: &MpiHandle<'_>, u: &Units, cluster: bool) -> Result<usize, String> {
         ensure(
             got == args.iter().map(|&a| add(a)).collect::<Vec<_>>(),
             || "wrong map results".into(),
+        ),
+    )?;
+
+    // Streams over a lazy input: in order; as calls finish (each index
+    // once); a narrow window never exceeded; a failing call fails alone.
+    let ordered: Vec<u64> = m
+        .stream(&u.add, (0..20_000u64).map(|i| (i, 3)))
+        .ordered()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("stream: {e}"))?;
+    let mut seen = vec![false; 20_000];
+    for (i, r) in m.stream(&u.add, (0..20_000u64).map(|i| (i, 4))).unordered() {
+        let v = err(r, "unordered stream")?;
+        ensure(v == add((i as u64, 4)) && !seen[i], || {
+            format!("call {i}: {v}")
+        })?;
+        seen[i] = true;
+    }
+    let pulled = std::cell::Cell::new(0usize);
+    let (mut yielded, mut most) = (0usize, 0usize);
+    let inputs = (0..500u32).inspect(|_| pulled.set(pulled.get() + 1));
+    for (i, r) in m.stream(&u.boom, inputs).window(7).ordered().enumerate() {
+        most = most.max(pulled.get() - yielded);
+        match r {
+            Ok(v) => ensure(v as usize == i && i != 13, || format!("boom({i}) = {v}"))?,
+            Err(MpiError::UnitPanicked { .. }) if i == 13 => {}
+            Err(e) => return Err(format!("boom({i}): {e}")),
+        }
+        yielded += 1;
+    }
+    check(
+        "streams",
+        ensure(
+            ordered == (0..20_000).map(|i| add((i, 3))).collect::<Vec<_>>()
+                && seen.iter().all(|&s| s)
+                && yielded == 500
+                && most <= 7,
+            || format!("ordered or unordered results wrong, or window 7 exceeded ({most})"),
         ),
     )?;
 
@@ -204,11 +265,228 @@ fn suite(m: &MpiHandle<'_>, u: &Units, cluster: bool) -> Result<usize, String> {
     Ok(passed)
 }
 
+/// The last rank kills itself at its call 50; rank 0 checks its calls fail
+/// with the typed error (naming rank and host) and every other call
+/// succeeds once with its own result.
+fn dead_rank(m: &MpiHandle<'_>, u: &Units, cluster: bool) -> Result<String, String> {
+    let procs = m.processes();
+    let (&doomed, others) = procs.split_last().ok_or("no logical process")?;
+    if others.is_empty() {
+        return Err("dead-rank needs at least 3 ranks".into());
+    }
+    let t0 = Instant::now();
+    let mut to_doomed = Vec::new();
+    let mut to_others = Vec::new();
+    let mut ok_others = 0;
+    // The others' results are taken as they come, within the 255 slots.
+    let mut drain = |slots: &mut Vec<((u64, u64), xme_mpi::Slot<'_, u64>)>| -> Result<(), String> {
+        for (args, s) in slots.drain(..) {
+            let got = err(m.get(s), "a call to a surviving rank")?;
+            ensure(got == add(args), || format!("call {args:?} got {got}"))?;
+            ok_others += 1;
+        }
+        Ok(())
+    };
+    for i in 0..100u64 {
+        for &p in others {
+            let s = err(m.acquire(&u.add, &(i, p as u64), To::Process(p)), "acquire")?;
+            to_others.push(((i, p as u64), s));
+        }
+        if to_others.len() >= 100 {
+            drain(&mut to_others)?;
+        }
+        let s = if i == 49 {
+            err(m.acquire(&u.die, &i, To::Process(doomed)), "acquire die")?
+        } else {
+            err(
+                m.acquire(&u.add, &(i, doomed as u64), To::Process(doomed)),
+                "acquire",
+            )?
+        };
+        to_doomed.push((i, s));
+    }
+    drain(&mut to_others)?;
+    let (mut before, mut failed, mut detected) = (0, 0, None);
+    for (i, s) in to_doomed {
+        match m.get(s) {
+            Ok(got) if i < 49 && got == add((i, doomed as u64)) => before += 1,
+            Ok(got) => return Err(format!("call {i} to the dead rank gave {got}")),
+            Err(MpiError::Unresponsive { process, host, .. }) if cluster && process == doomed => {
+                ensure(host.is_some(), || "the error names no host".into())?;
+                detected.get_or_insert((t0.elapsed(), host));
+                failed += 1;
+            }
+            Err(MpiError::ProcessDied { process, .. }) if !cluster && process == doomed => {
+                detected.get_or_insert((t0.elapsed(), None));
+                failed += 1;
+            }
+            Err(e) => return Err(format!("call {i} to the dead rank: unexpected {e}")),
+        }
+    }
+    ensure(failed >= 51, || format!("only {failed} calls failed"))?;
+    // The others go on: To::Any and map use the live ranks only.
+    let args: Vec<(u64, u64)> = (0..3000).map(|i| (i, 1)).collect();
+    let got = err(m.map(&u.add, &args), "map after the death")?;
+    ensure(
+        got == args.iter().map(|&a| add(a)).collect::<Vec<_>>(),
+        || "wrong map".into(),
+    )?;
+    let again = m.block_acquire(&u.add, &(1, 1), To::Process(doomed));
+    ensure(again.is_err(), || "the dead rank answered".into())?;
+    let (after, host) = detected.unwrap_or_default();
+    Ok(format!(
+        "rank {doomed} on host {} died at its call 50: {failed} calls to it failed with the typed \
+         error {after:.1?} after the first call ({before} answered before); {} calls to the \
+         other ranks succeeded once each",
+        host.unwrap_or_else(|| "(this one)".into()),
+        ok_others + args.len()
+    ))
+}
+
+/// A unit that never returns on the last rank (a 500 ms `get_timeout`, then
+/// the run's deadline), and, with 4 ranks or more, a rank that stops
+/// answering (SIGSTOP); the first rank keeps serving throughout.
+fn hung_rank(m: &MpiHandle<'_>, u: &Units, deadline: Duration) -> Result<String, String> {
+    let procs = m.processes();
+    let (&hung, rest) = procs.split_last().ok_or("no logical process")?;
+    let survivor = *rest.first().ok_or("hung-rank needs at least 3 ranks")?;
+    let stopped = rest.get(1).copied().filter(|&p| p != survivor);
+    let serve = |n: u64| -> Result<usize, String> {
+        for window in (0..n).collect::<Vec<_>>().chunks(100) {
+            let slots: Vec<_> = window
+                .iter()
+                .map(|&i| {
+                    m.acquire(&u.add, &(i, 5), To::Process(survivor))
+                        .map(|s| (i, s))
+                })
+                .collect::<Result<_, _>>()
+                .map_err(|e| format!("acquire: {e}"))?;
+            for (i, s) in slots {
+                let got = err(m.get(s), "a call to the surviving rank")?;
+                ensure(got == add((i, 5)), || format!("call {i} got {got}"))?;
+            }
+        }
+        Ok(n as usize)
+    };
+    let t0 = Instant::now();
+    let mut slot = err(m.acquire(&u.spin, &0, To::Process(hung)), "acquire spin")?;
+    let queued: Vec<_> = (0..5)
+        .map(|i| m.acquire(&u.add, &(i, 0), To::Process(hung)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("acquire: {e}"))?;
+    let stop_slot = match stopped {
+        Some(p) => Some(err(m.acquire(&u.stop, &0, To::Process(p)), "acquire stop")?),
+        None => None,
+    };
+    let t = Instant::now();
+    let waited = m.get_timeout(&mut slot, Duration::from_millis(500));
+    let took = t.elapsed();
+    match &waited {
+        Err(MpiError::Timeout {
+            process,
+            host: Some(_),
+            ..
+        }) if *process == hung => {}
+        other => {
+            return Err(format!(
+                "get_timeout: expected Timeout naming rank {hung}: {other:?}"
+            ));
+        }
+    }
+    ensure(
+        took >= Duration::from_millis(500) && took <= Duration::from_millis(600),
+        || format!("get_timeout(500 ms) returned after {took:?}"),
+    )?;
+    let mut served = serve(500)?;
+    let e = m.get(slot);
+    let overdue = t0.elapsed();
+    let host = match e {
+        Err(MpiError::DeadlineExceeded {
+            process,
+            host: Some(h),
+            ..
+        }) if process == hung => h,
+        other => {
+            return Err(format!(
+                "expected DeadlineExceeded naming rank {hung}: {other:?}"
+            ));
+        }
+    };
+    ensure(overdue >= deadline, || {
+        format!("deadline passed after {overdue:?}")
+    })?;
+    for s in queued {
+        let e = m.get(s);
+        ensure(matches!(e, Err(MpiError::Closed { .. })), || {
+            format!("a call queued behind the hung one: {e:?}")
+        })?;
+    }
+    let mut silent = String::new();
+    if let Some(s) = stop_slot {
+        match m.get(s) {
+            Err(MpiError::Unresponsive {
+                process,
+                host: Some(h),
+                silent: d,
+                ..
+            }) => {
+                silent = format!("; stopped rank {process} on host {h} unresponsive after {d:.1?}");
+            }
+            other => {
+                return Err(format!(
+                    "expected Unresponsive for the stopped rank: {other:?}"
+                ));
+            }
+        }
+    }
+    served += serve(500)?;
+    Ok(format!(
+        "get_timeout(500 ms) gave Timeout in {took:.0?}; the call on rank {hung} (host {host}) \
+         ran past the {deadline:?} deadline at {overdue:.1?}{silent}; {served} calls to rank \
+         {survivor} succeeded once each"
+    ))
+}
+
+fn units(mpi: &mut Mpi, mismatch: bool) -> Units {
+    // In mismatch mode every rank but 0 registers `add` with other types.
+    let add = if mismatch {
+        let _ = mpi.register("add", |x: u32| x);
+        mpi.register("add_real", add)
+    } else {
+        mpi.register("add", add)
+    };
+    Units {
+        add,
+        whoami: mpi.register("whoami", |(): ()| (std::process::id(), host())),
+        boom: mpi.register("boom", boom),
+        echo: mpi.register("echo", |v: Vec<u8>| v),
+        die: mpi.register("die", |x: u64| {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            x
+        }),
+        spin: mpi.register("spin", |x: u64| {
+            loop {
+                std::thread::sleep(Duration::from_millis(50));
+                std::hint::black_box(x);
+            }
+        }),
+        stop: mpi.register("stop", |x: u64| {
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+            x
+        }),
+    }
+}
+
 fn main() {
     let mode = std::env::args().nth(1).unwrap_or_else(|| "suite".into());
     // `wrong-size` asks for one process more than the job has: refused.
     let pnum = xme_mpi::launcher_size().unwrap_or(3) + usize::from(mode == "wrong-size");
     let cluster = xme_mpi::launcher_size().is_some();
+    let bound = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(Duration::from_secs_f64);
+    let deadline = Duration::from_secs(2);
     let mut mpi = match Mpi::new(pnum) {
         Ok(m) => m,
         Err(e) => {
@@ -216,29 +494,44 @@ fn main() {
             std::process::exit(2);
         }
     };
-    // In mismatch mode every rank but 0 registers `add` with other types.
-    let rank: usize = ["OMPI_COMM_WORLD_RANK", "PMI_RANK"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .unwrap_or(0);
-    let units = if mode == "mismatch" && rank != 0 {
-        let _ = mpi.register("add", |x: u32| x);
-        Units {
-            add: mpi.register("add_real", add),
-            whoami: mpi.register("whoami", |(): ()| (std::process::id(), host())),
-            boom: mpi.register("boom", boom),
-            echo: mpi.register("echo", |v: Vec<u8>| v),
+    if let Some(bound) = bound {
+        mpi = mpi.failure_detection(bound);
+    }
+    if mode == "hung-rank" {
+        mpi = mpi.call_timeout(deadline);
+    }
+    let rank: usize = [
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ]
+    .iter()
+    .find_map(|v| std::env::var(v).ok()?.parse().ok())
+    .unwrap_or(0);
+    let units = units(&mut mpi, mode == "mismatch" && rank != 0);
+    if mode == "dies-at-start" && rank + 1 == pnum {
+        // The others wait in MPI_Init for this rank until their start
+        // watchdog ends them (3 x the detection bound + 5 s).
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    }
+    let out = mpi.run(|m| {
+        let out = match mode.as_str() {
+            "dead-rank" => dead_rank(m, &units, cluster),
+            "hung-rank" => hung_rank(m, &units, deadline),
+            _ => return suite(m, &units, cluster).map(|n| format!("{n} passed, 0 failed")),
+        };
+        // Said here: once a rank is lost, `run` ends the job on return.
+        match &out {
+            Ok(s) => println!("cluster_check: {mode} ok: {s}"),
+            Err(e) => println!("cluster_check: {mode} FAILED: {e}"),
         }
-    } else {
-        Units {
-            add: mpi.register("add", add),
-            whoami: mpi.register("whoami", |(): ()| (std::process::id(), host())),
-            boom: mpi.register("boom", boom),
-            echo: mpi.register("echo", |v: Vec<u8>| v),
-        }
-    };
-    match mpi.run(|m| suite(m, &units, cluster)) {
-        Ok(Ok(n)) => println!("cluster_check: {n} passed, 0 failed"),
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        out.map(|_| format!("{mode} done"))
+    });
+    match out {
+        Ok(Ok(line)) => println!("cluster_check: {line}"),
         Ok(Err(e)) => {
             eprintln!("cluster_check: FAILED {e}");
             println!("cluster_check: 0 passed, 1 failed");

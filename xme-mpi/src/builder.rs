@@ -1,11 +1,13 @@
 //! `Mpi`: how a run is set up (pnum, buffers, units), and `run`.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use xme_core::SharedRegion;
 
 use crate::MpiError;
 use crate::backend::{self, Backend};
+use crate::config::RunConfig;
 use crate::fork;
 use crate::handle::MpiHandle;
 use crate::unit::{Registry, Unit};
@@ -14,6 +16,11 @@ use crate::unit::{Registry, Unit};
 pub const DEFAULT_BUFFER_SIZE: usize = 255;
 /// Default bytes of each direction's channel to a logical process.
 pub const DEFAULT_CHANNEL_BYTES: usize = 1 << 20;
+/// Default bound on noticing a logical process that died or stopped
+/// answering ([`Mpi::failure_detection`]).
+pub const DEFAULT_FAILURE_DETECTION: Duration = Duration::from_secs(10);
+/// The shortest detection bound [`Mpi::failure_detection`] accepts.
+const MIN_FAILURE_DETECTION: Duration = Duration::from_millis(100);
 
 /// An MPI run: one main process and `pnum - 1` logical processes (seed 3).
 ///
@@ -40,21 +47,20 @@ pub const DEFAULT_CHANNEL_BYTES: usize = 1 << 20;
 /// # }
 /// ```
 pub struct Mpi {
-    pub(crate) pnum: usize,
-    pub(crate) buffer_size: usize,
-    pub(crate) channel_bytes: usize,
-    pub(crate) bind_to_cores: bool,
-    pub(crate) registry: Registry,
+    config: RunConfig,
 }
 
 impl std::fmt::Debug for Mpi {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
         f.debug_struct("Mpi")
-            .field("pnum", &self.pnum)
-            .field("buffer_size", &self.buffer_size)
-            .field("channel_bytes", &self.channel_bytes)
-            .field("bind_to_cores", &self.bind_to_cores)
-            .field("units", &self.registry.signatures().len())
+            .field("pnum", &c.pnum)
+            .field("buffer_size", &c.buffer_size)
+            .field("channel_bytes", &c.channel_bytes)
+            .field("bind_to_cores", &c.bind_to_cores)
+            .field("call_timeout", &c.call_timeout)
+            .field("failure_detection", &c.failure_detection)
+            .field("units", &c.registry.signatures().len())
             .finish()
     }
 }
@@ -66,18 +72,22 @@ impl Mpi {
             return Err(MpiError::PnumTooSmall(pnum));
         }
         Ok(Mpi {
-            pnum,
-            buffer_size: DEFAULT_BUFFER_SIZE,
-            channel_bytes: DEFAULT_CHANNEL_BYTES,
-            bind_to_cores: true,
-            registry: Registry::default(),
+            config: RunConfig {
+                pnum,
+                buffer_size: DEFAULT_BUFFER_SIZE,
+                channel_bytes: DEFAULT_CHANNEL_BYTES,
+                bind_to_cores: true,
+                registry: Registry::default(),
+                call_timeout: None,
+                failure_detection: DEFAULT_FAILURE_DETECTION,
+            },
         })
     }
 
     /// Result slots (the seed's `mpi_buffer_size`, default 255): calls in
     /// flight at most; `acquire` waits while every slot is taken.
     pub fn buffer_size(mut self, slots: usize) -> Mpi {
-        self.buffer_size = slots.max(1);
+        self.config.buffer_size = slots.max(1);
         self
     }
 
@@ -85,7 +95,7 @@ impl Mpi {
     /// rounded up to a power of two, 4 KiB to 1 TiB); one call's arguments or
     /// result must fit in half of it.
     pub fn channel_bytes(mut self, bytes: usize) -> Mpi {
-        self.channel_bytes = bytes.clamp(4096, 1 << 40).next_power_of_two();
+        self.config.channel_bytes = bytes.clamp(4096, 1 << 40).next_power_of_two();
         self
     }
 
@@ -96,7 +106,66 @@ impl Mpi {
     /// it, where their spinning waits then take turns. The main process is
     /// never bound.
     pub fn bind_to_cores(mut self, bind: bool) -> Mpi {
-        self.bind_to_cores = bind;
+        self.config.bind_to_cores = bind;
+        self
+    }
+
+    /// A deadline for every call (default: none): a call that has *run*
+    /// longer than `deadline` in its logical process (time queued behind
+    /// other calls does not count) fails with [`MpiError::DeadlineExceeded`],
+    /// and its process is ended, since a unit cannot be stopped from outside
+    /// in any other way: a forked process is killed (and reaped), a rank of
+    /// an MPI job is declared hung and gets no more calls (the job is then
+    /// ended when `run` returns, see the crate docs). The other calls still
+    /// pending on that process fail with [`MpiError::Closed`] naming why;
+    /// calls on the other processes go on. `get`, `block_acquire`, `map` and
+    /// streams all honour it; noticed within about an eighth of `deadline`
+    /// after it passes. To wait less for one result without ending anything,
+    /// use [`MpiHandle::get_timeout`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use xme_mpi::{Mpi, MpiError, To};
+    /// # fn main() -> Result<(), MpiError> {
+    /// let mut mpi = Mpi::new(3)?.call_timeout(Duration::from_millis(300));
+    /// let nap = mpi.register("nap", |ms: u64| { std::thread::sleep(Duration::from_millis(ms)); ms });
+    /// mpi.run(|m| -> Result<(), MpiError> {
+    ///     let e = m.block_acquire(&nap, &60_000, To::Process(1)).unwrap_err();
+    ///     assert!(matches!(e, MpiError::DeadlineExceeded { process: 1, .. }), "{e}");
+    ///     assert_eq!(m.block_acquire(&nap, &1, To::Any)?, 1); // process 2 goes on
+    ///     Ok(())
+    /// })??;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn call_timeout(mut self, deadline: Duration) -> Mpi {
+        self.config.call_timeout = Some(deadline.max(Duration::from_millis(1)));
+        self
+    }
+
+    /// How soon a logical process that dies or stops answering is noticed
+    /// (default [`DEFAULT_FAILURE_DETECTION`], 10 s; at least 100 ms). Each
+    /// logical process beats four times per `bound` from a thread of its
+    /// own, also while a unit runs; one that misses three beats in a row (a rank
+    /// that was killed, a host that went down, a stopped process) is ended:
+    /// its pending calls fail with [`MpiError::Unresponsive`] naming it and
+    /// its host, and `To::Any` skips it. A forked process that dies is
+    /// noticed at once (it is the main process's child); a rank that dies is
+    /// noticed through its beats, and then ends the MPI job when `run`
+    /// returns. Ranks watch rank 0 the same way and end the job if it goes
+    /// silent, and a cluster run's start (`MPI_Init` and the exchange of
+    /// units) must end within 3 × `bound` + 5 s: a rank that dies while the
+    /// job starts would leave the others in `MPI_Init` for ever, so past
+    /// that each rank leaves with [`ABORT_STATUS`](crate::ABORT_STATUS).
+    /// Too short a bound on a loaded machine mistakes a slow process for a
+    /// dead one.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let mpi = xme_mpi::Mpi::new(2).unwrap().failure_detection(Duration::from_secs(3));
+    /// ```
+    pub fn failure_detection(mut self, bound: Duration) -> Mpi {
+        self.config.failure_detection = bound.max(MIN_FAILURE_DETECTION);
         self
     }
 
@@ -107,7 +176,7 @@ impl Mpi {
         R: Serialize + DeserializeOwned,
         F: Fn(A) -> R + Send + Sync + 'static,
     {
-        self.registry.register(name, f)
+        self.config.registry.register(name, f)
     }
 
     /// Starts the logical processes, runs `main` with the handle in this
@@ -124,27 +193,19 @@ impl Mpi {
     ///
     /// # Errors
     /// [`MpiError::ClusterNotBuilt`] under a launcher without the `cluster`
-    /// feature; [`MpiError::WorldSize`], [`MpiError::UnitMismatch`] and
+    /// feature; [`MpiError::SrunWithoutPmi`] in one of several `srun` tasks
+    /// that have no PMI (or one the MPI library does not speak); [`MpiError::WorldSize`], [`MpiError::UnitMismatch`] and
     /// [`MpiError::Cluster`] in a cluster run (on every rank); a region or
     /// fork that failed.
     pub fn run<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
         match backend::choose()? {
-            Backend::Fork => self.run_forked(main),
+            Backend::Fork => fork::run(self.config, main),
             #[cfg(feature = "cluster")]
-            Backend::Cluster { .. } => crate::cluster::run(self, main),
+            Backend::Cluster { .. } => crate::cluster::run(self.config, main),
             #[cfg(not(feature = "cluster"))]
             Backend::Cluster { found } => Err(MpiError::ClusterNotBuilt {
                 found: found.to_string(),
             }),
         }
-    }
-
-    fn run_forked<T>(self, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
-        let token = xme_core::Operator::alloc().id();
-        let lps = self.pnum - 1;
-        let region = SharedRegion::anonymous(lps * fork::bytes_per_process(self.channel_bytes))?;
-        let links = fork::start(&self, &region, token)?;
-        let handle = MpiHandle::new(token, links, self.buffer_size, false);
-        Ok(handle.run_main(main))
     }
 }

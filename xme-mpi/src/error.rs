@@ -64,6 +64,76 @@ pub enum MpiError {
         /// Why.
         reason: String,
     },
+    /// [`MpiHandle::get_timeout`](crate::MpiHandle::get_timeout) waited its
+    /// whole time: the call goes on, and its slot stays valid.
+    #[error(
+        "no result from `{unit}` on {} within {waited:?}: the call goes on; get its slot \
+         again later, or drop the slot to discard the result",
+        place(*.process, None, .host.as_deref())
+    )]
+    Timeout {
+        /// The unit.
+        unit: String,
+        /// The logical process the call went to.
+        process: usize,
+        /// Its host, for a rank of an MPI job.
+        host: Option<String>,
+        /// How long the caller waited.
+        waited: Duration,
+    },
+    /// The call ran past the run's deadline ([`Mpi::call_timeout`](crate::Mpi::call_timeout)).
+    /// Its process was ended: killed if forked; if a rank of an MPI job
+    /// (`host` is set), declared hung: it gets no more calls, and the MPI job
+    /// ends when `run` returns.
+    #[error(
+        "the call of `{unit}` ran {ran:?}, past the {deadline:?} deadline (Mpi::call_timeout), \
+         on {}: {}",
+        place(*.process, Some(*.pid), .host.as_deref()),
+        if .host.is_some() {
+            "the rank is treated as hung: it gets no more calls, and the MPI job ends when run returns"
+        } else {
+            "the process was killed"
+        }
+    )]
+    DeadlineExceeded {
+        /// The unit.
+        unit: String,
+        /// The logical process (rank).
+        process: usize,
+        /// Its pid (on its host).
+        pid: i32,
+        /// Its host, for a rank of an MPI job.
+        host: Option<String>,
+        /// The deadline.
+        deadline: Duration,
+        /// How long the call had run when noticed.
+        ran: Duration,
+    },
+    /// The logical process gave no sign of life (no heartbeat) for the run's
+    /// detection bound ([`Mpi::failure_detection`](crate::Mpi::failure_detection)):
+    /// it died, its host went down, or it was stopped. Every call pending on
+    /// it fails with this error; a forked one is killed; a rank of an MPI job
+    /// (`host` is set) ends the job when `run` returns.
+    #[error(
+        "{} gave no sign of life for {silent:?} (Mpi::failure_detection): it died or \
+         stopped answering; {}",
+        place(*.process, Some(*.pid), .host.as_deref()),
+        if .host.is_some() {
+            "it gets no more calls, and the MPI job ends when run returns"
+        } else {
+            "it was killed"
+        }
+    )]
+    Unresponsive {
+        /// The logical process (rank).
+        process: usize,
+        /// Its pid (on its host).
+        pid: i32,
+        /// Its host, for a rank of an MPI job.
+        host: Option<String>,
+        /// How long it was silent.
+        silent: Duration,
+    },
     /// No logical process is alive to take the call.
     #[error("no logical process is alive to take the call")]
     NoLiveProcess,
@@ -124,6 +194,21 @@ pub enum MpiError {
         /// What told it runs under a launcher.
         found: String,
     },
+    /// One of several tasks of an `srun` step whose MPI library cannot reach
+    /// the others (no PMI, or one it does not speak): each task would run
+    /// the whole program alone. Every task gets this error.
+    #[error(
+        "this is one of {tasks} tasks of an srun step, but {reason}, so each task would run the \
+         whole program alone: {advice} (or set XME_MPI_BACKEND=fork if each task should run alone)"
+    )]
+    SrunWithoutPmi {
+        /// The tasks of the step.
+        tasks: usize,
+        /// What is missing.
+        reason: String,
+        /// Which `srun --mpi=` to use.
+        advice: String,
+    },
     /// `XME_MPI_BACKEND` holds neither `fork` nor `cluster`.
     #[error("XME_MPI_BACKEND is {0:?}: it takes `fork` or `cluster`")]
     BadBackend(String),
@@ -180,5 +265,15 @@ pub enum MpiError {
 impl From<xme_core::Error> for MpiError {
     fn from(e: xme_core::Error) -> Self {
         MpiError::Setup(xme_core::error_chain(&e))
+    }
+}
+
+/// "logical process 2 (pid 17 on host n1)", "rank 2 (host n1)".
+fn place(process: usize, pid: Option<i32>, host: Option<&str>) -> String {
+    match (pid, host) {
+        (Some(pid), Some(host)) => format!("rank {process} (pid {pid} on host {host})"),
+        (None, Some(host)) => format!("rank {process} (host {host})"),
+        (Some(pid), None) => format!("logical process {process} (pid {pid})"),
+        (None, None) => format!("logical process {process}"),
     }
 }

@@ -46,12 +46,27 @@
 //!   else `Idle` (a remote rank shares no status word, so `InRun` is not
 //!   reported); [`MpiHandle::pid`] and [`MpiHandle::host`] name the rank's
 //!   process and host.
-//! - **Failures differ**: under Open MPI a rank that dies ends the whole job
-//!   (the launcher's rule), where a forked process that dies only fails its
-//!   own calls. A unit that panics still gives [`MpiError::UnitPanicked`] and
-//!   the rank goes on. When a start error ends every rank's run, the first
-//!   rank to exit non-zero makes Open MPI end the others, which may not get
-//!   to print theirs (`--mca orte_abort_on_non_zero_status 0` lets them).
+//! - **A rank that dies or hangs** (see [Failures](#failures)): rank 0
+//!   notices it within [`Mpi::failure_detection`] (default 10 s) through
+//!   heartbeats, its pending calls fail with [`MpiError::Unresponsive`] or
+//!   [`MpiError::DeadlineExceeded`] naming the rank and its host, and calls
+//!   to the other ranks go on. MPI cannot finalise without that rank, so
+//!   once `main` returns, `run` ends the whole job with `MPI_Abort`
+//!   ([`ABORT_STATUS`]) after printing why: every launcher (`mpirun`,
+//!   `mpiexec`, `srun` with or without `-K`) then exits non-zero, leaving no
+//!   process. Code after `run` does not run then. A rank that hears nothing
+//!   from rank 0 for the bound ends the job too. (`mpirun` and MPICH's
+//!   `mpiexec` end the job themselves, at once, when a rank *dies*.) A unit
+//!   that panics still gives [`MpiError::UnitPanicked`] and the rank goes
+//!   on. When a start error ends every rank's run, the first rank to exit
+//!   non-zero makes Open MPI end the others, which may not get to print
+//!   theirs (`--mca orte_abort_on_non_zero_status 0` lets them).
+//! - **Slurm**: `srun --mpi=pmix` (Open MPI) or `srun --mpi=pmi2` (MPICH)
+//!   starts the ranks; several `srun` tasks without PMI (`--mpi=none`,
+//!   Slurm's default where the site set no `MpiDefault`), or with one the
+//!   MPI library does not speak, get [`MpiError::SrunWithoutPmi`] on every
+//!   task, naming the `--mpi=` to use. A batch script's own process is a
+//!   program like any other (its logical processes are forked).
 //! - Without the `cluster` feature, a program started by a launcher gets
 //!   [`MpiError::ClusterNotBuilt`] on every rank, never N silent pools.
 //!
@@ -59,6 +74,7 @@
 //! cargo build --release --features cluster --example mpi_pi
 //! mpirun -n 3 target/release/examples/mpi_pi                      # one host
 //! mpirun --hostfile hosts -n 8 target/release/examples/mpi_pi     # many
+//! srun --mpi=pmix -N 2 -n 8 target/release/examples/mpi_pi        # Slurm, Open MPI
 //! ```
 //!
 //! # How calls travel (forked)
@@ -79,14 +95,22 @@
 //! a frame each way, several frames in flight to every process), results in
 //! order: where calls are cheap it is many times faster than one `acquire`
 //! per call, and on a cluster it hides the network's round trip.
+//! [`MpiHandle::stream`] does the same over inputs of any length, pulled
+//! lazily within a window, results in order or as they finish (also as a
+//! `futures_core::Stream`).
 //!
 //! # Failures
 //! A unit that panics gives [`MpiError::UnitPanicked`] (the seed's
 //! `TASK_RUN_FAILURE`) and its process goes on. A logical process that dies
 //! fails its pending calls with [`MpiError::ProcessDied`]; `To::Any` skips
-//! it; the others go on. [`MpiHandle::close`] ends processes after their queued
-//! calls, kills one that lingers, and reaps them all; `run` closes everything
-//! even if `main` panics.
+//! it; the others go on. One that stops answering (no heartbeat from its
+//! watcher thread for [`Mpi::failure_detection`]) is killed and its calls
+//! fail with [`MpiError::Unresponsive`]. With [`Mpi::call_timeout`], a call
+//! that runs longer fails with [`MpiError::DeadlineExceeded`] and its process
+//! is killed (a unit cannot be stopped otherwise). [`MpiHandle::get_timeout`]
+//! waits a bounded time for one result and ends nothing. [`MpiHandle::close`]
+//! ends processes after their queued calls, kills one that lingers, and reaps
+//! them all; `run` closes everything even if `main` panics.
 //!
 //! Linux only: xme uses fork, memfd, futexes and membarrier.
 
@@ -107,10 +131,10 @@ mod byte_ring;
 #[cfg(not(loom))]
 mod call_frame;
 mod channel;
-#[cfg(not(loom))]
-mod close;
 #[cfg(all(feature = "cluster", not(loom)))]
 mod cluster;
+#[cfg(not(loom))]
+mod config;
 #[cfg(not(loom))]
 mod cores;
 #[cfg(not(loom))]
@@ -127,17 +151,19 @@ mod logical;
 mod slots;
 #[cfg(not(loom))]
 mod unit;
+#[cfg(not(loom))]
+mod watch;
 
 #[cfg(not(loom))]
-pub use backend::launcher_size;
+pub use backend::{ABORT_STATUS, launcher_size};
 #[cfg(not(loom))]
-pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, Mpi};
-#[cfg(not(loom))]
-pub use close::CLOSE_GRACE;
+pub use builder::{DEFAULT_BUFFER_SIZE, DEFAULT_CHANNEL_BYTES, DEFAULT_FAILURE_DETECTION, Mpi};
 #[cfg(not(loom))]
 pub use error::{MpiError, TASK_RUN_FAILURE};
 #[cfg(not(loom))]
-pub use handle::{LpStatus, MpiHandle, To};
+pub use handle::CLOSE_GRACE;
+#[cfg(not(loom))]
+pub use handle::{LpStatus, MpiHandle, Ordered, StreamBuilder, To, Unordered};
 #[cfg(not(loom))]
 pub use slots::Slot;
 #[cfg(not(loom))]

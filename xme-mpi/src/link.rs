@@ -1,14 +1,15 @@
 //! The main process's side of one logical process: its channels, its
 //! process, and how its liveness is checked.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use xme_core::Fate;
 use xme_core::process::Child;
 
 use crate::channel::{RecvChannel, SendChannel, Waited};
+use crate::watch::Watch;
 
 /// Longest sleep before checking a peer is alive.
 pub(crate) const LIVENESS: Duration = Duration::from_millis(20);
@@ -34,20 +35,46 @@ pub(crate) struct RecvSide<'r> {
 
 /// Where a logical process runs.
 pub(crate) enum Peer<'r> {
-    /// A child forked from this process: its status word is in shared
-    /// memory, its death is seen by `waitpid`.
-    Forked { child: Child, status: &'r AtomicU32 },
-    /// A rank of the MPI job (pid on its own host): no shared status, and a
-    /// rank that dies ends the whole job (the launcher's rule).
+    /// A child forked from this process: its [`Watch`] is in shared memory,
+    /// its death is seen by `waitpid`.
+    Forked { child: Child, watch: &'r Watch },
+    /// A rank of the MPI job (pid on its own host): its [`Watch`] is this
+    /// process's, kept by the heartbeat monitor from the rank's messages.
     #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
-    Rank { pid: i32 },
+    Rank { pid: i32, watch: Arc<Watch> },
+}
+
+/// A link's [`Watch`]: in shared memory, or this process's own.
+pub(crate) enum WatchRef<'r> {
+    Shared(&'r Watch),
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Local(Arc<Watch>),
+}
+
+impl std::ops::Deref for WatchRef<'_> {
+    type Target = Watch;
+    fn deref(&self) -> &Watch {
+        match self {
+            WatchRef::Shared(w) => w,
+            WatchRef::Local(w) => w,
+        }
+    }
+}
+
+/// The last beat count seen of a process, and since when.
+pub(crate) struct BeatSeen {
+    pub(crate) beats: u64,
+    pub(crate) since: Instant,
 }
 
 /// The main process's side of one logical process.
 pub(crate) struct Link<'r> {
     pub(crate) id: usize,
-    /// The logical process's own status word, when it shares memory with us.
-    pub(crate) status: Option<&'r AtomicU32>,
+    /// What the process tells of itself: status (when forked), beats, an
+    /// overdue call.
+    pub(crate) watch: WatchRef<'r>,
+    /// Its beats as last seen (see `MpiHandle::health`).
+    pub(crate) beat_seen: Mutex<BeatSeen>,
     /// Whether it is a forked child (else a rank of an MPI job).
     pub(crate) forked: bool,
     /// Set when the logical process acknowledged EXIT: every reply it sent
@@ -86,10 +113,14 @@ impl<'r> Link<'r> {
         replies: Box<dyn RecvChannel + 'r>,
         peer: Peer<'r>,
     ) -> Link<'r> {
-        let (status, pid, child) = match peer {
-            Peer::Forked { child, status } => (Some(status), child.pid(), Some(child)),
-            Peer::Rank { pid } => (None, pid, None),
+        let (watch, pid, child) = match peer {
+            Peer::Forked { child, watch } => (WatchRef::Shared(watch), child.pid(), Some(child)),
+            Peer::Rank { pid, watch } => (WatchRef::Local(watch), pid, None),
         };
+        let beat_seen = Mutex::new(BeatSeen {
+            beats: watch.beats.load(Ordering::Relaxed),
+            since: Instant::now(),
+        });
         Link {
             id,
             max_frame: requests.max_frame(),
@@ -102,7 +133,8 @@ impl<'r> Link<'r> {
                 channel: replies,
                 buf: Vec::new(),
             }),
-            status,
+            watch,
+            beat_seen,
             forked: child.is_some(),
             exit_acked: AtomicBool::new(false),
             pid,
@@ -117,10 +149,42 @@ impl<'r> Link<'r> {
     }
 }
 
+/// Why a logical process takes no more calls.
 #[derive(Debug, Clone)]
 pub(crate) enum Ended {
+    /// A forked process died (its fate from `waitpid`).
     Died(Fate),
+    /// Closed by the main process: why.
     Closed(String),
+    /// Its channel broke, or it could not be waited for: why. A forked
+    /// process is killed.
+    Broken(String),
+    /// A call ran past the run's deadline: the process was killed (forked)
+    /// or is treated as hung (a rank).
+    Overdue {
+        /// The unit of the call that ran over.
+        unit: &'static str,
+        /// The request slot of that call, and its place in a batch.
+        slot: u32,
+        position: u32,
+        /// How long it had run when reported.
+        ran: Duration,
+    },
+    /// No beat for the detection bound: died or stopped answering.
+    Silent(Duration),
+    /// A rank that had not finished its queued calls when `close`'s grace
+    /// ran out (a rank cannot be killed alone: the job ends instead).
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    Lingered,
+}
+
+impl Ended {
+    /// Whether the process was lost (died, hung or silent), as opposed to
+    /// closed by the main process.
+    #[cfg_attr(not(feature = "cluster"), allow(dead_code))]
+    pub(crate) fn lost(&self) -> bool {
+        !matches!(self, Ended::Closed(_))
+    }
 }
 
 /// When a thread waiting for replies checks that their process lives: after

@@ -6,6 +6,7 @@ use std::time::Duration;
 use crate::call_frame::{self, KIND_BATCH, KIND_CALL, KIND_CALL_FN, KIND_EXIT, Request};
 use crate::channel::{RecvChannel, SendChannel, Waited};
 use crate::unit::{Ran, Registry};
+use crate::watch::{CallClock, Heart, StopFlag, WatchPlan, watch_calls};
 
 /// Status words (shared memory), as the seed names them.
 pub(crate) const ST_BEGIN: u32 = 0;
@@ -15,6 +16,15 @@ pub(crate) const ST_END: u32 = 4;
 
 /// Exit status of a logical process whose request channel was corrupt.
 pub(crate) const EXIT_CORRUPT: i32 = 3;
+
+/// How serving ended.
+enum Served {
+    /// The main process closed this one: acknowledge, then exit 0.
+    Closed,
+    /// Exit with this status at once (the main process is gone, or the
+    /// request channel broke).
+    Exit(i32),
+}
 
 /// A logical process over any channel pair: forked (shared-memory rings)
 /// or a rank of an MPI job.
@@ -29,13 +39,53 @@ pub(crate) struct LogicalProcess<'a, Rx, Tx> {
     pub registry: &'a Registry,
     /// The main process's pid when forked from it: once it is gone, exit.
     pub parent: Option<u32>,
+    /// How the watcher thread beats and times calls.
+    pub plan: WatchPlan,
 }
 
 impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
-    /// Serves requests until EXIT; returns the exit status.
-    pub fn run(mut self) -> i32 {
+    /// Serves requests until EXIT, with a watcher thread beside that beats
+    /// through `heart` and reports a call past the deadline; returns the
+    /// exit status. The acknowledgement of EXIT is sent after the watcher
+    /// stopped, so it is the last thing the main process hears.
+    pub fn run(mut self, mut heart: impl Heart) -> i32 {
         xme_core::process::install_quiet_panic_hook();
+        let clock = CallClock::default();
+        let stop = StopFlag::default();
+        let plan = self.plan;
+        let served = std::thread::scope(|s| {
+            let watcher = std::thread::Builder::new()
+                .name("xme-mpi-watch".into())
+                .spawn_scoped(s, || watch_calls(&clock, &mut heart, plan, &stop));
+            let served = self.serve(&clock);
+            if let Ok(w) = watcher {
+                stop.stop(w.thread());
+                let _ = w.join();
+            }
+            served
+        });
+        match served {
+            Served::Closed => {
+                let mut rep = Vec::with_capacity(64);
+                call_frame::reply_header(
+                    self.token,
+                    call_frame::EXIT_ACK_SLOT,
+                    0,
+                    call_frame::REPLY_VALUE,
+                    &mut rep,
+                );
+                self.send_reply(&rep, None);
+                self.status.store(ST_END, Ordering::Release);
+                0
+            }
+            Served::Exit(code) => code,
+        }
+    }
+
+    /// The serving loop: take a request, run it, reply; until EXIT.
+    fn serve(&mut self, clock: &CallClock) -> Served {
         let log = xme_log::Logger::new();
+        let mut count = 0u64;
         let (mut req, mut rep) = (Vec::with_capacity(256), Vec::with_capacity(256));
         self.status.store(ST_IDLE, Ordering::Release);
         // The fast-lane request expected next (the main process numbers them from 1).
@@ -60,7 +110,7 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                     if let Waited::Idle = self.requests.wait_recv(Duration::from_millis(100))
                         && self.parent_gone()
                     {
-                        return 0; // the main process is gone
+                        return Served::Exit(0); // the main process is gone
                     }
                     continue;
                 }
@@ -70,7 +120,7 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                         self.id, corrupt.0
                     ));
                     self.status.store(ST_END, Ordering::Release);
-                    return EXIT_CORRUPT;
+                    return Served::Exit(EXIT_CORRUPT);
                 }
             }
             let Some((r, args)) = Request::read(self.token, &req) else {
@@ -89,29 +139,24 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                 call_frame::REPLY_VALUE,
                 &mut rep,
             );
+            clock.request(r.unit, r.slot);
             let ran = match r.kind {
-                KIND_EXIT => {
-                    // Acknowledge: every reply before this one has been sent.
-                    call_frame::reply_header(
-                        self.token,
-                        call_frame::EXIT_ACK_SLOT,
-                        0,
-                        call_frame::REPLY_VALUE,
-                        &mut rep,
-                    );
-                    self.send_reply(&rep, None);
-                    break;
-                }
+                // Acknowledged (every reply before it sent) once the watcher stopped.
+                KIND_EXIT => return Served::Closed,
                 KIND_BATCH => {
                     self.status.store(ST_INRUN, Ordering::Release);
-                    self.run_batch(r.unit, args, &mut rep)
+                    self.run_batch(r.unit, args, &mut rep, clock, &mut count)
                 }
                 KIND_CALL => {
                     self.status.store(ST_INRUN, Ordering::Release);
-                    self.registry.run(r.unit, args, &mut rep)
+                    clock.start(&mut count, 0);
+                    let ran = self.registry.run(r.unit, args, &mut rep);
+                    clock.end(&mut count);
+                    ran
                 }
                 KIND_CALL_FN => {
                     self.status.store(ST_INRUN, Ordering::Release);
+                    clock.start(&mut count, 0);
                     // SAFETY: what is trusted: the request ring lies in an
                     // anonymous memfd mapping (no name in /dev/shm) that only the
                     // main process and its forked logical processes map; another
@@ -124,14 +169,16 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                     // `fn(A) -> R` and of `trampoline::<A, R>` for the same A and
                     // R (see MpiHandle::acquire_fn); both are valid in this forked
                     // copy of the same program.
-                    unsafe {
+                    let ran = unsafe {
                         let t: unsafe fn(usize, &[u8], &mut Vec<u8>) -> Ran =
                             std::mem::transmute::<
                                 usize,
                                 unsafe fn(usize, &[u8], &mut Vec<u8>) -> Ran,
                             >(r.tramp_addr as usize);
                         t(r.fn_addr as usize, args, &mut rep)
-                    }
+                    };
+                    clock.end(&mut count);
+                    ran
                 }
                 other => Ran::Failed(format!("unknown request kind {other}")),
             };
@@ -161,12 +208,10 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                 fail(&mut rep, call_frame::REPLY_FAILED, why.as_bytes());
             }
             if !self.send_reply(&rep, fast) {
-                return 0; // the main process is gone
+                return Served::Exit(0); // the main process is gone
             }
             self.status.store(ST_IDLE, Ordering::Release);
         }
-        self.status.store(ST_END, Ordering::Release);
-        0
     }
 
     /// Sends a reply (by the fast lane if it answers fast request `fast`);
@@ -191,7 +236,14 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
     /// `rep` until the next would not fit the reply channel (the main
     /// process sends the rest again). A batch whose first call's outcome
     /// alone does not fit answers that call with a failure.
-    fn run_batch(&self, unit: u32, body: &[u8], rep: &mut Vec<u8>) -> Ran {
+    fn run_batch(
+        &self,
+        unit: u32,
+        body: &[u8],
+        rep: &mut Vec<u8>,
+        clock: &CallClock,
+        count: &mut u64,
+    ) -> Ran {
         let max = self.replies.max_frame();
         let done_at = rep.len();
         rep.extend_from_slice(&[0; 4]);
@@ -202,7 +254,10 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
             };
             let at = rep.len();
             rep.extend_from_slice(&[0; call_frame::BATCH_ENTRY_HEADER]);
-            let status = match self.registry.run(unit, args, rep) {
+            clock.start(count, done);
+            let ran = self.registry.run(unit, args, rep);
+            clock.end(count);
+            let status = match ran {
                 Ran::Value => call_frame::REPLY_VALUE,
                 Ran::Panicked(p) => {
                     rep.truncate(at + call_frame::BATCH_ENTRY_HEADER);

@@ -9,7 +9,6 @@ use xme_core::PanicReport;
 
 use crate::MpiError;
 use crate::call_frame::{self};
-use crate::handle::MpiHandle;
 use crate::link::Link;
 
 /// Longest sleep of a thread waiting for a free slot before it re-checks.
@@ -79,7 +78,7 @@ impl SlotTable {
 }
 
 /// A pending call's result (the seed's buffer position): pass it to
-/// [`MpiHandle::get`]. Dropping it discards the result when it arrives.
+/// [`MpiHandle::get`](crate::MpiHandle::get). Dropping it discards the result when it arrives.
 #[must_use = "a slot holds a result: get it, or drop it to discard the result"]
 pub struct Slot<'h, R> {
     /// The run the slot belongs to (behind a trait object, so that a slot's
@@ -121,15 +120,6 @@ impl<R> Drop for Slot<'_, R> {
 pub(crate) trait SlotOwner: Sync {
     fn abandon(&self, index: u32, generation: u32);
     fn token(&self) -> u64;
-}
-
-impl SlotOwner for MpiHandle<'_> {
-    fn abandon(&self, index: u32, generation: u32) {
-        MpiHandle::abandon(self, index, generation)
-    }
-    fn token(&self) -> u64 {
-        self.token
-    }
 }
 
 /// Puts a reply into its slot; true if a thread waiting for a slot should be

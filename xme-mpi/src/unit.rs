@@ -133,6 +133,11 @@ impl Registry {
         }
     }
 
+    /// Every unit's name, in id order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.units.iter().map(|(name, _)| *name).collect()
+    }
+
     /// Every unit's signature, in id order.
     pub fn signatures(&self) -> &[Signature] {
         &self.signatures

@@ -6,27 +6,8 @@ use std::time::{Duration, Instant};
 use xme_core::process::children_of;
 use xme_mpi::{LpStatus, Mpi, MpiError, To};
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
-}
-
-/// Serialises the tests of this file: each counts this process's children and
-/// descriptors, which a test running beside it would change.
-static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// Runs `f` and checks it leaves no child process and no descriptor behind.
-fn clean<T>(f: impl FnOnce() -> T) -> T {
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
-    let fds = open_fds();
-    let out = f();
-    assert_eq!(
-        children_of(std::process::id() as i32),
-        Vec::<i32>::new(),
-        "children left"
-    );
-    assert_eq!(open_fds(), fds, "descriptors leaked");
-    out
-}
+mod common;
+use common::clean;
 
 #[test]
 fn ten_thousand_calls_with_mixed_destinations_match_a_serial_run() {
@@ -712,7 +693,20 @@ fn under_a_launcher_without_the_cluster_feature_run_is_an_error_not_a_pool() {
                 vec![("XME_MPI_BACKEND", "fork"), ("OMPI_COMM_WORLD_SIZE", "3")],
                 "forked",
             ),
-            (vec![("SLURM_NTASKS", "3")], "forked"),
+            // A batch script's own process: allocation variables, no step.
+            (vec![("SLURM_NTASKS", "3"), ("SLURM_JOB_ID", "7")], "forked"),
+            // One srun task alone is a program like any other.
+            (vec![("SLURM_STEP_NUM_TASKS", "1")], "forked"),
+            // Several srun tasks without PMI (srun --mpi=none): refused.
+            (
+                vec![("SLURM_STEP_NUM_TASKS", "3"), ("SLURM_NTASKS", "3")],
+                "no-pmi",
+            ),
+            // ... unless each should run alone.
+            (
+                vec![("SLURM_STEP_NUM_TASKS", "3"), ("XME_MPI_BACKEND", "fork")],
+                "forked",
+            ),
             (vec![("XME_MPI_BACKEND", "threads")], "bad-backend"),
         ] {
             let mut env = env.clone();
@@ -746,6 +740,12 @@ fn helper_backend_choice() {
                 e.to_string().contains("every rank would fork its own pool"),
                 "{e}"
             );
+        }
+        ("no-pmi", Err(e @ MpiError::SrunWithoutPmi { tasks: 3, .. })) => {
+            let text = e.to_string();
+            assert!(text.contains("one of 3 tasks of an srun step"), "{e}");
+            assert!(text.contains("srun --mpi=pmix"), "{e}");
+            assert!(text.contains("srun --mpi=pmi2"), "{e}");
         }
         ("bad-backend", Err(e @ MpiError::BadBackend(_))) => {
             assert!(e.to_string().contains("`fork` or `cluster`"), "{e}");

@@ -1,56 +1,28 @@
-//! The cluster backend: the ranks of an MPI job started by a launcher, over
-//! a real MPI library through the `mpi` crate (rsmpi). Rank 0 runs `main`;
-//! ranks `1..N` are the logical processes.
-//!
-//! - **Start**: MPI is initialised with `MPI_THREAD_SERIALIZED`; every MPI
-//!   call of this process holds one lock ([`World`]), so any thread of the
-//!   main function may call. Each rank sends rank 0 its pid, host and units
-//!   (name, argument and result type names); rank 0 maps unit ids by name
-//!   and answers every rank with the run's token or the mismatch, so that a
-//!   mismatch ends every rank with the same error, never a hang.
-//! - **Frames**: the same request and reply frames as the fork backend, one
-//!   MPI message each (tag [`TAG_FRAME`]; MPI keeps messages between two
-//!   ranks in order). Sends are non-blocking: each owns its buffer until
-//!   `MPI_Test` says it is done. Receives probe (`MPI_Improbe`) and never
-//!   block inside MPI: a waiting side polls, then yields, then sleeps with a
-//!   growing pause, like the shared-memory ring.
-//! - **End**: `close` sends EXIT; a rank answers with an acknowledgement
-//!   after its last reply, completes its sends, finalises MPI and exits 0.
+//! MPI messages as the channels of the cluster backend: one lock for every
+//! MPI call of the process ([`World`]), non-blocking sends that own their
+//! buffers until done ([`RankSender`]), probing receives ([`RankReceiver`]),
+//! and the polling wait both use.
 
 use std::collections::VecDeque;
-use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mpi::Threading;
 use mpi::request::{Request, StaticScope};
 use mpi::topology::SimpleCommunicator;
 use mpi::traits::*;
-use serde::{Deserialize, Serialize};
 
-use crate::MpiError;
-use crate::builder::Mpi;
 use crate::channel::{Corrupt, RecvChannel, SendChannel, Waited};
-use crate::handle::MpiHandle;
-use crate::link::{Link, Peer};
-use crate::logical::{self, LogicalProcess};
-use crate::unit::Signature;
 
-/// Tag of request and reply frames.
-const TAG_FRAME: i32 = 1;
-/// Tag of a rank's hello (its units) to rank 0.
-const TAG_HELLO: i32 = 2;
-/// Tag of rank 0's verdict on a hello.
-const TAG_VERDICT: i32 = 3;
-/// How long rank 0 waits for every hello, and a rank for its verdict.
-const HANDSHAKE: Duration = Duration::from_secs(120);
+/// How long dropping a sender waits for its sends to finish before giving
+/// them up (a peer that is gone never takes them).
+const SEND_DRAIN: Duration = Duration::from_secs(2);
 
 /// The world communicator, behind the one lock every MPI call of this
 /// process takes.
 pub(crate) struct World {
     comm: Mutex<SimpleCommunicator>,
     /// How a waiting side polls before it sleeps.
-    polling: Polling,
+    pub(super) polling: Polling,
 }
 
 // SAFETY: MPI was initialised with MPI_THREAD_SERIALIZED (checked in `run`),
@@ -61,24 +33,23 @@ unsafe impl Send for World {}
 unsafe impl Sync for World {}
 
 impl World {
-    fn lock(&self) -> MutexGuard<'_, SimpleCommunicator> {
+    pub(super) fn new(comm: SimpleCommunicator, polling: Polling) -> World {
+        World {
+            comm: Mutex::new(comm),
+            polling,
+        }
+    }
+
+    pub(super) fn lock(&self) -> MutexGuard<'_, SimpleCommunicator> {
         self.comm.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
 
-/// What a rank tells rank 0 at start.
-#[derive(Serialize, Deserialize)]
-struct Hello {
-    pid: i32,
-    host: String,
-    units: Vec<Signature>,
-}
-
-/// Rank 0's answer: the run's token, or why the run cannot start.
-#[derive(Serialize, Deserialize)]
-enum Verdict {
-    Start { token: u64 },
-    Refused { rank: usize, detail: String },
+    /// Ends the whole MPI job (`MPI_Abort` on the world): every rank, on
+    /// every host, through the launcher, which then exits non-zero. Taken
+    /// under the world lock, as every MPI call of this process.
+    pub(super) fn abort(&self, code: i32) -> ! {
+        self.lock().abort(code)
+    }
 }
 
 /// How long a waiting side polls before it sleeps: long where every rank of
@@ -90,19 +61,19 @@ enum Verdict {
 /// convoy of sleeps (measured: 0.65 ms per round trip with a 200-poll spin,
 /// against 1-2 µs spinning).
 #[derive(Clone, Copy)]
-struct Polling {
+pub(super) struct Polling {
     spin: Duration,
     yields: Duration,
 }
 
 impl Polling {
-    const DEDICATED: Polling = Polling {
+    pub(super) const DEDICATED: Polling = Polling {
         spin: Duration::from_micros(200),
         yields: Duration::from_micros(100),
     };
     /// Yielding (not sleeping) for a while lets the rank whose turn it is
     /// run at once, and costs nothing a runnable rank needs.
-    const SHARED: Polling = Polling {
+    pub(super) const SHARED: Polling = Polling {
         spin: Duration::from_micros(2),
         yields: Duration::from_micros(50),
     };
@@ -166,10 +137,12 @@ unsafe fn reclaim(buf: *mut [u8]) -> Vec<u8> {
     unsafe { Box::from_raw(buf) }.into_vec()
 }
 
-/// Frames to one rank: non-blocking sends, at most `capacity` bytes in flight.
+/// Messages of one tag to one rank: non-blocking sends, at most `capacity`
+/// bytes in flight.
 pub(crate) struct RankSender {
     world: Arc<World>,
     rank: i32,
+    tag: i32,
     pending: VecDeque<PendingSend>,
     pending_bytes: usize,
     /// Buffers of completed sends, reused.
@@ -184,10 +157,16 @@ pub(crate) struct RankSender {
 unsafe impl Send for RankSender {}
 
 impl RankSender {
-    fn new(world: Arc<World>, rank: usize, channel_bytes: usize) -> RankSender {
+    pub(super) fn new(
+        world: Arc<World>,
+        rank: usize,
+        tag: i32,
+        channel_bytes: usize,
+    ) -> RankSender {
         RankSender {
             world,
             rank: rank as i32,
+            tag,
             pending: VecDeque::new(),
             pending_bytes: 0,
             spare: Vec::new(),
@@ -198,7 +177,7 @@ impl RankSender {
 
     /// Takes back the buffers of the sends MPI has finished, oldest first.
     /// The caller holds the world lock.
-    fn reap(&mut self) {
+    fn reap_locked(&mut self) {
         while let Some(PendingSend { request, buf }) = self.pending.pop_front() {
             match request.test() {
                 Ok(_) => {
@@ -227,7 +206,7 @@ impl SendChannel for RankSender {
     fn try_send(&mut self, frame: &[u8]) -> bool {
         let world = self.world.clone();
         let comm = world.lock();
-        self.reap();
+        self.reap_locked();
         if !self.has_room(frame.len()) {
             return false;
         }
@@ -242,7 +221,7 @@ impl SendChannel for RankSender {
         let data: &'static [u8] = unsafe { &*ptr };
         let request =
             comm.process_at_rank(self.rank)
-                .immediate_send_with_tag(StaticScope, data, TAG_FRAME);
+                .immediate_send_with_tag(StaticScope, data, self.tag);
         self.pending_bytes += frame.len();
         self.pending.push_back(PendingSend { request, buf: ptr });
         true
@@ -252,7 +231,7 @@ impl SendChannel for RankSender {
         let world = self.world.clone();
         poll_until(world.polling, max, || {
             let _comm = world.lock();
-            self.reap();
+            self.reap_locked();
             self.has_room(len)
         })
     }
@@ -274,21 +253,41 @@ impl SendChannel for RankSender {
 impl Drop for RankSender {
     fn drop(&mut self) {
         // Every send completes before its buffer goes (and before MPI is
-        // finalised, which drops the world after every channel).
+        // finalised, which drops the world after every channel), unless the
+        // peer never takes it: after SEND_DRAIN the rest is given up, its
+        // buffers leaked (MPI may still read them), with a log line.
         let world = self.world.clone();
-        let _comm = world.lock();
-        while let Some(PendingSend { request, buf }) = self.pending.pop_front() {
-            request.wait_without_status();
-            // SAFETY: leaked by `try_send` for this send, which completed.
-            drop(unsafe { reclaim(buf) });
+        let start = Instant::now();
+        while !self.pending.is_empty() && start.elapsed() < SEND_DRAIN {
+            {
+                let _comm = world.lock();
+                self.reap_locked();
+            }
+            if !self.pending.is_empty() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        if !self.pending.is_empty() {
+            log::error!(
+                "MPI: {} message(s) to rank {} not taken within {SEND_DRAIN:?}; given up",
+                self.pending.len(),
+                self.rank
+            );
+        }
+        for PendingSend { request, .. } in self.pending.drain(..) {
+            // SAFETY: the request is left to MPI, never waited on again; its
+            // buffer (leaked by `try_send`) is never taken back, so MPI may
+            // read it for as long as the process lives.
+            let _ = unsafe { request.into_raw() };
         }
     }
 }
 
-/// Frames from one rank.
+/// Messages of one tag from one rank.
 pub(crate) struct RankReceiver {
     world: Arc<World>,
     rank: i32,
+    tag: i32,
     /// A message the last wait matched (`MPI_Improbe`), received by the next
     /// `try_recv`: a wait that finds a frame does not probe for it again.
     matched: Option<(mpi::point_to_point::Message, usize)>,
@@ -299,10 +298,11 @@ pub(crate) struct RankReceiver {
 unsafe impl Send for RankReceiver {}
 
 impl RankReceiver {
-    fn new(world: Arc<World>, rank: usize) -> RankReceiver {
+    pub(super) fn new(world: Arc<World>, rank: usize, tag: i32) -> RankReceiver {
         RankReceiver {
             world,
             rank: rank as i32,
+            tag,
             matched: None,
         }
     }
@@ -315,7 +315,7 @@ impl RankReceiver {
         }
         let Some((message, status)) = comm
             .process_at_rank(self.rank)
-            .immediate_matched_probe_with_tag(TAG_FRAME)
+            .immediate_matched_probe_with_tag(self.tag)
         else {
             return Ok(false);
         };
@@ -371,7 +371,7 @@ impl Drop for RankReceiver {
 
 /// Receives one message of `tag` from `rank` (polling, never blocking in
 /// MPI), waiting at most `max`.
-fn recv_from(world: &World, rank: i32, tag: i32, max: Duration) -> Option<Vec<u8>> {
+pub(super) fn recv_from(world: &World, rank: i32, tag: i32, max: Duration) -> Option<Vec<u8>> {
     let mut got = None;
     poll_until(world.polling, max, || {
         let comm = world.lock();
@@ -386,194 +386,4 @@ fn recv_from(world: &World, rank: i32, tag: i32, max: Duration) -> Option<Vec<u8
         got.is_some()
     });
     got
-}
-
-/// Compares rank `rank`'s units with ours: the ids it knows ours by, or
-/// what differs.
-fn map_units(ours: &[Signature], theirs: &[Signature], rank: usize) -> Result<Vec<u32>, String> {
-    let mut problems = Vec::new();
-    let mut ids = Vec::with_capacity(ours.len());
-    for s in ours {
-        match theirs.iter().position(|t| t.name == s.name) {
-            None => problems.push(format!("rank {rank} has no unit {:?}", s.name)),
-            Some(i) if theirs[i] != *s => problems.push(format!(
-                "unit {:?} is {} -> {} on rank 0 but {} -> {} on rank {rank}",
-                s.name, s.args, s.result, theirs[i].args, theirs[i].result
-            )),
-            Some(i) => ids.push(i as u32),
-        }
-    }
-    if problems.is_empty() {
-        Ok(ids)
-    } else {
-        Err(problems.join("; "))
-    }
-}
-
-fn host() -> String {
-    mpi::environment::processor_name().unwrap_or_else(|_| "?".into())
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    postcard::to_stdvec(v).expect("handshake messages encode")
-}
-
-/// A cluster run: rank 0 runs `main` and returns; every other rank serves
-/// and exits inside (0 when closed). On any start error every rank returns
-/// the same error (after finalising MPI).
-pub(crate) fn run<T>(mpi: Mpi, main: impl FnOnce(&MpiHandle<'_>) -> T) -> Result<T, MpiError> {
-    let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
-        return Err(MpiError::Cluster(
-            "MPI was initialised already in this process: one cluster run per launch".into(),
-        ));
-    };
-    if threading < Threading::Serialized {
-        drop(universe);
-        return Err(MpiError::Cluster(format!(
-            "the MPI library gives thread level {threading:?}; xme needs Serialized"
-        )));
-    }
-    let comm = universe.world();
-    // Ranks sharing this host (MPI_Comm_split_type SHARED) against its cores.
-    let local = comm.split_shared(0).size() as usize;
-    // The host's cores, not this process's affinity mask: a launcher binds
-    // each rank to one core, which says nothing about who shares it.
-    // SAFETY: sysconf only reads a system value; _SC_NPROCESSORS_ONLN is a
-    // valid name on Linux, and -1 (unknown) is handled.
-    let online = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    let cpus = usize::try_from(online).unwrap_or(1).max(1);
-    let world = Arc::new(World {
-        comm: Mutex::new(comm),
-        polling: if local <= cpus {
-            Polling::DEDICATED
-        } else {
-            Polling::SHARED
-        },
-    });
-    let (rank, size) = {
-        let comm = world.lock();
-        (comm.rank() as usize, comm.size() as usize)
-    };
-    if size != mpi.pnum {
-        drop(world);
-        drop(universe);
-        return Err(MpiError::WorldSize {
-            pnum: mpi.pnum,
-            world: size,
-        });
-    }
-    let out = if rank == 0 {
-        lead(&mpi, &world, size, main)
-    } else {
-        let code = serve(&mpi, &world, rank);
-        drop(world);
-        drop(universe); // MPI_Finalize
-        match code {
-            Ok(code) => std::process::exit(code),
-            Err(e) => return Err(e),
-        }
-    };
-    drop(world);
-    drop(universe); // MPI_Finalize, once every channel is gone
-    out
-}
-
-/// Rank 0: gathers every rank's units, answers, runs `main`.
-fn lead<T>(
-    mpi: &Mpi,
-    world: &Arc<World>,
-    size: usize,
-    main: impl FnOnce(&MpiHandle<'_>) -> T,
-) -> Result<T, MpiError> {
-    let ours = mpi.registry.signatures();
-    let mut hellos = Vec::with_capacity(size - 1);
-    for r in 1..size {
-        let hello = recv_from(world, r as i32, TAG_HELLO, HANDSHAKE)
-            .and_then(|b| postcard::from_bytes::<Hello>(&b).ok())
-            .ok_or_else(|| {
-                MpiError::Cluster(format!(
-                    "rank {r} did not send its units within {HANDSHAKE:?}"
-                ))
-            })?;
-        hellos.push(hello);
-    }
-    let mapped: Vec<Result<Vec<u32>, String>> = hellos
-        .iter()
-        .enumerate()
-        .map(|(i, h)| map_units(ours, &h.units, i + 1))
-        .collect();
-    let refused = mapped
-        .iter()
-        .enumerate()
-        .find_map(|(i, m)| m.as_ref().err().map(|d| (i + 1, d.clone())));
-    let token = xme_core::Operator::alloc().id();
-    let verdict = match &refused {
-        Some((rank, detail)) => Verdict::Refused {
-            rank: *rank,
-            detail: detail.clone(),
-        },
-        None => Verdict::Start { token },
-    };
-    {
-        let comm = world.lock();
-        let bytes = encode(&verdict);
-        for r in 1..size {
-            comm.process_at_rank(r as i32)
-                .send_with_tag(&bytes[..], TAG_VERDICT);
-        }
-    }
-    if let Some((rank, detail)) = refused {
-        return Err(MpiError::UnitMismatch { rank, detail });
-    }
-    let links: Vec<Link<'static>> = hellos
-        .iter()
-        .zip(mapped)
-        .enumerate()
-        .map(|(i, (hello, ids))| {
-            let mut link = Link::new(
-                i + 1,
-                Box::new(RankSender::new(world.clone(), i + 1, mpi.channel_bytes)),
-                Box::new(RankReceiver::new(world.clone(), i + 1)),
-                Peer::Rank { pid: hello.pid },
-            );
-            link.unit_ids = ids.expect("checked above");
-            link.host = Some(hello.host.clone());
-            link
-        })
-        .collect();
-    let handle = MpiHandle::new(token, links, mpi.buffer_size, true);
-    Ok(handle.run_main(main))
-}
-
-/// Ranks `1..N`: says hello, then serves requests until closed. Returns the
-/// exit status, or the start error every rank shares.
-fn serve(mpi: &Mpi, world: &Arc<World>, rank: usize) -> Result<i32, MpiError> {
-    let hello = Hello {
-        pid: std::process::id() as i32,
-        host: host(),
-        units: mpi.registry.signatures().to_vec(),
-    };
-    world
-        .lock()
-        .process_at_rank(0)
-        .send_with_tag(&encode(&hello)[..], TAG_HELLO);
-    let verdict = recv_from(world, 0, TAG_VERDICT, HANDSHAKE)
-        .and_then(|b| postcard::from_bytes::<Verdict>(&b).ok())
-        .ok_or_else(|| MpiError::Cluster(format!("rank 0 did not answer within {HANDSHAKE:?}")))?;
-    let token = match verdict {
-        Verdict::Start { token } => token,
-        Verdict::Refused { rank, detail } => return Err(MpiError::UnitMismatch { rank, detail }),
-    };
-    let status = AtomicU32::new(logical::ST_BEGIN);
-    let code = LogicalProcess {
-        id: rank,
-        token,
-        requests: RankReceiver::new(world.clone(), 0),
-        replies: RankSender::new(world.clone(), 0, mpi.channel_bytes),
-        status: &status,
-        registry: &mpi.registry,
-        parent: None,
-    }
-    .run();
-    Ok(code)
 }

@@ -3,9 +3,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use super::{MpiHandle, To};
 use crate::MpiError;
 use crate::call_frame::{KIND_EXIT, Request};
-use crate::handle::{MpiHandle, To};
 use crate::link::{Ended, LIVENESS, Link, lock};
 
 /// Why a closed logical process answers no more calls.
@@ -65,22 +65,23 @@ impl<'r> MpiHandle<'r> {
             let deadline = Instant::now() + CLOSE_GRACE;
             if !l.forked {
                 // A rank cannot be waited for or killed from here: read its
-                // replies until it acknowledges EXIT (all sent before it).
-                while !l.exit_acked.load(Ordering::Acquire) && Instant::now() < deadline {
-                    let mut rx = lock(&l.recv);
+                // replies until it acknowledges EXIT (all sent before it),
+                // while it lives and answers.
+                let mut rx = lock(&l.recv);
+                while !l.exit_acked.load(Ordering::Acquire)
+                    && Instant::now() < deadline
+                    && self.check_alive(l, &mut rx)
+                {
                     if self.pump(l, &mut rx) == 0 {
                         rx.channel.wait_recv(Duration::from_millis(1));
                     }
                 }
-                let reason = if l.exit_acked.load(Ordering::Acquire) {
-                    CLOSED_BY_MAIN.to_string()
-                } else {
-                    format!(
-                        "{CLOSED_BY_MAIN}; rank {} did not acknowledge within {CLOSE_GRACE:?}",
-                        l.id
-                    )
-                };
-                let _ = l.ended.set(Ended::Closed(reason));
+                if l.exit_acked.load(Ordering::Acquire) {
+                    let _ = l.ended.set(Ended::Closed(CLOSED_BY_MAIN.to_string()));
+                } else if l.ended.get().is_none() {
+                    self.end(l, Ended::Lingered, &mut rx);
+                }
+                drop(rx);
                 self.fail_pending(l);
                 continue;
             }
