@@ -64,6 +64,8 @@ mod buffer;
 #[cfg(not(loom))]
 mod calls;
 mod error;
+#[doc(hidden)]
+pub mod hooks;
 #[cfg(not(loom))]
 mod manager;
 mod primitive;
@@ -84,7 +86,7 @@ pub use manager::{
 pub use raw::RawValue;
 pub use store::arena::ArenaStats;
 pub use store::layout::{Layout, MAX_BLOCK, PAGE_BYTES};
-pub use store::table::MAX_KEY;
+pub use store::table::{MAX_KEY, TableStats};
 pub use xme_core::{Operator, SharedRegion};
 #[cfg(not(loom))]
 pub use xme_exec::Context;
