@@ -34,6 +34,7 @@
 
 mod client;
 mod frame;
+mod replays;
 mod server;
 mod stream;
 
