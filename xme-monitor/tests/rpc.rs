@@ -255,11 +255,18 @@ fn rss_bytes(pid: i32) -> usize {
 fn server_in_child(
     configure: fn(Server) -> Server,
 ) -> (xme_core::process::Child, std::net::SocketAddr) {
+    serve_in_child(move || configure(server()))
+}
+
+/// The server `make` builds, serving on loopback in a process of its own.
+fn serve_in_child(
+    make: impl FnOnce() -> Server,
+) -> (xme_core::process::Child, std::net::SocketAddr) {
     use std::sync::atomic::{AtomicU64, Ordering};
     let region = xme_core::SharedRegion::anonymous(64).unwrap();
     let port: &AtomicU64 = region.place(0).unwrap();
     let child = fork_child(|| {
-        let h = configure(server()).serve_tcp("127.0.0.1:0").unwrap();
+        let h = make().serve_tcp("127.0.0.1:0").unwrap();
         port.store(u64::from(h.local_addr().unwrap().port()), Ordering::Release);
         loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -477,6 +484,17 @@ fn small_window_connect(addr: std::net::SocketAddr) -> TcpStream {
     }
 }
 
+/// Waits until `socket` has bytes to read (a reply started to arrive).
+fn wait_for_bytes(socket: &impl std::os::fd::AsRawFd) {
+    use nix::sys::socket::{MsgFlags, recv};
+    let t = Instant::now();
+    let peek = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+    while !matches!(recv(socket.as_raw_fd(), &mut [0u8; 1], peek), Ok(1)) {
+        assert!(t.elapsed() < WAIT, "no reply started");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Asks on `s` for `requests` replies of `bytes` each (with the key), and
 /// never reads them: the server's writes to it soon block.
 fn never_read<S: Write>(mut s: S, requests: usize, bytes: usize, tag: usize) -> S {
@@ -509,21 +527,8 @@ fn shutdown_returns_in_bounded_time_with_sixteen_clients_that_never_read() {
     assert_eq!(client.call::<_, i64>("add", &(1, 2), WAIT).unwrap(), 3);
     // Every call has run and its reply started out (each peer has bytes to
     // read): the server's threads are blocked writing.
-    let t = Instant::now();
     for p in &peers {
-        use nix::sys::socket::{MsgFlags, recv};
-        let fd = std::os::fd::AsRawFd::as_raw_fd(p);
-        while !matches!(
-            recv(
-                fd,
-                &mut [0u8; 1],
-                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-            ),
-            Ok(1)
-        ) {
-            assert!(t.elapsed() < WAIT, "the replies did not start");
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        wait_for_bytes(p);
     }
     std::thread::sleep(Duration::from_millis(100));
     let (done, waited) = std::sync::mpsc::channel();
@@ -567,20 +572,7 @@ fn a_client_that_stops_reading_is_closed_at_the_write_timeout() {
     // Its only place is taken while the server writes to it (from when its
     // first bytes arrive); then the write times out and the place is free
     // for a client that reads.
-    let t = Instant::now();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&stuck);
-    use nix::sys::socket::{MsgFlags, recv};
-    while !matches!(
-        recv(
-            fd,
-            &mut [0u8; 1],
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-        ),
-        Ok(1)
-    ) {
-        assert!(t.elapsed() < WAIT, "the reply did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_bytes(&stuck);
     let t = Instant::now();
     let sum = loop {
         let client = Client::connect_tcp(addr, Sealed::new(KEY)).unwrap();
@@ -614,27 +606,11 @@ fn wire_server_in_child(
     xme_core::process::Child,
     impl FnMut(&str, u64) -> serde_json::Value,
 ) {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    let region = xme_core::SharedRegion::anonymous(64).unwrap();
-    let port: &AtomicU64 = region.place(0).unwrap();
-    let child = fork_child(|| {
-        let h = Server::new(xme_monitor::XmeWire::default())
+    let (child, addr) = serve_in_child(move || {
+        Server::new(xme_monitor::XmeWire::default())
             .register("add", |(a, b): (i64, i64)| a + b)
             .replay_memory_bytes(bytes)
-            .serve_tcp("127.0.0.1:0")
-            .unwrap();
-        port.store(u64::from(h.local_addr().unwrap().port()), Ordering::Release);
-        loop {
-            std::thread::sleep(Duration::from_secs(1));
-        }
-    })
-    .unwrap();
-    let t = Instant::now();
-    while port.load(Ordering::Acquire) == 0 {
-        assert!(t.elapsed() < WAIT, "the server did not start");
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port.load(Ordering::Acquire) as u16));
+    });
     let wire = xme_monitor::XmeWire::default();
     let mut s = TcpStream::connect(addr).unwrap();
     let call = move |mark: &str, a: u64| -> serde_json::Value {

@@ -171,42 +171,48 @@ fn status_reports_from_short_lived_operators_never_fail() {
     }
 }
 
-/// `update_with` whose closure runs across `writes` other writes of its key:
-/// the conflict must be seen and the closure run again on the newer value.
-fn conflict_across(writes: u64) {
+/// `update_with` whose closure runs while `meanwhile` writes its key (as
+/// another process would) and returns the last value it wrote: the
+/// conflict must be seen and the closure run again on the newer value.
+fn conflict_seen(what: &str, meanwhile: impl Fn(&Manager) -> u64) {
     let xmem = XmemBuilder::new().build().unwrap();
     xmem.set("hot", &0u64).unwrap();
-    let mut calls = 0;
+    let (mut calls, mut last) = (0, 0);
     let stored = xmem
         .update_with("hot", |v: Option<u64>| {
             calls += 1;
-            let v = v.unwrap();
             if calls == 1 {
-                // Meanwhile (as another process would), the key is
-                // rewritten `writes` times.
-                for i in 1..=writes {
-                    xmem.set("hot", &i).unwrap();
-                }
+                last = meanwhile(&xmem);
             }
-            v + 1_000_000_000_000
+            v.unwrap() + 1_000_000_000_000
         })
         .unwrap();
     assert_eq!(
         (calls, stored),
-        (2, writes + 1_000_000_000_000),
-        "after {writes} writes the update stored a result computed from a stale value"
+        (2, last + 1_000_000_000_000),
+        "after {what} the update stored a result computed from a stale value"
     );
-    assert_eq!(xmem.get::<u64>("hot").unwrap(), writes + 1_000_000_000_000);
+    assert_eq!(xmem.get::<u64>("hot").unwrap(), last + 1_000_000_000_000);
+}
+
+/// `n` writes of the key, 1 to `n`.
+fn writes(n: u64) -> impl Fn(&Manager) -> u64 {
+    move |xmem| {
+        for i in 1..=n {
+            xmem.set("hot", &i).unwrap();
+        }
+        n
+    }
 }
 
 #[test]
 fn update_with_sees_the_conflict_across_2_17_writes() {
-    conflict_across(1 << 17);
+    conflict_seen("2^17 writes", writes(1 << 17));
 }
 
 #[test]
 fn update_with_sees_the_conflict_across_2_18_writes() {
-    conflict_across(1 << 18);
+    conflict_seen("2^18 writes", writes(1 << 18));
 }
 
 #[test]
@@ -214,22 +220,12 @@ fn update_with_sees_the_conflict_across_2_32_writes_simulated() {
     // 2^32 writes take minutes: two real ones, and the generations of the
     // free blocks moved on as the 2^32 - 2 others would have moved them
     // (the key alternates between two blocks, each freed 2^31 times).
-    let xmem = XmemBuilder::new().build().unwrap();
-    xmem.set("hot", &0u64).unwrap();
-    let mut calls = 0;
-    let stored = xmem
-        .update_with("hot", |v: Option<u64>| {
-            calls += 1;
-            if calls == 1 {
-                xmem.set("hot", &1u64).unwrap(); // the key's first block is freed
-                assert!(xmem.age_free_blocks((1 << 31) - 1) > 0);
-                xmem.set("hot", &2u64).unwrap(); // and very likely taken again
-            }
-            v.unwrap() + 100
-        })
-        .unwrap();
-    assert_eq!((calls, stored), (2, 102), "a stale result was stored");
-    assert_eq!(xmem.get::<u64>("hot").unwrap(), 102);
+    conflict_seen("2^32 writes (simulated)", |xmem| {
+        xmem.set("hot", &1u64).unwrap(); // the key's first block is freed
+        assert!(xmem.age_free_blocks((1 << 31) - 1) > 0);
+        xmem.set("hot", &2u64).unwrap(); // and very likely taken again
+        2
+    });
 }
 
 /// Keys of one width, so that the keys at the end of a long churn are no

@@ -469,15 +469,17 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
         } else {
             s.limits.max_unauthenticated_frame.min(s.limits.max_frame)
         };
-        let t = reader.get_mut();
-        (t.deadline, t.what) = if authenticated {
-            (
-                Some(Instant::now() + s.limits.idle_timeout),
-                "the next request",
-            )
-        } else {
-            (Some(first_frame_by), "the first request")
+        // What the next reads must get by when.
+        let deadline = |after: Duration, what| {
+            let t = if authenticated {
+                (Instant::now() + after, what)
+            } else {
+                (first_frame_by, "the first request")
+            };
+            (Some(t.0), t.1)
         };
+        let t = reader.get_mut();
+        (t.deadline, t.what) = deadline(s.limits.idle_timeout, "the next request");
         match reader.fill_buf() {
             Ok([]) => break,
             Ok(_) => {}
@@ -487,14 +489,7 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
             }
         }
         let t = reader.get_mut();
-        (t.deadline, t.what) = if authenticated {
-            (
-                Some(Instant::now() + s.limits.read_timeout),
-                "a whole frame",
-            )
-        } else {
-            (Some(first_frame_by), "the first request")
-        };
+        (t.deadline, t.what) = deadline(s.limits.read_timeout, "a whole frame");
         let body = match read_frame(&mut reader, max) {
             Ok(Some(body)) => body,
             Ok(None) => break,

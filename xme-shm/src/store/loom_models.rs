@@ -69,6 +69,28 @@ fn colliding_keys() -> (String, String) {
     unreachable!("64 keys over 4 slots collide")
 }
 
+/// A table of 4 slots holding two keys whose chains start at the same slot,
+/// `first` (value 1) in it and `second` (value 2) after it.
+fn two_colliding() -> (Arc<Vec<AtomicU64>>, String, String) {
+    let mem = table(2);
+    let t = ValueTable::attach(&mem).unwrap();
+    let (first, second) = colliding_keys();
+    t.set(&first, &value(1), 1).unwrap();
+    t.set(&second, &value(2), 1).unwrap();
+    (mem, first, second)
+}
+
+/// Runs `during` here while another thread deletes `first` (which moves
+/// the key after it back into its slot).
+fn while_deleting(mem: &Arc<Vec<AtomicU64>>, first: String, during: impl FnOnce()) {
+    let m2 = mem.clone();
+    let deleter = thread::spawn(move || {
+        assert!(ValueTable::attach(&m2).unwrap().delete(&first, 2).unwrap());
+    });
+    during();
+    deleter.join().unwrap();
+}
+
 /// Once the threads are done: the table reads whole, holds `keys` keys,
 /// and after a sweep its arena holds exactly their blocks.
 fn settled(t: &ValueTable<'_>, keys: usize) {
@@ -146,19 +168,11 @@ fn delete_and_set_race_to_a_whole_state() {
 #[test]
 fn a_delete_moves_the_next_key_back_and_a_reader_still_finds_it() {
     model(|| {
-        let mem = table(2);
+        let (mem, first, second) = two_colliding();
         let t = ValueTable::attach(&mem).unwrap();
-        let (first, second) = colliding_keys();
-        t.set(&first, &value(1), 1).unwrap();
-        t.set(&second, &value(2), 1).unwrap();
-        let m2 = mem.clone();
-        let deleter = thread::spawn(move || {
-            let t = ValueTable::attach(&m2).unwrap();
-            // `second` moves into `first`'s slot.
-            assert!(t.delete(&first, 2).unwrap());
+        while_deleting(&mem, first, || {
+            assert_eq!(get(&t, &second, 1), Some(2), "a delete hid a key");
         });
-        assert_eq!(get(&t, &second, 1), Some(2), "a delete hid a key");
-        deleter.join().unwrap();
         settled(&t, 1);
     });
 }
@@ -166,17 +180,11 @@ fn a_delete_moves_the_next_key_back_and_a_reader_still_finds_it() {
 #[test]
 fn a_write_racing_a_move_is_neither_lost_nor_doubled() {
     model(|| {
-        let mem = table(2);
+        let (mem, first, second) = two_colliding();
         let t = ValueTable::attach(&mem).unwrap();
-        let (first, second) = colliding_keys();
-        t.set(&first, &value(1), 1).unwrap();
-        t.set(&second, &value(2), 1).unwrap();
-        let m2 = mem.clone();
-        let deleter = thread::spawn(move || {
-            assert!(ValueTable::attach(&m2).unwrap().delete(&first, 2).unwrap());
+        while_deleting(&mem, first, || {
+            t.set(&second, &value(3), 1).map(drop).unwrap()
         });
-        t.set(&second, &value(3), 1).unwrap();
-        deleter.join().unwrap();
         assert_eq!(get(&t, &second, 1), Some(3));
         settled(&t, 1);
     });
@@ -205,11 +213,8 @@ fn a_block_taken_while_its_page_closes_is_counted_or_given_back() {
 #[test]
 fn a_move_left_half_done_by_a_killed_delete_is_finished_by_the_next_writer() {
     model(|| {
-        let mem = table(2);
+        let (mem, first, second) = two_colliding();
         let t = ValueTable::attach(&mem).unwrap();
-        let (first, second) = colliding_keys();
-        t.set(&first, &value(1), 1).unwrap();
-        t.set(&second, &value(2), 1).unwrap();
         // What a delete of `first` killed in the middle of moving `second`
         // back leaves: the entry marked in both slots, the move recorded,
         // `moves` odd, the key lock naming the dead process.
@@ -228,13 +233,12 @@ fn a_move_left_half_done_by_a_killed_delete_is_finished_by_the_next_writer() {
         h.moves.fetch_add(1, Ordering::Relaxed);
         slot(j).store(moved | MOVING, Ordering::Relaxed);
         slot(i).store(moved | MOVING, Ordering::Relaxed);
-        let m2 = mem.clone();
+        let (m2, moving) = (mem.clone(), second.clone());
         let reader = thread::spawn(move || {
             let t = ValueTable::attach(&m2).unwrap();
-            assert_eq!(get(&t, &second, 2), Some(2), "the moving key is readable");
+            assert_eq!(get(&t, &moving, 2), Some(2), "the moving key is readable");
             assert_eq!(get(&t, &first, 2), None);
         });
-        let (_, second) = colliding_keys();
         t.set(&second, &value(3), 1).unwrap();
         reader.join().unwrap();
         assert_eq!(get(&t, &second, 1), Some(3));
@@ -247,17 +251,9 @@ fn a_move_left_half_done_by_a_killed_delete_is_finished_by_the_next_writer() {
 #[test]
 fn a_sweep_while_a_delete_moves_an_entry_frees_nothing_live() {
     model(|| {
-        let mem = table(2);
+        let (mem, first, second) = two_colliding();
         let t = ValueTable::attach(&mem).unwrap();
-        let (first, second) = colliding_keys();
-        t.set(&first, &value(1), 1).unwrap();
-        t.set(&second, &value(2), 1).unwrap();
-        let m2 = mem.clone();
-        let deleter = thread::spawn(move || {
-            assert!(ValueTable::attach(&m2).unwrap().delete(&first, 2).unwrap());
-        });
-        t.sweep(1);
-        deleter.join().unwrap();
+        while_deleting(&mem, first, || drop(t.sweep(1)));
         assert_eq!(get(&t, &second, 1), Some(2), "the sweep freed a live entry");
         settled(&t, 1);
     });
