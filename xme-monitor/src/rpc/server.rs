@@ -156,17 +156,20 @@ impl Server {
         self
     }
 
-    /// Connections served at once (default 256), one thread each. A
-    /// connection past the bound gets a `refused` reply and is closed; its
-    /// client's calls fail with [`MonitorError::ConnectionClosed`] saying so.
+    /// Connections served at once (default 256), one thread each. Past the
+    /// bound, a new connection takes the place of the oldest one whose
+    /// first request has not authenticated (which gets an `evicted` reply
+    /// and is closed); if all authenticated, the new one gets a `refused`
+    /// reply and is closed. Either client's calls fail with
+    /// [`MonitorError::ConnectionClosed`] saying so.
     #[must_use]
     pub fn max_connections(mut self, connections: usize) -> Server {
         self.limits.max_connections = connections.max(1);
         self
     }
 
-    /// How long a connection may wait between requests before the server
-    /// closes it (default 5 minutes).
+    /// How long an authenticated connection may wait between requests
+    /// before the server closes it (default 5 minutes).
     #[must_use]
     pub fn idle_timeout(mut self, idle: Duration) -> Server {
         self.limits.idle_timeout = idle.max(Duration::from_millis(1));
@@ -557,8 +560,10 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
 }
 
 /// A running server. [`shutdown`](Self::shutdown) (or dropping it) stops
-/// accepting, lets every call in flight finish and send its reply, then
-/// closes every connection.
+/// accepting and starts no new call, lets every call in flight finish, gives
+/// the replies half a second to leave, then closes every connection (a peer
+/// that does not read holds it no longer: it returns within about half a
+/// second of the last running call, whatever the peers do).
 #[must_use = "dropping a ServerHandle shuts the server down"]
 pub struct ServerHandle {
     shared: Arc<Shared>,

@@ -258,3 +258,35 @@ fn a_sweep_while_a_delete_moves_an_entry_frees_nothing_live() {
         settled(&t, 1);
     });
 }
+
+#[test]
+fn a_reader_never_misses_a_key_that_two_deletes_move_back_twice() {
+    model(|| {
+        // Three keys whose chains start at one slot of an 8-slot table: the
+        // third moves back once per delete of the two before it.
+        let mem = table(3);
+        let t = ValueTable::attach(&mem).unwrap();
+        let layout = Layout::new(3, 4 * layout::PAGE_BYTES).unwrap();
+        let home = |k: &String| layout.home(block::key_hash(k.as_bytes()));
+        let keys: Vec<String> = (0..256).map(|i| format!("k{i}")).collect();
+        let chain: Vec<String> = keys
+            .iter()
+            .filter(|k| home(k) == home(&keys[0]))
+            .take(3)
+            .cloned()
+            .collect();
+        for (i, k) in chain.iter().enumerate() {
+            t.set(k, &value(i as u8 + 1), 1).unwrap();
+        }
+        let (m2, gone) = (mem.clone(), chain[..2].to_vec());
+        let deleter = thread::spawn(move || {
+            let t = ValueTable::attach(&m2).unwrap();
+            for k in &gone {
+                assert!(t.delete(k, 2).unwrap());
+            }
+        });
+        assert_eq!(get(&t, &chain[2], 1), Some(3), "two deletes hid a key");
+        deleter.join().unwrap();
+        settled(&t, 1);
+    });
+}

@@ -341,6 +341,11 @@ impl<'m> ValueTable<'m> {
         mut value: Option<&mut Vec<u8>>,
         pid: u32,
     ) -> Result<Option<(usize, u64)>, ShmError> {
+        // A key found is there: most lookups need nothing more (and never
+        // touch the header's line, which deletes elsewhere keep writing).
+        if let Some(found) = self.probe_once(key, hash, value.as_deref_mut())? {
+            return Ok(Some(found));
+        }
         let moves = &self.header().moves;
         let mut spoiled = 0;
         loop {
@@ -375,8 +380,10 @@ impl<'m> ValueTable<'m> {
 
     /// Stores `value` under `key`, replacing any value.
     pub(crate) fn set(&self, key: &str, value: &[u8], pid: u32) -> Result<Stored, ShmError> {
-        let taken = self.fill(key.as_bytes(), value, pid)?;
-        match self.publish(key.as_bytes(), taken, pid, Expect::Any)? {
+        let k = key.as_bytes();
+        let hash = block::key_hash(k);
+        let taken = self.fill(k, hash, value, pid)?;
+        match self.publish(k, hash, taken, pid, Expect::Any)? {
             Ok(stored) => Ok(stored),
             Err(Conflict) => unreachable!("Expect::Any never conflicts"),
         }
@@ -407,9 +414,9 @@ impl<'m> ValueTable<'m> {
                 Ok(None) => return Ok(Ok(None)),
                 Err(e) => return Ok(Err(e)),
             };
-            let taken = self.fill(k, &new, pid)?;
+            let taken = self.fill(k, hash, &new, pid)?;
             if self
-                .publish(k, taken, pid, Expect::Exactly(expected))?
+                .publish(k, hash, taken, pid, Expect::Exactly(expected))?
                 .is_ok()
             {
                 return Ok(Ok(Some(new)));
@@ -418,7 +425,7 @@ impl<'m> ValueTable<'m> {
     }
 
     /// Takes a block and writes `key` and `value` into it.
-    fn fill(&self, key: &[u8], value: &[u8], pid: u32) -> Result<Taken, ShmError> {
+    fn fill(&self, key: &[u8], hash: u64, value: &[u8], pid: u32) -> Result<Taken, ShmError> {
         if key.len() > MAX_KEY {
             return Err(ShmError::KeyTooLong {
                 len: key.len(),
@@ -446,7 +453,7 @@ impl<'m> ValueTable<'m> {
         };
         let b = taken.block;
         let header = block::header(self.mem, b);
-        header.hash.store(block::key_hash(key), Ordering::Relaxed);
+        header.hash.store(hash, Ordering::Relaxed);
         header.key_len.store(key.len() as u64, Ordering::Relaxed);
         header
             .value_len
@@ -463,11 +470,12 @@ impl<'m> ValueTable<'m> {
     fn publish(
         &self,
         key: &[u8],
+        hash: u64,
         taken: Taken,
         pid: u32,
         expect: Expect,
     ) -> Result<Result<Stored, Conflict>, ShmError> {
-        let result = self.try_publish(key, taken, pid, expect);
+        let result = self.try_publish(key, hash, taken, pid, expect);
         if !matches!(result, Ok(Ok(_))) {
             self.arena().free(
                 taken.block,
@@ -483,11 +491,11 @@ impl<'m> ValueTable<'m> {
     fn try_publish(
         &self,
         key: &[u8],
+        hash: u64,
         taken: Taken,
         pid: u32,
         expect: Expect,
     ) -> Result<Result<Stored, Conflict>, ShmError> {
-        let hash = block::key_hash(key);
         let new = self.layout.handle(taken.generation, taken.block);
         let mut last = None;
         loop {
