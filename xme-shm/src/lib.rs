@@ -28,7 +28,17 @@
 //! CASes on one word (generation | owner pid | state). So a process killed at any
 //! instruction leaves every key with its old or its new whole value and holds
 //! no lock; at worst it leaves a block marked as being written by a dead pid,
-//! which [`Manager::sweep`] frees (and which a full arena sweeps by itself).
+//! a page's count off by one, or a delete half done, which the next taker of
+//! the lock it held finishes and [`Manager::sweep`] cleans (a full arena
+//! sweeps by itself): after a sweep, every page in use holds a live entry.
+//!
+//! # Nothing ages
+//! A delete moves the keys after it back along their probe chains, so the
+//! table is always what inserting its keys into a fresh one would give:
+//! probes do not lengthen however many keys came and went
+//! ([`Manager::table_stats`]). Block generations have 40 bits (a handle
+//! keeps at least 32), so a stalled `update_with` notices its key changed
+//! across any realistic number of writes.
 //!
 //! # Limits
 //! - Capacity (live keys) and arena size are fixed at build time; past them,
@@ -64,6 +74,8 @@ mod buffer;
 #[cfg(not(loom))]
 mod calls;
 mod error;
+#[doc(hidden)]
+pub mod hooks;
 #[cfg(not(loom))]
 mod manager;
 mod primitive;
@@ -84,7 +96,7 @@ pub use manager::{
 pub use raw::RawValue;
 pub use store::arena::ArenaStats;
 pub use store::layout::{Layout, MAX_BLOCK, PAGE_BYTES};
-pub use store::table::MAX_KEY;
+pub use store::table::{MAX_KEY, TableStats};
 pub use xme_core::{Operator, SharedRegion};
 #[cfg(not(loom))]
 pub use xme_exec::Context;

@@ -26,3 +26,17 @@ pub(crate) unsafe fn view_words<T>(words: &[AtomicU64]) -> &T {
     // is the caller's promise (see # Safety); the reference borrows `words`.
     unsafe { &*(words.as_ptr() as *const T) }
 }
+
+/// One turn of a wait loop: a spin hint, or under loom a yield (so that a
+/// model lets the awaited thread run).
+#[inline]
+pub(crate) fn spin() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::hint::spin_loop();
+}
+
+/// Turns a wait loop spins before it waits some other way (fewer in models,
+/// where each turn is explored).
+pub(crate) const SPINS: u32 = if cfg!(loom) { 2 } else { 1024 };

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::frame::{decode_reply, encode_request, push_frame, read_frame};
+use super::frame::{HELLO, decode_reply, encode_request, push_frame, read_frame};
 use super::stream::Stream;
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::{Codec, MonitorError};
@@ -156,11 +156,31 @@ impl Client {
                 doing: "starting the RPC client thread",
                 source,
             })?;
-        Ok(Client {
+        let client = Client {
             inner,
             control,
             reader: Some(reader),
-        })
+        };
+        // Authenticate the connection at once: a server closes one whose
+        // first request does not come within its read timeout (and gives
+        // its place to a newer one when full). The reply has no caller.
+        client.send(&new_mark()?, HELLO, Value::Null)?;
+        Ok(client)
+    }
+
+    /// Sends one request under `mark`.
+    fn send(&self, mark: &str, function: &str, args: Value) -> Result<(), MonitorError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let frame = encode_request(&*self.inner.codec, mark, now, function, args)?;
+        let mut w = lock(&self.inner.writer);
+        push_frame(&mut *w, &frame)
+            .and_then(|()| w.flush())
+            .map_err(|source| MonitorError::Io {
+                doing: "sending an RPC request",
+                source,
+            })
     }
 
     /// Sends a call of `function` with `args` and returns at once; take the
@@ -178,10 +198,6 @@ impl Client {
             source,
         })?;
         let mark = new_mark()?;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let frame = encode_request(&*self.inner.codec, &mark, now, function, args)?;
         let (tx, rx) = mpsc::sync_channel(1);
         lock(&self.inner.pending).insert(mark.clone(), tx);
         // The reader may have ended between the check above and the insert:
@@ -190,16 +206,18 @@ impl Client {
             lock(&self.inner.pending).remove(&mark);
             return Err(MonitorError::ConnectionClosed(why));
         }
-        let sent = {
-            let mut w = lock(&self.inner.writer);
-            push_frame(&mut *w, &frame).and_then(|()| w.flush())
-        };
-        if let Err(source) = sent {
+        if let Err(e) = self.send(&mark, function, args) {
             lock(&self.inner.pending).remove(&mark);
-            return Err(MonitorError::Io {
-                doing: "sending an RPC request",
-                source,
-            });
+            // A server that refused the connection said why before closing
+            // it: the reader thread is about to record it.
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(1) {
+                if let Some(why) = lock(&self.inner.closed).clone() {
+                    return Err(MonitorError::ConnectionClosed(why));
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return Err(e);
         }
         Ok(PendingReply {
             function: function.to_string(),

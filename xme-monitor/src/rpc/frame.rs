@@ -7,6 +7,11 @@ use serde_json::{Value, json};
 
 use crate::{Codec, Message, MonitorError};
 
+/// The function name of a client's hello: the request a client sends as it
+/// connects, so that its connection authenticates at once (answered with
+/// `null`, whatever functions the server has).
+pub(crate) const HELLO: &str = "";
+
 /// Reads one frame; `Ok(None)` at a clean end of stream.
 pub(crate) fn read_frame(r: &mut impl Read, max: usize) -> Result<Option<Vec<u8>>, MonitorError> {
     let mut len = [0u8; 4];

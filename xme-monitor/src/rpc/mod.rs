@@ -7,6 +7,9 @@
 //! the epoch>, "fun": <name>, "args": <JSON>}`; its reply carries the same
 //! mark and either `"ok": <JSON>` or `"err": {"kind": …, "message": …}`.
 //! Marks let one connection carry many calls at once, from several threads.
+//! A client's first request, as it connects, calls the function `""` (a
+//! hello, answered with `null`), so that its connection authenticates at
+//! once (see [`Server`] for what an unauthenticated connection may hold).
 //!
 //! Built on std's blocking sockets and threads, started only by
 //! [`Server::serve_tcp`]/[`Server::serve_unix`] and [`Client`] (no runtime
@@ -34,6 +37,7 @@
 
 mod client;
 mod frame;
+mod replays;
 mod server;
 mod stream;
 

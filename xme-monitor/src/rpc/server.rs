@@ -1,12 +1,11 @@
 //! The RPC server: typed functions by name, one thread per connection.
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet};
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,41 +14,48 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use super::frame::{decode_request, encode_reply, push_frame, read_frame};
+use super::frame::{HELLO, decode_request, encode_reply, push_frame, read_frame};
+use super::replays::{MARK_BYTES, Replays};
 use super::stream::Stream;
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::{Codec, MonitorError};
 
 type Handler = Arc<dyn Fn(Value) -> Result<Value, (&'static str, String)> + Send + Sync>;
 
-/// How far a request's time may be from the server's clock. A mark is
-/// remembered for as long as its request's time is admissible (until that
-/// time plus the window has passed), so a replay within it is refused as a
-/// replay and one after it as stale.
-const REPLAY_WINDOW_MS: u64 = 5 * 60 * 1000;
-/// Default number of marks remembered at once ([`Server::replay_memory`]).
-pub const DEFAULT_REPLAY_MEMORY: usize = 1 << 20;
+/// Default bytes of memory for request marks ([`Server::replay_memory_bytes`]):
+/// about a million marks.
+pub const DEFAULT_REPLAY_MEMORY_BYTES: usize = 128 << 20;
 /// Default bound on open connections ([`Server::max_connections`]).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Default wait for the next request on an idle connection ([`Server::idle_timeout`]).
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-/// Default time a frame's bytes may take to arrive once it began ([`Server::read_timeout`]).
+/// Default time a whole frame may take to arrive from its first byte ([`Server::read_timeout`]).
 pub const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time a reply may take to leave ([`Server::write_timeout`]).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default largest frame before a connection's first request authenticates
 /// ([`Server::max_unauthenticated_frame`]).
 pub const DEFAULT_MAX_UNAUTHENTICATED_FRAME: usize = 64 << 10;
+/// How long a shutdown lets replies drain to their peers once every call in
+/// flight has finished, before it cuts the connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// An RPC server: register functions, then serve them on a TCP address or a
 /// Unix socket path.
 ///
-/// What a peer without the key can do is bounded: at most
-/// [`max_connections`](Self::max_connections) connections (more are refused
-/// with a reply saying so), each closed after
-/// [`idle_timeout`](Self::idle_timeout) without a request or when a frame
-/// takes longer than [`read_timeout`](Self::read_timeout) to arrive, and each
-/// holding at most [`max_unauthenticated_frame`](Self::max_unauthenticated_frame)
-/// bytes until one of its requests authenticates. Replayed requests are
-/// refused (see [`replay_memory`](Self::replay_memory)).
+/// What a peer without the key can do is bounded: it holds a connection
+/// (one thread) for at most [`read_timeout`](Self::read_timeout) from its
+/// connect unless its first request authenticates, and at most
+/// [`max_unauthenticated_frame`](Self::max_unauthenticated_frame) bytes
+/// meanwhile; when all [`max_connections`](Self::max_connections) are
+/// taken, a new connection replaces the oldest one that has not
+/// authenticated, so such peers never keep a client with the key out (only
+/// connections that all authenticated make a new one refused, with a reply
+/// saying so). Every frame must arrive whole within `read_timeout` of its
+/// first byte, every reply leave within [`write_timeout`](Self::write_timeout),
+/// and an authenticated connection is closed after
+/// [`idle_timeout`](Self::idle_timeout) without a request. Replayed
+/// requests are refused (see [`replay_memory_bytes`](Self::replay_memory_bytes)).
 pub struct Server {
     functions: HashMap<String, Handler>,
     codec: Arc<dyn Codec>,
@@ -63,7 +69,8 @@ struct Limits {
     max_connections: usize,
     idle_timeout: Duration,
     read_timeout: Duration,
-    replay_memory: usize,
+    write_timeout: Duration,
+    replay_memory_bytes: usize,
 }
 
 impl std::fmt::Debug for Server {
@@ -82,75 +89,35 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Marks of requests whose time is still admissible, server-wide.
-struct Replays {
-    /// Marks of admitted requests whose time is still admissible.
-    seen: HashSet<String>,
-    /// The same marks by expiry, soonest first.
-    expiry: BinaryHeap<Reverse<(u64, String)>>,
-    capacity: usize,
+/// What the server knows of one connection.
+struct Connection {
+    /// A clone of its socket, to shut it down from outside its thread.
+    control: Stream,
+    thread: JoinHandle<()>,
+    state: Arc<ConnectionState>,
 }
 
-impl Replays {
-    fn new(capacity: usize) -> Replays {
-        Replays {
-            seen: HashSet::new(),
-            expiry: BinaryHeap::new(),
-            capacity,
-        }
-    }
-
-    /// `Err` with the kind and reason if the request must be refused.
-    fn admit(&mut self, mark: &str, time_ms: u64, now: u64) -> Result<(), (&'static str, String)> {
-        // Forget only marks whose requests can no longer be admitted anyway.
-        while let Some(Reverse((until, _))) = self.expiry.peek() {
-            if *until >= now {
-                break;
-            }
-            let Reverse((_, old)) = self.expiry.pop().expect("peeked");
-            self.seen.remove(&old);
-        }
-        if time_ms.abs_diff(now) > REPLAY_WINDOW_MS {
-            return Err((
-                "stale",
-                format!(
-                    "request time {time_ms} is more than {REPLAY_WINDOW_MS} ms from the server's clock {now}"
-                ),
-            ));
-        }
-        if self.seen.contains(mark) {
-            return Err((
-                "replayed",
-                format!("mark {mark} was already used: a replayed request"),
-            ));
-        }
-        if self.seen.len() >= self.capacity {
-            // Forgetting a live mark would let its request be replayed: refuse instead.
-            return Err((
-                "busy",
-                format!(
-                    "the server remembers {} request marks of the last {} s and can take no more; try again later",
-                    self.capacity,
-                    REPLAY_WINDOW_MS / 1000
-                ),
-            ));
-        }
-        self.seen.insert(mark.to_string());
-        self.expiry
-            .push(Reverse((time_ms + REPLAY_WINDOW_MS, mark.to_string())));
-        Ok(())
-    }
+struct ConnectionState {
+    accepted: Instant,
+    /// Whether one of its requests authenticated.
+    authenticated: AtomicBool,
+    /// Whether a newer connection took its place.
+    evicted: AtomicBool,
+    /// Whether one of its calls is running (or its reply being made).
+    in_call: AtomicBool,
 }
 
 struct Shared {
     functions: HashMap<String, Handler>,
     codec: Arc<dyn Codec>,
     limits: Limits,
-    /// Connections being served.
-    open: AtomicUsize,
     replays: Mutex<Replays>,
     stopping: AtomicBool,
-    connections: Mutex<Vec<(Stream, JoinHandle<()>)>>,
+    connections: Mutex<Vec<Connection>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Server {
@@ -165,7 +132,8 @@ impl Server {
                 max_connections: DEFAULT_MAX_CONNECTIONS,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 read_timeout: DEFAULT_READ_TIMEOUT,
-                replay_memory: DEFAULT_REPLAY_MEMORY,
+                write_timeout: DEFAULT_WRITE_TIMEOUT,
+                replay_memory_bytes: DEFAULT_REPLAY_MEMORY_BYTES,
             },
         }
     }
@@ -188,38 +156,52 @@ impl Server {
         self
     }
 
-    /// Connections served at once (default 256), one thread each. A
-    /// connection past the bound gets a `refused` reply and is closed; its
-    /// client's calls fail with [`MonitorError::ConnectionClosed`] saying so.
+    /// Connections served at once (default 256), one thread each. Past the
+    /// bound, a new connection takes the place of the oldest one whose
+    /// first request has not authenticated (which gets an `evicted` reply
+    /// and is closed); if all authenticated, the new one gets a `refused`
+    /// reply and is closed. Either client's calls fail with
+    /// [`MonitorError::ConnectionClosed`] saying so.
     #[must_use]
     pub fn max_connections(mut self, connections: usize) -> Server {
         self.limits.max_connections = connections.max(1);
         self
     }
 
-    /// How long a connection may wait between requests before the server
-    /// closes it (default 5 minutes).
+    /// How long an authenticated connection may wait between requests
+    /// before the server closes it (default 5 minutes).
     #[must_use]
     pub fn idle_timeout(mut self, idle: Duration) -> Server {
         self.limits.idle_timeout = idle.max(Duration::from_millis(1));
         self
     }
 
-    /// How long the rest of a frame may take to arrive once its first byte
-    /// did (default 30 s); a slower connection is closed.
+    /// How long a whole frame may take to arrive, from its first byte
+    /// (default 30 s), and a connection's first frame from its connect: a
+    /// slower connection is closed, however its bytes trickle in.
     #[must_use]
     pub fn read_timeout(mut self, wait: Duration) -> Server {
         self.limits.read_timeout = wait.max(Duration::from_millis(1));
         self
     }
 
-    /// Request marks remembered at once (default 2^20). A mark is kept while
-    /// its request's time is within 5 minutes of the server's clock; when the
-    /// memory is full, new requests are refused (`busy`) rather than a mark
-    /// forgotten early.
+    /// How long a reply may take to leave (default 30 s): a peer that stops
+    /// reading has its connection closed then, and never holds a thread
+    /// (or a shutdown) longer.
     #[must_use]
-    pub fn replay_memory(mut self, marks: usize) -> Server {
-        self.limits.replay_memory = marks.max(1);
+    pub fn write_timeout(mut self, wait: Duration) -> Server {
+        self.limits.write_timeout = wait.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Bytes of memory for the marks of requests already served (default
+    /// 128 MiB, about a million marks; each costs at most 128 bytes,
+    /// whatever its length). A mark is kept while its request's time is
+    /// within 5 minutes of the server's clock; when the memory is full, new
+    /// requests are refused (`busy`) rather than a mark forgotten early.
+    #[must_use]
+    pub fn replay_memory_bytes(mut self, bytes: usize) -> Server {
+        self.limits.replay_memory_bytes = bytes.max(MARK_BYTES);
         self
     }
 
@@ -248,8 +230,7 @@ impl Server {
             functions: self.functions,
             codec: self.codec,
             limits: self.limits,
-            open: AtomicUsize::new(0),
-            replays: Mutex::new(Replays::new(self.limits.replay_memory)),
+            replays: Mutex::new(Replays::new(self.limits.replay_memory_bytes)),
             stopping: AtomicBool::new(false),
             connections: Mutex::default(),
         })
@@ -356,130 +337,163 @@ fn bind_unix(path: &Path) -> Result<UnixListener, MonitorError> {
     }
 }
 
-/// Tells a connection past the bound why it is closed, then closes it.
-fn refuse_connection(shared: &Shared, mut stream: Stream) {
-    let why = format!(
-        "the server serves at most {} connections at once; try again later",
-        shared.limits.max_connections
-    );
-    log::warn!("xme rpc: refused a connection: {why}");
-    if let Ok(reply) = encode_reply(&*shared.codec, "", Err(("refused", why))) {
-        stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = push_frame(&mut stream, &reply).and_then(|()| stream.flush());
+/// Tells a connection why it is closed (`kind`: refused, evicted), then
+/// closes it. Sent only on a connection that has had no reply.
+fn refuse_connection(shared: &Shared, stream: &mut Stream, kind: &'static str, why: String) {
+    log::warn!("xme rpc: {kind} a connection: {why}");
+    if let Ok(reply) = encode_reply(&*shared.codec, "", Err((kind, why))) {
+        stream.set_write_timeout(Some(Duration::from_millis(100)));
+        let _ = push_frame(stream, &reply).and_then(|()| stream.flush());
     }
     stream.shutdown(Shutdown::Both);
 }
 
-/// Counts a connection as open until dropped.
-struct OpenConnection<'a>(&'a AtomicUsize);
-
-impl Drop for OpenConnection<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+fn start_connection(shared: &Arc<Shared>, mut stream: Stream) {
+    let mut conns = lock(&shared.connections);
+    conns.retain(|c| !c.thread.is_finished());
+    let open = conns
+        .iter()
+        .filter(|c| !c.state.evicted.load(Ordering::Acquire))
+        .count();
+    if open >= shared.limits.max_connections {
+        // A connection that has not authenticated gives its place: peers
+        // without the key never keep one with it out.
+        let oldest = conns
+            .iter()
+            .filter(|c| {
+                !c.state.authenticated.load(Ordering::Acquire)
+                    && !c.state.evicted.load(Ordering::Acquire)
+            })
+            .min_by_key(|c| c.state.accepted);
+        match oldest.and_then(|c| Some((c.control.try_clone().ok()?, c))) {
+            Some((mut victim, c)) => {
+                c.state.evicted.store(true, Ordering::Release);
+                let why = format!(
+                    "the server serves at most {} connections at once, and a newer one took this one's place before its first request authenticated",
+                    shared.limits.max_connections
+                );
+                refuse_connection(shared, &mut victim, "evicted", why);
+            }
+            None => {
+                drop(conns);
+                let why = format!(
+                    "the server serves at most {} connections at once; try again later",
+                    shared.limits.max_connections
+                );
+                refuse_connection(shared, &mut stream, "refused", why);
+                return;
+            }
+        }
     }
-}
-
-fn start_connection(shared: &Arc<Shared>, stream: Stream) {
-    if shared.open.fetch_add(1, Ordering::AcqRel) >= shared.limits.max_connections {
-        shared.open.fetch_sub(1, Ordering::AcqRel);
-        refuse_connection(shared, stream);
-        return;
-    }
-    // Wakes a blocked read at least this often, so the idle clock is checked.
-    let tick = shared.limits.read_timeout.min(shared.limits.idle_timeout);
-    stream.set_read_timeout(Some(tick));
     let Ok(control) = stream.try_clone() else {
-        shared.open.fetch_sub(1, Ordering::AcqRel);
         log::error!("xme rpc: could not clone a connection; closing it");
         return;
     };
-    let s = shared.clone();
+    let state = Arc::new(ConnectionState {
+        accepted: Instant::now(),
+        authenticated: AtomicBool::new(false),
+        evicted: AtomicBool::new(false),
+        in_call: AtomicBool::new(false),
+    });
+    let (s, st) = (shared.clone(), state.clone());
     match std::thread::Builder::new()
         .name("xme-rpc-conn".into())
-        .spawn(move || {
-            let _open = OpenConnection(&s.open);
-            serve_connection(&s, stream)
-        }) {
-        Ok(handle) => {
-            let mut conns = shared.connections.lock().unwrap_or_else(|e| e.into_inner());
-            conns.retain(|(_, h)| !h.is_finished());
-            conns.push((control, handle));
-        }
-        Err(e) => {
-            shared.open.fetch_sub(1, Ordering::AcqRel);
-            log::error!("xme rpc: could not start a connection thread: {e}");
-        }
+        .spawn(move || serve_connection(&s, &st, stream))
+    {
+        Ok(thread) => conns.push(Connection {
+            control,
+            thread,
+            state,
+        }),
+        Err(e) => log::error!("xme rpc: could not start a connection thread: {e}"),
     }
 }
 
-/// Waits for the first byte of the next frame: `Ok(false)` at the end of
-/// the stream, an error once the connection was idle too long.
-fn wait_for_request(reader: &mut BufReader<Stream>, idle: Duration) -> Result<bool, MonitorError> {
-    let start = Instant::now();
-    loop {
-        match reader.fill_buf() {
-            Ok(b) => return Ok(!b.is_empty()),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if start.elapsed() >= idle {
-                    return Err(MonitorError::Io {
-                        doing: "waiting for the next request",
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("idle for {idle:?}"),
-                        ),
-                    });
+/// A socket whose reads end at a deadline: each read waits at most for
+/// what is left, so a frame's bytes trickling in cannot stretch it.
+struct Timed {
+    stream: Stream,
+    deadline: Option<Instant>,
+    /// What the deadline applies to, for the error.
+    what: &'static str,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(deadline) = self.deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("{} did not arrive in time", self.what),
+                    ));
                 }
+                self.stream
+                    .set_read_timeout(Some(left.max(Duration::from_millis(1))));
             }
-            Err(source) => {
-                return Err(MonitorError::Io {
-                    doing: "waiting for the next request",
-                    source,
-                });
+            match self.stream.read(buf) {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) => {} // the deadline decides
+                other => return other,
             }
         }
     }
 }
 
 /// Reads requests and answers them in order until the client closes, a
-/// frame is bad, or the server shuts down (after the request in hand).
-fn serve_connection(s: &Shared, stream: Stream) {
+/// frame is bad or late, a reply cannot leave, or the server shuts down
+/// (after the request in hand).
+fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::with_capacity(64 * 1024, stream);
+    write_half.set_write_timeout(Some(s.limits.write_timeout));
+    let timed = Timed {
+        stream,
+        deadline: None,
+        what: "the first request",
+    };
+    let mut reader = BufReader::with_capacity(64 * 1024, timed);
     let mut writer = BufWriter::with_capacity(64 * 1024, write_half);
-    // Until a request authenticates, frames are capped small: a peer
-    // without the key cannot make the server hold much.
-    let mut authenticated = false;
+    // Until a request authenticates, frames are capped small and the first
+    // one must arrive within the read timeout of the connect: a peer
+    // without the key cannot make the server hold much, or for long.
+    let first_frame_by = state.accepted + s.limits.read_timeout;
     loop {
+        let authenticated = state.authenticated.load(Ordering::Relaxed);
         let max = if authenticated {
             s.limits.max_frame
         } else {
             s.limits.max_unauthenticated_frame.min(s.limits.max_frame)
         };
-        let tick = s.limits.read_timeout.min(s.limits.idle_timeout);
-        let body = match wait_for_request(&mut reader, s.limits.idle_timeout).and_then(|more| {
-            if !more {
-                return Ok(None);
+        // What the next reads must get by when.
+        let deadline = |after: Duration, what| {
+            let t = if authenticated {
+                (Instant::now() + after, what)
+            } else {
+                (first_frame_by, "the first request")
+            };
+            (Some(t.0), t.1)
+        };
+        let t = reader.get_mut();
+        (t.deadline, t.what) = deadline(s.limits.idle_timeout, "the next request");
+        match reader.fill_buf() {
+            Ok([]) => break,
+            Ok(_) => {}
+            Err(e) => {
+                log::warn!("xme rpc: closing a connection: {e}");
+                break;
             }
-            // The frame's bytes get the read timeout, not the idle tick.
-            if tick != s.limits.read_timeout {
-                reader
-                    .get_ref()
-                    .set_read_timeout(Some(s.limits.read_timeout));
-            }
-            let frame = read_frame(&mut reader, max);
-            if tick != s.limits.read_timeout {
-                reader.get_ref().set_read_timeout(Some(tick));
-            }
-            frame
-        }) {
+        }
+        let t = reader.get_mut();
+        (t.deadline, t.what) = deadline(s.limits.read_timeout, "a whole frame");
+        let body = match read_frame(&mut reader, max) {
             Ok(Some(body)) => body,
             Ok(None) => break,
             Err(e) => {
@@ -488,23 +502,25 @@ fn serve_connection(s: &Shared, stream: Stream) {
             }
         };
         let request = match decode_request(&*s.codec, &body) {
-            Ok(r) => {
-                authenticated = true;
-                r
-            }
+            Ok(r) => r,
             Err(e) => {
                 // Unauthenticated or malformed: no reply, the connection ends.
                 log::error!("xme rpc: closing a connection after a bad request: {e}");
                 break;
             }
         };
-        let admitted = s.replays.lock().unwrap_or_else(|e| e.into_inner()).admit(
-            &request.mark,
-            request.time_ms,
-            now_ms(),
-        );
+        state.authenticated.store(true, Ordering::Release);
+        if state.evicted.load(Ordering::Acquire) {
+            break; // replaced just before its request authenticated
+        }
+        if s.stopping.load(Ordering::Acquire) {
+            break; // shutting down: no new call starts
+        }
+        let admitted = lock(&s.replays).admit(&request.mark, request.time_ms, now_ms());
+        state.in_call.store(true, Ordering::Release);
         let result = match admitted {
             Err(refused) => Err(refused),
+            Ok(()) if request.fun == HELLO => Ok(Value::Null),
             Ok(()) => match s.functions.get(&request.fun) {
                 Some(f) => f(request.args),
                 None => Err((
@@ -522,13 +538,21 @@ fn serve_connection(s: &Shared, stream: Stream) {
                 }
             }
         };
-        if push_frame(&mut writer, &reply).is_err() {
-            break;
-        }
-        // Flush once the requests already received are answered: pipelined
-        // calls share one write.
-        if reader.buffer().is_empty() && writer.flush().is_err() {
-            break;
+        state.in_call.store(false, Ordering::Release);
+        // A write that does not finish within the write timeout fails: the
+        // peer stopped reading. Flush once the requests already received
+        // are answered: pipelined calls share one write.
+        let sent = push_frame(&mut writer, &reply).and_then(|()| {
+            if reader.buffer().is_empty() {
+                writer.flush()
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(e) = sent {
+            log::warn!("xme rpc: closing a connection: a reply could not be sent: {e}");
+            writer.get_ref().abort();
+            return;
         }
     }
     let _ = writer.flush();
@@ -536,8 +560,10 @@ fn serve_connection(s: &Shared, stream: Stream) {
 }
 
 /// A running server. [`shutdown`](Self::shutdown) (or dropping it) stops
-/// accepting, lets every call in flight finish and send its reply, then
-/// closes every connection.
+/// accepting and starts no new call, lets every call in flight finish, gives
+/// the replies half a second to leave, then closes every connection (a peer
+/// that does not read holds it no longer: it returns within about half a
+/// second of the last running call, whatever the peers do).
 #[must_use = "dropping a ServerHandle shuts the server down"]
 pub struct ServerHandle {
     shared: Arc<Shared>,
@@ -584,17 +610,31 @@ impl ServerHandle {
             let _ = UnixStream::connect(path);
         }
         let _ = accept.join();
-        let conns = std::mem::take(
-            &mut *self
-                .shared
-                .connections
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for (stream, handle) in conns {
-            // No more requests; the one being served still gets its reply.
-            stream.shutdown(Shutdown::Read);
-            let _ = handle.join();
+        let conns = std::mem::take(&mut *lock(&self.shared.connections));
+        // No more requests; the ones being served still get their replies,
+        // for as long as their calls run and a grace period after, then the
+        // connections are cut (a peer that does not read cannot hold a
+        // writing thread, so the shutdown returns whatever the peers do).
+        for c in &conns {
+            c.control.shutdown(Shutdown::Read);
+        }
+        let mut calls_done = Instant::now();
+        while conns.iter().any(|c| !c.thread.is_finished()) {
+            if conns
+                .iter()
+                .any(|c| !c.thread.is_finished() && c.state.in_call.load(Ordering::Acquire))
+            {
+                calls_done = Instant::now();
+            } else if calls_done.elapsed() >= SHUTDOWN_GRACE {
+                for c in &conns {
+                    c.control.abort();
+                }
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        for c in conns {
+            let _ = c.thread.join();
         }
         if let Some(path) = &self.path {
             let _ = std::fs::remove_file(path);
@@ -605,50 +645,5 @@ impl ServerHandle {
 impl Drop for ServerHandle {
     fn drop(&mut self) {
         self.stop();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MIN: u64 = 60 * 1000;
-
-    #[test]
-    fn a_mark_is_remembered_while_its_time_is_admissible() {
-        let mut r = Replays::new(100);
-        let now = 1_000 * MIN;
-        // A request stamped 4 minutes ahead of the server's clock.
-        r.admit("ahead", now + 4 * MIN, now).unwrap();
-        // 305 s later its time is still admissible: a replay is refused as one.
-        let later = now + 5 * MIN + 5_000;
-        assert_eq!(
-            r.admit("ahead", now + 4 * MIN, later).unwrap_err().0,
-            "replayed"
-        );
-        // Once its time is past the window, it is refused as stale.
-        let much_later = now + 9 * MIN + 1;
-        assert_eq!(
-            r.admit("ahead", now + 4 * MIN, much_later).unwrap_err().0,
-            "stale"
-        );
-        // ... and only then forgotten.
-        assert!(!r.seen.contains("ahead"));
-    }
-
-    #[test]
-    fn a_full_memory_refuses_new_requests_and_forgets_nothing_early() {
-        let mut r = Replays::new(3);
-        let now = 1_000 * MIN;
-        for m in ["a", "b", "c"] {
-            r.admit(m, now, now).unwrap();
-        }
-        let (kind, why) = r.admit("d", now, now + 1).unwrap_err();
-        assert_eq!(kind, "busy", "{why}");
-        for m in ["a", "b", "c"] {
-            assert_eq!(r.admit(m, now, now + 2).unwrap_err().0, "replayed");
-        }
-        // When the old marks' times pass the window, room is made again.
-        r.admit("d", now + 6 * MIN, now + 6 * MIN).unwrap();
     }
 }

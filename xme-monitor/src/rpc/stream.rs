@@ -34,6 +34,31 @@ impl Stream {
         };
     }
 
+    /// Ends the connection now: a TCP socket is reset when closed (its
+    /// unsent bytes dropped, so a peer that stopped reading does not keep it
+    /// in the kernel), and both directions shut.
+    pub fn abort(&self) {
+        if let Stream::Tcp(s) = self {
+            use std::os::fd::AsRawFd;
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            // SAFETY: a valid socket descriptor (borrowed from `s`), and a
+            // `linger` value whose size is passed with it.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    std::ptr::from_ref(&linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+        self.shutdown(Shutdown::Both);
+    }
+
     pub fn shutdown(&self, how: Shutdown) {
         let _ = match self {
             Stream::Tcp(s) => s.shutdown(how),

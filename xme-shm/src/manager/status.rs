@@ -1,14 +1,24 @@
 //! The status table (`__STATUS__`, one key per operator, pruned past
 //! `status_keep`) and the Guard's status (`__GUARD__`).
 
-use super::*;
+use std::sync::atomic::Ordering;
+
+use xme_core::{Operator, process};
+
+use super::keys::{
+    GUARD_KEY, GuardTable, ProcessStatus, STATUS_PREFIX, StatusTable, decode, encode,
+    is_status_key, status_key, status_limit,
+};
+use super::{Manager, ManagerHeader};
+use crate::ShmError;
+use crate::store::table::Stored;
 
 impl Manager {
     /// Records `status` for `op` in `__STATUS__` (the seed's `status`).
     ///
     /// Each operator's entry is a key of its own: recording never fails for
     /// the status table's size. Past the builder's
-    /// [`status_keep`](XmemBuilder::status_keep) plus a quarter, the oldest
+    /// [`status_keep`](crate::XmemBuilder::status_keep) plus a quarter, the oldest
     /// entries are pruned (ended processes' first).
     ///
     /// # Errors
@@ -34,10 +44,11 @@ impl Manager {
     pub(crate) fn record_status_as(
         &self,
         op: Operator,
-        entry: ProcessStatus,
+        mut entry: ProcessStatus,
         beat: bool,
     ) -> Result<(), ShmError> {
         let key = status_key(op);
+        entry.serial = self.header().status_serial.fetch_add(1, Ordering::Relaxed) + 1;
         let bytes = encode(&key, &entry)?;
         let pid = process::current_pid();
         let store = || -> Result<Stored, ShmError> {
@@ -97,15 +108,24 @@ impl Manager {
             return; // another process prunes
         };
         let keep = header.status_keep.load(Ordering::Relaxed) as usize;
-        let Ok(entries) = self.table().entries_where(is_status_key) else {
+        let Ok(entries) = self
+            .table()
+            .entries_where(is_status_key, process::current_pid())
+        else {
             return;
         };
+        // Most entries share a few pids: ask the kernel once for each.
+        let mut alive = std::collections::HashMap::new();
         let mut entries: Vec<(bool, u64, String)> = entries
             .into_iter()
             .map(|(key, bytes)| {
                 let s = decode::<ProcessStatus>(&key, &bytes).ok();
-                let running = s.as_ref().is_some_and(|s| process::is_alive(s.pid as i32));
-                (running, s.map_or(0, |s| s.time_ms), key)
+                let running = s.as_ref().is_some_and(|s| {
+                    *alive
+                        .entry(s.pid)
+                        .or_insert_with(|| process::is_alive(s.pid as i32))
+                });
+                (running, s.map_or(0, |s| s.serial), key)
             })
             .collect();
         let total = entries.len();
@@ -142,7 +162,7 @@ impl Manager {
     /// ```
     pub fn statuses(&self) -> Result<StatusTable, ShmError> {
         self.table()
-            .entries_where(is_status_key)?
+            .entries_where(is_status_key, process::current_pid())?
             .into_iter()
             .map(|(key, bytes)| {
                 let op = key[STATUS_PREFIX.len()..]

@@ -1,85 +1,43 @@
 //! The arena: pages that each hold blocks of one size class, or belong to
 //! one *extent* (a run of pages holding one entry larger than a class block).
 //!
-//! Every page has a role word outside its data, `epoch:32 | count:16 |
-//! role:8`: FREE, a size class (with `count` blocks taken or reserved),
-//! INIT (being set up under the page lock), or the HEAD or a TAIL of an
-//! extent. A page's role changes only with one CAS that also moves its epoch,
-//! and readers re-check the role word with the block's meta, so a handle from
-//! a page's earlier life never reads as valid.
-//!
-//! - Taking a block of a class: reserve one in a page of the class (CAS on
-//!   the role word, `count + 1`; a page with a reservation cannot be freed),
-//!   then take a FREE block by CAS on its meta (`FREE → WRITING(pid)`),
-//!   found through the page's bitmap of hints.
+//! - Taking a block of a class: in a page of the class (its role word, see
+//!   `page.rs`), take a FREE block by CAS on its meta (`FREE → WRITING(pid)`,
+//!   found through the page's bitmap of hints), then count it with a CAS on
+//!   the role word that also checks the page is still in the same life. The
+//!   block names its taker from its first instant, so a taker killed before
+//!   counting leaves only a block `WRITING` by a dead pid, which the sweep
+//!   frees, and a count one too low, which the next close makes exact.
 //! - Freeing a block: CAS its meta to FREE with the next generation, then
-//!   `count - 1`; the CAS that takes a page's count to 0 also makes the page
-//!   FREE (except the class's current page, kept to avoid churn).
+//!   count it out; a count that reaches 0 (except on the class's current
+//!   page) closes the page.
+//! - Closing a class page (under the page lock): CAS its role to CLOSING,
+//!   count the blocks that are not FREE, and store FREE (the next epoch) if
+//!   there are none, else the class with the exact count. A taker that
+//!   counts after the CLOSING CAS sees it and waits for the closer (taking
+//!   the page lock); one that counted before it made the closer's CAS fail
+//!   or happened before its count (the role word's RMWs are ordered). The
+//!   sweep closes every class page this way, so after it the counts are
+//!   exact and an empty page is free, whatever processes were killed where.
 //! - Giving a FREE page to a class, making an extent and freeing one happen
 //!   under the page lock (a pid-named word): they are rare, and a holder that
-//!   died leaves only INIT pages, orphan TAILs or a freed HEAD, which the next
-//!   holder repairs. Class pages are taken from the low end of the arena,
-//!   extents from the high end, so small blocks do not split the runs large
-//!   values need.
+//!   died leaves only INIT or CLOSING pages, orphan TAILs or a freed HEAD,
+//!   which the next holder repairs. Class pages are taken from the low end of
+//!   the arena, extents from the high end, so small blocks do not split the
+//!   runs large values need.
 //!
-//! A process killed anywhere leaves at worst a block `WRITING` by a dead pid
-//! (freed by [`Arena::sweep`], or marked `LIVE` if it had been published), or
-//! a page's count one too high (the page keeps serving its class).
+//! Generations: a page's blocks start each life at the page's generation
+//! floor, which a page leaving a life raises above every generation its
+//! blocks had, and each free moves a block's generation on by one (40 bits).
 
 use crate::ShmError;
+use crate::hooks::{self, Window};
 use crate::primitive::{AtomicU64, Ordering, fence};
-use crate::store::block::{self, FREE, HEADER, LIVE, Meta, WRITING};
-use crate::store::layout::{BITMAP_WORDS, CLASSES, Layout, PAGE_BYTES, TableHeader};
+use crate::store::block::{self, FREE, HEADER, Meta};
+use crate::store::layout::{BITMAP_WORDS, CLASSES, GEN_BITS, Layout, PAGE_BYTES, TableHeader};
+use crate::store::page::{ROLE_FREE, ROLE_HEAD, ROLE_INIT, ROLE_TAIL, Role};
 use crate::store::word_lock;
 use xme_core::sync::PidLock;
-
-const ROLE_FREE: u64 = 0;
-const ROLE_INIT: u64 = 0xf0;
-const ROLE_HEAD: u64 = 0xf1;
-const ROLE_TAIL: u64 = 0xf2;
-
-/// A page's role word, unpacked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Role {
-    pub epoch: u64,
-    pub count: u64,
-    pub role: u64,
-}
-
-impl Role {
-    pub fn unpack(w: u64) -> Role {
-        Role {
-            epoch: w >> 32,
-            count: (w >> 8) & 0xffff,
-            role: w & 0xff,
-        }
-    }
-
-    pub fn pack(self) -> u64 {
-        ((self.epoch & 0xffff_ffff) << 32) | ((self.count & 0xffff) << 8) | (self.role & 0xff)
-    }
-
-    /// The size class of a class page.
-    pub fn class(self) -> Option<usize> {
-        (1..=CLASSES as u64)
-            .contains(&self.role)
-            .then(|| self.role as usize - 1)
-    }
-
-    fn of_class(class: usize) -> u64 {
-        class as u64 + 1
-    }
-
-    /// This page in its next life, as `role`.
-    fn next(self, role: u64, count: u64) -> u64 {
-        Role {
-            epoch: self.epoch.wrapping_add(1),
-            count,
-            role,
-        }
-        .pack()
-    }
-}
 
 /// A view of the arena part of a table's memory.
 #[derive(Clone, Copy)]
@@ -88,14 +46,30 @@ pub(crate) struct Arena<'m> {
     pub layout: Layout,
 }
 
+/// A block taken for a writer: where, its generation, and the epoch of its
+/// page's life.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Taken {
+    pub block: usize,
+    pub generation: u64,
+    pub epoch: u64,
+}
+
 /// What a count of the arena found (`Manager::check`). Counted without
 /// stopping writers, so while processes write it is a close estimate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ArenaStats {
     /// Pages given to a size class or to an extent.
     pub pages_used: usize,
     /// Pages in the arena.
     pub pages_total: usize,
+    /// Pages in use that hold a live block or a live extent: equal to
+    /// `pages_used` after a sweep with no writer at work.
+    pub pages_live: usize,
+    /// Class pages whose count of taken blocks differs from what their
+    /// blocks say: 0 after a sweep with no writer at work.
+    pub pages_miscounted: usize,
     /// Blocks and extents holding a published entry.
     pub live_blocks: usize,
     /// Free blocks in class pages.
@@ -107,11 +81,11 @@ pub struct ArenaStats {
 }
 
 impl<'m> Arena<'m> {
-    fn word(&self, i: usize) -> &'m AtomicU64 {
+    pub(super) fn word(&self, i: usize) -> &'m AtomicU64 {
         &self.mem[i]
     }
 
-    fn role_word(&self, page: usize) -> &'m AtomicU64 {
+    pub(super) fn role_word(&self, page: usize) -> &'m AtomicU64 {
         self.word(self.layout.role_word(page))
     }
 
@@ -119,8 +93,12 @@ impl<'m> Arena<'m> {
         Role::unpack(self.role_word(page).load(Ordering::Acquire))
     }
 
+    pub(super) fn meta(&self, block: usize) -> &'m AtomicU64 {
+        &block::header(self.mem, block).meta
+    }
+
     /// Pages of the extent headed by `page` (checked to stay in the arena).
-    fn extent_pages(&self, page: usize) -> Option<usize> {
+    pub(super) fn extent_pages(&self, page: usize) -> Option<usize> {
         let n = self
             .word(self.layout.extent_word(page))
             .load(Ordering::Acquire) as usize;
@@ -140,7 +118,7 @@ impl<'m> Arena<'m> {
             .map(|n| n * PAGE_BYTES - HEADER * 8)
     }
 
-    fn page_lock(&self, pid: u32) -> Result<PidLock<'m>, ShmError> {
+    pub(super) fn page_lock(&self, pid: u32) -> Result<PidLock<'m>, ShmError> {
         let lock = word_lock::take(&TableHeader::of(self.mem).page_lock, pid, "page")?;
         if lock.took_over() {
             self.repair();
@@ -148,45 +126,40 @@ impl<'m> Arena<'m> {
         Ok(lock)
     }
 
-    /// Takes a free block for an entry of `needed` bytes: its word index and
-    /// generation; `None` when no room is left.
-    pub fn alloc(&self, needed: usize, pid: u32) -> Result<Option<(usize, u64)>, ShmError> {
+    /// The page lock if nobody holds it (no waiting).
+    fn try_page_lock(&self, pid: u32) -> Option<PidLock<'m>> {
+        let word = &TableHeader::of(self.mem).page_lock;
+        if word.load(Ordering::Relaxed) != 0 {
+            return None;
+        }
+        self.page_lock(pid).ok()
+    }
+
+    /// Takes a free block for an entry of `needed` bytes; `None` when no
+    /// room is left.
+    pub fn alloc(&self, needed: usize, pid: u32) -> Result<Option<Taken>, ShmError> {
         match Layout::class_for(needed) {
             Some(class) => self.alloc_in_class(class, pid),
             None => self.alloc_extent(needed.div_ceil(PAGE_BYTES), pid),
         }
     }
 
-    fn alloc_in_class(&self, class: usize, pid: u32) -> Result<Option<(usize, u64)>, ShmError> {
+    fn alloc_in_class(&self, class: usize, pid: u32) -> Result<Option<Taken>, ShmError> {
         let pages = self.layout.page_count;
         let hint = &TableHeader::of(self.mem).class_hint[class];
         let start = hint.load(Ordering::Relaxed) as usize % pages;
-        let want = Role::of_class(class);
         let per_page = Layout::blocks_per_page(class) as u64;
         for k in 0..pages {
             let page = (start + k) % pages;
-            let word = self.role_word(page);
-            let mut w = word.load(Ordering::Acquire);
-            loop {
-                let r = Role::unpack(w);
-                if r.role != want || r.count >= per_page {
-                    break;
+            let r = self.role(page);
+            if r.class() != Some(class) || r.closing() || r.count >= per_page {
+                continue;
+            }
+            if let Some(taken) = self.take_in(page, r, pid)? {
+                if k != 0 {
+                    hint.store(page as u64, Ordering::Relaxed);
                 }
-                let reserved = Role {
-                    count: r.count + 1,
-                    ..r
-                }
-                .pack();
-                match word.compare_exchange_weak(w, reserved, Ordering::AcqRel, Ordering::Acquire) {
-                    Ok(_) => {
-                        if let Some(found) = self.take_reserved(page, class, pid) {
-                            hint.store(page as u64, Ordering::Relaxed);
-                            return Ok(Some(found));
-                        }
-                        break;
-                    }
-                    Err(now) => w = now,
-                }
+                return Ok(Some(taken));
             }
         }
         // No page of the class has room: give it a free page.
@@ -200,27 +173,40 @@ impl<'m> Arena<'m> {
             fence(Ordering::Release);
             let words = Layout::class_words(class);
             let start = self.layout.page_start(page);
-            for i in 0..per_page as usize {
-                block::header(self.mem, start + i * words).meta.store(
-                    Meta::free(block::first_generation(epoch)),
-                    Ordering::Relaxed,
-                );
+            let floor = self.floor(page);
+            // Block 0 is ours, taken before anyone can see the page.
+            self.meta(start)
+                .store(Meta::writing(floor, pid), Ordering::Relaxed);
+            for i in 1..per_page as usize {
+                self.meta(start + i * words)
+                    .store(Meta::free(floor), Ordering::Relaxed);
             }
             self.fill_hints(page, class);
-            // One block reserved for us; Release publishes the metas above.
+            // Release publishes the metas above with the role.
             let ours = Role {
                 epoch,
                 count: 1,
-                role: want,
+                role: Role::of_class(class),
             };
             self.role_word(page).store(ours.pack(), Ordering::Release);
             drop(lock);
             hint.store(page as u64, Ordering::Relaxed);
-            return Ok(self.take_reserved(page, class, pid));
+            return Ok(Some(Taken {
+                block: start,
+                generation: floor,
+                epoch,
+            }));
         }
         Ok(None)
     }
 
+    pub(super) fn floor(&self, page: usize) -> u64 {
+        self.word(self.layout.floor_word(page))
+            .load(Ordering::Relaxed)
+            & ((1 << GEN_BITS) - 1)
+    }
+
+    /// Hints for every block of a fresh page but its first (taken).
     fn fill_hints(&self, page: usize, class: usize) {
         let n = Layout::blocks_per_page(class);
         for i in 0..BITMAP_WORDS {
@@ -229,21 +215,49 @@ impl<'m> Arena<'m> {
                 k if k >= 64 => u64::MAX,
                 k => (1u64 << k) - 1,
             };
+            let bits = if i == 0 { bits & !1 } else { bits };
             self.word(self.layout.bitmap_word(page, i))
                 .store(bits, Ordering::Relaxed);
         }
     }
 
-    /// Takes a FREE block in `page`, where the caller holds a reservation
-    /// (so one is free, or about to be freed by a live freer). Gives the
-    /// reservation back and returns `None` only if the page's blocks never
-    /// show one (a corrupt page).
-    fn take_reserved(&self, page: usize, class: usize, pid: u32) -> Option<(usize, u64)> {
+    /// Takes a FREE block in `page` (a page of `class` in its life of
+    /// `epoch`) and counts it; `None` if the page has none or left that life.
+    fn take_in(&self, page: usize, seen: Role, pid: u32) -> Result<Option<Taken>, ShmError> {
+        let (epoch, Some(class)) = (seen.epoch, seen.class()) else {
+            return Ok(None);
+        };
+        let Some((b, generation)) = self.take_free_block(page, class, pid) else {
+            // The count said there was room. If nobody took or freed a
+            // block meanwhile, it was low (a race with a close): make it
+            // exact, so that takers skip the page.
+            if self.role(page) == seen
+                && let Some(_lock) = self.try_page_lock(pid)
+            {
+                self.close_locked(page, epoch, class, true);
+            }
+            return Ok(None);
+        };
+        hooks::at(Window::BlockTaken);
+        if self.count_taken(page, epoch, class, b, generation, pid)? {
+            Ok(Some(Taken {
+                block: b,
+                generation,
+                epoch,
+            }))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// CASes a FREE block of `page` to `WRITING(pid)`: the hinted ones
+    /// first, then every block (hints can be stale).
+    fn take_free_block(&self, page: usize, class: usize, pid: u32) -> Option<(usize, u64)> {
         let words = Layout::class_words(class);
         let per_page = Layout::blocks_per_page(class);
         let start = self.layout.page_start(page);
         let try_take = |block: usize| -> Option<(usize, u64)> {
-            let meta = &block::header(self.mem, block).meta;
+            let meta = self.meta(block);
             let m = Meta::unpack(meta.load(Ordering::Acquire));
             if m.state != FREE {
                 return None;
@@ -260,63 +274,185 @@ impl<'m> Arena<'m> {
             fence(Ordering::Release);
             Some((block, m.generation))
         };
-        for _round in 0..64 {
-            // The hints first: whether we win a hinted block or find it
-            // taken, nobody else needs to try it.
-            for i in 0..BITMAP_WORDS {
-                let bitmap = self.word(self.layout.bitmap_word(page, i));
-                loop {
-                    let bits = bitmap.load(Ordering::Acquire);
-                    if bits == 0 {
-                        break;
-                    }
-                    let bit = bits.trailing_zeros() as usize;
-                    bitmap.fetch_and(!(1u64 << bit), Ordering::AcqRel);
-                    let n = i * 64 + bit;
-                    if n < per_page
-                        && let Some(found) = try_take(start + n * words)
-                    {
-                        return Some(found);
-                    }
+        // The hints first: whether we win a hinted block or find it taken,
+        // nobody else needs to try it.
+        for i in 0..BITMAP_WORDS {
+            let bitmap = self.word(self.layout.bitmap_word(page, i));
+            loop {
+                let bits = bitmap.load(Ordering::Acquire);
+                if bits == 0 {
+                    break;
                 }
-            }
-            // Hints can be stale (a free whose hint is not set yet): look at
-            // every block.
-            for n in 0..per_page {
-                if let Some(found) = try_take(start + n * words) {
+                let bit = bits.trailing_zeros() as usize;
+                bitmap.fetch_and(!(1u64 << bit), Ordering::AcqRel);
+                let n = i * 64 + bit;
+                if n < per_page
+                    && let Some(found) = try_take(start + n * words)
+                {
                     return Some(found);
                 }
             }
-            std::hint::spin_loop();
         }
-        self.unreserve(page, class);
-        None
+        (0..per_page).find_map(|n| try_take(start + n * words))
     }
 
-    /// Gives back one reservation of a class page; the last one frees the
-    /// page (unless it is its class's current page).
-    fn unreserve(&self, page: usize, class: usize) {
+    /// Counts the block `b` just taken in `page`. `false` (the block given
+    /// back) if the page left its life of `epoch` meanwhile: a closer found
+    /// it empty before our block was taken.
+    fn count_taken(
+        &self,
+        page: usize,
+        epoch: u64,
+        class: usize,
+        b: usize,
+        generation: u64,
+        pid: u32,
+    ) -> Result<bool, ShmError> {
         let word = self.role_word(page);
-        let current = TableHeader::of(self.mem).class_hint[class].load(Ordering::Relaxed) as usize;
-        let mut w = word.load(Ordering::Acquire);
+        let per_page = Layout::blocks_per_page(class) as u64;
+        let mut waited = false;
         loop {
+            let w = word.load(Ordering::Acquire);
             let r = Role::unpack(w);
-            if r.class() != Some(class) || r.count == 0 {
-                return; // not ours to change (a corrupt word)
+            if r.epoch != epoch || r.class() != Some(class) {
+                let _ = self.meta(b).compare_exchange(
+                    Meta::writing(generation, pid),
+                    Meta::unpack(Meta::writing(generation, pid)).freed(),
+                    Ordering::AcqRel,
+                    Ordering::Relaxed,
+                );
+                return Ok(false);
             }
-            let next = if r.count == 1 && page != current {
-                r.next(ROLE_FREE, 0)
+            if r.closing() {
+                // Its closer holds the page lock: wait for it (or repair it).
+                drop(self.page_lock(pid)?);
+                waited = true;
+                continue;
+            }
+            // A closer that ran meanwhile counted the page's blocks; ours
+            // among them unless it looked before our CAS, so add nothing:
+            // a count too low is made exact by the next close, one too high
+            // would keep the page from ever closing.
+            let count = if waited {
+                r.count
             } else {
-                Role {
-                    count: r.count - 1,
-                    ..r
-                }
-                .pack()
+                (r.count + 1).min(per_page)
             };
-            match word.compare_exchange_weak(w, next, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => return,
-                Err(now) => w = now,
+            // Release (even when the count does not change): our meta CAS
+            // happens before the count any later closer starts from.
+            if word
+                .compare_exchange(
+                    w,
+                    r.with(r.role, count),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                return Ok(true);
             }
+        }
+    }
+
+    /// Counts out one block of `page` (class `class`, life `epoch`), just
+    /// freed. Closes the page when its count reaches 0, unless it is its
+    /// class's current page or the caller holds the page lock (`locked`).
+    fn uncount(&self, page: usize, class: usize, epoch: u64, pid: u32, locked: bool) {
+        let word = self.role_word(page);
+        loop {
+            let w = word.load(Ordering::Acquire);
+            let r = Role::unpack(w);
+            if r.epoch != epoch || r.class() != Some(class) {
+                return; // its closer found it empty, counting without us
+            }
+            if r.closing() {
+                if locked {
+                    return; // not ours (a corrupt word): the holder closes only
+                }
+                // Its closer holds the page lock: wait for it. If the page
+                // lock is stuck the count stays one high until a sweep.
+                if self.page_lock(pid).is_err() {
+                    return;
+                }
+                continue;
+            }
+            let count = r.count.saturating_sub(1);
+            if word
+                .compare_exchange(
+                    w,
+                    r.with(r.role, count),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+            {
+                let current = TableHeader::of(self.mem).class_hint[class].load(Ordering::Relaxed);
+                if count == 0
+                    && !locked
+                    && page as u64 != current
+                    && let Some(_lock) = self.try_page_lock(pid)
+                {
+                    self.close_locked(page, epoch, class, false);
+                }
+                return;
+            }
+        }
+    }
+
+    /// Under the page lock: closes `page` (class `class`, life `epoch`) if
+    /// its count is 0, or whatever its count if `recount`: it becomes FREE
+    /// if none of its blocks is taken, else keeps its class with the exact
+    /// count.
+    pub(super) fn close_locked(&self, page: usize, epoch: u64, class: usize, recount: bool) {
+        let word = self.role_word(page);
+        loop {
+            let w = word.load(Ordering::Acquire);
+            let r = Role::unpack(w);
+            if r.epoch != epoch || r.class() != Some(class) || r.closing() {
+                return;
+            }
+            if !recount && r.count != 0 {
+                return;
+            }
+            let closing = r.with(Role::closing_of(class), r.count);
+            // Acquire: every block counted before this CAS was taken before
+            // it (the takers' count CASes release their meta CASes).
+            if word
+                .compare_exchange(w, closing, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                self.settle_closing(page);
+                return;
+            }
+        }
+    }
+
+    /// Under the page lock, for a page whose role is CLOSING: counts its
+    /// taken blocks and stores the outcome.
+    pub(super) fn settle_closing(&self, page: usize) {
+        let r = self.role(page);
+        let Some(class) = r.class() else {
+            return;
+        };
+        let words = Layout::class_words(class);
+        let start = self.layout.page_start(page);
+        let (mut taken, mut highest) = (0, 0);
+        for i in 0..Layout::blocks_per_page(class) {
+            let m = Meta::unpack(self.meta(start + i * words).load(Ordering::Acquire));
+            if m.state != FREE {
+                taken += 1;
+            }
+            highest = highest.max(m.generation);
+        }
+        if taken == 0 {
+            // Every generation this life used is at most `highest`.
+            self.word(self.layout.floor_word(page))
+                .store(highest + 1, Ordering::Relaxed);
+            self.role_word(page)
+                .store(r.next(ROLE_FREE, 0), Ordering::Release);
+        } else {
+            self.role_word(page)
+                .store(r.with(Role::of_class(class), taken), Ordering::Release);
         }
     }
 
@@ -333,7 +469,7 @@ impl<'m> Arena<'m> {
     }
 
     /// Makes an extent of `n` pages (from the high end of the arena).
-    fn alloc_extent(&self, n: usize, pid: u32) -> Result<Option<(usize, u64)>, ShmError> {
+    fn alloc_extent(&self, n: usize, pid: u32) -> Result<Option<Taken>, ShmError> {
         if n > self.layout.page_count {
             return Ok(None);
         }
@@ -360,15 +496,12 @@ impl<'m> Arena<'m> {
             let Some(epoch) = self.claim_free(page) else {
                 // Cannot happen unless the memory is corrupt: undo.
                 for (p, e) in (head..).zip(&epochs) {
-                    self.role_word(p).store(
-                        Role {
-                            epoch: e + 1,
-                            count: 0,
-                            role: ROLE_FREE,
-                        }
-                        .pack(),
-                        Ordering::Release,
-                    );
+                    let free = Role {
+                        epoch: e + 1,
+                        count: 0,
+                        role: ROLE_FREE,
+                    };
+                    self.role_word(p).store(free.pack(), Ordering::Release);
                 }
                 return Err(ShmError::BadLayout(format!(
                     "page {page} left the free pages while the page lock was held"
@@ -388,12 +521,11 @@ impl<'m> Arena<'m> {
             self.role_word(page).store(tail.pack(), Ordering::Release);
         }
         let epoch = epochs[0];
-        let generation = block::first_generation(epoch);
+        let generation = self.floor(head);
         let block = self.layout.page_start(head);
         self.word(self.layout.extent_word(head))
             .store(n as u64, Ordering::Relaxed);
-        block::header(self.mem, block)
-            .meta
+        self.meta(block)
             .store(Meta::writing(generation, pid), Ordering::Relaxed);
         let head_role = Role {
             epoch,
@@ -403,19 +535,29 @@ impl<'m> Arena<'m> {
         self.role_word(head)
             .store(head_role.pack(), Ordering::Release);
         drop(lock);
-        Ok(Some((block, generation)))
+        Ok(Some(Taken {
+            block,
+            generation,
+            epoch,
+        }))
     }
 
-    /// Frees the block at `block` if its meta is still `expected`.
-    pub fn free(&self, block: usize, expected: u64, pid: u32) -> bool {
-        let meta = &block::header(self.mem, block).meta;
-        let freed = Meta::unpack(expected).freed();
-        if meta
-            .compare_exchange(expected, freed, Ordering::AcqRel, Ordering::Acquire)
+    /// Frees the block at `block` (taken in its page's life of `epoch`) if
+    /// its meta is still `expected`. `locked`: the caller holds the page lock.
+    pub fn free(&self, block: usize, expected: u64, epoch: u64, pid: u32, locked: bool) -> bool {
+        if self
+            .meta(block)
+            .compare_exchange(
+                expected,
+                Meta::unpack(expected).freed(),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
             .is_err()
         {
             return false;
         }
+        hooks::at(Window::BlockFreed);
         let Some((page, offset)) = self.layout.block_position(block) else {
             return true;
         };
@@ -424,11 +566,13 @@ impl<'m> Arena<'m> {
             let n = offset / Layout::class_words(class);
             self.word(self.layout.bitmap_word(page, n / 64))
                 .fetch_or(1 << (n % 64), Ordering::Release);
-            self.unreserve(page, class);
+            self.uncount(page, class, epoch, pid, locked);
         } else if r.role == ROLE_HEAD {
-            // Without the lock (a holder stuck), the pages stay until the
-            // next repair finds this freed head.
-            if let Ok(_lock) = self.page_lock(pid) {
+            if locked {
+                self.release_extent(page);
+            } else if let Ok(_lock) = self.page_lock(pid) {
+                // Without the lock (a holder stuck), the pages stay until
+                // the next repair finds this freed head.
                 self.release_extent(page);
             }
         }
@@ -436,9 +580,16 @@ impl<'m> Arena<'m> {
     }
 
     /// Makes the pages of the extent headed by `head` free (under the page lock).
-    fn release_extent(&self, head: usize) {
+    pub(super) fn release_extent(&self, head: usize) {
         let r = self.role(head);
         if r.role != ROLE_HEAD {
+            return;
+        }
+        let meta = Meta::unpack(
+            self.meta(self.layout.page_start(head))
+                .load(Ordering::Acquire),
+        );
+        if meta.state != FREE {
             return;
         }
         let n = self.extent_pages(head).unwrap_or(1);
@@ -453,70 +604,20 @@ impl<'m> Arena<'m> {
                     .store(t.next(ROLE_FREE, 0), Ordering::Release);
             }
         }
+        // The head's block had generations up to its freed one, exclusive.
+        self.word(self.layout.floor_word(head))
+            .store(meta.generation + 1, Ordering::Relaxed);
         self.role_word(head)
             .store(r.next(ROLE_FREE, 0), Ordering::Release);
     }
 
-    /// Under the page lock: undoes what a holder that died left (INIT pages,
-    /// TAILs without their HEAD, freed HEADs) and frees every empty class page.
-    fn repair(&self) {
-        for page in 0..self.layout.page_count {
-            let w = self.role_word(page).load(Ordering::Acquire);
-            let r = Role::unpack(w);
-            match r.role {
-                ROLE_INIT => self
-                    .role_word(page)
-                    .store(r.next(ROLE_FREE, 0), Ordering::Release),
-                ROLE_TAIL => {
-                    let head = self
-                        .word(self.layout.extent_word(page))
-                        .load(Ordering::Acquire) as usize;
-                    let headed = head < page
-                        && self.role(head).role == ROLE_HEAD
-                        && self.extent_pages(head).is_some_and(|n| head + n > page);
-                    if !headed {
-                        self.role_word(page)
-                            .store(r.next(ROLE_FREE, 0), Ordering::Release);
-                    }
-                }
-                ROLE_HEAD => {
-                    let meta = block::header(self.mem, self.layout.page_start(page))
-                        .meta
-                        .load(Ordering::Acquire);
-                    if Meta::unpack(meta).state == FREE {
-                        self.release_extent(page);
-                    }
-                }
-                _ => {
-                    // Empty class pages go back, even a class's current one
-                    // (the arena may be full, and another class need it).
-                    if r.class().is_some() && r.count == 0 {
-                        {
-                            let _ = self.role_word(page).compare_exchange(
-                                w,
-                                r.next(ROLE_FREE, 0),
-                                Ordering::AcqRel,
-                                Ordering::Relaxed,
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-
     /// Marks a block this pid wrote and published as `LIVE`.
-    pub fn mark_live(&self, block: usize, generation: u64, pid: u32) {
-        let live = Meta {
-            generation,
-            owner: 0,
-            state: LIVE,
-        }
-        .pack();
-        // Fails only if the block was already replaced and freed: nothing to do.
-        let _ = block::header(self.mem, block).meta.compare_exchange(
-            Meta::writing(generation, pid),
-            live,
+    pub fn mark_live(&self, taken: Taken, pid: u32) {
+        // Fails only if the block was already replaced and freed, or a
+        // sweep marked it: nothing to do.
+        let _ = self.meta(taken.block).compare_exchange(
+            Meta::writing(taken.generation, pid),
+            Meta::live(taken.generation),
             Ordering::AcqRel,
             Ordering::Relaxed,
         );
@@ -525,108 +626,27 @@ impl<'m> Arena<'m> {
     /// Frees a block whose handle was just replaced in its slot, whatever
     /// state it is in, as long as it still has that handle's generation.
     pub fn retire(&self, handle: u64, pid: u32) {
-        let (generation, block) = block::unhandle(handle);
-        let Some((page, offset)) = self.layout.block_position(block) else {
+        let Some((bits, block)) = self.layout.unhandle(handle) else {
             return; // not a block of this arena (a corrupt handle)
         };
-        // The page must still be in the life the handle came from: never CAS
-        // a word that is now another page's data.
+        let Some((page, offset)) = self.layout.block_position(block) else {
+            return;
+        };
+        // The page must still be in a life with a block there: never CAS a
+        // word that is now another block's data.
         let r = self.role(page);
-        if self.block_room(page, offset, r).is_none() || !block::of_epoch(generation, r.epoch) {
+        if self.block_room(page, offset, r).is_none() {
             return;
         }
-        let meta = &block::header(self.mem, block).meta;
         loop {
-            let m = Meta::unpack(meta.load(Ordering::Acquire));
-            if m.generation != generation || m.state == FREE {
+            let m = Meta::unpack(self.meta(block).load(Ordering::Acquire));
+            if !self.layout.same_generation(m.generation, bits) || m.state == FREE {
                 return; // already freed (by a sweep)
             }
-            if self.free(block, m.pack(), pid) {
+            if self.free(block, m.pack(), r.epoch, pid, false) {
                 return;
             }
         }
-    }
-
-    /// Every block of every class page and every extent: (block word index,
-    /// bytes it spans).
-    pub fn blocks(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        (0..self.layout.page_count).flat_map(move |page| {
-            let r = self.role(page);
-            let (n, words) = match r.class() {
-                Some(c) => (Layout::blocks_per_page(c), Layout::class_words(c)),
-                None if r.role == ROLE_HEAD => {
-                    (1, self.extent_pages(page).unwrap_or(1) * PAGE_BYTES / 8)
-                }
-                None => (0, 1),
-            };
-            (0..n).map(move |i| (self.layout.page_start(page) + i * words, words * 8))
-        })
-    }
-
-    /// Frees blocks left by dead processes, repairs the pages a dead page-lock
-    /// holder left, and frees empty class pages.
-    ///
-    /// `published(block, generation)` says whether the table's slot recorded in the
-    /// block holds this block's handle. `alive(pid)` says whether a pid runs.
-    pub fn sweep(
-        &self,
-        published: impl Fn(usize, u64) -> bool,
-        alive: impl Fn(u32) -> bool,
-        pid: u32,
-    ) -> usize {
-        if let Ok(_lock) = self.page_lock(pid) {
-            self.repair();
-        }
-        let mut freed = 0;
-        let blocks: Vec<usize> = self.blocks().map(|(b, _)| b).collect();
-        for block in blocks {
-            let meta = &block::header(self.mem, block).meta;
-            let raw = meta.load(Ordering::Acquire);
-            let m = Meta::unpack(raw);
-            match m.state {
-                WRITING if !alive(m.owner) => {
-                    if published(block, m.generation) {
-                        let live = Meta {
-                            owner: 0,
-                            state: LIVE,
-                            ..m
-                        }
-                        .pack();
-                        let _ =
-                            meta.compare_exchange(raw, live, Ordering::AcqRel, Ordering::Relaxed);
-                    } else if self.free(block, raw, pid) {
-                        freed += 1;
-                    }
-                }
-                // A LIVE block no longer in its slot was replaced by a writer that
-                // died before freeing it (or is about to free it: one CAS wins).
-                LIVE if !published(block, m.generation) && self.free(block, raw, pid) => freed += 1,
-                _ => {}
-            }
-        }
-        freed
-    }
-
-    /// Counts pages and blocks by state.
-    pub fn stats(&self) -> ArenaStats {
-        let mut s = ArenaStats {
-            pages_total: self.layout.page_count,
-            ..ArenaStats::default()
-        };
-        s.pages_used = (0..self.layout.page_count)
-            .filter(|&p| self.role(p).role != ROLE_FREE)
-            .count();
-        for (block, bytes) in self.blocks() {
-            match Meta::unpack(block::header(self.mem, block).meta.load(Ordering::Acquire)).state {
-                FREE => s.free_blocks += 1,
-                LIVE => {
-                    s.live_blocks += 1;
-                    s.live_bytes += bytes;
-                }
-                _ => s.writing_blocks += 1,
-            }
-        }
-        s
     }
 }
 

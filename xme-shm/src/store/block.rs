@@ -3,20 +3,20 @@
 //! its first page and runs over the following ones.
 //!
 //! ```text
-//! word 0  meta      generation:24 | owner pid:32 | state:8     (one word: one CAS changes all)
-//! word 1  place     slot index:32 | key hash:32          (written before publishing)
+//! word 0  meta      generation:40 | owner pid:22 | state:2   (one word: one CAS changes all)
+//! word 1  hash      the key's hash                     (written before publishing)
 //! word 2  key bytes
 //! word 3  value bytes
 //! word 4… key bytes, then value bytes from the next word boundary
 //! ```
 //!
-//! States: FREE (generation counts how often the block was freed), WRITING by a pid
-//! (being filled, or published but not yet marked), LIVE (published).
-//! Freeing is one CAS that also bumps the generation, so a reader holding a handle with
-//! the old generation knows its copy may be torn, and a late free by an old handle fails.
-//! A generation is `page epoch:8 | count:16`: blocks of a page given to a class
-//! again start from the page's new epoch, so a handle from the page's earlier
-//! life does not match them.
+//! States: FREE, WRITING by a pid (being filled, or published but not yet
+//! marked), LIVE (published). Taking a block is one CAS `FREE → WRITING(pid)`,
+//! so a block is never taken without naming its taker; freeing is one CAS
+//! that also moves the generation on, so a reader holding a handle with the
+//! old generation knows its copy may be torn, and a late free by an old
+//! handle fails. A page given to a class again starts its blocks above every
+//! generation they had before (the page's generation floor).
 
 use crate::primitive::AtomicU64;
 use crate::primitive::Ordering;
@@ -25,10 +25,10 @@ use crate::primitive::Ordering;
 /// the value follow.
 #[repr(C)]
 pub(crate) struct BlockHeader {
-    /// `generation:24 | owner pid:32 | state:8` (see [`Meta`]).
+    /// `generation:40 | owner pid:22 | state:2` (see [`Meta`]).
     pub meta: AtomicU64,
-    /// The slot the entry was published in (a hint for the sweep).
-    pub place: AtomicU64,
+    /// The key's hash (its home slot, for the sweep; a quick mismatch for readers).
+    pub hash: AtomicU64,
     /// Bytes of the key.
     pub key_len: AtomicU64,
     /// Bytes of the value.
@@ -55,12 +55,9 @@ pub(crate) const FREE: u64 = 0;
 pub(crate) const WRITING: u64 = 1;
 pub(crate) const LIVE: u64 = 2;
 
-const GEN_MASK: u64 = (1 << 24) - 1;
-const COUNT_MASK: u64 = (1 << 16) - 1;
-
-/// A slot's word for a deleted key: no block (word index all ones is past
-/// any table).
-pub(crate) const TOMB: u64 = u64::MAX;
+const GEN_MASK: u64 = (1 << crate::store::layout::GEN_BITS) - 1;
+/// Pids stay below 2^22 on Linux (`PID_MAX_LIMIT`).
+const OWNER_MASK: u64 = (1 << 22) - 1;
 
 /// A block's meta word, unpacked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,19 +70,21 @@ pub(crate) struct Meta {
 impl Meta {
     pub fn unpack(w: u64) -> Meta {
         Meta {
-            generation: w >> 40,
-            owner: (w >> 8) as u32,
-            state: w & 0xff,
+            generation: w >> 24,
+            owner: ((w >> 2) & OWNER_MASK) as u32,
+            state: w & 3,
         }
     }
 
     pub fn pack(self) -> u64 {
-        ((self.generation & GEN_MASK) << 40) | (u64::from(self.owner) << 8) | self.state
+        ((self.generation & GEN_MASK) << 24)
+            | ((u64::from(self.owner) & OWNER_MASK) << 2)
+            | (self.state & 3)
     }
 
     pub fn free(generation: u64) -> u64 {
         Meta {
-            generation: generation & GEN_MASK,
+            generation,
             owner: 0,
             state: FREE,
         }
@@ -101,33 +100,19 @@ impl Meta {
         .pack()
     }
 
-    /// The meta word after freeing this block: the count part of the
-    /// generation moves on, the epoch part stays.
-    pub fn freed(self) -> u64 {
-        let count = (self.generation + 1) & COUNT_MASK;
-        Meta::free((self.generation & !COUNT_MASK) | count)
+    pub fn live(generation: u64) -> u64 {
+        Meta {
+            generation,
+            owner: 0,
+            state: LIVE,
+        }
+        .pack()
     }
-}
 
-/// The first generation of blocks in a page of `epoch`.
-pub(crate) fn first_generation(epoch: u64) -> u64 {
-    (epoch & 0xff) << 16
-}
-
-/// Whether `generation` belongs to a page's life of `epoch`.
-pub(crate) fn of_epoch(generation: u64, epoch: u64) -> bool {
-    generation >> 16 == epoch & 0xff
-}
-
-/// A published reference to a block: generation:24 | word index:40. Never 0
-/// nor [`TOMB`].
-pub(crate) fn handle(generation: u64, block: usize) -> u64 {
-    ((generation & GEN_MASK) << 40) | block as u64
-}
-
-/// (generation, block word index) of a handle.
-pub(crate) fn unhandle(h: u64) -> (u64, usize) {
-    (h >> 40, (h & ((1 << 40) - 1)) as usize)
+    /// The meta word after freeing this block: the next generation.
+    pub fn freed(self) -> u64 {
+        Meta::free(self.generation.wrapping_add(1) & GEN_MASK)
+    }
 }
 
 /// Words needed for `bytes` bytes.
@@ -219,6 +204,10 @@ pub(crate) fn load_bytes(src: &[AtomicU64], len: usize, out: &mut Vec<u8>) {
     let mut chunks = out.chunks_exact_mut(8);
     for (dst, w) in chunks.by_ref().zip(words.by_ref()) {
         dst.copy_from_slice(&w.load(Ordering::Relaxed).to_le_bytes());
+        // Models: let a writer run in the middle of a copy (loom's search
+        // alone misses such interleavings, tokio-rs/loom#166).
+        #[cfg(loom)]
+        loom::thread::yield_now();
     }
     let rest = chunks.into_remainder();
     if !rest.is_empty()

@@ -3,6 +3,11 @@
 
 pub(crate) mod arena;
 pub(crate) mod block;
+mod chain;
 pub(crate) mod layout;
+#[cfg(all(test, loom))]
+mod loom_models;
+pub(crate) mod page;
+mod sweep;
 pub(crate) mod table;
 pub(crate) mod word_lock;

@@ -1,30 +1,30 @@
 //! The lock-free value table: string keys to byte values, in shared memory.
 //!
-//! - A slot is one word: 0 (empty), [`TOMB`] (a deleted key: no block), or
-//!   the handle of the block holding the key and its current value. Keys are
-//!   placed by linear probing from their FNV hash.
+//! - A slot is one word: 0 (empty), [`TOMB`] (the hole a delete is
+//!   closing), or the handle of the block holding the key and its current
+//!   value (see `layout.rs`). Keys are placed by linear probing from their
+//!   FNV hash.
 //! - Replacing a key's value is lock-free: the writer fills a fresh block,
 //!   publishes it with one CAS on the key's slot, then frees the block it
 //!   replaced. A reader copies a block and checks its generation (and its
-//!   page's role word) did not move, seqlock style, else retries.
+//!   page's life) did not move, seqlock style, else retries.
 //! - Inserting a new key and deleting one take the table's key lock (a
-//!   pid-named word), so the probe chains do not change under them: an insert
-//!   takes the first tombstone or empty slot of its chain, knowing the key is
-//!   in no other slot; a delete leaves a tombstone, or an empty slot when the
-//!   next slot is empty (and then empties the tombstones just before it),
-//!   since no chain runs through such a slot. Deleting never allocates.
+//!   pid-named word), so probe chains change only under it (`chain.rs`): a
+//!   delete moves the entries after it back along their chains, so no
+//!   tombstone outlives it and probes stay as short as on a fresh table. A
+//!   lookup that finds nothing trusts that answer only if no entry moved
+//!   while it probed (the header's `moves` count, seqlock style).
 //!
 //! A process killed at any instruction leaves each slot holding a whole old
 //! or new entry; a key lock it held is taken over by the next taker, which
-//! recounts the table's counters.
+//! finishes its move, closes its hole and recounts the table's counters.
 
 use crate::ShmError;
-use crate::primitive::{AtomicU64, Ordering, fence};
-use crate::store::arena::{Arena, ArenaStats, Role};
-use crate::store::block::{self, HEADER, Meta, TOMB};
-use crate::store::layout::{self, Layout, TableHeader};
-use crate::store::word_lock;
-use xme_core::sync::PidLock;
+use crate::primitive::{AtomicU64, Ordering, SPINS, fence, spin};
+use crate::store::arena::{Arena, ArenaStats, Taken};
+use crate::store::block::{self, HEADER, Meta};
+use crate::store::layout::{self, Layout, MOVING, TOMB, TableHeader};
+use crate::store::page::{LIFE_MASK, Role};
 
 /// Longest key, in bytes.
 pub const MAX_KEY: usize = 1024;
@@ -32,15 +32,16 @@ pub const MAX_KEY: usize = 1024;
 /// A value table over shared words.
 #[derive(Clone, Copy)]
 pub struct ValueTable<'m> {
-    mem: &'m [AtomicU64],
-    layout: Layout,
+    pub(super) mem: &'m [AtomicU64],
+    pub(super) layout: Layout,
 }
 
 /// What a slot holds, for a reader.
-enum Slot<T> {
+pub(super) enum Slot<T> {
     Empty,
     Tomb,
-    /// A block's handle, and what the reader's copy returned.
+    /// A block's handle (as the slot holds it: maybe marked [`MOVING`]), and
+    /// what the reader's copy returned.
     Entry(u64, T),
 }
 
@@ -53,15 +54,33 @@ pub(crate) enum Stored {
     Replaced,
 }
 
+/// How the table's keys sit in their slots (`Manager::table_stats`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[non_exhaustive]
+pub struct TableStats {
+    /// Live keys.
+    pub keys: usize,
+    /// Slots in the table.
+    pub slots: usize,
+    /// Mean slots a lookup of a live key reads (1 when every key sits in
+    /// its home slot).
+    pub mean_probe: f64,
+    /// The most slots a lookup of a live key reads.
+    pub max_probe: usize,
+}
+
 /// Consecutive inconsistent reads of one unchanged slot after which the table
 /// is reported corrupt (a live writer changes the slot long before).
 const STALE_READS: u32 = 1 << 12;
+/// Lookups in a row that a move spoiled before the reader waits for the
+/// mover on the key lock (taking it over if the mover died).
+const SPOILED_LOOKUPS: u32 = if cfg!(loom) { 2 } else { 64 };
 
 /// Called before each publish attempt of a read-modify-write with what the
 /// lookup found. A publish conflicts only when the key's slot changed since
 /// its lookup, so the next lookup finds something else; finding the same
 /// slot and handle again means the table is corrupt.
-fn check_progress(
+pub(super) fn check_progress(
     last: &mut Option<Option<(usize, u64)>>,
     found: Option<(usize, u64)>,
     key: &[u8],
@@ -78,7 +97,7 @@ fn check_progress(
 
 /// Whether block `e` holds `key`; copies the value into `value` if so and asked.
 fn matches(e: &Snapshot<'_>, key: &[u8], hash: u64, value: Option<&mut Vec<u8>>) -> bool {
-    if e.hash != hash & 0xffff_ffff || e.klen != key.len() || !block::equals(e.data, key) {
+    if e.hash != hash || e.klen != key.len() || !block::equals(e.data, key) {
         return false;
     }
     if let Some(out) = value {
@@ -88,13 +107,13 @@ fn matches(e: &Snapshot<'_>, key: &[u8], hash: u64, value: Option<&mut Vec<u8>>)
 }
 
 /// What [`ValueTable::snapshot`] lets a reader see of a block.
-struct Snapshot<'m> {
-    /// Low 32 bits of the key's hash.
-    hash: u64,
-    klen: usize,
-    vlen: usize,
+pub(super) struct Snapshot<'m> {
+    /// The key's hash.
+    pub hash: u64,
+    pub klen: usize,
+    pub vlen: usize,
     /// The key's words, then the value's.
-    data: &'m [AtomicU64],
+    pub data: &'m [AtomicU64],
 }
 
 /// What a publish expects to find in the key's slot.
@@ -110,13 +129,13 @@ enum Expect {
 struct Conflict;
 
 impl<'m> ValueTable<'m> {
-    /// Makes a new table in zeroed memory of at least `layout.bytes()`.
     /// The table's header (its first words).
     #[inline]
-    fn header(&self) -> &'m TableHeader {
+    pub(super) fn header(&self) -> &'m TableHeader {
         TableHeader::of(self.mem)
     }
 
+    /// Makes a new table in zeroed memory of at least `layout.bytes()`.
     pub(crate) fn init(mem: &'m [AtomicU64], layout: Layout) -> Result<Self, ShmError> {
         if mem.len() < layout.total_words {
             return Err(ShmError::BadLayout(format!(
@@ -183,52 +202,37 @@ impl<'m> ValueTable<'m> {
         self.layout
     }
 
-    fn arena(&self) -> Arena<'m> {
+    pub(crate) fn arena(&self) -> Arena<'m> {
         Arena {
             mem: self.mem,
             layout: self.layout,
         }
     }
 
-    fn slot(&self, i: usize) -> &'m AtomicU64 {
+    pub(super) fn slot(&self, i: usize) -> &'m AtomicU64 {
         &self.mem[self.layout.slots + i]
     }
 
-    fn probe(&self, hash: u64) -> impl Iterator<Item = usize> + use<> {
+    pub(super) fn probe(&self, hash: u64) -> impl Iterator<Item = usize> + use<> {
         let n = self.layout.nslots;
-        let start = hash as usize & (n - 1);
+        let start = self.layout.home(hash);
         (0..n).map(move |k| (start + k) & (n - 1))
-    }
-
-    /// Takes the key lock; a taker that finds its holder dead recounts the
-    /// counters the holder may have left half-updated.
-    fn key_lock(&self, pid: u32) -> Result<PidLock<'m>, ShmError> {
-        let lock = word_lock::take(&self.header().key_lock, pid, "key")?;
-        if lock.took_over() {
-            let (mut used, mut live) = (0, 0);
-            for i in 0..self.layout.nslots {
-                match self.slot(i).load(Ordering::Acquire) {
-                    0 => {}
-                    TOMB => used += 1,
-                    _ => (used, live) = (used + 1, live + 1),
-                }
-            }
-            self.header().used.store(used, Ordering::Relaxed);
-            self.header().live.store(live, Ordering::Relaxed);
-        }
-        Ok(lock)
     }
 
     /// Reads block `h` the seqlock way: `copy` sees the block's key hash,
     /// lengths and data words (only when the lengths fit the block), and its
     /// result is kept only if neither the block's generation nor its page's
-    /// role moved meanwhile. `None`: the block changed under us; reload the slot.
+    /// life moved meanwhile. `None`: the block changed under us; reload the slot.
     fn snapshot<T>(
         &self,
         h: u64,
         copy: impl FnOnce(&Snapshot<'_>) -> T,
     ) -> Result<Option<T>, ShmError> {
-        let (generation, b) = block::unhandle(h);
+        let Some((bits, b)) = self.layout.unhandle(h) else {
+            return Err(ShmError::BadLayout(format!(
+                "a slot holds an invalid handle {h:#x}"
+            )));
+        };
         let Some((page, offset)) = self.layout.block_position(b) else {
             return Err(ShmError::BadLayout(format!(
                 "a slot holds an invalid handle {h:#x}"
@@ -239,31 +243,32 @@ impl<'m> ValueTable<'m> {
         let Some(room) = self.arena().block_room(page, offset, Role::unpack(r1)) else {
             return Ok(None); // the page has another role now
         };
-        let meta = &block::header(self.mem, b).meta;
-        let m1 = Meta::unpack(meta.load(Ordering::Acquire));
-        if m1.generation != generation || m1.state == block::FREE {
+        let header = block::header(self.mem, b);
+        let m1 = Meta::unpack(header.meta.load(Ordering::Acquire));
+        if !self.layout.same_generation(m1.generation, bits) || m1.state == block::FREE {
             return Ok(None);
         }
-        let place = block::header(self.mem, b).place.load(Ordering::Relaxed);
-        let klen = block::header(self.mem, b).key_len.load(Ordering::Relaxed) as usize;
-        let vlen = block::header(self.mem, b).value_len.load(Ordering::Relaxed) as usize;
+        let hash = header.hash.load(Ordering::Relaxed);
+        let klen = header.key_len.load(Ordering::Relaxed) as usize;
+        let vlen = header.value_len.load(Ordering::Relaxed) as usize;
         // Lengths from a block being reused may be garbage: never read past it.
         let fits = block::words(klen)
             .checked_add(block::words(vlen))
             .is_some_and(|w| w <= room / 8);
         let out = fits.then(|| {
             copy(&Snapshot {
-                hash: place >> 32,
+                hash,
                 klen,
                 vlen,
                 data: &self.mem[b + HEADER..],
             })
         });
         // Seqlock check: nothing we read came from a later owner of the block
-        // or a later life of its page.
+        // or a later life of its page (a count or a close in the same life
+        // moves no block).
         fence(Ordering::Acquire);
-        if Meta::unpack(meta.load(Ordering::Relaxed)).generation != generation
-            || role_word.load(Ordering::Relaxed) != r1
+        if Meta::unpack(header.meta.load(Ordering::Relaxed)).generation != m1.generation
+            || (role_word.load(Ordering::Relaxed) ^ r1) & LIFE_MASK != 0
         {
             return Ok(None);
         }
@@ -275,7 +280,7 @@ impl<'m> ValueTable<'m> {
     /// changes under the reader. A block changes only after its slot was
     /// given another word, so a slot that keeps the same handle while its
     /// block never reads consistently is corrupt: reported, never waited on.
-    fn read_slot<T>(
+    pub(super) fn read_slot<T>(
         &self,
         i: usize,
         mut copy: impl FnMut(&Snapshot<'_>) -> T,
@@ -301,12 +306,12 @@ impl<'m> ValueTable<'m> {
                     "slot {i} holds handle {h:#x}, whose block does not match it: the table is corrupt"
                 )));
             }
-            std::hint::spin_loop();
+            spin();
         }
     }
 
-    /// Finds `key`: (slot, handle), copying its value into `value`.
-    fn lookup(
+    /// One probe for `key`: (slot, slot word) if found.
+    fn probe_once(
         &self,
         key: &[u8],
         hash: u64,
@@ -315,72 +320,72 @@ impl<'m> ValueTable<'m> {
         for i in self.probe(hash) {
             match self.read_slot(i, |e| matches(e, key, hash, value.as_deref_mut()))? {
                 Slot::Empty => return Ok(None),
-                Slot::Entry(h, true) => return Ok(Some((i, h))),
+                Slot::Entry(w, true) => return Ok(Some((i, w))),
                 Slot::Tomb | Slot::Entry(_, false) => {}
             }
+            // Models: let writers run between two slots of a probe (loom's
+            // search alone misses such interleavings, tokio-rs/loom#166).
+            crate::hooks::at(crate::hooks::Window::ProbeStep);
         }
         Ok(None)
     }
 
+    /// Finds `key`: (slot, slot word, maybe marked [`MOVING`]), copying its
+    /// value into `value`. A key found is there; a key not found is absent
+    /// only if no entry moved while we probed (a move could have carried it
+    /// behind us), else we probe again.
+    pub(super) fn lookup(
+        &self,
+        key: &[u8],
+        hash: u64,
+        mut value: Option<&mut Vec<u8>>,
+        pid: u32,
+    ) -> Result<Option<(usize, u64)>, ShmError> {
+        // A key found is there: most lookups need nothing more (and never
+        // touch the header's line, which deletes elsewhere keep writing).
+        if let Some(found) = self.probe_once(key, hash, value.as_deref_mut())? {
+            return Ok(Some(found));
+        }
+        let moves = &self.header().moves;
+        let mut spoiled = 0;
+        loop {
+            let before = moves.load(Ordering::Acquire);
+            if let Some(found) = self.probe_once(key, hash, value.as_deref_mut())? {
+                return Ok(Some(found));
+            }
+            // Seqlock reader side: a slot we read that a move wrote makes
+            // `moves` read odd or changed here.
+            fence(Ordering::Acquire);
+            if before & 1 == 0 && moves.load(Ordering::Relaxed) == before {
+                return Ok(None);
+            }
+            spoiled += 1;
+            if spoiled % SPOILED_LOOKUPS == 0 {
+                // A mover that does not finish: wait for it on the key lock,
+                // or take over from it if it died.
+                drop(self.key_lock(pid)?);
+            } else {
+                spin();
+            }
+        }
+    }
+
     /// Copies `key`'s value into `out`; false if the key is absent.
-    pub fn get_into(&self, key: &str, out: &mut Vec<u8>) -> Result<bool, ShmError> {
+    pub fn get_into(&self, key: &str, out: &mut Vec<u8>, pid: u32) -> Result<bool, ShmError> {
         let k = key.as_bytes();
-        Ok(self.lookup(k, block::key_hash(k), Some(out))?.is_some())
+        Ok(self
+            .lookup(k, block::key_hash(k), Some(out), pid)?
+            .is_some())
     }
 
     /// Stores `value` under `key`, replacing any value.
     pub(crate) fn set(&self, key: &str, value: &[u8], pid: u32) -> Result<Stored, ShmError> {
-        let (b, generation) = self.fill(key.as_bytes(), value, pid)?;
-        match self.publish(key.as_bytes(), b, generation, pid, Expect::Any)? {
-            Ok(stored) => Ok(stored),
-            Err(Conflict) => unreachable!("Expect::Any never conflicts"),
-        }
-    }
-
-    /// Deletes `key` and frees its block at once; false if it was absent.
-    /// Never allocates.
-    pub fn delete(&self, key: &str, pid: u32) -> Result<bool, ShmError> {
         let k = key.as_bytes();
         let hash = block::key_hash(k);
-        let mut last = None;
-        loop {
-            let Some((i, h)) = self.lookup(k, hash, None)? else {
-                return Ok(false);
-            };
-            check_progress(&mut last, Some((i, h)), k)?;
-            let lock = self.key_lock(pid)?;
-            let mask = self.layout.nslots - 1;
-            // No chain runs through a slot followed by an empty one: it can
-            // become empty itself (only key-lock holders fill empty slots).
-            let next_empty = self.slot((i + 1) & mask).load(Ordering::Acquire) == 0;
-            let new = if next_empty { 0 } else { TOMB };
-            if self
-                .slot(i)
-                .compare_exchange(h, new, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                continue; // replaced meanwhile: delete the new value
-            }
-            self.header().live.fetch_sub(1, Ordering::Relaxed);
-            if next_empty {
-                let mut emptied = 1;
-                let mut j = i;
-                for _ in 1..self.layout.nslots {
-                    j = (j + mask) & mask;
-                    if self
-                        .slot(j)
-                        .compare_exchange(TOMB, 0, Ordering::AcqRel, Ordering::Acquire)
-                        .is_err()
-                    {
-                        break;
-                    }
-                    emptied += 1;
-                }
-                self.header().used.fetch_sub(emptied, Ordering::Relaxed);
-            }
-            drop(lock);
-            self.arena().retire(h, pid);
-            return Ok(true);
+        let taken = self.fill(k, hash, value, pid)?;
+        match self.publish(k, hash, taken, pid, Expect::Any)? {
+            Ok(stored) => Ok(stored),
+            Err(Conflict) => unreachable!("Expect::Any never conflicts"),
         }
     }
 
@@ -398,10 +403,10 @@ impl<'m> ValueTable<'m> {
         let mut current = Vec::new();
         let mut last = None;
         loop {
-            let found = self.lookup(k, hash, Some(&mut current))?;
+            let found = self.lookup(k, hash, Some(&mut current), pid)?;
             check_progress(&mut last, found, k)?;
             let (expected, old) = match found {
-                Some((_, h)) => (h, Some(current.as_slice())),
+                Some((_, w)) => (w & !MOVING, Some(current.as_slice())),
                 None => (0, None),
             };
             let new = match f(old) {
@@ -409,9 +414,9 @@ impl<'m> ValueTable<'m> {
                 Ok(None) => return Ok(Ok(None)),
                 Err(e) => return Ok(Err(e)),
             };
-            let (b, generation) = self.fill(k, &new, pid)?;
+            let taken = self.fill(k, hash, &new, pid)?;
             if self
-                .publish(k, b, generation, pid, Expect::Exactly(expected))?
+                .publish(k, hash, taken, pid, Expect::Exactly(expected))?
                 .is_ok()
             {
                 return Ok(Ok(Some(new)));
@@ -420,7 +425,7 @@ impl<'m> ValueTable<'m> {
     }
 
     /// Takes a block and writes `key` and `value` into it.
-    fn fill(&self, key: &[u8], value: &[u8], pid: u32) -> Result<(usize, u64), ShmError> {
+    fn fill(&self, key: &[u8], hash: u64, value: &[u8], pid: u32) -> Result<Taken, ShmError> {
         if key.len() > MAX_KEY {
             return Err(ShmError::KeyTooLong {
                 len: key.len(),
@@ -436,7 +441,7 @@ impl<'m> ValueTable<'m> {
             });
         }
         let arena = self.arena();
-        let (b, generation) = match arena.alloc(needed, pid)? {
+        let taken = match arena.alloc(needed, pid)? {
             Some(found) => found,
             None => {
                 self.sweep(pid);
@@ -446,32 +451,39 @@ impl<'m> ValueTable<'m> {
                 })?
             }
         };
-        block::header(self.mem, b)
-            .key_len
-            .store(key.len() as u64, Ordering::Relaxed);
-        block::header(self.mem, b)
+        let b = taken.block;
+        let header = block::header(self.mem, b);
+        header.hash.store(hash, Ordering::Relaxed);
+        header.key_len.store(key.len() as u64, Ordering::Relaxed);
+        header
             .value_len
             .store(value.len() as u64, Ordering::Relaxed);
         let data = &self.mem[b + HEADER..];
         block::store_bytes(data, key);
         block::store_bytes(&data[block::words(key.len())..], value);
-        Ok((b, generation))
+        Ok(taken)
     }
 
-    /// Publishes the filled block `b` for `key`: in the key's slot if it has
-    /// one, else (under the key lock) in the first tombstone or empty slot of
-    /// its chain. Gives the block back on a conflict or an error.
+    /// Publishes the filled block for `key`: in the key's slot if it has
+    /// one, else (under the key lock) in the first free slot of its chain.
+    /// Gives the block back on a conflict or an error.
     fn publish(
         &self,
         key: &[u8],
-        b: usize,
-        generation: u64,
+        hash: u64,
+        taken: Taken,
         pid: u32,
         expect: Expect,
     ) -> Result<Result<Stored, Conflict>, ShmError> {
-        let result = self.try_publish(key, b, generation, pid, expect);
+        let result = self.try_publish(key, hash, taken, pid, expect);
         if !matches!(result, Ok(Ok(_))) {
-            self.arena().free(b, Meta::writing(generation, pid), pid);
+            self.arena().free(
+                taken.block,
+                Meta::writing(taken.generation, pid),
+                taken.epoch,
+                pid,
+                false,
+            );
         }
         result
     }
@@ -479,145 +491,150 @@ impl<'m> ValueTable<'m> {
     fn try_publish(
         &self,
         key: &[u8],
-        b: usize,
-        generation: u64,
+        hash: u64,
+        taken: Taken,
         pid: u32,
         expect: Expect,
     ) -> Result<Result<Stored, Conflict>, ShmError> {
-        let hash = block::key_hash(key);
-        let new = block::handle(generation, b);
-        let place = &block::header(self.mem, b).place;
+        let new = self.layout.handle(taken.generation, taken.block);
         let mut last = None;
         loop {
-            let found = self.lookup(key, hash, None)?;
+            let found = self.lookup(key, hash, None, pid)?;
             if let Expect::Exactly(want) = expect
-                && found.map_or(0, |(_, h)| h) != want
+                && found.map_or(0, |(_, w)| w & !MOVING) != want
             {
                 return Ok(Err(Conflict));
             }
-            check_progress(&mut last, found, key)?;
             if let Some((i, cur)) = found {
-                place.store(i as u64 | (hash << 32), Ordering::Relaxed);
+                if cur & MOVING != 0 {
+                    // A delete is moving the key along its chain: frozen
+                    // until the move ends, which is no conflict.
+                    self.wait_for_move(i, cur, pid)?;
+                    continue;
+                }
+                check_progress(&mut last, found, key)?;
                 // AcqRel: publishes the block's contents to readers of the slot.
                 if self
                     .slot(i)
                     .compare_exchange(cur, new, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
                 {
-                    self.arena().mark_live(b, generation, pid);
+                    self.arena().mark_live(taken, pid);
                     self.arena().retire(cur, pid);
                     return Ok(Ok(Stored::Replaced));
                 }
                 continue;
             }
-            // A new key: under the key lock no key is inserted or deleted, so
-            // what the chain shows now stays true until we publish.
-            let lock = self.key_lock(pid)?;
-            if self.lookup(key, hash, None)?.is_some() {
-                drop(lock); // inserted meanwhile: replace it
-                last = None;
-                continue;
+            check_progress(&mut last, found, key)?;
+            if self.insert(key, hash, new, pid)? {
+                self.arena().mark_live(taken, pid);
+                return Ok(Ok(Stored::Inserted));
             }
-            let free = self.probe(hash).find_map(|i| {
-                let w = self.slot(i).load(Ordering::Acquire);
-                (w == 0 || w == TOMB).then_some((i, w))
-            });
-            let live = self.header().live.load(Ordering::Relaxed) as usize;
-            let used = self.header().used.load(Ordering::Relaxed) as usize;
-            let Some((i, w)) = free.filter(|&(_, w)| {
-                live < self.layout.capacity && (w == TOMB || used < self.layout.max_used())
-            }) else {
-                return Err(ShmError::CapacityFull {
-                    capacity: self.layout.capacity,
-                });
-            };
-            place.store(i as u64 | (hash << 32), Ordering::Relaxed);
-            if self
-                .slot(i)
-                .compare_exchange(w, new, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-            {
-                return Err(ShmError::BadLayout(format!(
-                    "slot {i} changed while the key lock was held: the table is corrupt"
-                )));
-            }
-            self.header().live.fetch_add(1, Ordering::Relaxed);
-            if w == 0 {
-                self.header().used.fetch_add(1, Ordering::Relaxed);
-            }
-            drop(lock);
-            self.arena().mark_live(b, generation, pid);
-            return Ok(Ok(Stored::Inserted));
+            last = None; // inserted meanwhile: replace it
         }
+    }
+
+    /// Waits until slot `i` no longer holds `marked` (a move lasts a few
+    /// instructions); past a short spin, waits for the mover on the key
+    /// lock, taking over from it if it died.
+    fn wait_for_move(&self, i: usize, marked: u64, pid: u32) -> Result<(), ShmError> {
+        for _ in 0..SPINS {
+            if self.slot(i).load(Ordering::Acquire) != marked {
+                return Ok(());
+            }
+            spin();
+        }
+        drop(self.key_lock(pid)?);
+        Ok(())
     }
 
     /// The live keys `want` accepts, with their values, in slot order.
     pub(crate) fn entries_where(
         &self,
         want: impl Fn(&[u8]) -> bool,
+        pid: u32,
     ) -> Result<Vec<(String, Vec<u8>)>, ShmError> {
-        self.scan(want, |e| {
-            let mut value = Vec::new();
-            block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
-            value
-        })
+        self.scan(
+            |e| {
+                let mut key = Vec::new();
+                block::load_bytes(e.data, e.klen, &mut key);
+                want(&key).then(|| {
+                    let mut value = Vec::new();
+                    block::load_bytes(&e.data[block::words(e.klen)..], e.vlen, &mut value);
+                    (key, value)
+                })
+            },
+            pid,
+        )?
+        .into_iter()
+        .filter_map(|(i, _, kv)| kv.map(|kv| (i, kv)))
+        .map(|(i, (key, value))| Ok((utf8(i, key)?, value)))
+        .collect()
     }
 
     /// The live keys `want` accepts, in slot order; copies no value.
-    pub(crate) fn keys_where(&self, want: impl Fn(&[u8]) -> bool) -> Result<Vec<String>, ShmError> {
-        Ok(self
-            .scan(want, |_| ())?
-            .into_iter()
-            .map(|(k, ())| k)
-            .collect())
-    }
-
-    /// Every live key `want` accepts, with what `take` copies of its block.
-    fn scan<T>(
+    pub(crate) fn keys_where(
         &self,
         want: impl Fn(&[u8]) -> bool,
-        take: impl Fn(&Snapshot<'_>) -> T,
-    ) -> Result<Vec<(String, T)>, ShmError> {
-        let mut out = Vec::new();
-        for i in 0..self.layout.nslots {
-            let copied = self.read_slot(i, |e| {
+        pid: u32,
+    ) -> Result<Vec<String>, ShmError> {
+        self.scan(
+            |e| {
                 let mut key = Vec::new();
                 block::load_bytes(e.data, e.klen, &mut key);
-                want(&key).then(|| (key, take(e)))
-            })?;
-            if let Slot::Entry(_, Some((key, taken))) = copied {
-                let key = String::from_utf8(key).map_err(|_| {
-                    ShmError::BadLayout(format!("slot {i} holds a key that is not UTF-8"))
-                })?;
-                out.push((key, taken));
-            }
-        }
-        Ok(out)
+                want(&key).then_some(key)
+            },
+            pid,
+        )?
+        .into_iter()
+        .filter_map(|(i, _, k)| k.map(|k| (i, k)))
+        .map(|(i, key)| utf8(i, key))
+        .collect()
     }
 
-    /// Frees blocks left by processes that died while writing; returns how many.
+    /// Repairs what processes killed while holding the key lock left (a
+    /// move, holes) and frees blocks left by processes that died while
+    /// writing; returns how many blocks.
     pub fn sweep(&self, pid: u32) -> usize {
+        // Taking the key lock repairs a dead holder's leftovers; a live
+        // holder stuck past the lock's patience is left for the next taker.
+        drop(self.key_lock(pid));
         self.arena().sweep(
-            |b, generation| {
-                let place = block::header(self.mem, b).place.load(Ordering::Acquire);
-                let slot = (place & 0xffff_ffff) as usize;
-                slot < self.layout.nslots
-                    && self.slot(slot).load(Ordering::Acquire) == block::handle(generation, b)
-            },
+            |b, generation| self.published(b, generation),
             crate::store::word_lock::alive,
             pid,
         )
     }
 
+    /// Whether block `b` of `generation` may be published: its handle is in
+    /// its key's chain, or entries moved while we looked (then we cannot
+    /// tell, and say yes: the block is not freed).
+    fn published(&self, b: usize, generation: u64) -> bool {
+        let handle = self.layout.handle(generation, b);
+        let hash = block::header(self.mem, b).hash.load(Ordering::Acquire);
+        let moves = &self.header().moves;
+        let before = moves.load(Ordering::Acquire);
+        for i in self.probe(hash) {
+            match self.slot(i).load(Ordering::Acquire) {
+                0 => break,
+                w if w & !MOVING == handle => return true,
+                _ => {}
+            }
+            #[cfg(loom)]
+            loom::thread::yield_now();
+        }
+        fence(Ordering::Acquire);
+        !(before & 1 == 0 && moves.load(Ordering::Relaxed) == before)
+    }
+
     /// Checks every slot's block reads consistently (waiting out writers,
     /// so it is safe while other processes write) and no block is in two
     /// slots. Returns block counts.
-    pub fn check(&self) -> Result<ArenaStats, ShmError> {
+    pub fn check(&self, pid: u32) -> Result<ArenaStats, ShmError> {
         let mut seen = std::collections::HashSet::new();
-        for i in 0..self.layout.nslots {
-            if let Slot::Entry(h, ()) = self.read_slot(i, |_| ())?
-                && !seen.insert(h)
-            {
+        for (_, w, ()) in self.scan(|_| (), pid)? {
+            let h = w & !MOVING;
+            if !seen.insert(h) {
                 return Err(ShmError::BadLayout(format!(
                     "handle {h:#x} is in two slots"
                 )));
@@ -626,7 +643,27 @@ impl<'m> ValueTable<'m> {
         Ok(self.arena().stats())
     }
 
-    /// Slots taken by keys and tombstones.
+    /// How the live keys sit in their slots.
+    pub fn stats(&self, pid: u32) -> Result<TableStats, ShmError> {
+        let mask = self.layout.nslots - 1;
+        let probes: Vec<usize> = self
+            .scan(|e| self.layout.home(e.hash), pid)?
+            .into_iter()
+            .map(|(i, _, home)| (i.wrapping_sub(home) & mask) + 1)
+            .collect();
+        Ok(TableStats {
+            keys: probes.len(),
+            slots: self.layout.nslots,
+            mean_probe: if probes.is_empty() {
+                0.0
+            } else {
+                probes.iter().sum::<usize>() as f64 / probes.len() as f64
+            },
+            max_probe: probes.iter().copied().max().unwrap_or(0),
+        })
+    }
+
+    /// Slots taken by keys (and a delete's hole while it lasts).
     pub fn keys_claimed(&self) -> usize {
         self.header().used.load(Ordering::Acquire) as usize
     }
@@ -638,142 +675,7 @@ impl<'m> ValueTable<'m> {
     }
 }
 
-#[cfg(all(test, loom))]
-mod loom_models {
-    //! `RUSTFLAGS="--cfg loom" cargo test -p xme-shm --release --lib`
-
-    use super::*;
-    use loom::sync::Arc;
-    use loom::thread;
-
-    fn model(f: impl Fn() + Sync + Send + 'static) {
-        xme_core::sync::loom_model(2, f);
-    }
-
-    /// A table of 2 slots over 4 tiny pages.
-    fn table() -> (Arc<Vec<AtomicU64>>, Layout) {
-        let layout = Layout::new(1, 4 * layout::PAGE_BYTES).unwrap();
-        let mem: Vec<AtomicU64> = (0..layout.total_words).map(|_| AtomicU64::new(0)).collect();
-        let mem = Arc::new(mem);
-        ValueTable::init(&mem, layout).unwrap();
-        (mem, layout)
-    }
-
-    fn value(id: u8) -> Vec<u8> {
-        vec![id; 24]
-    }
-
-    fn whole(v: &[u8]) -> Option<u8> {
-        (v.len() == 24 && v.iter().all(|&b| b == v[0])).then_some(v[0])
-    }
-
-    #[test]
-    fn a_reader_sees_a_whole_old_or_new_value_while_blocks_are_reused() {
-        model(|| {
-            let (mem, _) = table();
-            ValueTable::attach(&mem)
-                .unwrap()
-                .set("k", &value(1), 1)
-                .unwrap();
-            let m2 = mem.clone();
-            let writer = thread::spawn(move || {
-                let t = ValueTable::attach(&m2).unwrap();
-                t.set("k", &value(2), 2).unwrap(); // frees value 1's block
-                t.set("k", &value(3), 2).unwrap(); // may reuse it
-            });
-            let t = ValueTable::attach(&mem).unwrap();
-            let mut out = Vec::new();
-            assert!(t.get_into("k", &mut out).unwrap());
-            let id = whole(&out).expect("torn read");
-            assert!((1..=3).contains(&id));
-            writer.join().unwrap();
-            assert!(t.get_into("k", &mut out).unwrap());
-            assert_eq!(whole(&out), Some(3));
-            let stats = t.check().unwrap();
-            assert_eq!(stats.live_blocks, 1);
-        });
-    }
-
-    #[test]
-    fn concurrent_updates_lose_nothing() {
-        model(|| {
-            let (mem, _) = table();
-            let t = ValueTable::attach(&mem).unwrap();
-            t.set("n", &[0], 1).unwrap();
-            let bump = |t: &ValueTable<'_>, pid| {
-                t.update("n", pid, |old| Ok::<_, ()>(Some(vec![old.unwrap()[0] + 1])))
-                    .unwrap()
-                    .unwrap();
-            };
-            let m2 = mem.clone();
-            let other = thread::spawn(move || bump(&ValueTable::attach(&m2).unwrap(), 2));
-            bump(&t, 1);
-            other.join().unwrap();
-            let mut out = Vec::new();
-            assert!(t.get_into("n", &mut out).unwrap());
-            assert_eq!(out, [2]);
-        });
-    }
-
-    #[test]
-    fn delete_and_set_race_to_a_whole_state() {
-        model(|| {
-            let (mem, _) = table();
-            let t = ValueTable::attach(&mem).unwrap();
-            t.set("k", &value(1), 1).unwrap();
-            let m2 = mem.clone();
-            let other = thread::spawn(move || {
-                ValueTable::attach(&m2).unwrap().delete("k", 2).unwrap();
-            });
-            t.set("k", &value(2), 1).unwrap();
-            other.join().unwrap();
-            let mut out = Vec::new();
-            if t.get_into("k", &mut out).unwrap() {
-                assert_eq!(whole(&out), Some(2));
-            }
-            let present = t.get_into("k", &mut out).unwrap();
-            assert_eq!(t.live_keys(), usize::from(present));
-            assert!(t.keys_claimed() <= 1);
-            t.check().unwrap();
-        });
-    }
-
-    /// Two keys whose probe chains start at the same slot of a 4-slot table.
-    fn colliding_keys() -> (String, String) {
-        let keys: Vec<String> = (0..64).map(|i| format!("k{i}")).collect();
-        let start = |k: &String| block::key_hash(k.as_bytes()) & 3;
-        for a in &keys {
-            if let Some(b) = keys.iter().find(|b| *b != a && start(b) == start(a)) {
-                return (a.clone(), b.clone());
-            }
-        }
-        unreachable!("64 keys over 4 slots collide")
-    }
-
-    #[test]
-    fn deleting_a_key_never_hides_the_key_after_it_in_its_chain() {
-        model(|| {
-            let layout = Layout::new(2, 4 * layout::PAGE_BYTES).unwrap();
-            let mem: Vec<AtomicU64> = (0..layout.total_words).map(|_| AtomicU64::new(0)).collect();
-            let mem = Arc::new(mem);
-            let t = ValueTable::init(&mem, layout).unwrap();
-            let (first, second) = colliding_keys();
-            t.set(&first, &value(1), 1).unwrap();
-            t.set(&second, &value(2), 1).unwrap();
-            let m2 = mem.clone();
-            let deleter = thread::spawn(move || {
-                let t = ValueTable::attach(&m2).unwrap();
-                assert!(t.delete(&first, 2).unwrap());
-                // Set again: into the tombstone before `second`.
-                t.set(&first, &value(3), 2).unwrap();
-            });
-            let mut out = Vec::new();
-            assert!(t.get_into(&second, &mut out).unwrap(), "a delete hid a key");
-            assert_eq!(whole(&out), Some(2));
-            deleter.join().unwrap();
-            assert_eq!(t.live_keys(), 2);
-            assert_eq!(t.keys_claimed(), 2);
-            t.check().unwrap();
-        });
-    }
+fn utf8(slot: usize, key: Vec<u8>) -> Result<String, ShmError> {
+    String::from_utf8(key)
+        .map_err(|_| ShmError::BadLayout(format!("slot {slot} holds a key that is not UTF-8")))
 }

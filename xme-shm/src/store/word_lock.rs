@@ -32,7 +32,8 @@ pub(crate) fn alive(pid: u32) -> bool {
     xme_core::process::is_alive(pid as i32)
 }
 
+/// Under loom, pids from `LOOM_DEAD_PIDS` up stand for dead processes.
 #[cfg(loom)]
-pub(crate) fn alive(_pid: u32) -> bool {
-    true
+pub(crate) fn alive(pid: u32) -> bool {
+    u64::from(pid) < xme_core::sync::LOOM_DEAD_PIDS
 }
