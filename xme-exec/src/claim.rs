@@ -93,7 +93,9 @@ mod loom_models {
     /// exactly the call it took and worker 2 for nothing.
     #[test]
     fn every_call_is_taken_once_and_a_killed_worker_names_its_call() {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         xme_core::sync::loom_model(2, || {
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let b = board(2, 3);
             let b1 = b.clone();
             let killed = thread::spawn(move || claim(&b1.cursor, &b1.claims, &slot(&b1, 0), 1, 7));
@@ -115,13 +117,17 @@ mod loom_models {
             assert_eq!(blamed, taken_by_killed);
             assert_eq!(running(&b.claims, &slot(&b, 1), 2), None);
         });
+        let runs = RUNS.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(runs > 1, "the model explored {runs} execution(s)");
     }
 
     /// The parent reads a worker's slot while the worker claims: whatever
     /// it sees names a call that worker really won (never one it lost).
     #[test]
     fn the_parent_never_blames_a_worker_for_a_call_it_lost() {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         xme_core::sync::loom_model(2, || {
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let b = board(2, 1);
             let (b1, b2) = (b.clone(), b.clone());
             let w1 = thread::spawn(move || claim(&b1.cursor, &b1.claims, &slot(&b1, 0), 1, 0));
@@ -133,5 +139,7 @@ mod loom_models {
                 assert_eq!(Some(g), won1);
             }
         });
+        let runs = RUNS.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(runs > 1, "the model explored {runs} execution(s)");
     }
 }

@@ -129,7 +129,9 @@ mod loom_models {
     /// always runs.
     #[test]
     fn a_task_is_run_or_cancelled_exactly_once() {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         xme_core::sync::loom_model(3, || {
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let claims: Arc<Vec<AtomicU64>> =
                 Arc::new((0..CLAIMS).map(|_| AtomicU64::new(0)).collect());
             let ran2 = Arc::new(AtomicBool::new(false));
@@ -148,5 +150,10 @@ mod loom_models {
             worker.join().unwrap();
             assert_ne!(cancelled, ran2.load(Ordering::SeqCst));
         });
+        // loom's search can stop after one execution when a thread reads a
+        // word before it writes it; a model that explored one checked
+        // nothing.
+        let runs = RUNS.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(runs > 1, "the model explored {runs} execution(s)");
     }
 }

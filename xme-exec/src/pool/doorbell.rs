@@ -52,7 +52,9 @@ mod loom_models {
     /// sleep: the driver either sees the event or is woken.
     #[test]
     fn no_event_is_slept_through() {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         xme_core::sync::loom_model(3, || {
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let events = Arc::new(AtomicU64::new(0));
             let sleeping = Arc::new(AtomicU32::new(0));
             let byte = Arc::new(AtomicBool::new(false));
@@ -73,5 +75,10 @@ mod loom_models {
             woke(&sleeping);
             worker.join().unwrap();
         });
+        // loom's search can stop after one execution when a thread reads a
+        // word before it writes it; a model that explored one checked
+        // nothing.
+        let runs = RUNS.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(runs > 1, "the model explored {runs} execution(s)");
     }
 }

@@ -299,7 +299,9 @@ mod loom_models {
     /// consumer read; the consumer reads every record exactly as written.
     #[test]
     fn records_survive_wrapping_and_reuse() {
+        static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         xme_core::sync::loom_model(3, || {
+            RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             #[allow(clippy::type_complexity)]
             let words: Arc<(
                 AtomicU64,
@@ -353,5 +355,10 @@ mod loom_models {
                 assert_eq!(bytes.as_slice(), payloads[i]);
             }
         });
+        // loom's search can stop after one execution when a thread reads a
+        // word before it writes it; a model that explored one checked
+        // nothing.
+        let runs = RUNS.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(runs > 1, "the model explored {runs} execution(s)");
     }
 }
