@@ -17,6 +17,13 @@ pub(crate) const ST_END: u32 = 4;
 /// Exit status of a logical process whose request channel was corrupt.
 pub(crate) const EXIT_CORRUPT: i32 = 3;
 
+/// Exit status of a logical process that could not start its watcher
+/// thread (the system refused a thread: see `ulimit -u`).
+pub(crate) const EXIT_NO_WATCHER: i32 = 5;
+
+/// How often a refused watcher thread is tried (5, 10, 20, 40, 80 ms apart).
+const WATCHER_SPAWN_TRIES: u32 = 5;
+
 /// How serving ended.
 enum Served {
     /// The main process closed this one: acknowledge, then exit 0.
@@ -48,20 +55,40 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
     /// through `heart` and reports a call past the deadline; returns the
     /// exit status. The acknowledgement of EXIT is sent after the watcher
     /// stopped, so it is the last thing the main process hears.
-    pub fn run(mut self, mut heart: impl Heart) -> i32 {
+    pub fn run(mut self, heart: impl Heart) -> i32 {
         xme_core::process::install_quiet_panic_hook();
         let clock = CallClock::default();
         let stop = StopFlag::default();
         let plan = self.plan;
+        // Shared by reference so that a failed spawn can be retried.
+        let heart = std::sync::Mutex::new(heart);
         let served = std::thread::scope(|s| {
-            let watcher = std::thread::Builder::new()
-                .name("xme-mpi-watch".into())
-                .spawn_scoped(s, || watch_calls(&clock, &mut heart, plan, &stop));
-            let served = self.serve(&clock);
-            if let Ok(w) = watcher {
-                stop.stop(w.thread());
-                let _ = w.join();
+            // Without its watcher a process keeps no deadline and sends no
+            // beat: the main process would kill it as silent much later,
+            // for the wrong reason. Retry a transient refusal (EAGAIN: too
+            // many threads), then exit with a status that says why.
+            let mut watcher = None;
+            for attempt in 0..WATCHER_SPAWN_TRIES {
+                let spawned = std::thread::Builder::new()
+                    .name("xme-mpi-watch".into())
+                    .spawn_scoped(s, || {
+                        let mut heart = heart.lock().unwrap_or_else(|p| p.into_inner());
+                        watch_calls(&clock, &mut *heart, plan, &stop);
+                    });
+                match spawned {
+                    Ok(w) => {
+                        watcher = Some(w);
+                        break;
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5 << attempt)),
+                }
             }
+            let Some(w) = watcher else {
+                return Served::Exit(EXIT_NO_WATCHER);
+            };
+            let served = self.serve(&clock);
+            stop.stop(w.thread());
+            let _ = w.join();
             served
         });
         match served {
@@ -154,10 +181,19 @@ impl<Rx: RecvChannel, Tx: SendChannel> LogicalProcess<'_, Rx, Tx> {
                     clock.end(&mut count);
                     ran
                 }
+                // Function addresses mean something only in a forked copy of
+                // the main process; a rank (no parent) refuses them, whatever
+                // arrives over MPI (rank 0 never sends them: FnAcrossHosts).
+                KIND_CALL_FN if self.parent.is_none() => Ran::Failed(
+                    "a call by function address reached a rank of an MPI job: \
+                     only forked logical processes run those (register the unit)"
+                        .into(),
+                ),
                 KIND_CALL_FN => {
                     self.status.store(ST_INRUN, Ordering::Release);
                     clock.start(&mut count, 0);
-                    // SAFETY: what is trusted: the request ring lies in an
+                    // SAFETY: this process is forked (`parent` is set: the arm
+                    // above refuses ranks). What is trusted: the request ring lies in an
                     // anonymous memfd mapping (no name in /dev/shm) that only the
                     // main process and its forked logical processes map; another
                     // process could reach it only through /proc/<pid>/fd, which

@@ -43,6 +43,9 @@ pub(crate) struct SlotTable {
     /// Threads waiting for a free slot (notify only when there are some: a
     /// condvar notify is a system call).
     pub(crate) waiters: usize,
+    /// When a thread short of slots last checked that the processes holding
+    /// them live (see `MpiHandle::take_slot`).
+    pub(crate) liveness_checked: Option<std::time::Instant>,
 }
 
 impl SlotTable {
@@ -58,6 +61,7 @@ impl SlotTable {
                 .collect(),
             free: (0..size as u32).rev().collect(),
             waiters: 0,
+            liveness_checked: None,
         }
     }
 

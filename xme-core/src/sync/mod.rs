@@ -28,8 +28,22 @@ pub use seq_lock::{InPlaceWrite, SeqLock, SpareWrite};
 /// `preemption_bound` preemptions (the bound every xme model uses: 2 or 3).
 #[cfg(loom)]
 #[doc(hidden)]
+///
+/// Panics unless the search explored more than one execution: loom's search
+/// can stop after one when a thread reads a word before it writes it, and a
+/// model that explored one interleaving checked nothing.
 pub fn loom_model(preemption_bound: usize, f: impl Fn() + Sync + Send + 'static) {
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = runs.clone();
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(preemption_bound);
-    b.check(f);
+    b.check(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        f()
+    });
+    let runs = runs.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        runs > 1,
+        "the loom model explored {runs} execution(s): it checks nothing"
+    );
 }

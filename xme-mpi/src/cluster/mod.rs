@@ -51,7 +51,9 @@ const TAG_WATCH: i32 = 4;
 /// rank has passed `MPI_Init` (a fence) before saying hello, so only a rank
 /// that died or froze since takes longer.
 fn handshake(plan: &WatchPlan) -> Duration {
-    plan.detection * 2 + Duration::from_secs(5)
+    plan.detection
+        .saturating_mul(2)
+        .saturating_add(Duration::from_secs(5))
 }
 
 /// Ends the job from rank `rank` because `why` (printed first: the launcher
@@ -115,7 +117,12 @@ pub(crate) fn run<T>(
     config: RunConfig,
     main: impl FnOnce(&MpiHandle<'_>) -> T,
 ) -> Result<T, MpiError> {
-    let started = StartWatchdog::arm(config.failure_detection * 3 + Duration::from_secs(5));
+    let started = StartWatchdog::arm(
+        config
+            .failure_detection
+            .saturating_mul(3)
+            .saturating_add(Duration::from_secs(5)),
+    );
     let Some((universe, threading)) = mpi::initialize_with_threading(Threading::Serialized) else {
         return Err(MpiError::Cluster(
             "MPI was initialised already in this process: one cluster run per launch".into(),
@@ -316,7 +323,7 @@ fn serve(
         .lock()
         .process_at_rank(0)
         .send_with_tag(&encode(&hello)[..], TAG_HELLO);
-    let wait = handshake(&config.watch_plan()) * 2;
+    let wait = handshake(&config.watch_plan()).saturating_mul(2);
     let Some(verdict) = recv_from(world, 0, TAG_VERDICT, wait)
         .and_then(|b| postcard::from_bytes::<Verdict>(&b).ok())
     else {

@@ -271,8 +271,9 @@ impl MpiHandle<'_> {
         {
             return Err(MpiError::BadSlot);
         }
-        let until = Instant::now() + wait;
-        let out = self.wait_result(slot.index, slot.generation, Some(until), decode_result);
+        // A wait too long for the clock (Duration::MAX) is no limit.
+        let until = Instant::now().checked_add(wait);
+        let out = self.wait_result(slot.index, slot.generation, until, decode_result);
         if !matches!(out, Err(MpiError::Timeout { .. })) {
             slot.taken = true;
         }

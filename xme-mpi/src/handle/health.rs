@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use xme_core::Fate;
 use xme_core::process::Child;
 
 use super::MpiHandle;
@@ -11,6 +12,7 @@ use super::send::DIRECT_SLOT;
 use crate::MpiError;
 use crate::channel::Corrupt;
 use crate::link::{Ended, Link, RecvSide, lock};
+use crate::logical::EXIT_NO_WATCHER;
 use crate::slots::SlotState;
 
 impl MpiHandle<'_> {
@@ -34,7 +36,17 @@ impl MpiHandle<'_> {
             Some(Ok(Some(fate))) => {
                 drop(child);
                 self.pump(link, reader); // replies it wrote before dying still count
-                let _ = link.ended.set(Ended::Died(fate));
+                let ended = if matches!(fate, Fate::Exited(EXIT_NO_WATCHER)) {
+                    Ended::Broken(
+                        "it exited at start: the system refused its watcher thread \
+                         (too many threads or processes: raise `ulimit -u`, or run fewer \
+                         logical processes)"
+                            .to_string(),
+                    )
+                } else {
+                    Ended::Died(fate)
+                };
+                let _ = link.ended.set(ended);
                 false
             }
             _ => {

@@ -31,12 +31,23 @@ impl MpiHandle<'_> {
             }
             let start = *start.get_or_insert_with(Instant::now);
             // Slots of dropped calls free when their replies land: read
-            // what came (lock order: recv, then slots).
+            // what came (lock order: recv, then slots). A dropped call's
+            // process may never answer (dead, stopped, past its deadline),
+            // and nobody else may be waiting on it: check every LIVENESS
+            // (across callers, so repeated non-blocking tries check too)
+            // that the processes live, which fails their pending calls and
+            // frees the slots of the dropped ones.
+            let check = table
+                .liveness_checked
+                .is_none_or(|t| t.elapsed() >= LIVENESS);
+            if check {
+                table.liveness_checked = Some(Instant::now());
+            }
             drop(table);
             let all: Vec<usize> = self.links.iter().map(|l| l.id).collect();
-            let landed = self.pump_each(&all, false);
+            let landed = self.pump_each(&all, check);
             table = lock(&self.slots);
-            if landed > 0 && !table.free.is_empty() {
+            if (landed > 0 || check) && !table.free.is_empty() {
                 continue;
             }
             table.waiters += 1;

@@ -2,7 +2,7 @@
 
 use std::marker::PhantomData;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -11,7 +11,9 @@ use super::{MpiHandle, To};
 use crate::MpiError;
 use crate::call_frame::{self, KIND_CALL, Request};
 use crate::channel::Waited;
-use crate::link::{LIVENESS, Link, LivenessCheck, RecvSide, SendSide, lock, log_foreign_reply};
+use crate::link::{
+    Ended, LIVENESS, Link, LivenessCheck, RecvSide, SendSide, lock, log_foreign_reply,
+};
 use crate::slots::{Slot, decode_result, reply_outcome};
 
 /// What follows a request's header.
@@ -195,6 +197,7 @@ impl<'r> MpiHandle<'r> {
         unit: &'static str,
     ) -> Result<R, MpiError> {
         let mut liveness = LivenessCheck::default();
+        let sent = Instant::now();
         loop {
             let got = match reader.channel.recv_fast(&mut reader.buf) {
                 Ok(false) => reader.channel.try_recv(&mut reader.buf),
@@ -214,7 +217,8 @@ impl<'r> MpiHandle<'r> {
                 },
                 Ok(false) => {
                     if liveness.due(reader.channel.wait_recv(LIVENESS))
-                        && !self.check_alive(link, reader)
+                        && (!self.check_alive(link, reader)
+                            || self.direct_call_overdue(link, reader, sent, unit))
                     {
                         self.fail_pending(link);
                         return Err(self.direct_error(link, unit));
@@ -227,6 +231,47 @@ impl<'r> MpiHandle<'r> {
             }
         }
     }
+}
+
+impl MpiHandle<'_> {
+    /// The main process's own clock on a direct call, a backstop for the
+    /// process's watcher thread (which keeps the deadline, see `watch`): a
+    /// process that cannot report (stopped, starved, its watcher could not
+    /// start) is past the deadline once the call has waited
+    /// [`direct_backstop`] since it was sent. A direct call is sent only to
+    /// a process with nothing queued, so that wait is all the call's own.
+    /// Ends the process as overdue and returns true then.
+    fn direct_call_overdue(
+        &self,
+        link: &Link<'_>,
+        reader: &mut RecvSide<'_>,
+        sent: Instant,
+        unit: &'static str,
+    ) -> bool {
+        let Some(deadline) = self.plan.deadline else {
+            return false;
+        };
+        let ran = sent.elapsed();
+        if ran < direct_backstop(deadline) {
+            return false;
+        }
+        let why = Ended::Overdue {
+            unit,
+            slot: DIRECT_SLOT,
+            position: 0,
+            ran,
+        };
+        self.end(link, why, reader);
+        true
+    }
+}
+
+/// How long the main process waits for a direct call before it declares it
+/// past `deadline` itself: the deadline and half of it again (at least
+/// 100 ms more), so that a live watcher, which reports within an eighth of
+/// the deadline, always speaks first.
+pub(crate) fn direct_backstop(deadline: Duration) -> Duration {
+    deadline.saturating_add((deadline / 2).max(Duration::from_millis(100)))
 }
 
 /// The slot number of a direct call (`block_acquire` without a slot).

@@ -1,0 +1,172 @@
+//! Processes that stop answering while the main process waits for
+//! something other than their reply: a free slot held by dropped calls, a
+//! direct call whose process stalls before its watcher can report. Each
+//! wait ends in bounded time with a typed error naming the process, and the
+//! other process serves every call once with its own result.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use xme_mpi::{Mpi, MpiError, MpiHandle, To, Unit};
+
+mod common;
+use common::clean;
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Runs `f`; if it takes longer than `limit`, ends the whole test process
+/// (a hang must fail the run, not stall it).
+fn bounded<T>(what: &str, limit: Duration, f: impl FnOnce() -> T) -> T {
+    let done = Arc::new(AtomicBool::new(false));
+    let watch = done.clone();
+    let what = what.to_string();
+    std::thread::spawn(move || {
+        let t = Instant::now();
+        while t.elapsed() < limit {
+            if watch.load(Ordering::Acquire) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        eprintln!("HANG: {what} still waiting after {limit:?}");
+        std::process::exit(99);
+    });
+    let out = f();
+    done.store(true, Ordering::Release);
+    out
+}
+
+/// How process 1 is made to stop answering.
+#[derive(Clone, Copy, Debug)]
+enum Stall {
+    Killed,
+    Stopped,
+    Overdue,
+}
+
+/// Every slot is taken by a dropped call on process 1, which then stops
+/// answering: an `acquire` for process 2 gets a slot once process 1 is
+/// found out, and process 2 serves 200 calls, each once.
+fn dropped_slots_on(stall: Stall) {
+    clean(|| {
+        let mut mpi = Mpi::new(3)
+            .unwrap()
+            .buffer_size(4)
+            .failure_detection(Duration::from_secs(1));
+        if matches!(stall, Stall::Overdue) {
+            mpi = mpi.call_timeout(Duration::from_millis(300));
+        }
+        let nap = mpi.register("nap", nap);
+        let inc = mpi.register("inc", |x: u64| x + 1);
+        mpi.run(|m| {
+            let pid1 = m.pid(1).unwrap();
+            for _ in 0..4 {
+                drop(m.acquire(&nap, &600_000, To::Process(1)).unwrap());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            match stall {
+                Stall::Killed => kill(Pid::from_raw(pid1), Signal::SIGKILL).unwrap(),
+                Stall::Stopped => kill(Pid::from_raw(pid1), Signal::SIGSTOP).unwrap(),
+                Stall::Overdue => {}
+            }
+            let first = bounded("acquire for process 2", Duration::from_secs(20), || {
+                let s = m.acquire(&inc, &1, To::Process(2)).unwrap();
+                m.get(s).unwrap()
+            });
+            assert_eq!(first, 2, "{stall:?}");
+            survivors(m, &inc, 200);
+            // Process 1 is gone (killed and reaped, whatever its stall).
+            assert!(!xme_core::process::is_alive(pid1), "{stall:?}");
+            assert!(matches!(
+                m.block_acquire(&inc, &1, To::Process(1)),
+                Err(MpiError::Closed { process: 1, .. }
+                    | MpiError::ProcessDied { process: 1, .. }
+                    | MpiError::Unresponsive { process: 1, .. })
+            ));
+        })
+        .unwrap();
+    });
+}
+
+/// `n` calls to process 2, a few in flight at a time: each comes back once
+/// with its own result.
+fn survivors(m: &MpiHandle<'_>, inc: &Unit<u64, u64>, n: u64) {
+    for window in (0..n).collect::<Vec<_>>().chunks(3) {
+        let slots: Vec<_> = window
+            .iter()
+            .map(|&x| (x, m.acquire(inc, &x, To::Process(2)).unwrap()))
+            .collect();
+        for (x, s) in slots {
+            assert_eq!(m.get(s).unwrap(), x + 1, "call {x}");
+        }
+    }
+}
+
+#[test]
+fn a_slot_held_by_dropped_calls_on_a_killed_process_is_freed() {
+    dropped_slots_on(Stall::Killed);
+}
+
+#[test]
+fn a_slot_held_by_dropped_calls_on_a_stopped_process_is_freed() {
+    dropped_slots_on(Stall::Stopped);
+}
+
+#[test]
+fn a_slot_held_by_dropped_calls_on_an_overdue_process_is_freed() {
+    dropped_slots_on(Stall::Overdue);
+}
+
+/// The process of a direct call stalls (SIGSTOP) before its watcher can
+/// report the deadline: the main process's own clock says so, well before
+/// the detection bound, and the other process serves on.
+#[test]
+fn a_direct_call_whose_process_stalls_still_meets_its_deadline() {
+    clean(|| {
+        let deadline = Duration::from_millis(300);
+        let mut mpi = Mpi::new(3).unwrap().call_timeout(deadline);
+        let nap = mpi.register("nap", nap);
+        let inc = mpi.register("inc", |x: u64| x + 1);
+        mpi.run(|m| {
+            let pid1 = m.pid(1).unwrap();
+            let stopper = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                kill(Pid::from_raw(pid1), Signal::SIGSTOP).unwrap();
+            });
+            let t = Instant::now();
+            let e = bounded("direct call", Duration::from_secs(30), || {
+                m.block_acquire(&nap, &600_000, To::Process(1)).unwrap_err()
+            });
+            let took = t.elapsed();
+            stopper.join().unwrap();
+            assert!(
+                matches!(e, MpiError::DeadlineExceeded { process: 1, .. }),
+                "after {took:?}: {e}"
+            );
+            // The detection bound is 10 s: the deadline, not silence, ended it.
+            assert!(took < Duration::from_secs(5), "{took:?}");
+            assert!(!xme_core::process::is_alive(pid1));
+            survivors(m, &inc, 100);
+        })
+        .unwrap();
+    });
+}
+
+#[test]
+fn get_timeout_of_duration_max_waits_without_limit() {
+    clean(|| {
+        let mut mpi = Mpi::new(2).unwrap();
+        let inc = mpi.register("inc", |x: u64| x + 1);
+        mpi.run(|m| {
+            let mut s = m.acquire(&inc, &1, To::Process(1)).unwrap();
+            assert_eq!(m.get_timeout(&mut s, Duration::MAX).unwrap(), 2);
+        })
+        .unwrap();
+    });
+}
