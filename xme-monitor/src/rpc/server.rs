@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, BufWriter, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -244,13 +245,14 @@ impl Server {
             source,
         })?;
         let local = listener.local_addr().ok();
+        let wake = listener.try_clone().ok().map(OwnedFd::from);
         let incoming = std::iter::from_fn(move || {
             Some(listener.accept().map(|(c, _)| {
                 let _ = c.set_nodelay(true);
                 Stream::Tcp(c)
             }))
         });
-        self.serve(incoming, local, None)
+        self.serve(incoming, local, None, wake)
     }
 
     /// Serves on a Unix socket at `path` (removed again at shutdown). A
@@ -259,9 +261,10 @@ impl Server {
     pub fn serve_unix(self, path: impl AsRef<Path>) -> Result<ServerHandle, MonitorError> {
         let path = path.as_ref().to_path_buf();
         let listener = bind_unix(&path)?;
+        let wake = listener.try_clone().ok().map(OwnedFd::from);
         let incoming =
             std::iter::from_fn(move || Some(listener.accept().map(|(c, _)| Stream::Unix(c))));
-        self.serve(incoming, None, Some(path))
+        self.serve(incoming, None, Some(path), wake)
     }
 
     fn serve(
@@ -269,6 +272,7 @@ impl Server {
         incoming: impl Iterator<Item = std::io::Result<Stream>> + Send + 'static,
         local: Option<SocketAddr>,
         path: Option<PathBuf>,
+        wake: Option<OwnedFd>,
     ) -> Result<ServerHandle, MonitorError> {
         let shared = self.shared();
         let s = shared.clone();
@@ -294,6 +298,7 @@ impl Server {
             accept: Some(accept),
             local,
             path,
+            wake,
         })
     }
 }
@@ -398,8 +403,13 @@ fn start_connection(shared: &Arc<Shared>, mut stream: Stream) {
     let (s, st) = (shared.clone(), state.clone());
     match std::thread::Builder::new()
         .name("xme-rpc-conn".into())
-        .spawn(move || serve_connection(&s, &st, stream))
-    {
+        .spawn(move || {
+            serve_connection(&s, &st, stream);
+            // Close the last descriptor (the control copy) now, not at the
+            // next accept: a peer still sending then gets a reset instead
+            // of a socket that nobody reads.
+            lock(&s.connections).retain(|c| !Arc::ptr_eq(&c.state, &st));
+        }) {
         Ok(thread) => conns.push(Connection {
             control,
             thread,
@@ -446,6 +456,44 @@ impl Read for Timed {
     }
 }
 
+/// The most one `send` of a reply carries (see [`TimedWrite`]).
+const WRITE_PIECE: usize = 64 * 1024;
+
+/// The write half of a connection: every write of a reply ends by the
+/// reply's deadline (`SO_SNDTIMEO` alone bounds each `send`, so a peer
+/// reading a trickle could hold a long reply for ever).
+struct TimedWrite {
+    stream: Stream,
+    deadline: Instant,
+    /// The send timeout set on the socket now (set again only when the
+    /// time left is shorter: the common fast reply costs no system call).
+    applied: Duration,
+}
+
+impl Write for TimedWrite {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the reply did not leave within the write timeout (Server::write_timeout)",
+            ));
+        }
+        if left < self.applied {
+            self.applied = left.max(Duration::from_millis(1));
+            self.stream.set_write_timeout(Some(self.applied));
+        }
+        // One send of a large buffer goes on as long as the peer frees some
+        // room within the send timeout; a bounded piece per call lets the
+        // deadline above be checked between pieces.
+        self.stream.write(&buf[..buf.len().min(WRITE_PIECE)])
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.stream.flush()
+    }
+}
+
 /// Reads requests and answers them in order until the client closes, a
 /// frame is bad or late, a reply cannot leave, or the server shuts down
 /// (after the request in hand).
@@ -454,6 +502,11 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
         return;
     };
     write_half.set_write_timeout(Some(s.limits.write_timeout));
+    let write_half = TimedWrite {
+        stream: write_half,
+        deadline: Instant::now() + s.limits.write_timeout,
+        applied: s.limits.write_timeout,
+    };
     let timed = Timed {
         stream,
         deadline: None,
@@ -509,14 +562,19 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
                 break;
             }
         };
-        state.authenticated.store(true, Ordering::Release);
-        if state.evicted.load(Ordering::Acquire) {
-            break; // replaced just before its request authenticated
-        }
         if s.stopping.load(Ordering::Acquire) {
             break; // shutting down: no new call starts
         }
         let admitted = lock(&s.replays).admit(&request.mark, request.time_ms, now_ms());
+        // Only a fresh request proves the key: a captured frame replayed (or
+        // an old one) decodes too, and must not lift the connection out of
+        // eviction and the unauthenticated frame cap.
+        if admitted.is_ok() {
+            state.authenticated.store(true, Ordering::Release);
+            if state.evicted.load(Ordering::Acquire) {
+                break; // replaced just before its request authenticated
+            }
+        }
         state.in_call.store(true, Ordering::Release);
         let result = match admitted {
             Err(refused) => Err(refused),
@@ -539,9 +597,10 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
             }
         };
         state.in_call.store(false, Ordering::Release);
-        // A write that does not finish within the write timeout fails: the
-        // peer stopped reading. Flush once the requests already received
-        // are answered: pipelined calls share one write.
+        // A reply that does not leave within the write timeout fails: the
+        // peer stopped reading (or reads a trickle). Flush once the requests
+        // already received are answered: pipelined calls share one write.
+        writer.get_mut().deadline = Instant::now() + s.limits.write_timeout;
         let sent = push_frame(&mut writer, &reply).and_then(|()| {
             if reader.buffer().is_empty() {
                 writer.flush()
@@ -551,12 +610,13 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
         });
         if let Err(e) = sent {
             log::warn!("xme rpc: closing a connection: a reply could not be sent: {e}");
-            writer.get_ref().abort();
+            writer.get_ref().stream.abort();
             return;
         }
     }
+    writer.get_mut().deadline = Instant::now() + s.limits.write_timeout;
     let _ = writer.flush();
-    writer.get_ref().shutdown(Shutdown::Both);
+    writer.get_ref().stream.shutdown(Shutdown::Both);
 }
 
 /// A running server. [`shutdown`](Self::shutdown) (or dropping it) stops
@@ -570,6 +630,9 @@ pub struct ServerHandle {
     accept: Option<JoinHandle<()>>,
     local: Option<SocketAddr>,
     path: Option<PathBuf>,
+    /// The listening socket (a duplicate): shut down to wake the accept
+    /// loop whatever happened to its address (a removed socket file).
+    wake: Option<OwnedFd>,
 }
 
 impl std::fmt::Debug for ServerHandle {
@@ -602,12 +665,22 @@ impl ServerHandle {
             return;
         };
         self.shared.stopping.store(true, Ordering::Release);
-        // Wake the accept loop with a connection of our own.
-        if let Some(addr) = self.local {
-            let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
-        }
-        if let Some(path) = &self.path {
-            let _ = UnixStream::connect(path);
+        // Wake the accept loop: shutdown(2) on a listening socket makes a
+        // blocked accept fail at once (Linux), even when no connection
+        // could reach it (its socket file was removed). Failing that, with
+        // a connection of our own.
+        let woken = self.wake.as_ref().is_some_and(|fd| {
+            // SAFETY: `fd` is an open socket this handle owns; shutdown
+            // changes no memory.
+            unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_RDWR) == 0 }
+        });
+        if !woken {
+            if let Some(addr) = self.local {
+                let _ = TcpStream::connect_timeout(&addr, Duration::from_secs(1));
+            }
+            if let Some(path) = &self.path {
+                let _ = UnixStream::connect(path);
+            }
         }
         let _ = accept.join();
         let conns = std::mem::take(&mut *lock(&self.shared.connections));

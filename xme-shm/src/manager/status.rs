@@ -22,7 +22,11 @@ impl Manager {
     /// entries are pruned (ended processes' first).
     ///
     /// # Errors
-    /// [`ShmError::ArenaFull`] if the arena has no room for the entry.
+    /// [`ShmError::ArenaFull`] if the arena has no room for the entry;
+    /// [`ShmError::CapacityFull`] only if other keys, beyond the builder's
+    /// [`capacity`](crate::XmemBuilder::capacity), took the status room:
+    /// the table adds that room to the capacity but does not keep the two
+    /// apart, so size `capacity` for every key you set.
     ///
     /// ```
     /// use xme_shm::{Operator, ShmError, XmemBuilder};

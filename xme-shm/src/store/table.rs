@@ -404,7 +404,15 @@ impl<'m> ValueTable<'m> {
         let mut last = None;
         loop {
             let found = self.lookup(k, hash, Some(&mut current), pid)?;
-            check_progress(&mut last, found, k)?;
+            if found.is_some() {
+                check_progress(&mut last, found, k)?;
+            } else {
+                // Absent again after a conflict: another writer inserted the
+                // key and one deleted it meanwhile. That is their progress,
+                // not a stuck slot (a slot's handle never repeats, absence
+                // does).
+                last = None;
+            }
             let (expected, old) = match found {
                 Some((_, w)) => (w & !MOVING, Some(current.as_slice())),
                 None => (0, None),
