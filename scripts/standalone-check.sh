@@ -28,6 +28,6 @@ TOML
     echo "$crate/README.md has no Rust example"; exit 1
   fi
   echo "-- $crate alone"
-  (cd "$dir" && cargo run -q --release)
+  (cd "$dir" && cargo run -q)
 done
 echo "every crate runs its README example alone"
