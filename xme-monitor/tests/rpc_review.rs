@@ -1,5 +1,6 @@
 //! The RPC server against peers that replay captured frames, read a
-//! trickle, or remove its socket file (regressions found by an independent
+//! trickle, or remove its socket file, and a client whose server stops
+//! reading (regressions found by an independent
 //! review of #26; each failed before its fix).
 
 use std::io::{Read, Write};
@@ -231,5 +232,35 @@ fn shutdown_returns_when_the_unix_socket_file_is_gone() {
     assert!(
         took.is_ok(),
         "shutdown did not return in 5 s (the accept thread is never woken)"
+    );
+}
+
+/// `Client::call(.., timeout)` sends with no write deadline: when the
+/// server is not reading (its thread runs a long call, or it is stopped),
+/// a large request blocks the caller in write(2) far past its timeout.
+#[test]
+fn a_call_with_a_timeout_returns_in_time_while_the_server_does_not_read() {
+    let _s = serial();
+    let path = std::env::temp_dir().join(format!("xme-rpc-send-{}.sock", std::process::id()));
+    let handle = server()
+        .register("sleep", |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
+        })
+        .register("len", |s: String| s.len())
+        .serve_unix(&path)
+        .unwrap();
+    let client = Client::connect_unix(&path, Sealed::new(KEY)).unwrap();
+    let slow = client.start::<_, u64>("sleep", &3000u64).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = Instant::now();
+    let r = client.call::<_, usize>("len", &"y".repeat(1 << 20), Duration::from_millis(500));
+    let took = t.elapsed();
+    eprintln!("call with a 500 ms timeout returned {r:?} after {took:?}");
+    let _ = slow.wait(WAIT);
+    handle.shutdown();
+    assert!(
+        took < Duration::from_millis(1500),
+        "a call with a 500 ms timeout took {took:?}"
     );
 }

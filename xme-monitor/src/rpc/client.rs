@@ -164,23 +164,95 @@ impl Client {
         // Authenticate the connection at once: a server closes one whose
         // first request does not come within its read timeout (and gives
         // its place to a newer one when full). The reply has no caller.
-        client.send(&new_mark()?, HELLO, Value::Null)?;
+        client.send(&new_mark()?, HELLO, Value::Null, None)?;
         Ok(client)
     }
 
-    /// Sends one request under `mark`.
-    fn send(&self, mark: &str, function: &str, args: Value) -> Result<(), MonitorError> {
+    /// Sends one request under `mark`, by `deadline` if one is given: the
+    /// wait for the connection's writer and the send itself both end then
+    /// (a frame cut half-way breaks the connection, which is then closed).
+    fn send(
+        &self,
+        mark: &str,
+        function: &str,
+        args: Value,
+        deadline: Option<Instant>,
+    ) -> Result<(), MonitorError> {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         let frame = encode_request(&*self.inner.codec, mark, now, function, args)?;
-        let mut w = lock(&self.inner.writer);
-        push_frame(&mut *w, &frame)
-            .and_then(|()| w.flush())
-            .map_err(|source| MonitorError::Io {
-                doing: "sending an RPC request",
-                source,
-            })
+        let started = Instant::now();
+        let late = || MonitorError::Timeout {
+            function: function.to_string(),
+            waited: started.elapsed(),
+        };
+        let io = |source| MonitorError::Io {
+            doing: "sending an RPC request",
+            source,
+        };
+        let Some(deadline) = deadline else {
+            let mut w = lock(&self.inner.writer);
+            return push_frame(&mut *w, &frame)
+                .and_then(|()| w.flush())
+                .map_err(io);
+        };
+        // Another caller may be sending a long frame: wait for it only so long.
+        let mut w = loop {
+            match self.inner.writer.try_lock() {
+                Ok(w) => break w,
+                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Err(late()),
+            }
+        };
+        // Every byte of the frame (and of frames buffered before it) leaves
+        // by the deadline, or the connection is given up: one send per
+        // bounded piece, each under the time left.
+        let mut sent = 0;
+        let mut out = (frame.len() as u32).to_le_bytes().to_vec();
+        out.extend_from_slice(&frame);
+        let left = deadline.saturating_duration_since(Instant::now());
+        w.get_ref()
+            .set_write_timeout(Some(left.max(Duration::from_millis(1))));
+        let result = w.flush().and_then(|()| {
+            let stream = w.get_mut();
+            while sent < out.len() {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(std::io::ErrorKind::TimedOut.into());
+                }
+                stream.set_write_timeout(Some(left.max(Duration::from_millis(1))));
+                let piece = &out[sent..out.len().min(sent + SEND_PIECE)];
+                match stream.write(piece) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        });
+        w.get_ref().set_write_timeout(None);
+        match result {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if sent > 0 || !w.buffer().is_empty() {
+                    // Half a frame went out: the connection cannot carry
+                    // another. The reader thread fails the calls in flight.
+                    self.control.shutdown(std::net::Shutdown::Both);
+                }
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) {
+                    Err(late())
+                } else {
+                    Err(io(e))
+                }
+            }
+        }
     }
 
     /// Sends a call of `function` with `args` and returns at once; take the
@@ -189,6 +261,16 @@ impl Client {
         &self,
         function: &str,
         args: &A,
+    ) -> Result<PendingReply<R>, MonitorError> {
+        self.start_by(function, args, None)
+    }
+
+    /// [`start`](Self::start), with the request sent by `deadline`.
+    fn start_by<A: Serialize, R: DeserializeOwned>(
+        &self,
+        function: &str,
+        args: &A,
+        deadline: Option<Instant>,
     ) -> Result<PendingReply<R>, MonitorError> {
         if let Some(why) = lock(&self.inner.closed).clone() {
             return Err(MonitorError::ConnectionClosed(why));
@@ -206,8 +288,11 @@ impl Client {
             lock(&self.inner.pending).remove(&mark);
             return Err(MonitorError::ConnectionClosed(why));
         }
-        if let Err(e) = self.send(&mark, function, args) {
+        if let Err(e) = self.send(&mark, function, args, deadline) {
             lock(&self.inner.pending).remove(&mark);
+            if matches!(e, MonitorError::Timeout { .. }) {
+                return Err(e); // the caller's time is up: no wait for a reason
+            }
             // A server that refused the connection said why before closing
             // it: the reader thread is about to record it.
             let t = Instant::now();
@@ -228,16 +313,33 @@ impl Client {
         })
     }
 
-    /// Calls `function` with `args` and waits up to `timeout` for the result.
+    /// Calls `function` with `args` and waits up to `timeout` for the result:
+    /// sending the request counts (a server that stops reading cannot hold
+    /// the caller past it). A request cut half-way by the timeout leaves the
+    /// connection unusable: it is closed, and the calls in flight on it fail
+    /// with [`MonitorError::ConnectionClosed`].
     pub fn call<A: Serialize, R: DeserializeOwned>(
         &self,
         function: &str,
         args: &A,
         timeout: Duration,
     ) -> Result<R, MonitorError> {
-        self.start(function, args)?.wait(timeout)
+        let started = Instant::now();
+        let deadline = started.checked_add(timeout);
+        let pending = self.start_by(function, args, deadline)?;
+        match pending.wait(timeout.saturating_sub(started.elapsed())) {
+            Err(MonitorError::Timeout { function, .. }) => Err(MonitorError::Timeout {
+                function,
+                waited: started.elapsed(),
+            }),
+            other => other,
+        }
     }
 }
+
+/// The most one `send` of a timed request carries: the deadline is checked
+/// between pieces (one large send goes on while the peer reads a trickle).
+const SEND_PIECE: usize = 64 * 1024;
 
 /// The client's reader thread: hands each reply to its caller; at the end of
 /// the connection, fails every call still waiting.
