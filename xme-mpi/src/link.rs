@@ -80,6 +80,9 @@ pub(crate) struct Link<'r> {
     /// Set when the logical process acknowledged EXIT: every reply it sent
     /// before has been read.
     pub(crate) exit_acked: AtomicBool,
+    /// Set when the main process starts closing it: an end seen from now on
+    /// is that close's doing (reported as closed, not as a death).
+    pub(crate) closing: AtomicBool,
     /// The request channel: one producer at a time.
     pub(crate) send: Mutex<SendSide<'r>>,
     /// The reply channel: one consumer at a time.
@@ -137,6 +140,7 @@ impl<'r> Link<'r> {
             beat_seen,
             forked: child.is_some(),
             exit_acked: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
             pid,
             child: Mutex::new(child),
             load: AtomicUsize::new(0),

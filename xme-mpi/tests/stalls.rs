@@ -170,3 +170,34 @@ fn get_timeout_of_duration_max_waits_without_limit() {
         .unwrap();
     });
 }
+
+/// `close` of a process while another thread waits for its long call: the
+/// waiter is told the process was closed (not that it died of the kill
+/// that ended the grace), and process 2 serves on.
+#[test]
+fn a_call_cut_by_close_is_reported_closed_not_died() {
+    clean(|| {
+        let mut mpi = Mpi::new(3).unwrap();
+        let nap = mpi.register("nap", nap);
+        let inc = mpi.register("inc", |x: u64| x + 1);
+        mpi.run(|m| {
+            let s = m.acquire(&nap, &600_000, To::Process(1)).unwrap();
+            let got = bounded("close against get", Duration::from_secs(20), || {
+                std::thread::scope(|sc| {
+                    let waiter = sc.spawn(|| m.get(s));
+                    std::thread::sleep(Duration::from_millis(100));
+                    m.close(To::Process(1)).unwrap();
+                    waiter.join().unwrap()
+                })
+            });
+            match got {
+                Err(MpiError::Closed { process: 1, reason }) => {
+                    assert!(reason.contains("closed it"), "{reason}")
+                }
+                other => panic!("{other:?}"),
+            }
+            survivors(m, &inc, 100);
+        })
+        .unwrap();
+    });
+}

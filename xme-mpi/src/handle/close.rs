@@ -4,6 +4,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::{MpiHandle, To};
+use xme_core::Fate;
+
 use crate::MpiError;
 use crate::call_frame::{KIND_EXIT, Request};
 use crate::link::{Ended, LIVENESS, Link, lock};
@@ -47,6 +49,9 @@ impl<'r> MpiHandle<'r> {
             fn_addr: 0,
             tramp_addr: 0,
         };
+        for l in &targets {
+            l.closing.store(true, Ordering::Release);
+        }
         for l in &targets {
             if l.ended.get().is_none() {
                 let mut tx = lock(&l.send);
@@ -107,14 +112,18 @@ impl<'r> MpiHandle<'r> {
                 }
             };
             self.pump(l, &mut lock(&l.recv));
-            let reason = match fate {
-                Some(f) if f.is_success() => CLOSED_BY_MAIN.to_string(),
-                Some(f) => format!("{CLOSED_BY_MAIN}; it {f}"),
-                None => CLOSED_BY_MAIN.to_string(),
-            };
-            let _ = l.ended.set(Ended::Closed(reason));
+            let _ = l.ended.set(Ended::Closed(closed_reason(fate)));
             self.fail_pending(l);
         }
         Ok(())
+    }
+}
+
+/// Why a process the main process closed ended, with its fate when it did
+/// not exit cleanly (killed after the grace, say).
+pub(crate) fn closed_reason(fate: Option<Fate>) -> String {
+    match fate {
+        Some(f) if !f.is_success() => format!("{CLOSED_BY_MAIN}; it {f}"),
+        _ => CLOSED_BY_MAIN.to_string(),
     }
 }

@@ -36,7 +36,10 @@ impl MpiHandle<'_> {
             Some(Ok(Some(fate))) => {
                 drop(child);
                 self.pump(link, reader); // replies it wrote before dying still count
-                let ended = if matches!(fate, Fate::Exited(EXIT_NO_WATCHER)) {
+                let ended = if link.closing.load(Ordering::Acquire) {
+                    // `close` ended it (and may be about to say so itself).
+                    Ended::Closed(super::close::closed_reason(Some(fate)))
+                } else if matches!(fate, Fate::Exited(EXIT_NO_WATCHER)) {
                     Ended::Broken(
                         "it exited at start: the system refused its watcher thread \
                          (too many threads or processes: raise `ulimit -u`, or run fewer \
