@@ -103,6 +103,8 @@ expect_failure "a rank SIGKILLed at its call 50, mpirun" 8 "" \
   "${mpirun[@]}" -n 3 "$check" dead-rank 3
 expect_failure "a unit that never returns and a stopped rank, mpirun" 8 "hung-rank ok" \
   "${mpirun[@]}" -n 4 "$check" hung-rank 3
+expect_failure "every slot held by dropped calls on a stopped rank, mpirun" 8 "dropped-slots ok" \
+  "${mpirun[@]}" -n 3 "$check" dropped-slots 3
 
 # ---- two hosts: network namespaces joined by a veth pair -------------------
 ns_a=xmeci-a-$$

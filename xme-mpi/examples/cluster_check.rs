@@ -346,6 +346,35 @@ fn dead_rank(m: &MpiHandle<'_>, u: &Units, cluster: bool) -> Result<String, Stri
 /// A unit that never returns on the last rank (a 500 ms `get_timeout`, then
 /// the run's deadline), and, with 4 ranks or more, a rank that stops
 /// answering (SIGSTOP); the first rank keeps serving throughout.
+/// Every slot (4) held by dropped calls on a rank that stops itself: a
+/// call to another rank still gets a slot once the stopped one is found
+/// out (within the detection bound), and that rank serves on.
+fn dropped_slots(m: &MpiHandle<'_>, u: &Units) -> Result<String, String> {
+    let procs = m.processes();
+    let (&lost, rest) = procs.split_last().ok_or("no logical process")?;
+    let survivor = *rest.first().ok_or("dropped-slots needs at least 3 ranks")?;
+    drop(err(
+        m.acquire(&u.stop, &0, To::Process(lost)),
+        "acquire stop",
+    )?);
+    for i in 0..3 {
+        drop(err(
+            m.acquire(&u.add, &(i, 0), To::Process(lost)),
+            "acquire",
+        )?);
+    }
+    let t = Instant::now();
+    for i in 0..50 {
+        let s = err(m.acquire(&u.add, &(i, 1), To::Process(survivor)), "acquire")?;
+        let got = err(m.get(s), "a call to the surviving rank")?;
+        ensure(got == add((i, 1)), || format!("call {i} got {got}"))?;
+    }
+    Ok(format!(
+        "50 calls to rank {survivor} served, the first slot after {:?}",
+        t.elapsed()
+    ))
+}
+
 fn hung_rank(m: &MpiHandle<'_>, u: &Units, deadline: Duration) -> Result<String, String> {
     let procs = m.processes();
     let (&hung, rest) = procs.split_last().ok_or("no logical process")?;
@@ -500,6 +529,9 @@ fn main() {
     if mode == "hung-rank" {
         mpi = mpi.call_timeout(deadline);
     }
+    if mode == "dropped-slots" {
+        mpi = mpi.buffer_size(4);
+    }
     let rank: usize = [
         "OMPI_COMM_WORLD_RANK",
         "PMI_RANK",
@@ -519,6 +551,7 @@ fn main() {
         let out = match mode.as_str() {
             "dead-rank" => dead_rank(m, &units, cluster),
             "hung-rank" => hung_rank(m, &units, deadline),
+            "dropped-slots" => dropped_slots(m, &units),
             _ => return suite(m, &units, cluster).map(|n| format!("{n} passed, 0 failed")),
         };
         // Said here: once a rank is lost, `run` ends the job on return.
