@@ -3,7 +3,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -11,26 +10,8 @@ use xme_core::process::fork_child;
 use xme_monitor::rpc::{Client, Server, ServerHandle};
 use xme_monitor::{Codec, MonitorError, Sealed};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const KEY: [u8; 32] = [11; 32];
-const WAIT: Duration = Duration::from_secs(10);
-
-fn server() -> Server {
-    Server::new(Sealed::new(KEY))
-        .register("add", |(a, b): (i64, i64)| a + b)
-        .register("echo", |s: String| s)
-        .register("sleep", |ms: u64| {
-            std::thread::sleep(Duration::from_millis(ms));
-            ms
-        })
-        .register("boom", |_: ()| -> u8 { panic!("boom on purpose") })
-        .register("blob", |n: usize| "x".repeat(n))
-}
+mod common;
+use common::{KEY, WAIT, read_reply, sealed_request, serial, server};
 
 fn tcp() -> (ServerHandle, Client) {
     let handle = server().serve_tcp("127.0.0.1:0").unwrap();
@@ -114,40 +95,20 @@ fn eight_clients_five_thousand_calls_some_pipelined_none_lost() {
     handle.shutdown();
 }
 
-fn sealed_request(mark: &str, fun: &str, args: serde_json::Value) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let msg = json!({"mark": mark, "time": now, "fun": fun, "args": args});
-    let body = Sealed::new(KEY).encode(msg.as_object().unwrap()).unwrap();
-    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
-fn read_reply(s: &mut TcpStream) -> serde_json::Value {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).unwrap();
-    let mut body = vec![0; u32::from_le_bytes(len) as usize];
-    s.read_exact(&mut body).unwrap();
-    serde_json::Value::Object(Sealed::new(KEY).decode(&body).unwrap())
-}
-
 #[test]
 fn a_replayed_request_is_refused() {
     let handle = server().serve_tcp("127.0.0.1:0").unwrap();
     let mut s = TcpStream::connect(handle.local_addr().unwrap()).unwrap();
     let frame = sealed_request("0123456789abcdef", "add", json!([1, 2]));
     s.write_all(&frame).unwrap();
-    assert_eq!(read_reply(&mut s)["ok"], 3);
+    assert_eq!(read_reply(&mut s).unwrap()["ok"], 3);
     s.write_all(&frame).unwrap();
-    let r = read_reply(&mut s);
+    let r = read_reply(&mut s).unwrap();
     assert_eq!(r["err"]["kind"], "replayed", "{r}");
     // Replayed on another connection: refused too.
     let mut s2 = TcpStream::connect(handle.local_addr().unwrap()).unwrap();
     s2.write_all(&frame).unwrap();
-    assert_eq!(read_reply(&mut s2)["err"]["kind"], "replayed");
+    assert_eq!(read_reply(&mut s2).unwrap()["err"]["kind"], "replayed");
     drop((s, s2));
     handle.shutdown();
 }

@@ -5,48 +5,14 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use xme_monitor::rpc::{Client, Server};
+use xme_monitor::rpc::Client;
 use xme_monitor::{Codec, Sealed};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-const KEY: [u8; 32] = [11; 32];
-const WAIT: Duration = Duration::from_secs(10);
-
-fn server() -> Server {
-    Server::new(Sealed::new(KEY))
-        .register("add", |(a, b): (i64, i64)| a + b)
-        .register("blob", |n: usize| "x".repeat(n))
-}
-
-fn sealed_request(mark: &str, fun: &str, args: serde_json::Value) -> Vec<u8> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64;
-    let msg = json!({"mark": mark, "time": now, "fun": fun, "args": args});
-    let body = Sealed::new(KEY).encode(msg.as_object().unwrap()).unwrap();
-    let mut frame = (body.len() as u32).to_le_bytes().to_vec();
-    frame.extend_from_slice(&body);
-    frame
-}
-
-fn read_reply(s: &mut impl Read) -> Option<serde_json::Value> {
-    let mut len = [0u8; 4];
-    s.read_exact(&mut len).ok()?;
-    let mut body = vec![0; u32::from_le_bytes(len) as usize];
-    s.read_exact(&mut body).ok()?;
-    Some(serde_json::Value::Object(
-        Sealed::new(KEY).decode(&body).unwrap(),
-    ))
-}
+mod common;
+use common::{KEY, WAIT, read_reply, sealed_request, serial, server};
 
 fn rss_bytes() -> usize {
     let s = std::fs::read_to_string("/proc/self/statm").unwrap();
@@ -58,12 +24,11 @@ fn rss_bytes() -> usize {
         * 4096
 }
 
-/// A peer WITHOUT the key that saw one sealed request on the wire replays
-/// it on every connection: each is refused as `replayed`, but the server
-/// marks the connection authenticated anyway (server.rs: authenticated is
-/// stored before the replay check), so it is never evicted, may send
-/// 64 MiB frames and lives for the idle timeout. Expected: a keyed client
-/// still gets in.
+/// A peer without the key that saw one sealed request on the wire replays
+/// it on every connection: each is refused as `replayed` and the connection
+/// stays unauthenticated (evictable, small frames only), so a keyed client
+/// still gets in. (Before: a decoded frame authenticated the connection
+/// even when refused.)
 #[test]
 fn a_replayed_request_authenticates_nothing_and_a_keyed_client_gets_in() {
     let _s = serial();
@@ -112,10 +77,10 @@ fn a_replayed_request_authenticates_nothing_and_a_keyed_client_gets_in() {
     );
 }
 
-/// A keyed peer that reads its (large) reply slowly: a few KiB every 200 ms.
-/// `write_timeout` is documented as "how long a reply may take to leave";
-/// SO_SNDTIMEO bounds each send() call only, so a trickle-reader holds the
-/// writing thread far longer. Measures how long the reply takes to leave.
+/// A keyed peer that reads its large reply as a trickle: the reply is cut at
+/// `write_timeout` (how long a reply may take to leave). Before, only each
+/// send was bounded (`SO_SNDTIMEO`), and one send goes on while the peer
+/// frees some room in time.
 #[test]
 fn a_reply_read_by_a_trickle_is_cut_at_the_write_timeout() {
     let _s = serial();
@@ -156,11 +121,9 @@ fn a_reply_read_by_a_trickle_is_cut_at_the_write_timeout() {
     );
 }
 
-/// A frame captured an hour ago (stale: refused as such) still marks a
-/// keyless peer's connection authenticated: it then may announce and send
-/// frames up to max_frame (64 MiB) instead of the 64 KiB cap, on every
-/// connection. Expected: a refused request authenticates nothing; the
-/// unauthenticated cap holds.
+/// A frame captured an hour ago is refused as stale and authenticates
+/// nothing: the keyless peer stays under the 64 KiB unauthenticated cap (it
+/// could announce and send 64 MiB frames on every connection before).
 #[test]
 fn a_stale_captured_frame_keeps_the_unauthenticated_frame_cap() {
     let _s = serial();
@@ -209,10 +172,9 @@ fn a_stale_captured_frame_keeps_the_unauthenticated_frame_cap() {
     );
 }
 
-/// The Unix server's shutdown wakes its accept thread by connecting to its
-/// own path. If the socket file was removed meanwhile (a tmp cleaner, an
-/// operator, a second server's reclaim), nothing wakes it: shutdown (and
-/// the handle's drop) block until some connection arrives, i.e. forever.
+/// Shutdown returns although the Unix socket file was removed meanwhile (a
+/// tmp cleaner, an operator): the accept loop is woken by shutdown(2) on the
+/// listener, not by a connection to the path, which blocked for ever.
 #[test]
 fn shutdown_returns_when_the_unix_socket_file_is_gone() {
     let _s = serial();
@@ -235,9 +197,9 @@ fn shutdown_returns_when_the_unix_socket_file_is_gone() {
     );
 }
 
-/// `Client::call(.., timeout)` sends with no write deadline: when the
-/// server is not reading (its thread runs a long call, or it is stopped),
-/// a large request blocks the caller in write(2) far past its timeout.
+/// `Client::call(.., timeout)` returns by its timeout although the server is
+/// not reading (its thread runs a long call) and the request is larger than
+/// the socket buffers: sending counts against the timeout.
 #[test]
 fn a_call_with_a_timeout_returns_in_time_while_the_server_does_not_read() {
     let _s = serial();

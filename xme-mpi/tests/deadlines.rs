@@ -6,30 +6,15 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use xme_mpi::{LpStatus, Mpi, MpiError, MpiHandle, To, Unit};
+use xme_mpi::{LpStatus, Mpi, MpiError, To};
 
 mod common;
-use common::clean;
+use common::{clean, survivors};
 
 /// Sleeps `ms` milliseconds, then returns them.
 fn nap(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
-}
-
-/// Sends `n` calls of `unit` (arguments `base..base + n`, 100 in flight at
-/// a time) to `to` and checks each comes back once with its own result
-/// (`x + 1`).
-fn survivors(m: &MpiHandle<'_>, unit: &Unit<u64, u64>, to: To, base: u64, n: u64) {
-    for window in (base..base + n).collect::<Vec<_>>().chunks(100) {
-        let slots: Vec<_> = window
-            .iter()
-            .map(|&x| (x, m.acquire(unit, &x, to).unwrap()))
-            .collect();
-        for (x, s) in slots {
-            assert_eq!(m.get(s).unwrap(), x + 1, "call {x}");
-        }
-    }
 }
 
 #[test]

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use xme_mpi::{Mpi, MpiError, MpiHandle, To, Unit};
+use xme_mpi::{Mpi, MpiError, To};
 
 mod common;
-use common::clean;
+use common::{clean, survivors, survivors_by};
 
 fn nap(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
@@ -80,7 +80,8 @@ fn dropped_slots_on(stall: Stall) {
                 m.get(s).unwrap()
             });
             assert_eq!(first, 2, "{stall:?}");
-            survivors(m, &inc, 200);
+            // Three in flight: the run has four slots.
+            survivors_by(m, &inc, To::Process(2), 0..200, 3);
             // Process 1 is gone (killed and reaped, whatever its stall).
             assert!(!xme_core::process::is_alive(pid1), "{stall:?}");
             assert!(matches!(
@@ -92,20 +93,6 @@ fn dropped_slots_on(stall: Stall) {
         })
         .unwrap();
     });
-}
-
-/// `n` calls to process 2, a few in flight at a time: each comes back once
-/// with its own result.
-fn survivors(m: &MpiHandle<'_>, inc: &Unit<u64, u64>, n: u64) {
-    for window in (0..n).collect::<Vec<_>>().chunks(3) {
-        let slots: Vec<_> = window
-            .iter()
-            .map(|&x| (x, m.acquire(inc, &x, To::Process(2)).unwrap()))
-            .collect();
-        for (x, s) in slots {
-            assert_eq!(m.get(s).unwrap(), x + 1, "call {x}");
-        }
-    }
 }
 
 #[test]
@@ -152,7 +139,7 @@ fn a_direct_call_whose_process_stalls_still_meets_its_deadline() {
             // The detection bound is 10 s: the deadline, not silence, ended it.
             assert!(took < Duration::from_secs(5), "{took:?}");
             assert!(!xme_core::process::is_alive(pid1));
-            survivors(m, &inc, 100);
+            survivors(m, &inc, To::Process(2), 0, 100);
         })
         .unwrap();
     });
@@ -196,7 +183,7 @@ fn a_call_cut_by_close_is_reported_closed_not_died() {
                 }
                 other => panic!("{other:?}"),
             }
-            survivors(m, &inc, 100);
+            survivors(m, &inc, To::Process(2), 0, 100);
         })
         .unwrap();
     });
