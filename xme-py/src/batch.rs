@@ -13,6 +13,7 @@ use xme_exec::{Array, ExecError, RawBytes, TaskFailure, Xme};
 
 use crate::XMEError;
 use crate::logputter::Logputter;
+use crate::shutdown;
 
 /// First byte of the reply a worker makes itself when the call wrapper
 /// raised (the Python wrapper catches everything, so this is a last resort).
@@ -53,18 +54,23 @@ pub(crate) fn run_batch(
         xme = xme.timeout(limit);
     }
     let pending: Arc<Mutex<Option<PyErr>>> = Arc::default();
-    let slot = pending.clone();
-    let xme = xme.interrupt_when(move || {
-        Python::try_attach(|py| match py.check_signals() {
-            Ok(()) => false,
-            Err(e) => {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                true
-            }
-        })
-        .unwrap_or(false)
-    });
-    let outcomes = py.detach(|| {
+    // Only the main thread handles signals (elsewhere `check_signals` has
+    // nothing to say), and only it may re-attach without the shutdown gate.
+    let counted = shutdown::Counted::new(py);
+    if counted.is_none() {
+        let slot = pending.clone();
+        xme = xme.interrupt_when(move || {
+            Python::try_attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    true
+                }
+            })
+            .unwrap_or(false)
+        });
+    }
+    let outcomes = shutdown::detach_gated(py, &counted, || {
         xme.fun(
             |g: usize| Python::attach(|py| call_in_worker(py, &run_call, g)),
             Array::new(0..calls),

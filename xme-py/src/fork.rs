@@ -21,11 +21,21 @@ use pyo3::prelude::*;
 use pyo3::{ffi, intern};
 use xme_core::process::{self, ForkHooks};
 
+use crate::shutdown;
+
 thread_local! {
-    /// The GIL state taken by this thread's prepare hook, for its parent hook.
-    static HELD: Cell<Option<ffi::PyGILState_STATE>> = const { Cell::new(None) };
+    /// What this thread's prepare hook took, for its parent hook.
+    static HELD: Cell<Option<Held>> = const { Cell::new(None) };
     /// In a child: it was forked with the interpreter prepared, and holds the GIL.
     static PYTHON_CHILD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The GIL state taken by a prepare hook, and whether it counted the thread
+/// into the shutdown gate.
+#[derive(Clone, Copy)]
+struct Held {
+    state: ffi::PyGILState_STATE,
+    gated: bool,
 }
 
 /// Registers the hooks once per process.
@@ -43,9 +53,21 @@ pub(crate) fn register() {
 }
 
 fn prepare() {
+    // Off the main thread, the whole of this fork's time with the GIL (the
+    // flush and `os.register_at_fork`'s handlers may release and retake
+    // it) is inside the shutdown gate, up to the parent hook: the thread is
+    // never ended by a finalizing interpreter inside these Rust frames, and
+    // never forks a worker from one.
+    let gated = shutdown::gated();
+    if gated {
+        shutdown::enter();
+    }
     // SAFETY: Py_IsInitialized may be called at any time, with or without
     // the GIL.
     if unsafe { ffi::Py_IsInitialized() } == 0 {
+        if gated {
+            shutdown::leave();
+        }
         return;
     }
     // SAFETY: the interpreter is initialized; PyGILState_Ensure attaches
@@ -56,20 +78,26 @@ fn prepare() {
     // matching PyOS_AfterFork_* call is made by the parent or child hook
     // right after fork(2), and no Python code runs in between.
     unsafe { ffi::PyOS_BeforeFork() };
-    HELD.set(Some(state));
+    HELD.set(Some(Held { state, gated }));
 }
 
 fn parent() {
-    let Some(state) = HELD.take() else { return };
+    let Some(Held { state, gated }) = HELD.take() else {
+        return;
+    };
     // SAFETY: the prepare hook of this thread called PyOS_BeforeFork and
     // still holds the GIL; `state` is what its PyGILState_Ensure returned.
-    unsafe {
-        ffi::PyOS_AfterFork_Parent();
-        ffi::PyGILState_Release(state);
+    unsafe { ffi::PyOS_AfterFork_Parent() };
+    if gated {
+        shutdown::leave();
     }
+    // SAFETY: as above; this gives back what PyGILState_Ensure took.
+    unsafe { ffi::PyGILState_Release(state) };
 }
 
 fn child() {
+    // The child has one thread, and no one in the gate.
+    shutdown::forget_in_child();
     if HELD.take().is_some() {
         // SAFETY: we are the forking thread, just after fork(2), holding
         // the GIL taken by the prepare hook before PyOS_BeforeFork, which is

@@ -118,6 +118,8 @@ impl Logputter {
         message: &Bound<'_, PyTuple>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        // It writes to `sys.stdout`, which releases the GIL around write(2).
+        let _counted = crate::shutdown::Counted::new(py);
         let mut msgtype = None;
         let mut indent = 0usize;
         let mut pid = Some(None);
