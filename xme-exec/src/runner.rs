@@ -24,6 +24,9 @@ const TICK: Duration = Duration::from_millis(100);
 const INTERRUPT_EVERY: Duration = Duration::from_millis(50);
 /// Bytes before a reply body: the global call index.
 const CALL_BYTES: usize = 8;
+/// Workers in a row that may end before taking any call (a fork handler or
+/// child hook that ends every child) before the run stops replacing them.
+const BARREN_LIMIT: usize = 4;
 
 pub(crate) struct RunSpec<'a> {
     pub pnum: usize,
@@ -45,6 +48,8 @@ struct Worker {
     timed_out: Option<(usize, Duration)>,
     /// Its pidfd reported the process ended.
     ended: bool,
+    /// It sent at least one reply.
+    replied: bool,
 }
 
 /// Every call's fate, settled exactly once.
@@ -134,6 +139,9 @@ pub(crate) fn run<D>(
         ));
     }
 
+    // Workers in a row that ended without taking a call, and how the last did.
+    let mut barren = 0usize;
+    let mut last_barren: Option<Fate> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_sweep = Instant::now();
     let mut last_interrupt_check = Instant::now();
@@ -178,7 +186,16 @@ pub(crate) fn run<D>(
                 continue;
             };
             let w = live.swap_remove(i);
-            if let Some(r) = board.running(w.slot, w.serial) {
+            let running = board.running(w.slot, w.serial);
+            // Ended without taking a call, yet not because none was left
+            // (that worker exits 0 once the board is empty).
+            if running.is_none() && !w.replied && (!fate.is_success() || board.has_unclaimed()) {
+                barren += 1;
+                last_barren = Some(fate);
+            } else {
+                barren = 0;
+            }
+            if let Some(r) = running {
                 let failure = match w.timed_out {
                     Some((call, after)) if call == r.call => TaskFailure::TimedOut { after },
                     // Still running a call when it ended, even with status
@@ -190,7 +207,7 @@ pub(crate) fn run<D>(
                 }
                 ledger.settle(r.call, Err(failure));
             }
-            if board.has_unclaimed() {
+            if board.has_unclaimed() && barren < BARREN_LIMIT {
                 board.clear_slot(w.slot);
                 let serial = serials.next().expect("unbounded range");
                 match spawn(&ledger, &board, spec, data, w.slot, serial) {
@@ -206,9 +223,17 @@ pub(crate) fn run<D>(
     // Every worker is reaped. A call still open was never claimed, because no
     // replacement worker could be forked: fail it rather than lose it.
     if ledger.remaining > 0 {
-        let why = spawn_error
-            .map(|e| xme_core::error_chain(&e))
-            .unwrap_or_else(|| "no worker was left to run it".into());
+        let why = match (spawn_error, last_barren) {
+            (Some(e), _) => xme_core::error_chain(&e),
+            (None, Some(fate)) if barren >= BARREN_LIMIT => format!(
+                "{barren} worker processes in a row ended before taking any call (the last {}), \
+                 so no more were started; something ends every new worker before it runs \
+                 anything (a fork handler such as os.register_at_fork's after_in_child, a \
+                 fork hook, a resource limit)",
+                describe_fate(fate)
+            ),
+            _ => "no worker was left to run it".into(),
+        };
         let _ = spec
             .logger
             .entry()
@@ -219,6 +244,17 @@ pub(crate) fn run<D>(
         }
     }
     Ok(())
+}
+
+/// How a worker process ended, in a few words.
+fn describe_fate(fate: Fate) -> String {
+    match fate {
+        Fate::Exited(code) => format!("exited with status {code}"),
+        Fate::Signaled { signal, .. } => {
+            let name = Signal::try_from(signal).map_or("unknown signal", |s| s.as_str());
+            format!("was killed by signal {signal} ({name})")
+        }
+    }
 }
 
 fn spawn<D>(
@@ -252,6 +288,7 @@ fn spawn<D>(
         closed_at: None,
         timed_out: None,
         ended: false,
+        replied: false,
     })
 }
 
@@ -347,6 +384,7 @@ fn read_some<D>(w: &mut Worker, buf: &mut [u8], ledger: &mut Ledger<'_, '_, D>) 
                         let (g, body) = frame.split_at(CALL_BYTES);
                         let g = u64::from_le_bytes(g.try_into().expect("8 bytes")) as usize;
                         ledger.settle(g, Ok(body));
+                        w.replied = true;
                     }
                     Ok(None) => break,
                     // A frame too short or too long cannot come from our worker
