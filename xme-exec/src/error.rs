@@ -93,6 +93,10 @@ pub enum TaskFailure {
     /// dropped) before it gave a result; if it was running, its worker was
     /// killed.
     Cancelled,
+    /// The call's worker ended during the call, but how is unknown: the
+    /// process ignores `SIGCHLD` (`SIG_IGN` or `SA_NOCLDWAIT`), so the kernel
+    /// reaped the worker and dropped its exit status.
+    StatusLost,
     /// The call returned in its worker, but the worker died before its
     /// result reached the parent. It is not run again (it may have had
     /// effects).
@@ -132,6 +136,11 @@ impl fmt::Display for TaskFailure {
                 "failed: the pool's zygote (pid {zygote}) died, taking its workers; make a new Pool"
             ),
             TaskFailure::Cancelled => write!(f, "was cancelled before it gave a result"),
+            TaskFailure::StatusLost => write!(
+                f,
+                "failed: its worker ended during the call, how is unknown (this process \
+                 ignores SIGCHLD, so the kernel reaped the worker and dropped its exit status)"
+            ),
             TaskFailure::ResultLost => write!(
                 f,
                 "returned, but its worker died before the result reached the parent (it is not run again)"

@@ -104,6 +104,8 @@ pub(crate) fn run<D>(
         .iter()
         .map(|j| j.timeout().or(spec.default_timeout))
         .collect();
+    // Workers' exit statuses are kept while the run lasts.
+    let _statuses = crate::sigchld::ChildStatusesKept::new();
     let slots = spec.pnum.min(total).max(1);
     let board = Board::new(slots, total)?;
     let mut ledger = Ledger {
@@ -141,7 +143,7 @@ pub(crate) fn run<D>(
 
     // Workers in a row that ended without taking a call, and how the last did.
     let mut barren = 0usize;
-    let mut last_barren: Option<Fate> = None;
+    let mut last_barren: Option<Option<Fate>> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_sweep = Instant::now();
     let mut last_interrupt_check = Instant::now();
@@ -157,7 +159,12 @@ pub(crate) fn run<D>(
             last_interrupt_check = Instant::now();
             if stop() {
                 for w in &mut live {
-                    w.child.kill_mut()?;
+                    // A worker the kernel reaped itself is gone already.
+                    if let Err(e) = w.child.kill_mut()
+                        && !w.child.vanished()
+                    {
+                        return Err(e.into());
+                    }
                 }
                 return Err(ExecError::Interrupted {
                     settled: total - ledger.remaining,
@@ -189,7 +196,10 @@ pub(crate) fn run<D>(
             let running = board.running(w.slot, w.serial);
             // Ended without taking a call, yet not because none was left
             // (that worker exits 0 once the board is empty).
-            if running.is_none() && !w.replied && (!fate.is_success() || board.has_unclaimed()) {
+            if running.is_none()
+                && !w.replied
+                && (!fate.is_some_and(|f| f.is_success()) || board.has_unclaimed())
+            {
                 barren += 1;
                 last_barren = Some(fate);
             } else {
@@ -200,7 +210,7 @@ pub(crate) fn run<D>(
                     Some((call, after)) if call == r.call => TaskFailure::TimedOut { after },
                     // Still running a call when it ended, even with status
                     // 0: the call ended the process (`exit(0)`).
-                    _ => TaskFailure::from_fate(fate),
+                    _ => fate.map_or(TaskFailure::StatusLost, TaskFailure::from_fate),
                 };
                 if !ledger.done[r.call] {
                     board.note_ended();
@@ -246,11 +256,13 @@ pub(crate) fn run<D>(
     Ok(())
 }
 
-/// How a worker process ended, in a few words.
-fn describe_fate(fate: Fate) -> String {
+/// How a worker process ended (`None`: reaped by the kernel, status
+/// unknown), in a few words.
+fn describe_fate(fate: Option<Fate>) -> String {
     match fate {
-        Fate::Exited(code) => format!("exited with status {code}"),
-        Fate::Signaled { signal, .. } => {
+        None => "ended with a status nobody can know (SIGCHLD is ignored)".into(),
+        Some(Fate::Exited(code)) => format!("exited with status {code}"),
+        Some(Fate::Signaled { signal, .. }) => {
             let name = Signal::try_from(signal).map_or("unknown signal", |s| s.as_str());
             format!("was killed by signal {signal} ({name})")
         }
@@ -428,16 +440,24 @@ fn kill_overdue<D>(
 }
 
 /// Reaps `w` if it has ended, after reading what it left in its pipe. A worker
-/// that closed its pipe but lingers past [`LINGER`] is killed.
+/// that closed its pipe but lingers past [`LINGER`] is killed. `Some(None)`:
+/// it ended, but the kernel reaped it (`SIGCHLD` ignored), so how is unknown.
 fn reap_if_ended<D>(
     w: &mut Worker,
     buf: &mut [u8],
     ledger: &mut Ledger<'_, '_, D>,
-) -> Result<Option<Fate>, Error> {
-    let fate = match w.child.try_wait()? {
-        Some(fate) => fate,
-        None if w.closed_at.is_some_and(|t| t.elapsed() >= LINGER) => w.child.kill_mut()?,
-        None => return Ok(None),
+) -> Result<Option<Option<Fate>>, Error> {
+    let reaped = match w.child.try_wait() {
+        Ok(None) if w.closed_at.is_some_and(|t| t.elapsed() >= LINGER) => {
+            w.child.kill_mut().map(Some)
+        }
+        other => other,
+    };
+    let fate = match reaped {
+        Ok(Some(fate)) => Some(fate),
+        Ok(None) => return Ok(None),
+        Err(_) if w.child.vanished() => None,
+        Err(e) => return Err(e),
     };
     // Replies written just before the end are still in the pipe.
     while let Some(pipe) = &w.pipe {

@@ -29,3 +29,27 @@ except XME.BatchError as e:
               if line.startswith("failed ")]
     assert [f[:2] for f in failed] == [["0", "lost"], ["1", "lost"], ["2", "lost"]], out.stdout
     assert all("ended before taking any call" in f[2] for f in failed), failed
+
+
+def test_sigchld_ignored_still_gives_every_outcome_and_is_put_back():
+    code = r'''
+import os, signal, XME
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # common in daemons and servers
+def f(i):
+    if i == 2:
+        os._exit(6)
+    return -i
+x = XME.XME(f, pnum=2, errors="raise")
+try:
+    x.fun(x.Array(range(6)))
+except XME.BatchError as e:
+    print(e.results, [(g.call, g.kind, g.exit_code) for g in e.failures])
+print(signal.getsignal(signal.SIGCHLD) is signal.SIG_IGN)
+print(os.listdir(f"/proc/{os.getpid()}/task") and [
+    p for p in os.listdir("/proc") if p.isdigit() and
+    open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid())])
+'''
+    out = run_script(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "((0, -1, None, -3, -4, -5),) [(2, 'exit', 6)]", "True", "[]"], out.stdout
