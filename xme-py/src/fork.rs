@@ -110,7 +110,30 @@ fn child() {
 
 fn before_exit() {
     if PYTHON_CHILD.get() {
-        let _ = Python::try_attach(flush_std_streams);
+        let _ = Python::try_attach(|py| {
+            join_non_daemon_threads(py);
+            flush_std_streams(py);
+        });
+    }
+}
+
+/// Waits for the threads a worker's tasks started and did not mark daemon,
+/// as an interpreter does before it exits (and as `os.fork`'s children do
+/// through `sys.exit`): `_exit` would kill them mid-work. `threading` is
+/// only looked at if a task imported it.
+fn join_non_daemon_threads(py: Python<'_>) {
+    let Ok(modules) = py
+        .import(intern!(py, "sys"))
+        .and_then(|sys| sys.getattr(intern!(py, "modules")))
+    else {
+        return;
+    };
+    if let Ok(threading) = modules.get_item(intern!(py, "threading"))
+        && let Ok(shutdown) = threading.getattr(intern!(py, "_shutdown"))
+        && let Err(e) = shutdown.call0()
+    {
+        // Reported, not raised: the worker is leaving anyway.
+        e.print(py);
     }
 }
 

@@ -2,6 +2,8 @@
 end every child, SIGCHLD ignored, tasks that close descriptors or leave
 threads behind. Each case ends with every call accounted for."""
 
+import os
+
 import pytest
 
 from conftest import run_script
@@ -53,3 +55,22 @@ print(os.listdir(f"/proc/{os.getpid()}/task") and [
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "((0, -1, None, -3, -4, -5),) [(2, 'exit', 6)]", "True", "[]"], out.stdout
+
+
+def test_a_non_daemon_thread_a_task_started_finishes_before_its_worker_exits(tmp_path):
+    code = rf'''
+import os, threading, time, XME
+def task(i):
+    def later():
+        time.sleep(0.3)
+        with open(os.path.join({str(tmp_path)!r}, f"out{{i}}"), "w") as f:
+            f.write("done")
+    threading.Thread(target=later).start()  # not daemon: Python waits for it
+    return i
+print(XME.XME(task, pnum=2).fun(XME.Array(range(4))))
+'''
+    out = run_script(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "(0, 1, 2, 3)\n"
+    # Written before each worker left: the batch waited for them.
+    assert sorted(os.listdir(tmp_path)) == [f"out{i}" for i in range(4)]
