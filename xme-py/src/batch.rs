@@ -38,6 +38,12 @@ pub(crate) fn run_batch(
     timeout: Option<f64>,
     logger: Option<PyRef<'_, Logputter>>,
 ) -> PyResult<Vec<Py<PyAny>>> {
+    check_calls_fit(calls)?;
+    if pnum == 0 {
+        return Err(PyValueError::new_err(
+            "pnum must be at least 1 (the most worker processes at once)",
+        ));
+    }
     let mut xme = Xme::new().pnum(pnum);
     if let Some(logger) = logger {
         xme = xme.logger(logger.rust_logger());
@@ -107,6 +113,37 @@ pub(crate) fn run_batch(
             }
         })
         .collect()
+}
+
+/// Bytes of the parent's own bookkeeping per call (its index, claim word,
+/// outcome slot, settled flag, result tuple slot), rounded up generously.
+const BOOKKEEPING_PER_CALL: usize = 128;
+
+/// A batch whose bookkeeping alone would not fit in this machine's memory
+/// is refused with a `ValueError`, before anything is allocated (the
+/// allocation would abort the interpreter).
+fn check_calls_fit(calls: usize) -> PyResult<()> {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let memory = usize::try_from(pages)
+        .unwrap_or(0)
+        .saturating_mul(usize::try_from(page).unwrap_or(4096));
+    let need = calls.saturating_mul(BOOKKEEPING_PER_CALL);
+    if memory > 0 && need > memory {
+        return Err(PyValueError::new_err(format!(
+            "a batch of {calls} calls needs about {} GiB for its bookkeeping alone \
+             ({BOOKKEEPING_PER_CALL} bytes a call), more than this machine's {} GiB: \
+             run the work in smaller batches",
+            need >> 30,
+            memory >> 30
+        )));
+    }
+    Ok(())
 }
 
 /// In a worker: the bytes `run_call(g)` returns. The Python wrapper catches

@@ -207,3 +207,24 @@ def test_a_task_may_run_a_batch_of_its_own(no_leftover_children):
         return sum(XME.XME(inner, pnum=2).fun(XME.Array(range(n))))
 
     assert XME.XME(outer, pnum=2).fun(XME.Array([3, 4, 5])) == (6, 12, 20)
+
+
+def test_a_batch_too_large_for_the_machine_is_a_clear_error_not_an_abort():
+    # In a process of its own: before the fix, the allocation aborted it.
+    code = r'''
+import XME
+x = XME.XME(lambda: 1)
+for calnum in (2**40, 10**20):
+    try:
+        x.fun(calnum=calnum)
+    except (ValueError, OverflowError) as e:
+        print(f"{type(e).__name__}: {e}")
+print(len(XME.XME(lambda: 1, pnum=2).fun(calnum=1000)))
+'''
+    out = run_script(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("ValueError: a batch of 1099511627776 calls needs about"), lines
+    assert "run the work in smaller batches" in lines[0]
+    assert lines[1].startswith("OverflowError: a batch of 100000000000000000000 calls"), lines
+    assert lines[2] == "1000"

@@ -287,6 +287,10 @@ class XME:
         for job in jobs:
             offsets.append(total)
             total += job.calnum
+        if total > sys.maxsize:
+            raise OverflowError(
+                f"a batch of {total} calls is more than this machine can count "
+                f"(at most {sys.maxsize}); run the work in smaller batches")
         replies = []
         if total:
             _warn_if_threaded()
