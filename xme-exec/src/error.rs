@@ -127,7 +127,9 @@ impl fmt::Display for TaskFailure {
             TaskFailure::ChannelClosed => {
                 write!(
                     f,
-                    "failed: its worker closed or corrupted the result channel"
+                    "failed: its worker's result channel was closed or corrupted during the \
+                     call, so its outcome is unknown (a task that closes file descriptors it \
+                     did not open, such as os.closerange(3, ...), closes it too)"
                 )
             }
             TaskFailure::NotRun(why) => write!(f, "was never run: {why}"),

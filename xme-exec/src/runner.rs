@@ -50,6 +50,9 @@ struct Worker {
     ended: bool,
     /// It sent at least one reply.
     replied: bool,
+    /// Its result pipe broke under it (closed while it ran on, or corrupt):
+    /// the call it was running failed for that, whatever ended it.
+    channel_lost: bool,
 }
 
 /// Every call's fate, settled exactly once.
@@ -208,6 +211,14 @@ pub(crate) fn run<D>(
             if let Some(r) = running {
                 let failure = match w.timed_out {
                     Some((call, after)) if call == r.call => TaskFailure::TimedOut { after },
+                    // Its pipe closed under it, then it lingered (killed) or
+                    // left because it could not write its reply.
+                    _ if w.channel_lost
+                        || (w.closed_at.is_some()
+                            && fate == Some(Fate::Exited(crate::worker::EXIT_REPLY_FAILED))) =>
+                    {
+                        TaskFailure::ChannelClosed
+                    }
                     // Still running a call when it ended, even with status
                     // 0: the call ended the process (`exit(0)`).
                     _ => fate.map_or(TaskFailure::StatusLost, TaskFailure::from_fate),
@@ -301,6 +312,7 @@ fn spawn<D>(
         timed_out: None,
         ended: false,
         replied: false,
+        channel_lost: false,
     })
 }
 
@@ -414,6 +426,7 @@ fn read_some<D>(w: &mut Worker, buf: &mut [u8], ledger: &mut Ledger<'_, '_, D>) 
 }
 
 fn corrupt(w: &mut Worker) {
+    w.channel_lost = true;
     w.pipe = None;
     w.closed_at = Some(Instant::now());
     let _ = w.child.signal(Signal::SIGKILL);
@@ -449,6 +462,7 @@ fn reap_if_ended<D>(
 ) -> Result<Option<Option<Fate>>, Error> {
     let reaped = match w.child.try_wait() {
         Ok(None) if w.closed_at.is_some_and(|t| t.elapsed() >= LINGER) => {
+            w.channel_lost = true;
             w.child.kill_mut().map(Some)
         }
         other => other,

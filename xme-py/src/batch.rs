@@ -103,7 +103,11 @@ pub(crate) fn run_batch(
                     TaskFailure::TimedOut { after } => {
                         ("timeout", after.as_secs_f64().into_pyobject(py)?.into_any())
                     }
-                    other => ("lost", other.to_string().into_pyobject(py)?.into_any()),
+                    other => {
+                        let text = other.to_string();
+                        let text = text.strip_prefix("failed: ").unwrap_or(&text);
+                        ("lost", text.into_pyobject(py)?.into_any())
+                    }
                 };
                 Ok(
                     PyTuple::new(py, [why.0.into_pyobject(py)?.into_any(), why.1])?

@@ -74,3 +74,28 @@ print(XME.XME(task, pnum=2).fun(XME.Array(range(4))))
     assert out.stdout == "(0, 1, 2, 3)\n"
     # Written before each worker left: the batch waited for them.
     assert sorted(os.listdir(tmp_path)) == [f"out{i}" for i in range(4)]
+
+
+def test_a_task_that_closes_every_descriptor_is_reported_as_closing_its_channel():
+    code = r'''
+import os, time, XME
+def task(i):
+    if i in (1, 3):
+        os.closerange(3, 4096)  # the worker's result pipe too
+        if i == 3:
+            time.sleep(2)       # and lingers
+    return i
+x = XME.XME(task, pnum=2, errors="raise")
+try:
+    x.fun(x.Array(range(6)))
+except XME.BatchError as e:
+    print(e.results)
+    for f in e.failures:
+        print(f.call, f.kind, f.message)
+'''
+    out = run_script(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "((0, None, 2, None, 4, 5),)", out.stdout
+    assert [line.split()[:2] for line in lines[1:]] == [["1", "lost"], ["3", "lost"]], out.stdout
+    assert all("result channel was closed" in line for line in lines[1:]), out.stdout
