@@ -93,6 +93,10 @@ pub enum TaskFailure {
     /// dropped) before it gave a result; if it was running, its worker was
     /// killed.
     Cancelled,
+    /// The call's worker was killed as soon as it was forked, because
+    /// something failed in the parent then (a parent fork hook panicked);
+    /// it had taken the call, which may have run in part or whole.
+    WorkerDiscarded(String),
     /// The call's worker ended during the call, but how is unknown: the
     /// process ignores `SIGCHLD` (`SIG_IGN` or `SA_NOCLDWAIT`), so the kernel
     /// reaped the worker and dropped its exit status.
@@ -138,6 +142,11 @@ impl fmt::Display for TaskFailure {
                 "failed: the pool's zygote (pid {zygote}) died, taking its workers; make a new Pool"
             ),
             TaskFailure::Cancelled => write!(f, "was cancelled before it gave a result"),
+            TaskFailure::WorkerDiscarded(why) => write!(
+                f,
+                "failed: its worker took it, then was killed as soon as it was forked \
+                 because {why}; the call may have run, in part or whole"
+            ),
             TaskFailure::StatusLost => write!(
                 f,
                 "failed: its worker ended during the call, how is unknown (this process \

@@ -125,7 +125,7 @@ pub(crate) fn run<D>(
     let mut spawn_error = None;
     for slot in 0..slots {
         let serial = serials.next().expect("unbounded range");
-        match spawn(&ledger, &board, spec, data, slot, serial) {
+        match spawn(&mut ledger, &board, spec, data, slot, serial) {
             Ok(w) => live.push(w),
             Err(e) => {
                 spawn_error.get_or_insert(e);
@@ -231,7 +231,7 @@ pub(crate) fn run<D>(
             if board.has_unclaimed() && barren < BARREN_LIMIT {
                 board.clear_slot(w.slot);
                 let serial = serials.next().expect("unbounded range");
-                match spawn(&ledger, &board, spec, data, w.slot, serial) {
+                match spawn(&mut ledger, &board, spec, data, w.slot, serial) {
                     Ok(nw) => live.push(nw),
                     Err(e) => {
                         spawn_error.get_or_insert(e);
@@ -281,7 +281,7 @@ fn describe_fate(fate: Option<Fate>) -> String {
 }
 
 fn spawn<D>(
-    ledger: &Ledger<'_, '_, D>,
+    ledger: &mut Ledger<'_, '_, D>,
     board: &Board,
     spec: &RunSpec<'_>,
     data: &D,
@@ -301,7 +301,15 @@ fn spawn<D>(
     };
     // The closure owns the write end: the child uses it, and in the parent it
     // is closed when fork_child drops the closure, so EOF means "worker gone".
-    let child = process::fork_child(move || plan.run(slot, serial, write))?;
+    let child = match process::fork_child(move || plan.run(slot, serial, write)) {
+        Ok(child) => child,
+        Err(e) => {
+            // A parent fork hook failed after the fork: fork_child killed
+            // and reaped the child, which may have run calls by then.
+            salvage(read, serial, board, ledger, &e);
+            return Err(e);
+        }
+    };
     Ok(Worker {
         slot,
         serial,
@@ -314,6 +322,53 @@ fn spawn<D>(
         replied: false,
         channel_lost: false,
     })
+}
+
+/// Accounts for the calls of worker `serial`, killed by `fork_child` just
+/// after the fork (`why`): replies it wrote settle their calls; a call it
+/// took without replying fails as [`TaskFailure::WorkerDiscarded`] (it may
+/// have run), never as not run.
+fn salvage<D>(
+    read: OwnedFd,
+    serial: u32,
+    board: &Board,
+    ledger: &mut Ledger<'_, '_, D>,
+    why: &Error,
+) {
+    let mut reader = FrameReader::new(u32::MAX as usize);
+    let mut buf = vec![0u8; 64 * 1024];
+    // The child is reaped: what it wrote is all in the pipe. Poll, do not
+    // block: a child forked meanwhile by another thread may hold the write end.
+    loop {
+        let mut fd = [PollFd::new(read.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fd, PollTimeout::ZERO) {
+            Ok(n) if n > 0 => {}
+            Err(nix::Error::EINTR) => continue,
+            _ => break,
+        }
+        match nix::unistd::read(&read, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                reader.extend(&buf[..n]);
+                while let Ok(Some(frame)) = reader.next_frame() {
+                    if frame.len() > CALL_BYTES {
+                        let (g, body) = frame.split_at(CALL_BYTES);
+                        let g = u64::from_le_bytes(g.try_into().expect("8 bytes")) as usize;
+                        ledger.settle(g, Ok(body));
+                    }
+                }
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    let why = xme_core::error_chain(why);
+    for g in board.claimed_by(serial) {
+        if g < ledger.done.len() && !ledger.done[g] {
+            board.note_ended();
+            ledger.settle(g, Err(TaskFailure::WorkerDiscarded(why.clone())));
+        }
+    }
 }
 
 /// Time until the earliest running call's deadline, if any call has one.
