@@ -66,6 +66,9 @@ pub(crate) fn run_batch(
     if counted.is_none() {
         let slot = pending.clone();
         xme = xme.interrupt_when(move || {
+            if crate::fork::flush_was_interrupted() {
+                return true;
+            }
             Python::try_attach(|py| match py.check_signals() {
                 Ok(()) => false,
                 Err(e) => {
@@ -82,6 +85,11 @@ pub(crate) fn run_batch(
             Array::new(0..calls),
         )
     });
+    // Ctrl-C during a pre-fork flush cancelled that fork and stopped the
+    // batch: raise it now that every worker is reaped.
+    if let Some(interrupt) = crate::fork::take_flush_interrupt() {
+        return Err(interrupt);
+    }
     let outcomes = match outcomes {
         Ok(outcomes) => outcomes,
         Err(ExecError::Interrupted { .. }) => {

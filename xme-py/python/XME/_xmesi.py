@@ -111,7 +111,7 @@ def _flush_std_streams():
             if stream is not None:
                 stream.flush()
         except Exception:  # a closed or broken stream: nothing to keep
-            pass
+            pass  # (KeyboardInterrupt is no Exception: it propagates)
 
 
 def _user_frames(tb):
@@ -315,6 +315,9 @@ class XME:
         replies = []
         if total:
             _warn_if_threaded()
+            # Here, where Ctrl-C during a flush blocked on a full pipe raises
+            # before any fork (the fork hook flushes again, for each worker).
+            _flush_std_streams()
 
             def run_call(g):
                 j = bisect_right(offsets, g) - 1
