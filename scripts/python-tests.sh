@@ -41,11 +41,14 @@ PATH="$(pwd)/target/py-build/bin:$PATH" \
 wheel=$(ls target/wheels/xme_py-*-cp39-abi3-manylinux*2014*.whl)
 echo "built $wheel"
 
-step "the wheel in a fresh venv: the seed's 1.2.1 example"
+step "the wheel in a fresh venv: the seed's 1.2.1 example, exit under a daemon thread"
 fresh_venv target/py-wheel "$py"
-target/py-wheel/bin/pip install -q "$wheel"
+target/py-wheel/bin/pip install -q "$wheel" pytest
 # From /tmp, so that the installed package is imported, not the sources.
 test "$(cd /tmp && "$root/target/py-wheel/bin/python" "$root/xme-py/tests/seed/s1_2_1_single.py")" = 5050
+# Exit under a daemon thread in a batch: the zig-linked wheel is where a
+# thread ended inside XME's frames crashed (the source build hid it).
+(cd xme-py/tests && ../../target/py-wheel/bin/python -m pytest -q -p no:cacheprovider test_shutdown.py)
 
 step "the wheel on every other CPython on this machine"
 extra=${XME_PY_EXTRA:-}
