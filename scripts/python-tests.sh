@@ -6,7 +6,7 @@
 #     (`maturin build --release --zig --compatibility manylinux2014`, maturin
 #     and ziglang from PyPI), installed in another fresh venv: a seed
 #     example, then the suite on every other CPython found (XME_PY_EXTRA,
-#     or python3.9 ... python3.14 on PATH);
+#     python3.9 ... python3.14 on PATH, and pyenv's 3.9+ versions);
 #  3. a short run of the comparison with XME 4.2.5 and multiprocessing
 #     (figures only: timing on a shared machine is not asserted).
 # Needs python3 with venv (Debian's python3-venv; installed if missing).
@@ -41,11 +41,14 @@ PATH="$(pwd)/target/py-build/bin:$PATH" \
 wheel=$(ls target/wheels/xme_py-*-cp39-abi3-manylinux*2014*.whl)
 echo "built $wheel"
 
-step "the wheel in a fresh venv: the seed's 1.2.1 example"
+step "the wheel in a fresh venv: the seed's 1.2.1 example, exit under a daemon thread"
 fresh_venv target/py-wheel "$py"
-target/py-wheel/bin/pip install -q "$wheel"
+target/py-wheel/bin/pip install -q "$wheel" pytest
 # From /tmp, so that the installed package is imported, not the sources.
 test "$(cd /tmp && "$root/target/py-wheel/bin/python" "$root/xme-py/tests/seed/s1_2_1_single.py")" = 5050
+# Exit under a daemon thread in a batch: the zig-linked wheel is where a
+# thread ended inside XME's frames crashed (the source build hid it).
+(cd xme-py/tests && ../../target/py-wheel/bin/python -m pytest -q -p no:cacheprovider test_shutdown.py)
 
 step "the wheel on every other CPython on this machine"
 extra=${XME_PY_EXTRA:-}
@@ -53,6 +56,16 @@ for v in 9 10 12 13 14; do
   if command -v "python3.$v" >/dev/null 2>&1 && "python3.$v" -c "import venv" 2>/dev/null; then
     extra="$extra $(command -v "python3.$v")"
   fi
+done
+# pyenv's CPythons, when this machine has them (3.9+: the wheel is cp39-abi3);
+# one per minor version, not the one the source build used.
+for other in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.*/bin/python3; do
+  [ -x "$other" ] || continue
+  minor=$("$other" -c 'import sys; print(sys.version_info[1] if sys.version_info >= (3, 9) else "")' 2>/dev/null) || continue
+  [ -n "$minor" ] || continue
+  [ "$("$other" -c 'import sys; print(sys.version_info[:2])')" = "$("$py" -c 'import sys; print(sys.version_info[:2])')" ] && continue
+  case " $extra " in *"/python3.$minor "*|*" $other "*) continue ;; esac
+  extra="$extra $other"
 done
 if [ -z "${extra// /}" ]; then
   echo "none: this machine has only $("$py" --version) (Debian bookworm offers no other CPython)"

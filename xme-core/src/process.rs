@@ -47,6 +47,10 @@ pub const EXIT_PANICKED: i32 = 101;
 pub struct Child {
     pid: Pid,
     fate: Option<Fate>,
+    /// `waitpid` said it is no child of ours any more (`ECHILD`): with
+    /// `SIGCHLD` ignored the kernel reaped it itself, so its pid may name
+    /// another process now and is never signalled again.
+    vanished: bool,
     /// Readable once the child has ended (Linux 5.3+; `None` on older kernels).
     pidfd: Option<OwnedFd>,
 }
@@ -70,26 +74,52 @@ impl Child {
     }
 
     /// Waits for the child to end and reaps it, keeping the handle.
+    ///
+    /// # Errors
+    /// [`Error::Wait`] if `waitpid` fails; with `ECHILD` (the process
+    /// ignores `SIGCHLD`, so the kernel reaped the child and its status is
+    /// lost) the handle then counts the child as gone ([`Child::vanished`]).
     pub fn wait_mut(&mut self) -> Result<Fate, Error> {
         if let Some(fate) = self.fate {
             return Ok(fate);
         }
-        let fate = reap(self.pid.as_raw(), true)?.expect("blocking waitpid returns a status");
+        let fate = self
+            .note_vanished(reap(self.pid.as_raw(), true))?
+            .expect("blocking waitpid returns a status");
         self.fate = Some(fate);
         Ok(fate)
     }
 
     /// Reaps the child if it has ended; `None` while it still runs.
+    ///
+    /// # Errors
+    /// As [`Child::wait_mut`].
     pub fn try_wait(&mut self) -> Result<Option<Fate>, Error> {
         if self.fate.is_none() {
-            self.fate = reap(self.pid.as_raw(), false)?;
+            self.fate = self.note_vanished(reap(self.pid.as_raw(), false))?;
         }
         Ok(self.fate)
     }
 
+    /// True once `waitpid` said the child was reaped by someone else (the
+    /// kernel, when `SIGCHLD` is ignored): it has ended, with an unknown
+    /// status.
+    pub fn vanished(&self) -> bool {
+        self.vanished
+    }
+
+    fn note_vanished<T>(&mut self, reaped: Result<T, Error>) -> Result<T, Error> {
+        if let Err(Error::Wait { source, .. }) = &reaped
+            && source.raw_os_error() == Some(libc::ECHILD)
+        {
+            self.vanished = true;
+        }
+        reaped
+    }
+
     /// Sends `signal` to the child (no-op once it has been reaped).
     pub fn signal(&self, signal: Signal) -> Result<(), Error> {
-        if self.fate.is_some() {
+        if self.fate.is_some() || self.vanished {
             return Ok(());
         }
         signal::kill(self.pid, signal).map_err(|e| Error::Signal {
@@ -108,6 +138,12 @@ impl Child {
         if let Some(fate) = self.fate {
             return Ok(fate);
         }
+        if self.vanished {
+            return Err(Error::Wait {
+                pid: self.pid.as_raw(),
+                source: std::io::Error::from_raw_os_error(libc::ECHILD),
+            });
+        }
         // ESRCH cannot happen for an unreaped child; a zombie accepts signals.
         let _ = signal::kill(self.pid, Signal::SIGKILL);
         self.wait_mut()
@@ -116,7 +152,7 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if self.fate.is_none() {
+        if self.fate.is_none() && !self.vanished {
             let _ = self.kill_mut();
         }
     }
@@ -174,6 +210,7 @@ pub fn fork_child<F: FnOnce() -> i32>(body: F) -> Result<Child, Error> {
             let child = Child {
                 pid: child,
                 fate: None,
+                vanished: false,
                 pidfd: pidfd_open(child),
             };
             // A failed parent hook drops (kills and reaps) the child.
@@ -387,6 +424,28 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> String {
 mod tests {
 
     use super::*;
+
+    #[test]
+    fn a_child_reaped_by_the_kernel_is_gone_not_an_error_for_ever() {
+        // In a child of the test: SIGCHLD ignored there only.
+        let outer = fork_child(|| {
+            // SAFETY: sets SIGCHLD to SIG_IGN in this single-threaded child.
+            unsafe { libc::signal(libc::SIGCHLD, libc::SIG_IGN) };
+            let mut child = fork_child(|| 0).unwrap();
+            let err = child.wait_mut().unwrap_err();
+            let echild = matches!(&err, Error::Wait { source, .. }
+                if source.raw_os_error() == Some(libc::ECHILD));
+            // Gone: never signalled again (its pid may be another's now).
+            let ok = echild
+                && child.vanished()
+                && child.signal(Signal::SIGTERM).is_ok()
+                && child.kill_mut().is_err();
+            drop(child);
+            if ok { 0 } else { 1 }
+        })
+        .unwrap();
+        assert_eq!(outer.wait().unwrap(), Fate::Exited(0));
+    }
 
     #[test]
     fn the_cached_pid_is_the_childs_own_after_fork() {

@@ -112,6 +112,17 @@ impl Board {
         self.slot(w).current.store(0, Ordering::Release);
     }
 
+    /// In the parent: the calls worker `serial` claimed (a scan of every
+    /// claim word: only for a worker lost in an unusual way).
+    pub fn claimed_by(&self, serial: u32) -> Vec<usize> {
+        self.claims()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.load(Ordering::Acquire) == serial)
+            .map(|(g, _)| g)
+            .collect()
+    }
+
     /// True while some call has not been claimed yet.
     pub fn has_unclaimed(&self) -> bool {
         (self.cursor().load(Ordering::Acquire) as usize) < self.calls

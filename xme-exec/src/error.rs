@@ -93,6 +93,14 @@ pub enum TaskFailure {
     /// dropped) before it gave a result; if it was running, its worker was
     /// killed.
     Cancelled,
+    /// The call's worker was killed as soon as it was forked, because
+    /// something failed in the parent then (a parent fork hook panicked);
+    /// it had taken the call, which may have run in part or whole.
+    WorkerDiscarded(String),
+    /// The call's worker ended during the call, but how is unknown: the
+    /// process ignores `SIGCHLD` (`SIG_IGN` or `SA_NOCLDWAIT`), so the kernel
+    /// reaped the worker and dropped its exit status.
+    StatusLost,
     /// The call returned in its worker, but the worker died before its
     /// result reached the parent. It is not run again (it may have had
     /// effects).
@@ -123,7 +131,9 @@ impl fmt::Display for TaskFailure {
             TaskFailure::ChannelClosed => {
                 write!(
                     f,
-                    "failed: its worker closed or corrupted the result channel"
+                    "failed: its worker's result channel was closed or corrupted during the \
+                     call, so its outcome is unknown (a task that closes file descriptors it \
+                     did not open, such as os.closerange(3, ...), closes it too)"
                 )
             }
             TaskFailure::NotRun(why) => write!(f, "was never run: {why}"),
@@ -132,6 +142,16 @@ impl fmt::Display for TaskFailure {
                 "failed: the pool's zygote (pid {zygote}) died, taking its workers; make a new Pool"
             ),
             TaskFailure::Cancelled => write!(f, "was cancelled before it gave a result"),
+            TaskFailure::WorkerDiscarded(why) => write!(
+                f,
+                "failed: its worker took it, then was killed as soon as it was forked \
+                 because {why}; the call may have run, in part or whole"
+            ),
+            TaskFailure::StatusLost => write!(
+                f,
+                "failed: its worker ended during the call, how is unknown (this process \
+                 ignores SIGCHLD, so the kernel reaped the worker and dropped its exit status)"
+            ),
             TaskFailure::ResultLost => write!(
                 f,
                 "returned, but its worker died before the result reached the parent (it is not run again)"

@@ -79,6 +79,7 @@ mod pool {
 mod reply;
 #[cfg(not(loom))]
 mod runner;
+mod sigchld;
 #[cfg(not(loom))]
 mod threads;
 #[cfg(not(loom))]

@@ -24,6 +24,9 @@ const TICK: Duration = Duration::from_millis(100);
 const INTERRUPT_EVERY: Duration = Duration::from_millis(50);
 /// Bytes before a reply body: the global call index.
 const CALL_BYTES: usize = 8;
+/// Workers in a row that may end before taking any call (a fork handler or
+/// child hook that ends every child) before the run stops replacing them.
+const BARREN_LIMIT: usize = 4;
 
 pub(crate) struct RunSpec<'a> {
     pub pnum: usize,
@@ -45,6 +48,11 @@ struct Worker {
     timed_out: Option<(usize, Duration)>,
     /// Its pidfd reported the process ended.
     ended: bool,
+    /// It sent at least one reply.
+    replied: bool,
+    /// Its result pipe broke under it (closed while it ran on, or corrupt):
+    /// the call it was running failed for that, whatever ended it.
+    channel_lost: bool,
 }
 
 /// Every call's fate, settled exactly once.
@@ -99,6 +107,8 @@ pub(crate) fn run<D>(
         .iter()
         .map(|j| j.timeout().or(spec.default_timeout))
         .collect();
+    // Workers' exit statuses are kept while the run lasts.
+    let _statuses = crate::sigchld::ChildStatusesKept::new();
     let slots = spec.pnum.min(total).max(1);
     let board = Board::new(slots, total)?;
     let mut ledger = Ledger {
@@ -115,7 +125,7 @@ pub(crate) fn run<D>(
     let mut spawn_error = None;
     for slot in 0..slots {
         let serial = serials.next().expect("unbounded range");
-        match spawn(&ledger, &board, spec, data, slot, serial) {
+        match spawn(&mut ledger, &board, spec, data, slot, serial) {
             Ok(w) => live.push(w),
             Err(e) => {
                 spawn_error.get_or_insert(e);
@@ -134,6 +144,9 @@ pub(crate) fn run<D>(
         ));
     }
 
+    // Workers in a row that ended without taking a call, and how the last did.
+    let mut barren = 0usize;
+    let mut last_barren: Option<Option<Fate>> = None;
     let mut buf = vec![0u8; 64 * 1024];
     let mut last_sweep = Instant::now();
     let mut last_interrupt_check = Instant::now();
@@ -149,7 +162,12 @@ pub(crate) fn run<D>(
             last_interrupt_check = Instant::now();
             if stop() {
                 for w in &mut live {
-                    w.child.kill_mut()?;
+                    // A worker the kernel reaped itself is gone already.
+                    if let Err(e) = w.child.kill_mut()
+                        && !w.child.vanished()
+                    {
+                        return Err(e.into());
+                    }
                 }
                 return Err(ExecError::Interrupted {
                     settled: total - ledger.remaining,
@@ -178,22 +196,42 @@ pub(crate) fn run<D>(
                 continue;
             };
             let w = live.swap_remove(i);
-            if let Some(r) = board.running(w.slot, w.serial) {
+            let running = board.running(w.slot, w.serial);
+            // Ended without taking a call, yet not because none was left
+            // (that worker exits 0 once the board is empty).
+            if running.is_none()
+                && !w.replied
+                && (!fate.is_some_and(|f| f.is_success()) || board.has_unclaimed())
+            {
+                barren += 1;
+                last_barren = Some(fate);
+            } else {
+                barren = 0;
+            }
+            if let Some(r) = running {
                 let failure = match w.timed_out {
                     Some((call, after)) if call == r.call => TaskFailure::TimedOut { after },
+                    // Its pipe closed under it, then it lingered (killed) or
+                    // left because it could not write its reply.
+                    _ if w.channel_lost
+                        || (w.closed_at.is_some()
+                            && fate == Some(Fate::Exited(crate::worker::EXIT_REPLY_FAILED))) =>
+                    {
+                        TaskFailure::ChannelClosed
+                    }
                     // Still running a call when it ended, even with status
                     // 0: the call ended the process (`exit(0)`).
-                    _ => TaskFailure::from_fate(fate),
+                    _ => fate.map_or(TaskFailure::StatusLost, TaskFailure::from_fate),
                 };
                 if !ledger.done[r.call] {
                     board.note_ended();
                 }
                 ledger.settle(r.call, Err(failure));
             }
-            if board.has_unclaimed() {
+            if board.has_unclaimed() && barren < BARREN_LIMIT {
                 board.clear_slot(w.slot);
                 let serial = serials.next().expect("unbounded range");
-                match spawn(&ledger, &board, spec, data, w.slot, serial) {
+                match spawn(&mut ledger, &board, spec, data, w.slot, serial) {
                     Ok(nw) => live.push(nw),
                     Err(e) => {
                         spawn_error.get_or_insert(e);
@@ -206,9 +244,17 @@ pub(crate) fn run<D>(
     // Every worker is reaped. A call still open was never claimed, because no
     // replacement worker could be forked: fail it rather than lose it.
     if ledger.remaining > 0 {
-        let why = spawn_error
-            .map(|e| xme_core::error_chain(&e))
-            .unwrap_or_else(|| "no worker was left to run it".into());
+        let why = match (spawn_error, last_barren) {
+            (Some(e), _) => xme_core::error_chain(&e),
+            (None, Some(fate)) if barren >= BARREN_LIMIT => format!(
+                "{barren} worker processes in a row ended before taking any call (the last {}), \
+                 so no more were started; something ends every new worker before it runs \
+                 anything (a fork handler such as os.register_at_fork's after_in_child, a \
+                 fork hook, a resource limit)",
+                describe_fate(fate)
+            ),
+            _ => "no worker was left to run it".into(),
+        };
         let _ = spec
             .logger
             .entry()
@@ -221,8 +267,21 @@ pub(crate) fn run<D>(
     Ok(())
 }
 
+/// How a worker process ended (`None`: reaped by the kernel, status
+/// unknown), in a few words.
+fn describe_fate(fate: Option<Fate>) -> String {
+    match fate {
+        None => "ended with a status nobody can know (SIGCHLD is ignored)".into(),
+        Some(Fate::Exited(code)) => format!("exited with status {code}"),
+        Some(Fate::Signaled { signal, .. }) => {
+            let name = Signal::try_from(signal).map_or("unknown signal", |s| s.as_str());
+            format!("was killed by signal {signal} ({name})")
+        }
+    }
+}
+
 fn spawn<D>(
-    ledger: &Ledger<'_, '_, D>,
+    ledger: &mut Ledger<'_, '_, D>,
     board: &Board,
     spec: &RunSpec<'_>,
     data: &D,
@@ -242,7 +301,15 @@ fn spawn<D>(
     };
     // The closure owns the write end: the child uses it, and in the parent it
     // is closed when fork_child drops the closure, so EOF means "worker gone".
-    let child = process::fork_child(move || plan.run(slot, serial, write))?;
+    let child = match process::fork_child(move || plan.run(slot, serial, write)) {
+        Ok(child) => child,
+        Err(e) => {
+            // A parent fork hook failed after the fork: fork_child killed
+            // and reaped the child, which may have run calls by then.
+            salvage(read, serial, board, ledger, &e);
+            return Err(e);
+        }
+    };
     Ok(Worker {
         slot,
         serial,
@@ -252,7 +319,56 @@ fn spawn<D>(
         closed_at: None,
         timed_out: None,
         ended: false,
+        replied: false,
+        channel_lost: false,
     })
+}
+
+/// Accounts for the calls of worker `serial`, killed by `fork_child` just
+/// after the fork (`why`): replies it wrote settle their calls; a call it
+/// took without replying fails as [`TaskFailure::WorkerDiscarded`] (it may
+/// have run), never as not run.
+fn salvage<D>(
+    read: OwnedFd,
+    serial: u32,
+    board: &Board,
+    ledger: &mut Ledger<'_, '_, D>,
+    why: &Error,
+) {
+    let mut reader = FrameReader::new(u32::MAX as usize);
+    let mut buf = vec![0u8; 64 * 1024];
+    // The child is reaped: what it wrote is all in the pipe. Poll, do not
+    // block: a child forked meanwhile by another thread may hold the write end.
+    loop {
+        let mut fd = [PollFd::new(read.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fd, PollTimeout::ZERO) {
+            Ok(n) if n > 0 => {}
+            Err(nix::Error::EINTR) => continue,
+            _ => break,
+        }
+        match nix::unistd::read(&read, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                reader.extend(&buf[..n]);
+                while let Ok(Some(frame)) = reader.next_frame() {
+                    if frame.len() > CALL_BYTES {
+                        let (g, body) = frame.split_at(CALL_BYTES);
+                        let g = u64::from_le_bytes(g.try_into().expect("8 bytes")) as usize;
+                        ledger.settle(g, Ok(body));
+                    }
+                }
+            }
+            Err(nix::Error::EINTR) => {}
+            Err(_) => break,
+        }
+    }
+    let why = xme_core::error_chain(why);
+    for g in board.claimed_by(serial) {
+        if g < ledger.done.len() && !ledger.done[g] {
+            board.note_ended();
+            ledger.settle(g, Err(TaskFailure::WorkerDiscarded(why.clone())));
+        }
+    }
 }
 
 /// Time until the earliest running call's deadline, if any call has one.
@@ -347,6 +463,7 @@ fn read_some<D>(w: &mut Worker, buf: &mut [u8], ledger: &mut Ledger<'_, '_, D>) 
                         let (g, body) = frame.split_at(CALL_BYTES);
                         let g = u64::from_le_bytes(g.try_into().expect("8 bytes")) as usize;
                         ledger.settle(g, Ok(body));
+                        w.replied = true;
                     }
                     Ok(None) => break,
                     // A frame too short or too long cannot come from our worker
@@ -364,6 +481,7 @@ fn read_some<D>(w: &mut Worker, buf: &mut [u8], ledger: &mut Ledger<'_, '_, D>) 
 }
 
 fn corrupt(w: &mut Worker) {
+    w.channel_lost = true;
     w.pipe = None;
     w.closed_at = Some(Instant::now());
     let _ = w.child.signal(Signal::SIGKILL);
@@ -390,16 +508,25 @@ fn kill_overdue<D>(
 }
 
 /// Reaps `w` if it has ended, after reading what it left in its pipe. A worker
-/// that closed its pipe but lingers past [`LINGER`] is killed.
+/// that closed its pipe but lingers past [`LINGER`] is killed. `Some(None)`:
+/// it ended, but the kernel reaped it (`SIGCHLD` ignored), so how is unknown.
 fn reap_if_ended<D>(
     w: &mut Worker,
     buf: &mut [u8],
     ledger: &mut Ledger<'_, '_, D>,
-) -> Result<Option<Fate>, Error> {
-    let fate = match w.child.try_wait()? {
-        Some(fate) => fate,
-        None if w.closed_at.is_some_and(|t| t.elapsed() >= LINGER) => w.child.kill_mut()?,
-        None => return Ok(None),
+) -> Result<Option<Option<Fate>>, Error> {
+    let reaped = match w.child.try_wait() {
+        Ok(None) if w.closed_at.is_some_and(|t| t.elapsed() >= LINGER) => {
+            w.channel_lost = true;
+            w.child.kill_mut().map(Some)
+        }
+        other => other,
+    };
+    let fate = match reaped {
+        Ok(Some(fate)) => Some(fate),
+        Ok(None) => return Ok(None),
+        Err(_) if w.child.vanished() => None,
+        Err(e) => return Err(e),
     };
     // Replies written just before the end are still in the pipe.
     while let Some(pipe) = &w.pipe {

@@ -10,6 +10,11 @@ use crate::Context;
 use crate::board::Board;
 use crate::job::ErasedJob;
 
+/// A worker's exit status when it could not write a reply (its pipe was
+/// closed: by the parent, or by a task that closed descriptors). Read as
+/// such only when the parent saw the pipe close first.
+pub(crate) const EXIT_REPLY_FAILED: i32 = 123;
+
 /// Everything a worker needs; borrowed from the parent's memory, copied by fork.
 pub(crate) struct WorkerPlan<'a, 't, D> {
     pub jobs: &'a [&'t mut dyn ErasedJob<D>],
@@ -61,8 +66,11 @@ impl<D> WorkerPlan<'_, '_, D> {
             };
             frame[..4].copy_from_slice(&len.to_le_bytes());
             if xme_core::fdio::write_all(pipe.as_fd(), &frame).is_err() {
-                // The parent is gone or closed our pipe: nobody wants results.
-                return 3;
+                // The parent is gone or closed our pipe, or a task closed
+                // the descriptor: nobody gets results. Not closed again (a
+                // closed descriptor's drop aborts a debug build).
+                std::mem::forget(pipe);
+                return EXIT_REPLY_FAILED;
             }
             self.board.finish(w);
         }

@@ -202,3 +202,39 @@ fn a_custom_serialize_error_keeps_its_message_and_an_untagged_enum_says_why() {
         "{e}"
     );
 }
+
+#[test]
+fn a_task_that_closes_the_result_channel_is_reported_as_such() {
+    // Closes every descriptor from 3 up, the worker's result pipe with them,
+    // as Python's os.closerange(3, ...) does; then returns at once (call 1)
+    // or runs on past the parent's patience (call 3).
+    let out = Xme::new()
+        .pnum(2)
+        .fun(
+            |i: u32| -> u32 {
+                if i == 1 || i == 3 {
+                    for fd in 3..1024 {
+                        // SAFETY: closing descriptors in this worker only; the
+                        // test wants its result pipe gone.
+                        unsafe { libc::close(fd) };
+                    }
+                    if i == 3 {
+                        std::thread::sleep(Duration::from_secs(2));
+                    }
+                }
+                i * 10
+            },
+            Array::new((0..6u32).collect::<Vec<_>>()),
+        )
+        .unwrap();
+    for (i, r) in out.into_iter().enumerate() {
+        match r {
+            Ok(v) => assert!(i != 1 && i != 3 && v == i as u32 * 10, "call {i}: {v}"),
+            Err(e) => {
+                assert!(i == 1 || i == 3, "call {i}: {e}");
+                assert_eq!(e.failure, TaskFailure::ChannelClosed, "call {i}");
+                assert!(e.to_string().contains("closes file descriptors"), "{e}");
+            }
+        }
+    }
+}

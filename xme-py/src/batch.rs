@@ -13,6 +13,7 @@ use xme_exec::{Array, ExecError, RawBytes, TaskFailure, Xme};
 
 use crate::XMEError;
 use crate::logputter::Logputter;
+use crate::shutdown;
 
 /// First byte of the reply a worker makes itself when the call wrapper
 /// raised (the Python wrapper catches everything, so this is a last resort).
@@ -37,6 +38,12 @@ pub(crate) fn run_batch(
     timeout: Option<f64>,
     logger: Option<PyRef<'_, Logputter>>,
 ) -> PyResult<Vec<Py<PyAny>>> {
+    check_calls_fit(calls)?;
+    if pnum == 0 {
+        return Err(PyValueError::new_err(
+            "pnum must be at least 1 (the most worker processes at once)",
+        ));
+    }
     let mut xme = Xme::new().pnum(pnum);
     if let Some(logger) = logger {
         xme = xme.logger(logger.rust_logger());
@@ -53,23 +60,36 @@ pub(crate) fn run_batch(
         xme = xme.timeout(limit);
     }
     let pending: Arc<Mutex<Option<PyErr>>> = Arc::default();
-    let slot = pending.clone();
-    let xme = xme.interrupt_when(move || {
-        Python::try_attach(|py| match py.check_signals() {
-            Ok(()) => false,
-            Err(e) => {
-                *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                true
+    // Only the main thread handles signals (elsewhere `check_signals` has
+    // nothing to say), and only it may re-attach without the shutdown gate.
+    let counted = shutdown::Counted::new(py);
+    if counted.is_none() {
+        let slot = pending.clone();
+        xme = xme.interrupt_when(move || {
+            if crate::fork::flush_was_interrupted() {
+                return true;
             }
-        })
-        .unwrap_or(false)
-    });
-    let outcomes = py.detach(|| {
+            Python::try_attach(|py| match py.check_signals() {
+                Ok(()) => false,
+                Err(e) => {
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    true
+                }
+            })
+            .unwrap_or(false)
+        });
+    }
+    let outcomes = shutdown::detach_gated(py, &counted, || {
         xme.fun(
             |g: usize| Python::attach(|py| call_in_worker(py, &run_call, g)),
             Array::new(0..calls),
         )
     });
+    // Ctrl-C during a pre-fork flush cancelled that fork and stopped the
+    // batch: raise it now that every worker is reaped.
+    if let Some(interrupt) = crate::fork::take_flush_interrupt() {
+        return Err(interrupt);
+    }
     let outcomes = match outcomes {
         Ok(outcomes) => outcomes,
         Err(ExecError::Interrupted { .. }) => {
@@ -91,7 +111,11 @@ pub(crate) fn run_batch(
                     TaskFailure::TimedOut { after } => {
                         ("timeout", after.as_secs_f64().into_pyobject(py)?.into_any())
                     }
-                    other => ("lost", other.to_string().into_pyobject(py)?.into_any()),
+                    other => {
+                        let text = other.to_string();
+                        let text = text.strip_prefix("failed: ").unwrap_or(&text);
+                        ("lost", text.into_pyobject(py)?.into_any())
+                    }
                 };
                 Ok(
                     PyTuple::new(py, [why.0.into_pyobject(py)?.into_any(), why.1])?
@@ -101,6 +125,37 @@ pub(crate) fn run_batch(
             }
         })
         .collect()
+}
+
+/// Bytes of the parent's own bookkeeping per call (its index, claim word,
+/// outcome slot, settled flag, result tuple slot), rounded up generously.
+const BOOKKEEPING_PER_CALL: usize = 128;
+
+/// A batch whose bookkeeping alone would not fit in this machine's memory
+/// is refused with a `ValueError`, before anything is allocated (the
+/// allocation would abort the interpreter).
+fn check_calls_fit(calls: usize) -> PyResult<()> {
+    // SAFETY: sysconf only reads system configuration.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    let memory = usize::try_from(pages)
+        .unwrap_or(0)
+        .saturating_mul(usize::try_from(page).unwrap_or(4096));
+    let need = calls.saturating_mul(BOOKKEEPING_PER_CALL);
+    if memory > 0 && need > memory {
+        return Err(PyValueError::new_err(format!(
+            "a batch of {calls} calls needs about {} GiB for its bookkeeping alone \
+             ({BOOKKEEPING_PER_CALL} bytes a call), more than this machine's {} GiB: \
+             run the work in smaller batches",
+            need >> 30,
+            memory >> 30
+        )));
+    }
+    Ok(())
 }
 
 /// In a worker: the bytes `run_call(g)` returns. The Python wrapper catches

@@ -11,6 +11,7 @@
 mod batch;
 mod fork;
 mod logputter;
+mod shutdown;
 
 pyo3::create_exception!(
     XME,
@@ -31,6 +32,8 @@ mod _xme {
     use super::batch::run_batch;
     #[pymodule_export]
     use super::logputter::Logputter;
+    #[pymodule_export]
+    use super::shutdown::_close_gil_gate;
 
     /// The version of xme this module was built from.
     #[pymodule_export]
@@ -50,7 +53,8 @@ mod _xme {
     }
 
     #[pymodule_init]
-    fn init(py: Python<'_>) -> PyResult<()> {
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        let py = m.py();
         let gil_disabled = py
             .import("sysconfig")?
             .call_method1("get_config_var", ("Py_GIL_DISABLED",))?
@@ -58,7 +62,11 @@ mod _xme {
         if gil_disabled {
             return Err(PyImportError::new_err(crate::FREE_THREADED_REFUSAL));
         }
+        super::shutdown::init(py)?;
         super::fork::register();
+        // Run by CPython before it marks the runtime finalizing (see `shutdown`).
+        let close = m.getattr("_close_gil_gate")?;
+        py.import("atexit")?.call_method1("register", (close,))?;
         Ok(())
     }
 }

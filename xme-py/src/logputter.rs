@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use pyo3::exceptions::{PyOSError, PyTypeError};
+use pyo3::exceptions::{PyOSError, PyTypeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyInt, PyString, PyTuple};
 use xme_log::Logger;
 
 /// The XME logger: what a task's `print` writes with (`write_log`) and what
@@ -118,6 +118,8 @@ impl Logputter {
         message: &Bound<'_, PyTuple>,
         options: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<()> {
+        // It writes to `sys.stdout`, which releases the GIL around write(2).
+        let _counted = crate::shutdown::Counted::new(py);
         let mut msgtype = None;
         let mut indent = 0usize;
         let mut pid = Some(None);
@@ -127,21 +129,29 @@ impl Logputter {
                 "msgtype" => {
                     msgtype = if value.is_none() {
                         None
-                    } else if value.extract::<bool>().is_ok_and(|b| b) {
-                        Some(self.default_msgtype.clone())
+                    } else if let Ok(flag) = value.cast::<PyBool>() {
+                        // True: the default type; False: none, as None.
+                        flag.is_true().then(|| self.default_msgtype.clone())
                     } else {
                         Some(value.str()?.to_string())
                     }
                 }
-                "indent" => indent = value.extract()?,
+                "indent" => indent = int_option(&value, "indent", "a number of levels")?,
                 "pid" => {
                     pid = if value.is_none() {
                         None
                     } else {
-                        Some(Some(value.extract()?))
+                        Some(Some(int_option(&value, "pid", "a process id")?))
                     }
                 }
-                "sep" if !value.is_none() => sep = value.cast_into::<PyString>()?,
+                "sep" if !value.is_none() => {
+                    sep = value.cast_into::<PyString>().map_err(|e| {
+                        PyTypeError::new_err(format!(
+                            "write_log: sep must be None or a string, not {}",
+                            repr_of(e.into_inner().as_any())
+                        ))
+                    })?
+                }
                 "sep" | "end" | "file" | "flush" => {}
                 other => {
                     return Err(PyTypeError::new_err(format!(
@@ -232,6 +242,36 @@ enum Screen<'py> {
     Off,
     Fd1,
     Object(Bound<'py, PyAny>),
+}
+
+/// A whole-number option of `write_log`: a `TypeError` for a non-int, a
+/// `ValueError` for an int out of range (negative, too large).
+fn int_option<'a, 'py, T: FromPyObject<'a, 'py>>(
+    value: &'a Bound<'py, PyAny>,
+    name: &str,
+    what: &str,
+) -> PyResult<T> {
+    let wrong = |what_went_wrong: &str| {
+        format!(
+            "write_log: {name} must be {what} (an int >= 0{}), not {}{what_went_wrong}",
+            if name == "pid" { ", or None" } else { "" },
+            repr_of(value)
+        )
+    };
+    if value.is_instance_of::<PyBool>() || !value.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(wrong("")));
+    }
+    value
+        .extract()
+        .map_err(|_| PyValueError::new_err(wrong(" (out of range)")))
+}
+
+/// `repr(value)`, or a stand-in if its `__repr__` fails.
+fn repr_of(value: &Bound<'_, PyAny>) -> String {
+    value.repr().map_or_else(
+        |_| "(an object whose repr failed)".into(),
+        |r| r.to_string(),
+    )
 }
 
 /// Where `sys.stdout` writes: fd 1 (flushed, so the line follows what it

@@ -174,7 +174,6 @@ def test_funs_runs_the_table_and_checks_its_arguments():
     with pytest.raises(ValueError):
         XME.XME(lambda: 0, errors="ignore")
     assert 1 <= XME.XME(lambda: 0, pnum=10_000).pnum <= os.cpu_count()
-    assert XME.XME(lambda: 0, pnum=0).pnum == 1
 
 
 def test_the_print_special_parameter_is_the_xme_logger(capfd):
@@ -207,3 +206,83 @@ def test_a_task_may_run_a_batch_of_its_own(no_leftover_children):
         return sum(XME.XME(inner, pnum=2).fun(XME.Array(range(n))))
 
     assert XME.XME(outer, pnum=2).fun(XME.Array([3, 4, 5])) == (6, 12, 20)
+
+
+def test_a_batch_too_large_for_the_machine_is_a_clear_error_not_an_abort():
+    # In a process of its own: before the fix, the allocation aborted it.
+    code = r'''
+import XME
+x = XME.XME(lambda: 1)
+for calnum in (2**40, 10**20):
+    try:
+        x.fun(calnum=calnum)
+    except (ValueError, OverflowError) as e:
+        print(f"{type(e).__name__}: {e}")
+print(len(XME.XME(lambda: 1, pnum=2).fun(calnum=1000)))
+'''
+    out = run_script(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("ValueError: a batch of 1099511627776 calls needs about"), lines
+    assert "run the work in smaller batches" in lines[0]
+    assert lines[1].startswith("OverflowError: a batch of 100000000000000000000 calls"), lines
+    assert lines[2] == "1000"
+
+
+@pytest.mark.parametrize("options,error,text", [
+    ({"pnum": 0}, ValueError, "pnum must be at least 1"),
+    ({"pnum": -5}, ValueError, "pnum must be at least 1"),
+    ({"pnum": 2.0}, TypeError, "pnum must be an int"),
+    ({"timeout": "1"}, TypeError, "timeout must be a number of seconds"),
+    ({"timeout": 0}, ValueError, "timeout must be a finite number of seconds"),
+    ({"timeout": float("inf")}, ValueError, "timeout must be a finite number of seconds"),
+    ({"timeout": float("nan")}, ValueError, "timeout must be a finite number of seconds"),
+    ({"timeout": 1e300}, ValueError, "timeout must be a finite number of seconds"),
+    ({"timeout": 1e-12}, ValueError, "timeout must be a finite number of seconds"),
+])
+def test_bad_options_are_clear_python_errors(options, error, text):
+    with pytest.raises(error, match=text):
+        XME.XME(abs, **options)
+
+
+@pytest.mark.parametrize("call,error,text", [
+    (lambda x: x.fun(calnum=-1), ValueError, "calnum must be a number of calls"),
+    (lambda x: x.fun(calnum="3"), TypeError, "calnum must be a number of calls"),
+    (lambda x: x.funs(funum_array=0), TypeError, "funum_array must be a list"),
+])
+def test_bad_call_arguments_are_clear_python_errors(call, error, text):
+    with pytest.raises(error, match=text):
+        call(XME.XME(lambda: 1))
+
+
+@pytest.mark.parametrize("options,error,text", [
+    ({"indent": -1}, ValueError, "indent must be a number of levels"),
+    ({"indent": "2"}, TypeError, "indent must be a number of levels"),
+    ({"pid": -1}, ValueError, "pid must be a process id"),
+    ({"pid": "abc"}, TypeError, "pid must be a process id"),
+    ({"sep": 1}, TypeError, "sep must be None or a string"),
+])
+def test_bad_write_log_options_are_clear_python_errors(options, error, text):
+    with pytest.raises(error, match=text):
+        XME.Logputter(print_in_screen=False).write_log("x", **options)
+
+
+def test_msgtype_false_means_no_type(capfd):
+    XME.Logputter().write_log("plain", msgtype=False)
+    XME.Logputter().write_log("typed", msgtype=True)
+    out = capfd.readouterr().out.splitlines()
+    assert not out[0].startswith("(") and out[0].endswith(":plain"), out
+    assert out[1].startswith("(Message)") and out[1].endswith(":typed"), out
+
+
+def test_a_batch_error_survives_pickling():
+    import pickle
+
+    with pytest.raises(XME.BatchError) as caught:
+        XME.XME(lambda i: 1 / i, errors="raise").fun(XME.Array([0, 1]))
+    back = pickle.loads(pickle.dumps(caught.value))
+    assert type(back) is XME.BatchError
+    assert back.results == ((None, 1.0),)
+    assert [(f.call, f.kind, f.exc_type) for f in back.failures] == [
+        (0, "exception", "ZeroDivisionError")]
+    assert str(back) == str(caught.value)

@@ -3,6 +3,8 @@ buffered output, and no process left behind."""
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -10,7 +12,7 @@ import pytest
 
 import XME
 
-from conftest import run_script, start_script, state_of, wait_until
+from conftest import ENV, run_script, start_script, state_of, wait_until
 
 # A batch of slow calls whose workers write their pids into a directory,
 # and which reports the parent's children when Ctrl-C reaches it.
@@ -202,3 +204,66 @@ import XME
 def test_later_faces_keep_their_place_and_say_so(module):
     with pytest.raises(ImportError, match="not available in xme's Python face yet"):
         __import__(module)
+
+
+# Ctrl-C while the pre-batch flush waits on a full stdout pipe.
+FLUSH_BLOCKED = r'''
+import os, sys, time, XME
+os.write(1, b"a" * 65536)  # the pipe is full: nobody reads it yet
+print("PARENT-LINE")       # buffered in sys.stdout
+def task(i):
+    time.sleep(1)
+    return i
+os.write(2, b"starting batch\n")
+try:
+    out = XME.XME(task, pnum=2).fun(XME.Array(range(4)))
+    os.write(2, f"batch finished: {out}\n".encode())
+except KeyboardInterrupt:
+    os.write(2, b"KeyboardInterrupt\n")
+'''
+
+
+def test_ctrl_c_during_the_flush_before_the_forks_raises_and_prints_nothing_twice():
+    read, write = os.pipe()
+    p = subprocess.Popen([sys.executable, "-c", FLUSH_BLOCKED], stdout=write,
+                         stderr=subprocess.PIPE, env=ENV)
+    os.close(write)
+    try:
+        assert p.stderr.readline() == b"starting batch\n"
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        data = b""
+        while chunk := os.read(read, 1 << 20):
+            data += chunk
+        p.wait(timeout=30)
+        err = p.stderr.read().decode()
+    finally:
+        os.close(read)
+        if p.poll() is None:
+            p.kill()
+    assert err.strip() == "KeyboardInterrupt", err
+    assert data.count(b"PARENT-LINE") == 1
+
+
+def test_ctrl_c_during_a_forks_flush_cancels_it_and_stops_the_batch(no_leftover_children):
+    # sys.stdout's third flush is interrupted: the one before the second
+    # worker's fork (the first is the batch's own, the second the first fork's).
+    class Stdout:
+        flushes = 0
+
+        def write(self, text):
+            return len(text)
+
+        def flush(self):
+            Stdout.flushes += 1
+            if Stdout.flushes == 3:
+                raise KeyboardInterrupt
+
+    real, sys.stdout = sys.stdout, Stdout()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            XME.XME(time.sleep, pnum=2, do_with_log=False).fun(XME.Array([5, 5, 5]))
+    finally:
+        sys.stdout = real
+    assert Stdout.flushes == 3

@@ -92,3 +92,8 @@ class BatchError(XMEError):
         if first_tb:
             text += "\n\nThe first traceback, from its worker:\n" + first_tb.rstrip()
         super().__init__(text)
+
+    def __reduce__(self):
+        # Rebuilt from what __init__ takes (BaseException's default passes
+        # self.args, the message, which __init__ does not take).
+        return (type(self), (self.results, self.outcomes, self.failures))

@@ -8,18 +8,24 @@ back, pickled. The parent waits with the GIL released.
 """
 
 import inspect
+import math
+import numbers
 import os
 import pickle
 import sys
 import traceback
 import warnings
 from bisect import bisect_right
+from collections.abc import Iterable
 
 from . import _xme
 from ._errors import BatchError, CallFailure
 
 #: CPUs this process may use, read once (it reads cgroup files).
 _CPUS = _xme.cpu_count()
+
+#: The shortest and longest call timeouts (a nanosecond; about 31 years).
+_MIN_TIMEOUT, _MAX_TIMEOUT = 1e-9, 1e9
 
 
 class Array(list):
@@ -82,8 +88,10 @@ class _Job:
         arrays = [a for a in (*self.targ, *kwargs.values()) if isinstance(a, Array)]
         if calnum is None:
             calnum = max(map(len, arrays)) if arrays else 1
-        elif isinstance(calnum, bool) or not isinstance(calnum, int) or calnum < 0:
+        elif isinstance(calnum, bool) or not isinstance(calnum, int):
             raise TypeError(f"calnum must be a number of calls (an int >= 0), not {calnum!r}")
+        elif calnum < 0:
+            raise ValueError(f"calnum must be a number of calls (an int >= 0), not {calnum!r}")
         if calnum and any(not a for a in arrays):
             raise ValueError(
                 f"{self.name}: an XME.Array argument is empty, so it has nothing to give "
@@ -103,7 +111,7 @@ def _flush_std_streams():
             if stream is not None:
                 stream.flush()
         except Exception:  # a closed or broken stream: nothing to keep
-            pass
+            pass  # (KeyboardInterrupt is no Exception: it propagates)
 
 
 def _user_frames(tb):
@@ -190,7 +198,8 @@ class XME:
     ``XME(fun1, fun2, ..., pnum=cpus, do_with_log=True, logfile=None,
     show_version_info=False, print_in_screen=True, errors="log", timeout=None)``
 
-    - ``pnum``: most worker processes at once (clamped to ``1..cpus``);
+    - ``pnum``: most worker processes at once (at least 1; more than the CPUs
+      is clamped to the CPUs);
     - ``do_with_log``: tasks get the XME logger as their ``print`` /
       ``logobj`` parameters, and failed calls are logged through it;
     - ``logfile``: also append log lines to this file;
@@ -218,8 +227,17 @@ class XME:
             pnum = cpus
         elif isinstance(pnum, bool) or not isinstance(pnum, int):
             raise TypeError(f"pnum must be an int, not {pnum!r}")
-        if timeout is not None and (isinstance(timeout, bool) or not timeout > 0):
-            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        elif pnum < 1:
+            raise ValueError(f"pnum must be at least 1 (the most worker processes at once), "
+                             f"not {pnum!r}")
+        if timeout is not None:
+            if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+                raise TypeError(f"timeout must be a number of seconds (an int or a float), "
+                                f"not {timeout!r}")
+            if not (math.isfinite(timeout) and _MIN_TIMEOUT <= timeout <= _MAX_TIMEOUT):
+                raise ValueError(f"timeout must be a finite number of seconds from "
+                                 f"{_MIN_TIMEOUT:g} to {_MAX_TIMEOUT:g}, not {timeout!r} "
+                                 f"(no timeout: leave it None)")
         self.functions = fun
         self.pnum = min(max(pnum, 1), cpus)
         self.errors = errors
@@ -244,6 +262,9 @@ class XME:
         arguments of the ``i``-th. Returns one tuple of results per entry of
         ``funum_array``."""
         n = len(self.functions)
+        if funum_array is not None and not isinstance(funum_array, Iterable):
+            raise TypeError(f"funs: funum_array must be a list of function indexes, "
+                            f"not {funum_array!r}")
         funum_array = list(range(n) if funum_array is None else funum_array)
         tagr_array = [[] for _ in funum_array] if tagr_array is None else list(tagr_array)
         args_array = [{} for _ in funum_array] if args_array is None else list(args_array)
@@ -287,9 +308,16 @@ class XME:
         for job in jobs:
             offsets.append(total)
             total += job.calnum
+        if total > sys.maxsize:
+            raise OverflowError(
+                f"a batch of {total} calls is more than this machine can count "
+                f"(at most {sys.maxsize}); run the work in smaller batches")
         replies = []
         if total:
             _warn_if_threaded()
+            # Here, where Ctrl-C during a flush blocked on a full pipe raises
+            # before any fork (the fork hook flushes again, for each worker).
+            _flush_std_streams()
 
             def run_call(g):
                 j = bisect_right(offsets, g) - 1

@@ -1,0 +1,44 @@
+"""The interpreter exits while another thread is inside a batch: CPython
+3.9-3.13 end such a thread with pthread_exit when it takes the GIL back,
+which must never happen inside XME's Rust frames (a segfault at exit)."""
+
+import os
+
+import pytest
+
+from conftest import run_script, state_of, wait_until
+
+# A daemon thread runs batches in a loop; the main thread ends under it.
+# argv: task seconds, seconds before the main thread ends, worker pid dir.
+DAEMON_IN_BATCHES = r'''
+import os, sys, threading, time, warnings, XME
+warnings.simplefilter("ignore")  # the multi-threaded RuntimeWarning
+task_s, main_s, pids = float(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+def task(i):
+    open(os.path.join(pids, str(os.getpid())), "w").close()
+    time.sleep(task_s)
+    if i == 3:
+        os._exit(1)  # a replacement worker is forked in the batch
+    return -i
+def bg():
+    x = XME.XME(task, pnum=2)
+    while True:
+        assert x.fun(x.Array(range(6)))[:3] == (0, -1, -2)
+threading.Thread(target=bg, daemon=True).start()
+time.sleep(main_s)
+print("main exits", flush=True)
+'''
+
+
+@pytest.mark.parametrize("task_s,main_s", [(0, 0.3), (0, 0.5), (0.05, 0.4), (0.3, 0.2)])
+@pytest.mark.parametrize("attempt", range(3))
+def test_exit_with_a_daemon_thread_in_a_batch_is_clean(tmp_path, task_s, main_s, attempt):
+    out = run_script(DAEMON_IN_BATCHES, str(task_s), str(main_s), str(tmp_path), timeout=60)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    assert "main exits\n" in out.stdout, out.stdout[-2000:]
+    assert "Fatal Python error" not in out.stderr and "panicked" not in out.stderr, out.stderr
+    workers = [int(p) for p in os.listdir(tmp_path)]
+    assert workers, "the daemon thread ran no batch"
+    # Workers of the exited process end with it (PR_SET_PDEATHSIG).
+    wait_until(lambda: all(state_of(w) in (None, "Z") for w in workers), timeout=10,
+               what="the workers of the exited process to end")
