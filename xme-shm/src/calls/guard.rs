@@ -427,6 +427,7 @@ impl Guard {
                     }
                 }
                 Executed::Busy => {
+                    m.buffer.guard_beat();
                     m.buffer.wait(
                         Event::Work,
                         self.loop_time.max(Duration::from_micros(50)),
@@ -437,6 +438,8 @@ impl Guard {
                     if self.idle_spin(m) {
                         continue;
                     }
+                    // Only before a sleep: never on the path of a call.
+                    m.buffer.guard_beat();
                     // Each stop condition is re-checked against the buffer
                     // *after* it was seen: a call appended between our empty
                     // check and the condition (say, a task's last call before
