@@ -121,11 +121,7 @@ pub fn render(frame: &mut Frame<'_>, view: &View) {
                 bytes(info.header.size),
                 info.header.creator_pid,
                 alive(info.creator_alive),
-                if info.users.is_empty() {
-                    "-".to_string()
-                } else {
-                    format!("{:?}", info.users)
-                },
+                info.users.len(),
             ))
             .bold(),
             Line::from("q quit  ↑↓ PgUp PgDn scroll").dim(),
@@ -224,7 +220,7 @@ fn render_manager_lists(
             rows,
             [
                 Constraint::Length(18),
-                Constraint::Length(8),
+                Constraint::Length(10),
                 Constraint::Length(6),
                 Constraint::Length(7),
                 Constraint::Fill(1),
@@ -363,5 +359,179 @@ pub fn top(name: &str, once: bool, interval: Duration) -> Result<(), CliError> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Kind;
+    use xme_core::Operator;
+    use xme_core::inspect::HeaderSnapshot;
+    use xme_shm::{
+        GuardSnapshot, KeySnapshot, LockSnapshot, LockType, ManagerSnapshot, PageCensus,
+        ProcessStatus, StatusSnapshot,
+    };
+
+    /// A pid no process has (above the kernel's pid_max limit).
+    const NO_PID: u32 = 0x4000_0000;
+
+    fn snapshot(calls: u64, writes: u64, reports: u64) -> Snapshot {
+        let me = std::process::id();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let status = |op: u64, pid: u32, text: &str| StatusSnapshot {
+            operator: Operator::from_id(op).unwrap(),
+            status: ProcessStatus {
+                status: text.into(),
+                pid,
+                time_ms: now_ms - 5_400,
+                serial: op,
+                last_word: false,
+            },
+        };
+        Snapshot::Manager(Box::new(ManagerSnapshot {
+            header: header(),
+            capacity: 100,
+            slots: 256,
+            keys_claimed: 7,
+            arena_bytes: 1 << 20,
+            pages: PageCensus {
+                total: 16,
+                free: 14,
+                ..PageCensus::default()
+            },
+            keys: vec![
+                KeySnapshot {
+                    key: "greeting".into(),
+                    value_len: 6,
+                    preview: postcard::to_stdvec("hello").unwrap(),
+                },
+                KeySnapshot {
+                    key: "answer".into(),
+                    value_len: 1,
+                    preview: vec![42],
+                },
+            ],
+            statuses: vec![
+                status(0xaa, me, "crunching"),
+                status(0xbb, NO_PID, "crashed here"),
+            ],
+            status_reports: reports,
+            writes,
+            guard: GuardSnapshot {
+                pid: Some(me),
+                calls_queued: 3,
+                calls_run: calls,
+                ring_capacity: 1024,
+                last_beat_ns: None,
+                enabled: Some(true),
+            },
+            lock: Some(LockSnapshot {
+                lock_type: LockType::Mutex,
+                holder: Some((NO_PID, Operator::from_id(0xcc))),
+                readers: vec![],
+                waiters: 2,
+                writer: Operator::ADMIN,
+                authorised: vec![],
+            }),
+            changing: false,
+        }))
+    }
+
+    fn header() -> HeaderSnapshot {
+        HeaderSnapshot {
+            version: 0x4d47_0005,
+            size: 1 << 21,
+            creator_pid: NO_PID,
+            creator_start: 0,
+            token: 1,
+        }
+    }
+
+    #[test]
+    fn a_frame_from_a_known_state() {
+        let info = RegionInfo {
+            name: "jobs".into(),
+            kind: Kind::Manager,
+            header: header(),
+            creator_alive: false,
+            users: vec![],
+            age: None,
+        };
+        let t0 = Instant::now();
+        let mut view = View::new(info.clone(), snapshot(0, 0, 0), Duration::from_millis(250));
+        // Two seconds later: 200 calls, 50 sets and 4 reports.
+        view.last = Some((t0, [0, 0, 0]));
+        view.update(info, snapshot(200, 50, 4), t0 + Duration::from_secs(2));
+        let me = std::process::id();
+        let frame = frame_text(&view, 100, view.full_height());
+        let lines: Vec<&str> = frame.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("xme top: jobs  Manager (layout 5, 2.0 MiB)  creator {NO_PID} DEAD  users 0"),
+            "{frame}"
+        );
+        assert!(lines[2].contains("calls/s 100.0"), "{frame}");
+        assert!(lines[2].contains("sets/s 25.0"), "{frame}");
+        assert!(lines[2].contains("status/s 2.0"), "{frame}");
+        assert!(
+            lines[7].starts_with(&format!(
+                "│guard: pid {me} alive  queued 3  run 200  idle check never"
+            )),
+            "{frame}"
+        );
+        assert!(
+            lines[8].starts_with(&format!(
+                "│lock: MUTEX, held by pid {NO_PID} (dead) as 00000000000000cc, 0 readers, 2 waiting"
+            )),
+            "{frame}"
+        );
+        assert!(
+            lines[9].contains(
+                "table: 7/100 keys  arena 2 of 16 pages used (1.0 MiB)  50 values stored"
+            ),
+            "{frame}"
+        );
+        let row = |needle: &str| {
+            lines
+                .iter()
+                .find(|l| l.contains(needle))
+                .unwrap_or_else(|| panic!("no {needle:?} in\n{frame}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            row("crunching"),
+            [
+                "│00000000000000aa",
+                &me.to_string(),
+                "alive",
+                "5s",
+                "crunching",
+                "│"
+            ]
+        );
+        assert_eq!(
+            row("crashed here"),
+            [
+                "│00000000000000bb",
+                &NO_PID.to_string(),
+                "DEAD",
+                "5s",
+                "crashed",
+                "here",
+                "│"
+            ]
+        );
+        assert_eq!(row("greeting"), ["│greeting", "6", "B", "\"hello\"", "│"]);
+        assert_eq!(row("answer"), ["│answer", "1", "B", "2a", "│"]);
+        // Scrolling moves the lists, not the state above them.
+        view.scroll = 1;
+        let scrolled = frame_text(&view, 100, view.full_height());
+        assert!(!scrolled.contains("crunching") && scrolled.contains("crashed here"));
+        assert!(scrolled.contains("held by pid"));
     }
 }
