@@ -121,3 +121,37 @@ fn top_leaves_cleanly_when_its_region_disappears() {
     assert!(!screen.contains("xme top:"), "{screen}");
     assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
 }
+
+#[test]
+fn top_restores_the_terminal_on_sigint() {
+    if tmux_missing() {
+        return;
+    }
+    let name = format!("xme-cli-sigint-{}", std::process::id());
+    let xmem = XmemBuilder::new().named(&name).build().unwrap();
+    let session = Session::start(&name, &name);
+    screen_until(&session.0, "frame", |s| {
+        s.contains(&format!("xme top: {name}"))
+    });
+    // The pane runs `sh -c '…'`, whose child is xme: SIGINT it from outside
+    // (in raw mode ^C is a key, so this is the signal path).
+    let shell: i32 = tmux(&["display-message", "-p", "-t", &session.0, "#{pane_pid}"])
+        .trim()
+        .parse()
+        .unwrap();
+    let xme = *xme_core::process::children_of(shell)
+        .first()
+        .expect("xme runs under the pane's shell");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(xme),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let screen = screen_until(&session.0, "exit", |s| {
+        s.contains("EXITED") && s.lines().any(|l| l.trim().ends_with("icanon"))
+    });
+    assert!(screen.contains("EXITED 0"), "{screen}");
+    assert!(!screen.contains("xme top:"), "{screen}");
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    drop(xmem);
+}
