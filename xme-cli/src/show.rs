@@ -44,8 +44,9 @@ pub fn bytes(n: u64) -> String {
     format!("{v:.1} {}", UNITS[unit])
 }
 
-fn alive(yes: bool) -> &'static str {
-    if yes { "alive" } else { "dead" }
+/// `alive`, or `DEAD` (capitals: it should catch the eye).
+pub fn alive(yes: bool) -> &'static str {
+    if yes { "alive" } else { "DEAD" }
 }
 
 /// `xme ls`.
@@ -131,21 +132,7 @@ pub fn text(info: &RegionInfo, snap: &Snapshot) -> String {
                     c.blocks_total
                 );
             }
-            let g = &m.guard;
-            let _ = writeln!(
-                out,
-                "guard: {}, {} calls queued, {} run, last idle check {}",
-                g.pid.map_or("none".into(), |p| format!(
-                    "pid {p} ({})",
-                    alive(process::is_alive(p as i32))
-                )),
-                g.calls_queued,
-                g.calls_run,
-                g.last_beat_ns.map_or("never".into(), |b| format!(
-                    "{} ago",
-                    age(model::since_ns(b))
-                ))
-            );
+            let _ = writeln!(out, "{}", guard_line(&m.guard));
             let _ = writeln!(out, "lock: {}", lock_line(&m.lock));
             let _ = writeln!(out, "statuses ({}):", m.statuses.len());
             let _ = writeln!(
@@ -201,6 +188,24 @@ pub fn text(info: &RegionInfo, snap: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// The Guard in one line: pid and whether it lives, calls queued and run,
+/// its last idle check.
+pub fn guard_line(g: &xme_shm::GuardSnapshot) -> String {
+    format!(
+        "guard: {}  queued {}  run {}  idle check {}",
+        g.pid.map_or("none".into(), |p| format!(
+            "pid {p} {}",
+            alive(process::is_alive(p as i32))
+        )),
+        g.calls_queued,
+        g.calls_run,
+        g.last_beat_ns.map_or("never".into(), |b| format!(
+            "{} ago",
+            age(model::since_ns(b))
+        ))
+    )
 }
 
 /// A lock in one line: type, holder and whether it lives, readers, waiters.

@@ -16,7 +16,7 @@ use xme_core::process;
 
 use crate::CliError;
 use crate::model::{self, RegionInfo, Snapshot};
-use crate::show::{age, bytes, lock_line};
+use crate::show::{age, alive, bytes, guard_line, lock_line};
 
 /// The rates' names, in the order of [`Snapshot::counters`].
 const RATE_NAMES: [&str; 3] = ["calls/s", "sets/s", "status/s"];
@@ -97,10 +97,6 @@ impl View {
     }
 }
 
-fn alive(yes: bool) -> &'static str {
-    if yes { "alive" } else { "DEAD" }
-}
-
 /// Draws `view` on `frame`.
 pub fn render(frame: &mut Frame<'_>, view: &View) {
     let [head, rates, summary, lists] = Layout::vertical([
@@ -140,20 +136,6 @@ pub fn render(frame: &mut Frame<'_>, view: &View) {
     }
     match &view.snap {
         Snapshot::Manager(m) => {
-            let g = &m.guard;
-            let guard = format!(
-                "guard: {}  queued {}  run {}  idle check {}",
-                g.pid.map_or("none".into(), |p| format!(
-                    "pid {p} {}",
-                    alive(process::is_alive(p as i32))
-                )),
-                g.calls_queued,
-                g.calls_run,
-                g.last_beat_ns.map_or("never".into(), |b| format!(
-                    "{} ago",
-                    age(model::since_ns(b))
-                ))
-            );
             let table = format!(
                 "table: {}/{} keys  arena {} of {} pages used ({})  {} values stored",
                 m.keys_claimed,
@@ -165,7 +147,7 @@ pub fn render(frame: &mut Frame<'_>, view: &View) {
             );
             frame.render_widget(
                 Paragraph::new(vec![
-                    Line::from(guard),
+                    Line::from(guard_line(&m.guard)),
                     Line::from(format!("lock: {}", lock_line(&m.lock))),
                     Line::from(table),
                 ])
@@ -485,7 +467,7 @@ mod tests {
         );
         assert!(
             lines[8].starts_with(&format!(
-                "│lock: MUTEX, held by pid {NO_PID} (dead) as 00000000000000cc, 0 readers, 2 waiting"
+                "│lock: MUTEX, held by pid {NO_PID} (DEAD) as 00000000000000cc, 0 readers, 2 waiting"
             )),
             "{frame}"
         );

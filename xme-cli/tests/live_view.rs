@@ -52,6 +52,25 @@ impl Drop for Session {
     }
 }
 
+/// Waits until xme has exited with `status` and the script has checked the
+/// terminal; asserts the alternate screen is gone (no frame on the main
+/// screen) and the terminal is canonical again (raw mode off). Returns the
+/// screen.
+fn exited_restored(session: &Session, status: i32) -> String {
+    // `stty` prints `icanon`, or `-icanon` if raw mode were left on.
+    let screen = screen_until(&session.0, "exit", |s| {
+        s.contains("EXITED") && s.lines().any(|l| l.trim().ends_with("icanon"))
+    });
+    assert!(screen.contains(&format!("EXITED {status}")), "{screen}");
+    assert!(!screen.contains("xme top:"), "{screen}");
+    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    assert_eq!(
+        tmux(&["display-message", "-p", "-t", &session.0, "#{alternate_on}"]).trim(),
+        "0"
+    );
+    screen
+}
+
 fn tmux_missing() -> bool {
     if Command::new("tmux").arg("-V").output().is_err() {
         println!("SKIPPED: tmux is not installed (apt-get install tmux); .ci/run installs it");
@@ -85,19 +104,7 @@ fn top_draws_quits_on_q_and_restores_the_terminal() {
     });
 
     tmux(&["send-keys", "-t", &session.0, "q"]);
-    // `stty` prints `icanon`, or `-icanon` if raw mode were left on.
-    let screen = screen_until(&session.0, "exit", |s| {
-        s.contains("EXITED") && s.lines().any(|l| l.trim().ends_with("icanon"))
-    });
-    assert!(screen.contains("EXITED 0"), "{screen}");
-    // The alternate screen is gone (the frame is not on the main screen),
-    // and the terminal is canonical again (raw mode off).
-    assert!(!screen.contains("xme top:"), "{screen}");
-    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
-    assert_eq!(
-        tmux(&["display-message", "-p", "-t", &session.0, "#{alternate_on}"]).trim(),
-        "0"
-    );
+    exited_restored(&session, 0);
 }
 
 #[test]
@@ -112,14 +119,8 @@ fn top_leaves_cleanly_when_its_region_disappears() {
         s.contains(&format!("xme top: {name}"))
     });
     drop(xmem); // its creator removes it
-    // `stty` prints `icanon`, or `-icanon` if raw mode were left on.
-    let screen = screen_until(&session.0, "exit", |s| {
-        s.contains("EXITED") && s.lines().any(|l| l.trim().ends_with("icanon"))
-    });
-    assert!(screen.contains("EXITED 1"), "{screen}");
+    let screen = exited_restored(&session, 1);
     assert!(screen.contains("disappeared"), "{screen}");
-    assert!(!screen.contains("xme top:"), "{screen}");
-    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
 }
 
 #[test]
@@ -147,11 +148,6 @@ fn top_restores_the_terminal_on_sigint() {
         nix::sys::signal::Signal::SIGINT,
     )
     .unwrap();
-    let screen = screen_until(&session.0, "exit", |s| {
-        s.contains("EXITED") && s.lines().any(|l| l.trim().ends_with("icanon"))
-    });
-    assert!(screen.contains("EXITED 0"), "{screen}");
-    assert!(!screen.contains("xme top:"), "{screen}");
-    assert!(screen.lines().any(|l| l.trim() == "icanon"), "{screen}");
+    exited_restored(&session, 0);
     drop(xmem);
 }
