@@ -95,17 +95,7 @@ pub fn show(name: &str, json: bool) -> Result<(), CliError> {
 pub fn text(info: &RegionInfo, snap: &Snapshot) -> String {
     let v = model::show_json(info, snap);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{} ({}, layout {}, {}), created by {} ({}), used by {}",
-        info.name,
-        info.kind.name(),
-        info.header.version as u16,
-        bytes(info.header.size),
-        info.header.creator_pid,
-        alive(info.creator_alive),
-        pids(&info.users)
-    );
+    let _ = writeln!(out, "{}, used by {}", region_line(info), pids(&info.users));
     match snap {
         Snapshot::Manager(m) => {
             let _ = writeln!(
@@ -188,6 +178,19 @@ pub fn text(info: &RegionInfo, snap: &Snapshot) -> String {
         }
     }
     out
+}
+
+/// A region in one line: name, kind, layout, size, creator and whether it lives.
+pub fn region_line(info: &RegionInfo) -> String {
+    format!(
+        "{}  {} (layout {}, {})  creator {} {}",
+        info.name,
+        info.kind.name(),
+        info.header.version as u16,
+        bytes(info.header.size),
+        info.header.creator_pid,
+        alive(info.creator_alive),
+    )
 }
 
 /// The Guard in one line: pid and whether it lives, calls queued and run,

@@ -16,7 +16,7 @@ use xme_core::process;
 
 use crate::CliError;
 use crate::model::{self, RegionInfo, Snapshot};
-use crate::show::{age, alive, bytes, guard_line, lock_line};
+use crate::show::{age, alive, bytes, guard_line, lock_line, region_line};
 
 /// The rates' names, in the order of [`Snapshot::counters`].
 const RATE_NAMES: [&str; 3] = ["calls/s", "sets/s", "status/s"];
@@ -110,13 +110,8 @@ pub fn render(frame: &mut Frame<'_>, view: &View) {
     frame.render_widget(
         Paragraph::new(vec![
             Line::from(format!(
-                "xme top: {}  {} (layout {}, {})  creator {} {}  users {}",
-                info.name,
-                info.kind.name(),
-                info.header.version as u16,
-                bytes(info.header.size),
-                info.header.creator_pid,
-                alive(info.creator_alive),
+                "xme top: {}  users {}",
+                region_line(info),
                 info.users.len(),
             ))
             .bold(),
