@@ -306,6 +306,21 @@ fn cli_sees_a_running_program_and_cleans_up_after_it() {
     assert!(!now.contains(&name) && !now.contains(&mon));
     assert!(now.contains(&live_name));
     assert_eq!(live.get::<u32>("kept").unwrap(), 1);
+    // rm refuses the live one (its creator is this test), --force removes it.
+    let (ok, _, err) = xme(&["rm", &live_name]);
+    assert!(!ok && err.contains("in use"), "{err}");
+    assert!(shm(&name).contains(&live_name));
+    let removed = xme_ok(&["rm", &live_name, "--force"]);
+    assert!(
+        removed.contains(&format!("removed {live_name} (Manager)")),
+        "{removed}"
+    );
+    assert!(!shm(&name).contains(&live_name));
+    assert_eq!(
+        live.get::<u32>("kept").unwrap(),
+        1,
+        "the mapping stays valid"
+    );
     drop(live);
     assert_eq!(shm(&name), before, "/dev/shm before and after");
 }
@@ -338,7 +353,64 @@ fn foreign_corrupt_and_missing_regions_give_clear_errors() {
         "{err}"
     );
     drop(other);
+    // A Manager's header over nothing: the table is not there.
+    let version = u32::from(xme_shm::MANAGER_KIND) << 16 | u32::from(xme_shm::MANAGER_LAYOUT);
+    let empty = xme_core::SharedRegion::create_named(&name, 4096, version).unwrap();
+    let (ok, _, err) = xme(&["show", &name]);
+    assert!(!ok && err.contains("is not initialised"), "{err}");
+    drop(empty);
+    // A real Manager cut short: the header's size says so.
+    let real = XmemBuilder::new()
+        .named(&name)
+        .arena_bytes(1 << 20)
+        .build()
+        .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let cut = format!("{name}-cut");
+    std::fs::write(format!("/dev/shm/{cut}"), &bytes[..bytes.len() / 2]).unwrap();
+    let (ok, _, err) = xme(&["show", &cut]);
+    assert!(!ok && err.contains("corrupt or truncated"), "{err}");
+    std::fs::remove_file(format!("/dev/shm/{cut}")).unwrap();
+    // Garbage in its table's header: a clear error, no panic.
+    let mut garbled = bytes.clone();
+    // The Manager header's second word is the table's offset in the payload,
+    // which starts after the 64-byte region header.
+    let offset = u64::from_le_bytes(bytes[64 + 8..64 + 16].try_into().unwrap()) as usize;
+    assert!(offset >= 256 && 64 + offset + 64 <= bytes.len());
+    garbled[64 + offset..64 + offset + 64].fill(0x5a);
+    std::fs::write(format!("/dev/shm/{cut}"), &garbled).unwrap();
+    let (ok, _, err) = xme(&["show", &cut]);
+    assert!(!ok && err.contains("magic"), "{err}");
+    std::fs::remove_file(format!("/dev/shm/{cut}")).unwrap();
+    drop(real);
     let (ok, _, err) = xme(&["show", "xme-cli-no-such-region"]);
     assert!(!ok && err.contains("xme-cli-no-such-region"), "{err}");
     assert_eq!(shm(&name), before);
+}
+
+#[test]
+fn reading_changes_not_one_byte() {
+    let name = format!("xme-cli-readonly-{}", std::process::id());
+    let xmem = XmemBuilder::new()
+        .named(&name)
+        .arena_bytes(1 << 20)
+        .value("k", "v")
+        .unwrap()
+        .build()
+        .unwrap();
+    xmem.status(xmem.alloc_operator(), "idle").unwrap();
+    let path = format!("/dev/shm/{name}");
+    let before = std::fs::read(&path).unwrap();
+    xme_ok(&["ls"]);
+    xme_ok(&["ls", "--json"]);
+    xme_ok(&["show", &name]);
+    xme_ok(&["show", &name, "--json"]);
+    xme_ok(&["top", &name, "--once", "--interval-ms", "50"]);
+    xme_ok(&["clean", "--dry-run"]);
+    assert!(
+        std::fs::read(&path).unwrap() == before,
+        "a reader changed the region"
+    );
+    drop(xmem);
+    assert!(shm(&name).is_empty());
 }

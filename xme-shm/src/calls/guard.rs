@@ -427,7 +427,6 @@ impl Guard {
                     }
                 }
                 Executed::Busy => {
-                    m.buffer.guard_beat();
                     m.buffer.wait(
                         Event::Work,
                         self.loop_time.max(Duration::from_micros(50)),
