@@ -383,8 +383,8 @@ impl CallBuffer {
     }
 
     /// Records that the Guard is looking at the ring now (see
-    /// `BufferHeader::guard_beat`): called when it finds the ring empty and
-    /// is about to sleep, never per call.
+    /// `BufferHeader::guard_beat`): called when a wait on an empty ring ran
+    /// out, never on a call's path.
     pub fn guard_beat(&self) {
         self.header()
             .guard_beat
@@ -648,7 +648,8 @@ pub(crate) struct BufferCensus {
     pub queued: u64,
     /// Cells of the ring.
     pub capacity: u64,
-    /// `monotonic_ns` of the Guard's last sleep on an empty ring (0: never).
+    /// `monotonic_ns` when a wait of the Guard on an empty ring last ran
+    /// out (0: never).
     pub guard_beat: u64,
 }
 

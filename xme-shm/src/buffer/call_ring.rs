@@ -60,7 +60,7 @@ pub(crate) struct BufferHeader {
     pub reply_words: AtomicU64,
     /// Pid-named lock taken to claim or free a mailbox.
     pub box_lock: AtomicU64,
-    /// When the Guard last went to sleep on an empty ring
+    /// When a wait of the Guard on an empty ring last ran out
     /// (`xme_core::monotonic_ns`; 0: never), for tools showing it lives.
     pub guard_beat: AtomicU64,
     /// Words 10 to 11 once counted each event's sleepers (now in the event

@@ -437,8 +437,6 @@ impl Guard {
                     if self.idle_spin(m) {
                         continue;
                     }
-                    // Only before a sleep: never on the path of a call.
-                    m.buffer.guard_beat();
                     // Each stop condition is re-checked against the buffer
                     // *after* it was seen: a call appended between our empty
                     // check and the condition (say, a task's last call before
@@ -470,6 +468,12 @@ impl Guard {
                         .wait(Event::Work, wait.max(Duration::from_micros(1)), || {
                             m.buffer.has_work()
                         });
+                    // Woken with nothing to do (the wait ran out): an idle
+                    // Guard says it lives, for tools (`xme top`). Never on
+                    // a call's path: a call that woke us skips it.
+                    if !m.buffer.has_work() {
+                        m.buffer.guard_beat();
+                    }
                 }
             }
         }

@@ -58,9 +58,9 @@ pub struct GuardSnapshot {
     pub calls_run: u64,
     /// Cells of the call ring.
     pub ring_capacity: u64,
-    /// `xme_core::monotonic_ns` when the Guard last went to sleep on an
-    /// empty ring (`None`: never); a Guard busy without a pause keeps an
-    /// old one while `calls_run` moves.
+    /// `xme_core::monotonic_ns` when a wait of the Guard on an empty ring
+    /// last ran out (at most `EmpLoopTime` apart while it idles; `None`:
+    /// never); a busy Guard keeps an old one while `calls_run` moves.
     pub last_beat_ns: Option<u64>,
     /// `__GUARD__`'s `"Status"` (false asks the Guard to stop).
     pub enabled: Option<bool>,
