@@ -39,6 +39,7 @@ pub mod fdio;
 pub mod fence;
 #[doc(hidden)] // plumbing for xme's crates, not for users
 pub mod futex;
+pub mod inspect;
 mod operator;
 pub mod process;
 mod region;

@@ -353,6 +353,38 @@ pub fn is_alive(pid: i32) -> bool {
     }
 }
 
+/// When process `pid` started: field 22 of `/proc/<pid>/stat` (clock ticks
+/// since boot); `None` if it does not exist. With the pid it names one
+/// process for the life of the system (a pid alone may be reused).
+///
+/// ```
+/// let me = std::process::id() as i32;
+/// assert!(xme_core::process::start_time(me).is_some());
+/// assert_eq!(xme_core::process::start_time(me), xme_core::process::start_time(me));
+/// ```
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the last ')' (comm may hold spaces and parentheses):
+    // state is field 3, starttime field 22, so the 20th after the ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process `pid` that started at `start` (see [`start_time`])
+/// still runs: alive, and the pid not taken by a later process. A `start`
+/// of 0 (not recorded) checks the pid alone.
+///
+/// ```
+/// use xme_core::process::{is_same_process, start_time};
+/// let me = std::process::id() as i32;
+/// assert!(is_same_process(me, start_time(me).unwrap()));
+/// assert!(!is_same_process(me, start_time(me).unwrap() + 1)); // another life of this pid
+/// assert!(is_same_process(me, 0));
+/// ```
+pub fn is_same_process(pid: i32, start: u64) -> bool {
+    is_alive(pid) && (start == 0 || start_time(pid) == Some(start))
+}
+
 fn is_zombie(pid: i32) -> bool {
     // /proc/<pid>/stat: "pid (comm) S ..."; comm may hold spaces or parentheses,
     // so the state is the first field after the last ')'.

@@ -79,7 +79,14 @@ pub struct RegionHeader {
     pub creator_pid: AtomicU64,
     /// A random token fixed at creation; attaching processes compare it.
     pub token: AtomicU64,
+    /// The creator's start time (`/proc/<pid>/stat` field 22, clock ticks
+    /// since boot) for named regions, so a reader can tell the creator from
+    /// a later process that reuses its pid; 0 when not recorded (anonymous
+    /// regions, and regions made before it was added: the field lies in
+    /// what was reserved space, so no layout moved).
+    pub creator_start: AtomicU64,
 }
+const _: () = assert!(std::mem::size_of::<RegionHeader>() <= RegionHeader::RESERVED);
 
 // SAFETY: made only of integer atomics (any bit pattern is valid; `_pad`
 // fills the only gap); all-zero means "not initialised yet", any other
@@ -289,6 +296,12 @@ impl SharedRegion {
             {
                 Ok(shmem) => {
                     let region = SharedRegion::named(shmem, name)?;
+                    // Before the stamp's Release store of the magic, so a
+                    // reader that sees the magic sees it.
+                    region.header().creator_start.store(
+                        crate::process::start_time(std::process::id() as i32).unwrap_or(0),
+                        Ordering::Relaxed,
+                    );
                     region.stamp(version);
                     return Ok(region);
                 }
@@ -422,7 +435,7 @@ impl SharedRegion {
     /// The region's header.
     pub fn header(&self) -> &RegionHeader {
         // SAFETY: the mapping is page-aligned and at least RESERVED (64) bytes
-        // long (checked at construction); RegionHeader is 40 bytes of integer
+        // long (checked at construction); RegionHeader is 48 bytes of integer
         // atomics, valid for every bit pattern (InRegion); the reference
         // borrows `self`, so it cannot outlive the mapping.
         unsafe { &*(self.base as *const RegionHeader) }
@@ -646,8 +659,7 @@ fn total_size(payload_len: usize) -> Result<usize, Error> {
 }
 
 /// `/name`, after checking the name is usable in /dev/shm.
-#[cfg(feature = "named")]
-fn os_id(name: &str) -> Result<String, Error> {
+pub(crate) fn os_id(name: &str) -> Result<String, Error> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name

@@ -26,6 +26,7 @@ compile_error!("xme-monitor runs on Linux only (shared regions): build it for a 
 
 mod codec;
 mod error;
+mod inspect;
 mod manager_ext;
 mod monitor;
 mod python;
@@ -36,6 +37,7 @@ pub mod rpc;
 pub use codec::Sealed;
 pub use codec::{Codec, DEFAULT_MAX_FRAME, XmeWire, swap_nibbles};
 pub use error::MonitorError;
+pub use inspect::{MONITOR_KIND, MONITOR_LAYOUT, MonitorSnapshot};
 pub use manager_ext::{CopyReport, JsonViews, MESSAGE_KEY, ManagerMessages};
 pub use monitor::{Monitor, MonitorBuilder};
 // Types of other crates in this crate's signatures, so it can be used alone.

@@ -14,25 +14,25 @@ use crate::codec::Sealed;
 use crate::{Message, MonitorError};
 
 /// Layout version of a Monitor region.
-const REGION_VERSION: u32 = 0x4d4f_0002;
+pub(crate) const REGION_VERSION: u32 = 0x4d4f_0002;
 
 /// The control words after the lock.
 #[repr(C)]
-struct Control {
+pub(crate) struct Control {
     /// Which of the two copies of the map is current, and the writer's pid
     /// (a double-buffered [`SeqLock`]).
-    map: SeqLock,
+    pub(crate) map: SeqLock,
     /// Bytes of JSON text in each copy.
-    len: [AtomicU64; 2],
+    pub(crate) len: [AtomicU64; 2],
     /// Bytes the map may take.
-    capacity: AtomicU64,
+    pub(crate) capacity: AtomicU64,
     _reserved: [AtomicU64; 3],
 }
 // SAFETY: `#[repr(C)]` of a `SeqLock` (InRegion) and `AtomicU64`s: no
 // padding, no pointers, valid for every bit pattern; lengths and capacity
 // are clamped to the region where they are read.
 unsafe impl xme_core::InRegion for Control {}
-const CONTROL_BYTES: usize = std::mem::size_of::<Control>();
+pub(crate) const CONTROL_BYTES: usize = std::mem::size_of::<Control>();
 const _: () = assert!(
     CONTROL_BYTES == 64,
     "the Monitor layout changed: bump REGION_VERSION"
@@ -250,7 +250,7 @@ fn store_bytes(dst: &[AtomicU64], bytes: &[u8]) {
     }
 }
 
-fn load_bytes(src: &[AtomicU64], len: usize, out: &mut Vec<u8>) {
+pub(crate) fn load_bytes(src: &[AtomicU64], len: usize, out: &mut Vec<u8>) {
     out.clear();
     out.reserve(len);
     for w in src.iter().take(len.div_ceil(8)) {

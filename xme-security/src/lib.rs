@@ -59,6 +59,8 @@ compile_error!(
 );
 
 mod error;
+#[cfg(not(loom))]
+mod inspect;
 mod lock_type;
 mod primitive;
 mod state;
@@ -72,6 +74,8 @@ mod security;
 mod wait;
 
 pub use error::{DEADLOCKMARK_ONLOCK, DEADLOCKMARK_UNLOCK, Deadlock, SecurityError};
+#[cfg(not(loom))]
+pub use inspect::LockSnapshot;
 #[cfg(not(loom))]
 pub use lock_guard::{LockGuard, ReadGuard};
 pub use lock_type::LockType;

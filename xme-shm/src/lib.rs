@@ -92,6 +92,12 @@ pub use manager::{
     BUILTINS, GUARD_KEY, GuardTable, Manager, ProcessStatus, RESERVED_KEYS, STATUS_KEY,
     StatusTable, XMEM_KEY, XmemBuilder,
 };
+// Reading a Manager from outside (`xme show`).
+#[cfg(not(loom))]
+pub use manager::{
+    ClassPages, GuardSnapshot, KeySnapshot, MANAGER_KIND, MANAGER_LAYOUT, ManagerSnapshot,
+    PREVIEW_BYTES, PageCensus, StatusSnapshot,
+};
 #[cfg(not(loom))]
 pub use raw::RawValue;
 pub use store::arena::ArenaStats;
@@ -100,6 +106,8 @@ pub use store::table::{MAX_KEY, TableStats};
 pub use xme_core::{Operator, SharedRegion};
 #[cfg(not(loom))]
 pub use xme_exec::Context;
+#[cfg(not(loom))]
+pub use xme_security::LockSnapshot;
 #[cfg(not(loom))]
 pub use xme_security::{LockType, Security, SecurityError};
 #[cfg(not(loom))]

@@ -382,6 +382,15 @@ impl CallBuffer {
         self.header().guard.load(Ordering::Acquire) as u32
     }
 
+    /// Records that the Guard is looking at the ring now (see
+    /// `BufferHeader::guard_beat`): called when a wait on an empty ring ran
+    /// out, never on a call's path.
+    pub fn guard_beat(&self) {
+        self.header()
+            .guard_beat
+            .store(xme_core::monotonic_ns(), Ordering::Relaxed);
+    }
+
     /// Registers this process as the Guard, replacing a dead one; returns the
     /// live Guard's pid if there is one.
     pub fn register_guard(&self) -> Result<(), u32> {
@@ -625,4 +634,36 @@ impl CallBuffer {
             })
             .collect()
     }
+}
+
+/// The call buffer's counters, read from outside with loads only (for
+/// tools such as the `xme` command).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BufferCensus {
+    /// The registered Guard's pid (0: none).
+    pub guard_pid: u32,
+    /// Calls the Guard ran so far.
+    pub executed: u64,
+    /// Calls appended and not yet taken by the Guard.
+    pub queued: u64,
+    /// Cells of the ring.
+    pub capacity: u64,
+    /// `monotonic_ns` when a wait of the Guard on an empty ring last ran
+    /// out (0: never).
+    pub guard_beat: u64,
+}
+
+/// Reads the buffer at `offset` bytes into the region's payload `words`.
+pub(crate) fn census(payload: &[AtomicU64], offset: usize) -> Option<BufferCensus> {
+    let start = (offset + FUTEX_BYTES) / 8;
+    let h = BufferHeader::of(payload.get(start..start + HEADER_WORDS)?);
+    let tail = h.tail.load(Ordering::Relaxed);
+    let head = h.head.load(Ordering::Relaxed);
+    Some(BufferCensus {
+        guard_pid: h.guard.load(Ordering::Relaxed) as u32,
+        executed: h.executed.load(Ordering::Relaxed),
+        queued: tail.saturating_sub(head),
+        capacity: h.capacity.load(Ordering::Relaxed),
+        guard_beat: h.guard_beat.load(Ordering::Relaxed),
+    })
 }

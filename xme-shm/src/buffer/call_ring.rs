@@ -60,9 +60,12 @@ pub(crate) struct BufferHeader {
     pub reply_words: AtomicU64,
     /// Pid-named lock taken to claim or free a mailbox.
     pub box_lock: AtomicU64,
-    /// Words 9 to 11 once counted each event's sleepers (now in the event
+    /// When a wait of the Guard on an empty ring last ran out
+    /// (`xme_core::monotonic_ns`; 0: never), for tools showing it lives.
+    pub guard_beat: AtomicU64,
+    /// Words 10 to 11 once counted each event's sleepers (now in the event
     /// counts before the header).
-    _reserved: [AtomicU64; 7],
+    _reserved: [AtomicU64; 6],
 }
 /// Words of the buffer header.
 pub(crate) const HEADER_WORDS: usize = 16;

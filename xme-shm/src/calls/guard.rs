@@ -468,6 +468,12 @@ impl Guard {
                         .wait(Event::Work, wait.max(Duration::from_micros(1)), || {
                             m.buffer.has_work()
                         });
+                    // Woken with nothing to do (the wait ran out): an idle
+                    // Guard says it lives, for tools (`xme top`). Never on
+                    // a call's path: a call that woke us skips it.
+                    if !m.buffer.has_work() {
+                        m.buffer.guard_beat();
+                    }
                 }
             }
         }

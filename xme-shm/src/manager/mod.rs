@@ -17,12 +17,17 @@ use crate::store::layout::Layout;
 use crate::store::table::{TableStats, ValueTable};
 
 mod builder;
+mod inspect;
 mod keys;
 mod registry;
 mod status;
 mod values;
 
 pub use builder::XmemBuilder;
+pub use inspect::{
+    ClassPages, GuardSnapshot, KeySnapshot, MANAGER_KIND, MANAGER_LAYOUT, ManagerSnapshot,
+    PREVIEW_BYTES, PageCensus, StatusSnapshot,
+};
 pub(crate) use keys::check_reserved_value;
 pub use keys::{
     BUILTINS, GUARD_KEY, GuardTable, ProcessStatus, RESERVED_KEYS, STATUS_KEY, StatusTable,

@@ -92,8 +92,11 @@ pub(crate) struct TableHeader {
     pub page_lock: AtomicU64,
     /// Per size class: a page that had room lately.
     pub class_hint: [AtomicU64; CLASSES],
+    /// Values stored (sets and read-modify-writes published), counted
+    /// relaxed, for rates shown by tools; wraps.
+    pub writes: AtomicU64,
     /// Room for later fields (process counts, rates) without moving the others.
-    _reserved: [AtomicU64; HEADER_WORDS - 17 - CLASSES],
+    _reserved: [AtomicU64; HEADER_WORDS - 18 - CLASSES],
 }
 pub(crate) const HEADER_WORDS: usize = 32;
 const _: () = assert!(

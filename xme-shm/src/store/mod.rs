@@ -3,6 +3,8 @@
 
 pub(crate) mod arena;
 pub(crate) mod block;
+#[cfg(not(loom))]
+pub(crate) mod census;
 mod chain;
 pub(crate) mod layout;
 #[cfg(all(test, loom))]

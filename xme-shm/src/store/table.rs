@@ -484,7 +484,10 @@ impl<'m> ValueTable<'m> {
         expect: Expect,
     ) -> Result<Result<Stored, Conflict>, ShmError> {
         let result = self.try_publish(key, hash, taken, pid, expect);
-        if !matches!(result, Ok(Ok(_))) {
+        if matches!(result, Ok(Ok(_))) {
+            // Relaxed: a count for rates, ordered with nothing.
+            self.header().writes.fetch_add(1, Ordering::Relaxed);
+        } else {
             self.arena().free(
                 taken.block,
                 Meta::writing(taken.generation, pid),
