@@ -35,8 +35,21 @@ pub enum CliError {
         /// The live processes.
         pids: Vec<u32>,
     },
+    /// `rm` refused: some processes could not be looked at, and any of them
+    /// may use the region.
+    #[error(
+        "cannot tell whether {name:?} is in use: the memory maps of {unseen} process(es) of other users could not be read{hidden}; run as root to see them, or remove it anyway with --force"
+    )]
+    UsersUnknown {
+        /// The region.
+        name: String,
+        /// How many processes could not be looked at.
+        unseen: usize,
+        /// ", and /proc hides other users' processes" when it does.
+        hidden: &'static str,
+    },
     /// The terminal could not be set up or drawn on.
-    #[error("terminal: {0}")]
+    #[error("the terminal could not be used for the live view (try --once)")]
     Terminal(#[from] std::io::Error),
     /// The region went away while `top` watched it.
     #[error("{name:?} disappeared: {reason}")]

@@ -2,11 +2,10 @@
 //! their snapshots (parsed by the crates that own each layout), the
 //! processes using them, and the JSON of each.
 
-use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use xme_core::inspect::{HeaderSnapshot, RegionFile, kind_tag};
+use xme_core::inspect::{HeaderSnapshot, RegionFile, ShmUsers, kind_tag};
 use xme_core::process;
 use xme_monitor::{MONITOR_KIND, MonitorSnapshot};
 use xme_shm::{LockSnapshot, MANAGER_KIND, ManagerSnapshot};
@@ -57,6 +56,9 @@ pub struct RegionInfo {
     pub creator_alive: bool,
     /// Live processes mapping it (this one excepted).
     pub users: Vec<u32>,
+    /// Whether some processes could not be looked at (another user's,
+    /// without root), so `users` may miss some.
+    pub users_unknown: bool,
     /// Time since it was created (its file's change time), if known.
     pub age: Option<Duration>,
 }
@@ -64,7 +66,7 @@ pub struct RegionInfo {
 impl RegionInfo {
     /// Whether every process that made or uses it is dead.
     pub fn abandoned(&self) -> bool {
-        !self.creator_alive && self.users.is_empty()
+        !self.creator_alive && self.users.is_empty() && !self.users_unknown
     }
 
     /// Its `ls --json` entry.
@@ -77,6 +79,7 @@ impl RegionInfo {
             "creator_pid": self.header.creator_pid,
             "creator_alive": self.creator_alive,
             "users": self.users,
+            "users_unknown": self.users_unknown,
             "age_s": self.age.map(|a| a.as_secs_f64()),
         })
     }
@@ -84,12 +87,13 @@ impl RegionInfo {
 
 /// Live processes mapping each `/dev/shm` name, this process excepted (it
 /// maps what it reads).
-pub fn users() -> BTreeMap<String, Vec<u32>> {
+pub fn users() -> ShmUsers {
     let me = std::process::id();
     let mut users = xme_core::inspect::shm_users();
-    for pids in users.values_mut() {
+    for pids in users.by_name.values_mut() {
         pids.retain(|&p| p != me && process::is_alive(p as i32));
     }
+    users.unreadable.retain(|&p| process::is_alive(p as i32));
     users
 }
 
@@ -97,10 +101,7 @@ pub fn users() -> BTreeMap<String, Vec<u32>> {
 ///
 /// # Errors
 /// [`CliError::Region`] if it cannot be opened or is not an xme region.
-pub fn region_info(
-    name: &str,
-    users: &BTreeMap<String, Vec<u32>>,
-) -> Result<(RegionFile, RegionInfo), CliError> {
+pub fn region_info(name: &str, users: &ShmUsers) -> Result<(RegionFile, RegionInfo), CliError> {
     let file = RegionFile::open(name)?;
     let header = file.header()?;
     let age = std::fs::metadata(file.path()).ok().and_then(|m| {
@@ -112,11 +113,26 @@ pub fn region_info(
         name: name.to_string(),
         kind: Kind::of(header.version),
         creator_alive: header.creator_alive(),
-        users: users.get(name).cloned().unwrap_or_default(),
+        users: users.by_name.get(name).cloned().unwrap_or_default(),
+        users_unknown: !users.complete(),
         header,
         age,
     };
     Ok((file, info))
+}
+
+/// Files of `/dev/shm` that say they are xme regions (their magic word)
+/// but cannot be read as one (truncated, corrupt), with why.
+pub fn damaged() -> Vec<(String, String)> {
+    let users = ShmUsers::default();
+    xme_core::inspect::shm_names()
+        .into_iter()
+        .filter(|name| xme_core::inspect::starts_with_magic(name))
+        .filter_map(|name| {
+            let why = region_info(&name, &users).err()?;
+            Some((name, xme_core::error_chain(&why)))
+        })
+        .collect()
 }
 
 /// Every xme region on this host (files of `/dev/shm` whose header says

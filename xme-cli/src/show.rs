@@ -19,6 +19,21 @@ fn pids(pids: &[u32]) -> String {
     }
 }
 
+/// `s` with control characters (escape sequences, new lines) shown
+/// escaped: names, keys and statuses come from any process that can write
+/// the region, and must not drive the terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A duration for people: `3s`, `4m12s`, `2h03m`, `5d04h`.
 pub fn age(secs: f64) -> String {
     let s = secs.max(0.0) as u64;
@@ -57,6 +72,14 @@ pub fn ls(json: bool) -> Result<(), CliError> {
         println!("{}", serde_json::Value::Array(all));
         return Ok(());
     }
+    let damaged = model::damaged();
+    for (name, why) in &damaged {
+        eprintln!(
+            "xme: {} is an xme region that cannot be read: {why} (xme rm --force {} removes it)",
+            printable(name),
+            printable(name)
+        );
+    }
     if regions.is_empty() {
         println!("no xme regions in {}", xme_core::inspect::SHM_DIR);
         return Ok(());
@@ -68,12 +91,12 @@ pub fn ls(json: bool) -> Result<(), CliError> {
     for r in &regions {
         println!(
             "{:<32} {:<8} {:>10} {:>8} {:<6} {:<20} {:>7}",
-            r.name,
+            printable(&r.name),
             r.kind.name(),
             bytes(r.header.size),
             r.header.creator_pid,
             alive(r.creator_alive),
-            pids(&r.users),
+            pids(&r.users) + if r.users_unknown { "+?" } else { "" },
             r.age.map_or("?".into(), |a| age(a.as_secs_f64())),
         );
     }
@@ -138,7 +161,7 @@ pub fn text(info: &RegionInfo, snap: &Snapshot) -> String {
                     s.status.pid,
                     alive(process::is_alive(s.status.pid as i32)),
                     age(model::age_s(s.status.time_ms)),
-                    s.status.status
+                    printable(&s.status.status)
                 );
             }
             let _ = writeln!(out, "keys ({}):", m.keys.len());
@@ -154,7 +177,7 @@ pub fn text(info: &RegionInfo, snap: &Snapshot) -> String {
                 let _ = writeln!(
                     out,
                     "  {:<24} {:>9}  {}",
-                    k.key,
+                    printable(&k.key),
                     bytes(k.value_len as u64),
                     shown
                 );
@@ -184,7 +207,7 @@ pub fn text(info: &RegionInfo, snap: &Snapshot) -> String {
 pub fn region_line(info: &RegionInfo) -> String {
     format!(
         "{}  {} (layout {}, {})  creator {} {}",
-        info.name,
+        printable(&info.name),
         info.kind.name(),
         info.header.version as u16,
         bytes(info.header.size),
@@ -234,7 +257,21 @@ pub fn lock_line(lock: &Option<xme_shm::LockSnapshot>) -> String {
 
 /// `xme rm NAME`.
 pub fn rm(name: &str, force: bool) -> Result<(), CliError> {
-    let (_file, info) = model::region_info(name, &model::users())?;
+    let users = model::users();
+    let (_file, info) = match model::region_info(name, &users) {
+        Ok(found) => found,
+        // A region too damaged to read can still go, if the user insists
+        // and it was xme's.
+        Err(e) if force && xme_core::inspect::starts_with_magic(name) => {
+            SharedRegion::remove_named(name)?;
+            println!(
+                "removed {} (an xme region that could not be read: {e})",
+                printable(name)
+            );
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
     let mut live = info.users.clone();
     if info.creator_alive && !live.contains(&info.header.creator_pid) {
         live.push(info.header.creator_pid);
@@ -245,6 +282,17 @@ pub fn rm(name: &str, force: bool) -> Result<(), CliError> {
             pids: live,
         });
     }
+    if info.users_unknown && !force {
+        return Err(CliError::UsersUnknown {
+            name: name.into(),
+            unseen: users.unreadable.len(),
+            hidden: if users.hidden {
+                ", and /proc hides other users' processes"
+            } else {
+                ""
+            },
+        });
+    }
     SharedRegion::remove_named(name)?;
     println!("removed {name} ({})", info.kind.name());
     Ok(())
@@ -253,12 +301,19 @@ pub fn rm(name: &str, force: bool) -> Result<(), CliError> {
 /// `xme clean`.
 pub fn clean(dry_run: bool, only: Option<&str>) -> Result<(), CliError> {
     let mut found = 0;
-    let chosen = |r: &RegionInfo| r.abandoned() && only.is_none_or(|p| r.name.starts_with(p));
-    for r in model::list().into_iter().filter(chosen) {
+    let regions: Vec<RegionInfo> = model::list()
+        .into_iter()
+        .filter(|r| only.is_none_or(|p| r.name.starts_with(p)))
+        .collect();
+    let unsure = regions
+        .iter()
+        .filter(|r| !r.creator_alive && r.users.is_empty() && r.users_unknown)
+        .count();
+    for r in regions.iter().filter(|r| r.abandoned()) {
         found += 1;
         let what = format!(
             "{} ({}, {}, creator {} dead)",
-            r.name,
+            printable(&r.name),
             r.kind.name(),
             bytes(r.header.size),
             r.header.creator_pid
@@ -270,7 +325,13 @@ pub fn clean(dry_run: bool, only: Option<&str>) -> Result<(), CliError> {
             println!("removed {what}");
         }
     }
-    if found == 0 {
+    if unsure > 0 {
+        println!(
+            "left {unsure} region(s) whose creator is dead: processes of other users could not be looked at, and any may use them (run as root, or xme rm --force NAME)"
+        );
+    } else if found == 0 && regions.is_empty() {
+        println!("nothing to clean: no xme regions");
+    } else if found == 0 {
         println!("nothing to clean: every xme region has a live process");
     }
     Ok(())

@@ -287,7 +287,9 @@ impl Drop for Restore {
 pub fn top(name: &str, once: bool, interval: Duration) -> Result<(), CliError> {
     let (info, snap) = model::inspect(name)?;
     let mut view = View::new(info, snap, interval);
-    if once {
+    // Not a terminal (a pipe, a file, a script): the live view cannot
+    // draw, so print one frame as --once does.
+    if once || !std::io::IsTerminal::is_terminal(&std::io::stdout()) {
         // Two readings, so the rates say something.
         std::thread::sleep(interval);
         let (info, snap) = model::inspect(name)?;
@@ -436,6 +438,7 @@ mod tests {
             header: header(),
             creator_alive: false,
             users: vec![],
+            users_unknown: false,
             age: None,
         };
         let t0 = Instant::now();

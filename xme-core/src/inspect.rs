@@ -19,7 +19,7 @@
 //! AArch64) both are plain loads, which read-only pages allow.
 
 use std::collections::BTreeMap;
-use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -110,8 +110,20 @@ impl RegionFile {
             name: name.clone(),
             reason,
         };
-        let file = File::open(path).map_err(|e| open_err(e.to_string()))?;
-        let len = file.metadata().map_err(|e| open_err(e.to_string()))?.len();
+        // Never block (a FIFO would wait for a writer for ever) and never
+        // follow a link out of the directory: only a plain file is a region.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+            .open(path)
+            .map_err(|e| open_err(e.to_string()))?;
+        let meta = file.metadata().map_err(|e| open_err(e.to_string()))?;
+        if !meta.is_file() {
+            return Err(open_err(
+                "not a plain file (a region is one), so not an xme region".into(),
+            ));
+        }
+        let len = meta.len();
         if len < RegionHeader::RESERVED as u64 {
             return Err(Error::HeaderMismatch {
                 what: format!("{name:?} is {len} bytes, too small for a region header"),
@@ -222,21 +234,72 @@ pub fn shm_names() -> Vec<String> {
     names
 }
 
-/// For each `/dev/shm` name, the pids of the processes that map it,
-/// from every readable `/proc/<pid>/maps` (a process whose maps this user
-/// cannot read is not seen). A mapping of a removed name (`(deleted)`)
-/// counts for the name.
+/// Whether the file `name` of `/dev/shm` begins with an xme region's magic
+/// word, whatever else it holds (a truncated or corrupt region still says
+/// it was xme's; a foreign file does not). Never blocks, follows no link.
+pub fn starts_with_magic(name: &str) -> bool {
+    use std::io::Read;
+    if crate::region::os_id(name).is_err() {
+        return false;
+    }
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(Path::new(SHM_DIR).join(name))
+    else {
+        return false;
+    };
+    let mut word = [0u8; 8];
+    file.metadata().is_ok_and(|m| m.is_file())
+        && file.read_exact(&mut word).is_ok()
+        && u64::from_le_bytes(word) == RegionHeader::MAGIC
+}
+
+/// Who maps what in `/dev/shm`, as far as this user can see.
+#[derive(Debug, Default, Clone)]
+pub struct ShmUsers {
+    /// For each name, the pids of the processes that map it (a mapping of
+    /// a removed name, `(deleted)`, counts for the name).
+    pub by_name: BTreeMap<String, Vec<u32>>,
+    /// Processes whose maps could not be read (another user's, without
+    /// root): any of them may map any region. Root counts none: what root
+    /// may not read (a process of a parent namespace) cannot have attached
+    /// here.
+    pub unreadable: Vec<u32>,
+    /// `/proc` hides other users' processes from this one (`hidepid`):
+    /// processes not listed may map any region.
+    pub hidden: bool,
+}
+
+impl ShmUsers {
+    /// Whether every process that may map a region was seen.
+    pub fn complete(&self) -> bool {
+        self.unreadable.is_empty() && !self.hidden
+    }
+}
+
+/// Who maps each `/dev/shm` name, from every readable `/proc/<pid>/maps`;
+/// processes whose maps cannot be read, and a `/proc` that hides other
+/// users' processes, are reported so that nobody takes "none seen" for
+/// "none".
 ///
 /// ```
 /// use xme_core::SharedRegion;
 /// let name = format!("xme-doc-users-{}", std::process::id());
 /// let region = SharedRegion::create_named(&name, 64, 1).unwrap();
-/// assert!(xme_core::inspect::shm_users()[&name].contains(&std::process::id()));
+/// let users = xme_core::inspect::shm_users();
+/// assert!(users.by_name[&name].contains(&std::process::id()));
 /// # drop(region);
 /// ```
-pub fn shm_users() -> BTreeMap<String, Vec<u32>> {
-    let mut users: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+pub fn shm_users() -> ShmUsers {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    let mut users = ShmUsers {
+        hidden: !root && proc_hides_others(),
+        ..ShmUsers::default()
+    };
     let Ok(proc_dir) = std::fs::read_dir("/proc") else {
+        users.hidden = true;
         return users;
     };
     let prefix = format!("{SHM_DIR}/");
@@ -248,19 +311,47 @@ pub fn shm_users() -> BTreeMap<String, Vec<u32>> {
         else {
             continue;
         };
-        let Ok(maps) = std::fs::read_to_string(entry.path().join("maps")) else {
-            continue;
+        let maps = match std::fs::read_to_string(entry.path().join("maps")) {
+            Ok(maps) => maps,
+            // Ended since the listing: it maps nothing now.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            // Root reads every process's maps but those it may not trace
+            // at all (a container's init from its parent namespace, say):
+            // those cannot have attached a region here either.
+            Err(_) if root => continue,
+            Err(_) => {
+                users.unreadable.push(pid);
+                continue;
+            }
         };
         for line in maps.lines() {
             let Some(at) = line.find(&prefix) else {
                 continue;
             };
             let name = line[at + prefix.len()..].trim_end_matches(" (deleted)");
-            let pids = users.entry(name.to_string()).or_default();
+            let pids = users.by_name.entry(name.to_string()).or_default();
             if pids.last() != Some(&pid) {
                 pids.push(pid);
             }
         }
     }
     users
+}
+
+/// Whether `/proc` is mounted so that this (non-root) user cannot see
+/// other users' processes (`hidepid=1|2|noaccess|invisible`).
+fn proc_hides_others() -> bool {
+    std::fs::read_to_string("/proc/self/mounts").is_ok_and(|mounts| {
+        mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3
+                && f[1] == "/proc"
+                && f[3].split(',').any(|o| {
+                    matches!(
+                        o,
+                        "hidepid=1" | "hidepid=2" | "hidepid=noaccess" | "hidepid=invisible"
+                    )
+                })
+        })
+    })
 }
