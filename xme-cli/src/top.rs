@@ -63,7 +63,9 @@ impl View {
             let dt = at.duration_since(then).as_secs_f64();
             if dt > 0.0 {
                 for i in 0..3 {
-                    let rate = counters[i].wrapping_sub(before[i]) as f64 / dt;
+                    // A counter that went back is a region made again under
+                    // the same name: no rate from that pair.
+                    let rate = counters[i].saturating_sub(before[i]) as f64 / dt;
                     self.rates[i] = rate;
                     self.history[i].push_back(rate.round() as u64);
                     if self.history[i].len() > self.keep {
@@ -180,8 +182,15 @@ fn render_manager_lists(
     m: &xme_shm::ManagerSnapshot,
 ) {
     let statuses = m.statuses.len().saturating_sub(view.scroll);
-    let [top, bottom] =
-        Layout::vertical([Constraint::Length(statuses as u16 + 3), Constraint::Min(3)]).areas(area);
+    let [top, bottom] = Layout::vertical([
+        Constraint::Length(
+            u16::try_from(statuses)
+                .unwrap_or(u16::MAX)
+                .saturating_add(3),
+        ),
+        Constraint::Min(3),
+    ])
+    .areas(area);
     let bold = Style::new().add_modifier(Modifier::BOLD);
     let rows = m.statuses.iter().skip(view.scroll).map(|s| {
         Row::new(vec![
