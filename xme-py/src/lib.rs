@@ -64,9 +64,13 @@ mod _xme {
         }
         super::shutdown::init(py)?;
         super::fork::register();
-        // Run by CPython before it marks the runtime finalizing (see `shutdown`).
-        let close = m.getattr("_close_gil_gate")?;
-        py.import("atexit")?.call_method1("register", (close,))?;
+        // Run by CPython before it marks the runtime finalizing (see
+        // `shutdown`). CPython 3.14 parks a thread that takes the GIL while
+        // finalizing instead of ending it: the gate is not needed there.
+        if py.version_info() < (3, 14) {
+            let close = m.getattr("_close_gil_gate")?;
+            py.import("atexit")?.call_method1("register", (close,))?;
+        }
         Ok(())
     }
 }

@@ -15,11 +15,14 @@
 //! `run_batch` or `write_log` to leaving them, except while it waits for
 //! workers with the GIL released). An `atexit` handler ([`_close_gil_gate`]),
 //! which CPython runs on the finalizing thread *before* it marks the
-//! runtime finalizing, closes the gate and then waits, with the GIL
+//! runtime finalizing, runs the program's other `atexit` handlers first
+//! (with the gate open: one may join a thread running batches), then
+//! closes the gate and waits, with the GIL
 //! released, until no thread is counted in. After it, a non-main thread that
 //! would take the GIL in these frames, or enters them, is parked for ever
 //! instead (with the GIL released): the process is exiting, its daemon
-//! threads end with it, and CPython 3.14 does the same to them.
+//! threads end with it, and CPython 3.14 does the same to them (so the
+//! handler is registered on 3.9-3.13 only).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -154,14 +157,57 @@ fn park_forever() -> ! {
     }
 }
 
-/// The `atexit` handler: closes the gate, then lets every thread already
-/// through it take the GIL before finalization begins.
+/// The `atexit` handler: runs the program's other `atexit` handlers, then
+/// closes the gate and lets every thread already through it take the GIL
+/// before finalization begins.
+///
+/// `atexit` runs handlers last registered first, so when XME is imported
+/// after a program registered its own (lazily, in a thread), this handler
+/// runs before them. A handler that stops and joins a thread running
+/// batches would then wait for ever for a thread parked at the gate. So
+/// this handler runs the handlers still to come itself, first, with the
+/// gate open (`atexit._run_exitfuncs`, which runs each once and clears the
+/// list: CPython's own loop then finds nothing left), and closes the gate
+/// only after the last of them.
+///
+/// It closes nothing when the interpreter is not exiting: a program may
+/// run the handlers by hand (`atexit._run_exitfuncs()`) and go on. An
+/// exiting interpreter has run `threading._shutdown`, which marks the main
+/// thread stopped, before any `atexit` handler.
 #[pyfunction]
 pub(crate) fn _close_gil_gate(py: Python<'_>) {
+    /// Set while this handler runs the others (it is one of them).
+    static RUNNING: AtomicBool = AtomicBool::new(false);
+    if RUNNING.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    if !interpreter_is_exiting(py) {
+        RUNNING.store(false, Ordering::SeqCst);
+        return;
+    }
+    // `atexit` reports a failing handler itself and goes on to the next;
+    // an error here (no `atexit` module) leaves the rest to CPython.
+    if let Err(e) = py
+        .import(pyo3::intern!(py, "atexit"))
+        .and_then(|atexit| atexit.call_method0(pyo3::intern!(py, "_run_exitfuncs")))
+    {
+        e.print(py);
+    }
     CLOSED.store(true, Ordering::SeqCst);
     py.detach(|| {
         while IN_FLIGHT.load(Ordering::SeqCst) > 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
+}
+
+/// Whether `threading._shutdown` has run: the interpreter is exiting
+/// (its main thread is marked stopped). True if that cannot be told.
+fn interpreter_is_exiting(py: Python<'_>) -> bool {
+    let alive = py
+        .import(pyo3::intern!(py, "threading"))
+        .and_then(|t| t.call_method0(pyo3::intern!(py, "main_thread")))
+        .and_then(|main| main.call_method0(pyo3::intern!(py, "is_alive")))
+        .and_then(|alive| alive.is_truthy());
+    !alive.unwrap_or(false)
 }

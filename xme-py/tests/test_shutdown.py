@@ -42,3 +42,49 @@ def test_exit_with_a_daemon_thread_in_a_batch_is_clean(tmp_path, task_s, main_s,
     # Workers of the exited process end with it (PR_SET_PDEATHSIG).
     wait_until(lambda: all(state_of(w) in (None, "Z") for w in workers), timeout=10,
                what="the workers of the exited process to end")
+
+
+# A program's own atexit handler, registered before XME's (XME imported
+# lazily, in the thread), stops and joins a daemon thread running batches.
+ATEXIT_JOINS_THE_BATCH_THREAD = r'''
+import atexit, threading, time, warnings
+warnings.simplefilter("ignore")
+stop = threading.Event(); done = []
+def worker():
+    import XME
+    x = XME.XME(lambda i: (time.sleep(0.05), i)[1], pnum=2)
+    while not stop.is_set():
+        assert x.fun(x.Array(range(4))) == (0, 1, 2, 3)
+    done.append(True)
+t = threading.Thread(target=worker, daemon=True)
+def shutdown():
+    stop.set(); t.join()
+    print("worker stopped cleanly:", done, flush=True)
+atexit.register(shutdown)
+t.start(); time.sleep(0.5)
+print("main returns", flush=True)
+'''
+
+
+@pytest.mark.parametrize("attempt", range(2))
+def test_an_atexit_handler_can_join_a_thread_running_batches(attempt):
+    out = run_script(ATEXIT_JOINS_THE_BATCH_THREAD, timeout=30)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    assert out.stdout == "main returns\nworker stopped cleanly: [True]\n", out.stdout
+    assert "Fatal Python error" not in out.stderr and "panicked" not in out.stderr, out.stderr
+
+
+def test_running_the_atexit_handlers_by_hand_leaves_threads_free_to_run_batches():
+    out = run_script(r'''
+import atexit, threading, warnings, XME
+warnings.simplefilter("ignore")
+atexit._run_exitfuncs()
+print(XME.XME(lambda i: i, pnum=2).fun(XME.Array(range(3))), flush=True)
+res = []
+t = threading.Thread(target=lambda: res.append(XME.XME(lambda i: -i, pnum=2).fun(XME.Array(range(3)))),
+                     daemon=True)
+t.start(); t.join(20)
+print(res, flush=True)
+''', timeout=60)
+    assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
+    assert out.stdout == "(0, 1, 2)\n[(0, -1, -2)]\n", out.stdout
