@@ -46,6 +46,11 @@ struct Worker {
     closed_at: Option<Instant>,
     /// The call this worker was killed for running too long.
     timed_out: Option<(usize, Duration)>,
+    /// Since when it has had no call to run and none is left to take: it is
+    /// leaving (its exit hooks wait for the threads its tasks started).
+    leaving_since: Option<Instant>,
+    /// It was killed for taking longer than the run's timeout to leave.
+    killed_leaving: bool,
     /// Its pidfd reported the process ended.
     ended: bool,
     /// It sent at least one reply.
@@ -176,6 +181,7 @@ pub(crate) fn run<D>(
             }
         }
         kill_overdue(&mut live, &board, &ledger, &timeouts);
+        kill_slow_leavers(&mut live, &board, &timeouts, spec.logger);
 
         // Reap workers whose process ended (pidfd), whose pipe closed, or that
         // were killed; check every worker once per tick as well (kernels
@@ -318,6 +324,8 @@ fn spawn<D>(
         reader: FrameReader::new(u32::MAX as usize),
         closed_at: None,
         timed_out: None,
+        leaving_since: None,
+        killed_leaving: false,
         ended: false,
         replied: false,
         channel_lost: false,
@@ -503,6 +511,42 @@ fn kill_overdue<D>(
         {
             w.timed_out = Some((r.call, limit));
             let _ = w.child.signal(Signal::SIGKILL);
+        }
+    }
+}
+
+/// Kills workers that have had nothing to run for longer than the run's
+/// longest timeout, if it has one: a worker waits, before it leaves, for the
+/// non-daemon threads its tasks started, and one that never ends would keep
+/// the run waiting for ever. Without a timeout it is waited for, as an
+/// interpreter waits for them before it exits.
+fn kill_slow_leavers(
+    live: &mut [Worker],
+    board: &Board,
+    timeouts: &[Option<Duration>],
+    logger: &xme_log::Logger,
+) {
+    let Some(limit) = timeouts.iter().flatten().max().copied() else {
+        return;
+    };
+    if board.has_unclaimed() {
+        return;
+    }
+    for w in live.iter_mut().filter(|w| !w.killed_leaving) {
+        if board.running(w.slot, w.serial).is_some() {
+            w.leaving_since = None;
+            continue;
+        }
+        let since = *w.leaving_since.get_or_insert_with(Instant::now);
+        if since.elapsed() >= limit {
+            w.killed_leaving = true;
+            let _ = w.child.signal(Signal::SIGKILL);
+            let _ = logger.entry().msgtype("Warning").print(format!(
+                "worker process {} was killed: {:.3} s after its last call it was still \
+                 waiting to leave (for a thread a task started and did not mark daemon)",
+                w.child.pid(),
+                limit.as_secs_f64()
+            ));
         }
     }
 }

@@ -37,6 +37,7 @@ impl<D> WorkerPlan<'_, '_, D> {
         process::install_quiet_panic_hook();
         let operator = Operator::alloc();
         let mut frame = Vec::with_capacity(256);
+        let me = nix::unistd::getpid();
         while let Some(g) = self.board.claim(w, serial) {
             let (job, call) = self.locate(g);
             let mut ctx = Context {
@@ -51,6 +52,14 @@ impl<D> WorkerPlan<'_, '_, D> {
             frame.extend_from_slice(&[0; 4]);
             frame.extend_from_slice(&(g as u64).to_le_bytes());
             self.jobs[job].run_call(call, &mut ctx, &mut frame);
+            if nix::unistd::getpid() != me {
+                // The call forked (`os.fork()` in a task) and this is its
+                // child, returning instead of leaving: it is no worker. Not a
+                // byte to the pipe, no claim, no exit hook: leave at once.
+                // SAFETY: `_exit` never returns and skips every destructor
+                // and handler, which belong to the worker.
+                unsafe { libc::_exit(0) }
+            }
             let len = match u32::try_from(frame.len() - 4) {
                 Ok(len) => len,
                 Err(_) => {
@@ -74,6 +83,11 @@ impl<D> WorkerPlan<'_, '_, D> {
             }
             self.board.finish(w);
         }
+        // The pipe stays open until `_exit`, after the exit hooks (which
+        // wait for the non-daemon threads a task started): to the parent
+        // the worker is still at work, not a process that closed its pipe
+        // and lingers (which it kills). The kernel closes it at exit.
+        std::mem::forget(pipe);
         0
     }
 }

@@ -238,3 +238,33 @@ fn a_task_that_closes_the_result_channel_is_reported_as_such() {
         }
     }
 }
+
+/// A call that forks, and whose child returns instead of leaving (Python's
+/// `os.fork()` in a task without `os._exit`): the child is no worker. It
+/// must neither reply for the call nor take others; every call gets the
+/// worker's own result, once.
+#[test]
+fn a_forked_child_returning_from_a_call_is_not_a_worker() {
+    let out = Xme::new()
+        .pnum(2)
+        .fun(
+            |i: u32| -> u32 {
+                if i == 1 {
+                    // SAFETY: the worker is single-threaded; the child only
+                    // returns (and is made to leave by the worker loop).
+                    match unsafe { nix::unistd::fork() }.unwrap() {
+                        nix::unistd::ForkResult::Child => return 9999,
+                        nix::unistd::ForkResult::Parent { child } => {
+                            // The child has had every chance to reply first.
+                            nix::sys::wait::waitpid(child, None).unwrap();
+                        }
+                    }
+                }
+                i * 100
+            },
+            Array::new(0..8u32),
+        )
+        .unwrap();
+    let got: Vec<u32> = out.into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(got, (0..8).map(|i| i * 100).collect::<Vec<_>>());
+}

@@ -62,7 +62,7 @@ def test_a_non_daemon_thread_a_task_started_finishes_before_its_worker_exits(tmp
 import os, threading, time, XME
 def task(i):
     def later():
-        time.sleep(0.3)
+        time.sleep(1.5)  # longer than a worker that closed its pipe may linger
         with open(os.path.join({str(tmp_path)!r}, f"out{{i}}"), "w") as f:
             f.write("done")
     threading.Thread(target=later).start()  # not daemon: Python waits for it
@@ -74,6 +74,27 @@ print(XME.XME(task, pnum=2).fun(XME.Array(range(4))))
     assert out.stdout == "(0, 1, 2, 3)\n"
     # Written before each worker left: the batch waited for them.
     assert sorted(os.listdir(tmp_path)) == [f"out{i}" for i in range(4)]
+
+
+def test_a_non_daemon_thread_that_never_ends_is_cut_off_by_the_timeout():
+    code = r'''
+import os, threading, time, XME
+def task(i):
+    if i == 1:
+        threading.Thread(target=lambda: time.sleep(3600)).start()  # not daemon
+    return -i
+t = time.monotonic()
+print(XME.XME(task, pnum=2, timeout=1).fun(XME.Array(range(4))))
+print(time.monotonic() - t < 30)
+print([p for p in os.listdir("/proc") if p.isdigit() and
+       open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1] == str(os.getpid())])
+'''
+    out = run_script(code, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    # The log (stdout by default) says which worker was killed, and why.
+    assert [line for line in lines if "still waiting to leave" in line] == lines[:1], lines
+    assert lines[1:] == ["(0, -1, -2, -3)", "True", "[]"], out.stdout
 
 
 def test_a_task_that_closes_every_descriptor_is_reported_as_closing_its_channel():
