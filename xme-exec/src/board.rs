@@ -123,6 +123,13 @@ impl Board {
             .collect()
     }
 
+    /// In the parent: whether some worker took call `g`.
+    pub fn was_claimed(&self, g: usize) -> bool {
+        self.claims()
+            .get(g)
+            .is_some_and(|c| c.load(Ordering::Acquire) != 0)
+    }
+
     /// True while some call has not been claimed yet.
     pub fn has_unclaimed(&self) -> bool {
         (self.cursor().load(Ordering::Acquire) as usize) < self.calls

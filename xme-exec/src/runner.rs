@@ -247,8 +247,28 @@ pub(crate) fn run<D>(
         }
     }
 
-    // Every worker is reaped. A call still open was never claimed, because no
-    // replacement worker could be forked: fail it rather than lose it.
+    // Every worker is reaped. A call still open that a worker took sent no
+    // reply the parent could read, though it may have run: its worker's
+    // pipe was lost under it (a task closed the descriptor and opened
+    // something else in its place, which took the replies).
+    if ledger.remaining > 0 {
+        let taken: Vec<usize> = (0..total)
+            .filter(|&g| !ledger.done[g] && board.was_claimed(g))
+            .collect();
+        if !taken.is_empty() {
+            let _ = spec.logger.entry().msgtype("Warning").print(format!(
+                "{} calls were taken by a worker whose replies never arrived (calls {taken:?}): \
+                 they may have run, but their worker's result pipe was lost (did a task close \
+                 or reuse file descriptors it did not open?)",
+                taken.len()
+            ));
+            for g in taken {
+                ledger.settle(g, Err(TaskFailure::ChannelClosed));
+            }
+        }
+    }
+    // A call still open now was never claimed, because no replacement
+    // worker could be forked: fail it rather than lose it.
     if ledger.remaining > 0 {
         let why = match (spawn_error, last_barren) {
             (Some(e), _) => xme_core::error_chain(&e),
