@@ -52,6 +52,19 @@ pub enum ExecError {
     /// The log file could not be opened.
     #[error(transparent)]
     Log(#[from] xme_log::LogError),
+    /// The run's bookkeeping for its calls does not fit in the memory this
+    /// process may use (its resource limits included): run fewer calls at once.
+    #[error(
+        "a run of {calls} calls needs more memory for its bookkeeping than this process may \
+         use: run the work in smaller runs"
+    )]
+    OutOfMemory {
+        /// Calls in the run.
+        calls: usize,
+        /// The allocation that failed.
+        #[source]
+        source: std::collections::TryReserveError,
+    },
 }
 
 /// What happened to a call that gave no result.

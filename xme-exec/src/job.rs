@@ -131,6 +131,10 @@ pub trait ErasedJob<D> {
     fn name(&self) -> &str;
     /// The per-call time limit, if set on the job.
     fn timeout(&self) -> Option<Duration>;
+    /// Makes room for the results of its `calnum` calls (after
+    /// [`prepare`](Self::prepare)); fails, never aborts, when the memory is
+    /// not there.
+    fn make_room(&mut self, calnum: usize) -> Result<(), std::collections::TryReserveError>;
     /// In a worker: runs call `call` and appends its tagged reply to `out`.
     fn run_call(&self, call: usize, ctx: &mut Context<'_, D>, out: &mut Vec<u8>);
     /// In the parent: stores call `call`'s reply (tagged bytes) or failure.
@@ -145,8 +149,14 @@ where
 {
     fn prepare(&mut self) -> Result<usize, ArrayError> {
         let calnum = self.args.plan()?.calnum();
-        self.results = (0..calnum).map(|_| None).collect();
+        self.results = Vec::new();
         Ok(calnum)
+    }
+
+    fn make_room(&mut self, calnum: usize) -> Result<(), std::collections::TryReserveError> {
+        self.results.try_reserve_exact(calnum)?;
+        self.results.resize_with(calnum, || None);
+        Ok(())
     }
 
     fn name(&self) -> &str {

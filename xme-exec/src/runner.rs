@@ -96,18 +96,33 @@ pub(crate) fn run<D>(
     on_settled: &mut dyn FnMut(usize),
 ) -> Result<(), ExecError> {
     let mut offsets = Vec::with_capacity(jobs.len());
+    let mut counts = Vec::with_capacity(jobs.len());
     let mut total = 0usize;
     for (j, job) in jobs.iter_mut().enumerate() {
         offsets.push(total);
-        total += job.prepare().map_err(|source| ExecError::Arguments {
+        let calnum = job.prepare().map_err(|source| ExecError::Arguments {
             job: j,
             function: job.name().to_string(),
             source,
         })?;
+        counts.push(calnum);
+        total = total.saturating_add(calnum);
     }
     if total == 0 {
         return Ok(());
     }
+    // The run's bookkeeping grows with its calls: too many for the memory
+    // this process may use is an error, not an abort.
+    let out_of_memory = |source| ExecError::OutOfMemory {
+        calls: total,
+        source,
+    };
+    for (job, &calnum) in jobs.iter_mut().zip(&counts) {
+        job.make_room(calnum).map_err(out_of_memory)?;
+    }
+    let mut done = Vec::new();
+    done.try_reserve_exact(total).map_err(out_of_memory)?;
+    done.resize(total, false);
     let timeouts: Vec<Option<Duration>> = jobs
         .iter()
         .map(|j| j.timeout().or(spec.default_timeout))
@@ -119,7 +134,7 @@ pub(crate) fn run<D>(
     let mut ledger = Ledger {
         jobs,
         offsets,
-        done: vec![false; total],
+        done,
         remaining: total,
         on_settled,
     };

@@ -268,3 +268,34 @@ fn a_forked_child_returning_from_a_call_is_not_a_worker() {
     let got: Vec<u32> = out.into_iter().map(|r| r.unwrap()).collect();
     assert_eq!(got, (0..8).map(|i| i * 100).collect::<Vec<_>>());
 }
+
+/// A run whose bookkeeping does not fit in the memory the process may use
+/// (here `RLIMIT_AS`, as a container or batch system sets it) is an
+/// `OutOfMemory` error, not an abort.
+#[test]
+fn a_run_too_big_for_the_memory_limit_is_an_error_not_an_abort() {
+    let child = xme_core::process::fork_child(|| {
+        let limit = libc::rlimit {
+            rlim_cur: 2 << 30,
+            rlim_max: 2 << 30,
+        };
+        // SAFETY: setrlimit reads one rlimit we own.
+        assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) }, 0);
+        // 50 M calls: the arguments fit (400 MB); their results do not.
+        match Xme::new()
+            .pnum(1)
+            .fun(|i: u64| i, Array::new(0..50_000_000u64))
+        {
+            Err(xme_exec::ExecError::OutOfMemory {
+                calls: 50_000_000, ..
+            }) => 0,
+            Err(e) => {
+                eprintln!("another error: {e}");
+                1
+            }
+            Ok(_) => 2,
+        }
+    })
+    .unwrap();
+    assert_eq!(child.wait().unwrap(), xme_core::Fate::Exited(0));
+}

@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 use xme_exec::{Array, ExecError, RawBytes, TaskFailure, Xme};
@@ -96,45 +96,80 @@ pub(crate) fn run_batch(
             let raised = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
             return Err(raised.unwrap_or_else(|| PyKeyboardInterrupt::new_err(())));
         }
+        Err(e @ ExecError::OutOfMemory { .. }) => {
+            return Err(PyMemoryError::new_err(xme_core::error_chain(&e)));
+        }
         Err(e) => return Err(XMEError::new_err(xme_core::error_chain(&e))),
     };
-    outcomes
-        .into_iter()
-        .map(|outcome| match outcome {
-            Ok(bytes) => Ok(PyBytes::new(py, &bytes).into_any().unbind()),
-            Err(e) => {
-                let why = match e.failure {
-                    TaskFailure::Killed { signal } => {
-                        ("signal", signal.into_pyobject(py)?.into_any())
-                    }
-                    TaskFailure::Exited { code } => ("exit", code.into_pyobject(py)?.into_any()),
-                    TaskFailure::TimedOut { after } => {
-                        ("timeout", after.as_secs_f64().into_pyobject(py)?.into_any())
-                    }
-                    other => {
-                        let text = other.to_string();
-                        let text = text.strip_prefix("failed: ").unwrap_or(&text);
-                        ("lost", text.into_pyobject(py)?.into_any())
-                    }
-                };
-                Ok(
-                    PyTuple::new(py, [why.0.into_pyobject(py)?.into_any(), why.1])?
-                        .into_any()
-                        .unbind(),
-                )
-            }
-        })
-        .collect()
+    let mut replies = Vec::new();
+    replies.try_reserve_exact(outcomes.len()).map_err(|_| {
+        PyMemoryError::new_err(format!(
+            "no memory for the {} results of the batch: run the work in smaller batches",
+            outcomes.len()
+        ))
+    })?;
+    for outcome in outcomes {
+        replies.push(reply_object(py, outcome)?);
+    }
+    Ok(replies)
+}
+
+/// A call's outcome as `run_batch` returns it.
+fn reply_object(
+    py: Python<'_>,
+    outcome: Result<RawBytes, xme_exec::TaskError>,
+) -> PyResult<Py<PyAny>> {
+    match outcome {
+        Ok(bytes) => Ok(PyBytes::new(py, &bytes).into_any().unbind()),
+        Err(e) => {
+            let why = match e.failure {
+                TaskFailure::Killed { signal } => ("signal", signal.into_pyobject(py)?.into_any()),
+                TaskFailure::Exited { code } => ("exit", code.into_pyobject(py)?.into_any()),
+                TaskFailure::TimedOut { after } => {
+                    ("timeout", after.as_secs_f64().into_pyobject(py)?.into_any())
+                }
+                other => {
+                    let text = other.to_string();
+                    let text = text.strip_prefix("failed: ").unwrap_or(&text);
+                    ("lost", text.into_pyobject(py)?.into_any())
+                }
+            };
+            Ok(
+                PyTuple::new(py, [why.0.into_pyobject(py)?.into_any(), why.1])?
+                    .into_any()
+                    .unbind(),
+            )
+        }
+    }
 }
 
 /// Bytes of the parent's own bookkeeping per call (its index, claim word,
 /// outcome slot, settled flag, result tuple slot), rounded up generously.
 const BOOKKEEPING_PER_CALL: usize = 128;
 
-/// A batch whose bookkeeping alone would not fit in this machine's memory
-/// is refused with a `ValueError`, before anything is allocated (the
-/// allocation would abort the interpreter).
+/// A batch whose bookkeeping alone would not fit in the memory this process
+/// may use is refused with a `ValueError`, before anything is allocated:
+/// the machine's memory, the process's `RLIMIT_AS` and `RLIMIT_DATA`, and
+/// its cgroup's `memory.max`, whichever is least. (Allocations past this
+/// check are fallible too: a `MemoryError`, never an abort.)
 fn check_calls_fit(calls: usize) -> PyResult<()> {
+    let need = calls.saturating_mul(BOOKKEEPING_PER_CALL);
+    if let Some((memory, what)) = memory_limit()
+        && need > memory
+    {
+        return Err(PyValueError::new_err(format!(
+            "a batch of {calls} calls needs about {} MiB for its bookkeeping alone \
+             ({BOOKKEEPING_PER_CALL} bytes a call), more than {what} ({} MiB): \
+             run the work in smaller batches",
+            need >> 20,
+            memory >> 20
+        )));
+    }
+    Ok(())
+}
+
+/// The least of the memory limits this process is under, and what it is.
+fn memory_limit() -> Option<(usize, &'static str)> {
     // SAFETY: sysconf only reads system configuration.
     let (pages, page) = unsafe {
         (
@@ -142,20 +177,46 @@ fn check_calls_fit(calls: usize) -> PyResult<()> {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    let memory = usize::try_from(pages)
-        .unwrap_or(0)
-        .saturating_mul(usize::try_from(page).unwrap_or(4096));
-    let need = calls.saturating_mul(BOOKKEEPING_PER_CALL);
-    if memory > 0 && need > memory {
-        return Err(PyValueError::new_err(format!(
-            "a batch of {calls} calls needs about {} GiB for its bookkeeping alone \
-             ({BOOKKEEPING_PER_CALL} bytes a call), more than this machine's {} GiB: \
-             run the work in smaller batches",
-            need >> 30,
-            memory >> 30
-        )));
-    }
-    Ok(())
+    let physical = usize::try_from(pages)
+        .ok()
+        .filter(|&p| p > 0)
+        .map(|p| p.saturating_mul(usize::try_from(page).unwrap_or(4096)));
+    let rlimit = |resource| {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit into `limit`, which we own.
+        let ok = unsafe { libc::getrlimit(resource, &mut limit) } == 0;
+        (ok && limit.rlim_cur != libc::RLIM_INFINITY)
+            .then(|| usize::try_from(limit.rlim_cur).unwrap_or(usize::MAX))
+    };
+    [
+        (physical, "this machine's memory"),
+        (
+            rlimit(libc::RLIMIT_AS),
+            "this process's address-space limit (RLIMIT_AS)",
+        ),
+        (
+            rlimit(libc::RLIMIT_DATA),
+            "this process's data limit (RLIMIT_DATA)",
+        ),
+        (
+            cgroup_memory_max(),
+            "its cgroup's memory limit (memory.max)",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(limit, what)| Some((limit?, what)))
+    .min_by_key(|&(limit, _)| limit)
+}
+
+/// The memory limit of this process's cgroup (v2 `memory.max`), if it has one.
+fn cgroup_memory_max() -> Option<usize> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/memory.max")).ok()?;
+    max.trim().parse().ok()
 }
 
 /// In a worker: the bytes `run_call(g)` returns. The Python wrapper catches

@@ -144,3 +144,17 @@ print(XME.XME(t, pnum=1).fun(XME.Array(range(3))))
     assert lines[-1] == "(('value', 0), None, None)", out.stdout
     assert "never run" not in out.stdout, out.stdout
     assert any("may have run" in line and "[1, 2]" in line for line in lines), out.stdout
+
+
+def test_a_batch_too_big_for_the_address_space_limit_raises():
+    out = run_script(r'''
+import resource, XME
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+try:
+    XME.XME(lambda: 1, pnum=1).fun(calnum=10**8)
+except (ValueError, MemoryError) as e:
+    print(type(e).__name__, "RLIMIT_AS" in str(e))
+print(XME.XME(lambda i: -i, pnum=2).fun(XME.Array(range(3))))
+''', timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["ValueError True", "(0, -1, -2)"], out.stdout
