@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::frame::{HELLO, decode_reply, encode_request, push_frame, read_frame};
-use super::stream::Stream;
+use super::stream::{DeadlineWriter, Stream};
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::{Codec, MonitorError};
 
@@ -24,7 +24,7 @@ type Outcome = Result<Value, MonitorError>;
 
 struct Inner {
     codec: Arc<dyn Codec>,
-    writer: Mutex<BufWriter<Stream>>,
+    writer: Mutex<BufWriter<DeadlineWriter>>,
     pending: Mutex<HashMap<String, SyncSender<Outcome>>>,
     /// Why the connection closed, once it has.
     closed: Mutex<Option<String>>,
@@ -144,7 +144,10 @@ impl Client {
         let control = stream.try_clone().map_err(io)?;
         let inner = Arc::new(Inner {
             codec,
-            writer: Mutex::new(BufWriter::with_capacity(64 * 1024, stream)),
+            writer: Mutex::new(BufWriter::with_capacity(
+                64 * 1024,
+                DeadlineWriter::new(stream, None),
+            )),
             pending: Mutex::default(),
             closed: Mutex::default(),
         });
@@ -187,69 +190,42 @@ impl Client {
             function: function.to_string(),
             waited: started.elapsed(),
         };
-        let io = |source| MonitorError::Io {
-            doing: "sending an RPC request",
-            source,
-        };
-        let Some(deadline) = deadline else {
-            let mut w = lock(&self.inner.writer);
-            return push_frame(&mut *w, &frame)
-                .and_then(|()| w.flush())
-                .map_err(io);
-        };
-        // Another caller may be sending a long frame: wait for it only so long.
-        let mut w = loop {
-            match self.inner.writer.try_lock() {
-                Ok(w) => break w,
-                Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
-                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_micros(200));
+        let mut w = match deadline {
+            None => lock(&self.inner.writer),
+            // Another caller may be sending a long frame: wait for it only
+            // so long.
+            Some(deadline) => loop {
+                match self.inner.writer.try_lock() {
+                    Ok(w) => break w,
+                    Err(std::sync::TryLockError::Poisoned(p)) => break p.into_inner(),
+                    Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_micros(200));
+                    }
+                    Err(std::sync::TryLockError::WouldBlock) => return Err(late()),
                 }
-                Err(std::sync::TryLockError::WouldBlock) => return Err(late()),
-            }
+            },
         };
-        // Every byte of the frame (and of frames buffered before it) leaves
-        // by the deadline, or the connection is given up: one send per
-        // bounded piece, each under the time left.
-        let mut sent = 0;
-        let mut out = (frame.len() as u32).to_le_bytes().to_vec();
-        out.extend_from_slice(&frame);
-        let left = deadline.saturating_duration_since(Instant::now());
-        w.get_ref()
-            .set_write_timeout(Some(left.max(Duration::from_millis(1))));
-        let result = w.flush().and_then(|()| {
-            let stream = w.get_mut();
-            while sent < out.len() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return Err(std::io::ErrorKind::TimedOut.into());
-                }
-                stream.set_write_timeout(Some(left.max(Duration::from_millis(1))));
-                let piece = &out[sent..out.len().min(sent + SEND_PIECE)];
-                match stream.write(piece) {
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
-        });
-        w.get_ref().set_write_timeout(None);
+        // Every byte of the frame leaves by the deadline, or the connection
+        // is given up.
+        w.get_mut().deadline = deadline;
+        let before = w.get_ref().written;
+        let result = push_frame(&mut *w, &frame).and_then(|()| w.flush());
+        w.get_mut().deadline = None;
         match result {
             Ok(()) => Ok(()),
             Err(e) => {
-                if sent > 0 || !w.buffer().is_empty() {
-                    // Half a frame went out: the connection cannot carry
-                    // another. The reader thread fails the calls in flight.
+                if w.get_ref().written != before || !w.buffer().is_empty() {
+                    // Part of a frame went out (or waits in the buffer): the
+                    // connection cannot carry another. The reader thread
+                    // fails the calls in flight.
                     self.control.shutdown(std::net::Shutdown::Both);
                 }
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
-                ) {
-                    Err(late())
-                } else {
-                    Err(io(e))
+                match e.kind() {
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => Err(late()),
+                    _ => Err(MonitorError::Io {
+                        doing: "sending an RPC request",
+                        source: e,
+                    }),
                 }
             }
         }
@@ -336,10 +312,6 @@ impl Client {
         }
     }
 }
-
-/// The most one `send` of a timed request carries: the deadline is checked
-/// between pieces (one large send goes on while the peer reads a trickle).
-const SEND_PIECE: usize = 64 * 1024;
 
 /// The client's reader thread: hands each reply to its caller; at the end of
 /// the connection, fails every call still waiting.

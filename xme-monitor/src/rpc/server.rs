@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use super::frame::{HELLO, decode_request, encode_reply, push_frame, read_frame};
 use super::replays::{MARK_BYTES, Replays};
-use super::stream::Stream;
+use super::stream::{DeadlineWriter, Stream};
 use crate::codec::DEFAULT_MAX_FRAME;
 use crate::{Codec, MonitorError};
 
@@ -456,44 +456,6 @@ impl Read for Timed {
     }
 }
 
-/// The most one `send` of a reply carries (see [`TimedWrite`]).
-const WRITE_PIECE: usize = 64 * 1024;
-
-/// The write half of a connection: every write of a reply ends by the
-/// reply's deadline (`SO_SNDTIMEO` alone bounds each `send`, so a peer
-/// reading a trickle could hold a long reply for ever).
-struct TimedWrite {
-    stream: Stream,
-    deadline: Instant,
-    /// The send timeout set on the socket now (set again only when the
-    /// time left is shorter: the common fast reply costs no system call).
-    applied: Duration,
-}
-
-impl Write for TimedWrite {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                "the reply did not leave within the write timeout (Server::write_timeout)",
-            ));
-        }
-        if left < self.applied {
-            self.applied = left.max(Duration::from_millis(1));
-            self.stream.set_write_timeout(Some(self.applied));
-        }
-        // One send of a large buffer goes on as long as the peer frees some
-        // room within the send timeout; a bounded piece per call lets the
-        // deadline above be checked between pieces.
-        self.stream.write(&buf[..buf.len().min(WRITE_PIECE)])
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.stream.flush()
-    }
-}
-
 /// Reads requests and answers them in order until the client closes, a
 /// frame is bad or late, a reply cannot leave, or the server shuts down
 /// (after the request in hand).
@@ -501,12 +463,8 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
     let Ok(write_half) = stream.try_clone() else {
         return;
     };
-    write_half.set_write_timeout(Some(s.limits.write_timeout));
-    let write_half = TimedWrite {
-        stream: write_half,
-        deadline: Instant::now() + s.limits.write_timeout,
-        applied: s.limits.write_timeout,
-    };
+    // Each reply leaves by its own deadline (set before it is written).
+    let write_half = DeadlineWriter::new(write_half, Some(s.limits.write_timeout));
     let timed = Timed {
         stream,
         deadline: None,
@@ -600,7 +558,7 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
         // A reply that does not leave within the write timeout fails: the
         // peer stopped reading (or reads a trickle). Flush once the requests
         // already received are answered: pipelined calls share one write.
-        writer.get_mut().deadline = Instant::now() + s.limits.write_timeout;
+        writer.get_mut().deadline = Some(Instant::now() + s.limits.write_timeout);
         let sent = push_frame(&mut writer, &reply).and_then(|()| {
             if reader.buffer().is_empty() {
                 writer.flush()
@@ -610,13 +568,13 @@ fn serve_connection(s: &Shared, state: &ConnectionState, stream: Stream) {
         });
         if let Err(e) = sent {
             log::warn!("xme rpc: closing a connection: a reply could not be sent: {e}");
-            writer.get_ref().stream.abort();
+            writer.get_ref().stream().abort();
             return;
         }
     }
-    writer.get_mut().deadline = Instant::now() + s.limits.write_timeout;
+    writer.get_mut().deadline = Some(Instant::now() + s.limits.write_timeout);
     let _ = writer.flush();
-    writer.get_ref().stream.shutdown(Shutdown::Both);
+    writer.get_ref().stream().shutdown(Shutdown::Both);
 }
 
 /// A running server. [`shutdown`](Self::shutdown) (or dropping it) stops
