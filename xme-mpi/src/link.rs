@@ -86,7 +86,11 @@ pub(crate) struct Link<'r> {
     /// The request channel: one producer at a time.
     pub(crate) send: Mutex<SendSide<'r>>,
     /// The reply channel: one consumer at a time.
-    pub(crate) recv: Mutex<RecvSide<'r>>,
+    /// A fair lock (`parking_lot`): a thread waiting on a process's
+    /// replies holds it in turns, and must hand it over to `close` or
+    /// another waiter between turns (std's lock let the holder take it
+    /// back at once, for ever).
+    pub(crate) recv: parking_lot::Mutex<RecvSide<'r>>,
     pub(crate) child: Mutex<Option<Child>>,
     pub(crate) pid: i32,
     /// Calls sent and not yet answered.
@@ -132,7 +136,7 @@ impl<'r> Link<'r> {
                 channel: requests,
                 buf: Vec::new(),
             }),
-            recv: Mutex::new(RecvSide {
+            recv: parking_lot::Mutex::new(RecvSide {
                 channel: replies,
                 buf: Vec::new(),
             }),

@@ -156,7 +156,7 @@ impl MpiHandle<'_> {
     {
         let link = self.choose(to)?;
         if link.load.load(Ordering::Acquire) == 0
-            && let Ok(mut reader) = link.recv.try_lock()
+            && let Some(mut reader) = link.recv.try_lock()
         {
             return self.direct_call(link, &mut reader, unit_request(unit.id), unit.name, args);
         }

@@ -72,7 +72,7 @@ impl<'r> MpiHandle<'r> {
                 // A rank cannot be waited for or killed from here: read its
                 // replies until it acknowledges EXIT (all sent before it),
                 // while it lives and answers.
-                let mut rx = lock(&l.recv);
+                let mut rx = l.recv.lock();
                 while !l.exit_acked.load(Ordering::Acquire)
                     && Instant::now() < deadline
                     && self.check_alive(l, &mut rx)
@@ -91,8 +91,13 @@ impl<'r> MpiHandle<'r> {
                 continue;
             }
             let fate = loop {
-                // Keep draining replies so the process is never stuck on a full channel.
-                self.pump(l, &mut lock(&l.recv));
+                // Keep draining replies so the process is never stuck on a
+                // full channel (a thread that holds the lock drains them
+                // itself; waiting for it could outlast the grace: a direct
+                // call holds it until its process ends).
+                if let Some(mut rx) = l.recv.try_lock() {
+                    self.pump(l, &mut rx);
+                }
                 let mut child = lock(&l.child);
                 let Some(c) = child.as_mut() else { break None };
                 match c.try_wait() {
@@ -111,7 +116,7 @@ impl<'r> MpiHandle<'r> {
                     None => std::thread::sleep(Duration::from_millis(1)),
                 }
             };
-            self.pump(l, &mut lock(&l.recv));
+            self.pump(l, &mut l.recv.lock());
             let _ = l.ended.set(Ended::Closed(closed_reason(fate)));
             self.fail_pending(l);
         }

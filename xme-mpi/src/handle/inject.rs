@@ -25,7 +25,7 @@ impl MpiHandle<'_> {
     #[doc(hidden)]
     pub fn inject_corrupt_fast_frame(&self, id: usize) -> Result<(), MpiError> {
         let l = self.link(id)?;
-        let _reader = lock(&l.recv); // the fast lane's numbers are kept under it
+        let _reader = l.recv.lock(); // the fast lane's numbers are kept under it
         let seq = l.fast_seq.load(Ordering::Relaxed) + 1;
         l.fast_seq.store(seq, Ordering::Relaxed);
         lock(&l.send).channel.inject_corrupt_fast(seq);

@@ -162,11 +162,10 @@ impl MpiHandle<'_> {
             // their slot filled when they get the lock (a caller with a time
             // limit does not queue for it: it looks again shortly).
             let mut reader = match left {
-                None => lock(&link.recv),
+                None => link.recv.lock(),
                 Some(left) => match link.recv.try_lock() {
-                    Ok(reader) => reader,
-                    Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-                    Err(std::sync::TryLockError::WouldBlock) => {
+                    Some(reader) => reader,
+                    None => {
                         std::thread::sleep(left.min(BUSY_READER_PAUSE));
                         continue;
                     }
@@ -182,6 +181,9 @@ impl MpiHandle<'_> {
             if liveness.due(reader.channel.wait_recv(max)) && !self.check_alive(link, &mut reader) {
                 self.fail_pending(link);
             }
+            // Hand the lock to a thread waiting for it (`close`, another
+            // caller) rather than take it back at the top of the loop.
+            parking_lot::MutexGuard::unlock_fair(reader);
         }
     }
 
@@ -205,7 +207,7 @@ impl MpiHandle<'_> {
                 continue;
             }
             let link = &self.links[lp - 1];
-            let Ok(mut reader) = link.recv.try_lock() else {
+            let Some(mut reader) = link.recv.try_lock() else {
                 continue;
             };
             n += self.pump(link, &mut reader);
@@ -223,9 +225,8 @@ impl MpiHandle<'_> {
     pub(crate) fn wait_replies(&self, lp: usize, max: Duration) -> usize {
         let link = &self.links[lp - 1];
         let mut reader = match link.recv.try_lock() {
-            Ok(reader) => reader,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => {
+            Some(reader) => reader,
+            None => {
                 std::thread::sleep(max.min(BUSY_READER_PAUSE));
                 return 0;
             }

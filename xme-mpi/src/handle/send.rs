@@ -119,11 +119,8 @@ impl<'r> MpiHandle<'r> {
             match direct.as_mut() {
                 Some((_, reader)) => self.make_room(link, reader, tx)?,
                 None => match link.recv.try_lock() {
-                    Ok(mut reader) => self.make_room(link, &mut reader, tx)?,
-                    Err(std::sync::TryLockError::Poisoned(p)) => {
-                        self.make_room(link, &mut p.into_inner(), tx)?
-                    }
-                    Err(std::sync::TryLockError::WouldBlock) => {
+                    Some(mut reader) => self.make_room(link, &mut reader, tx)?,
+                    None => {
                         if let Waited::Idle = tx.channel.wait_send(tx.buf.len(), LIVENESS)
                             && let Some(ended) = link.ended.get()
                         {
