@@ -197,6 +197,31 @@ fn suite(m: &MpiHandle<'_>, u: &Units, cluster: bool) -> Result<usize, String> {
         ensure(back == big && back2 == big, || "corrupted".into()),
     )?;
 
+    // Frames on both sides of the size the posted receive holds (64 KiB:
+    // a larger frame is announced, then probed for on its own tag), in a
+    // row, so that small and large frames interleave in order.
+    let sizes: Vec<usize> = (65_400..65_700).step_by(4).chain([0, 1, 200_000]).collect();
+    let mut wrong = Vec::new();
+    for window in sizes.chunks(16) {
+        let slots: Vec<_> = window
+            .iter()
+            .map(|&n| m.acquire(&u.echo, &vec![(n % 251) as u8; n], To::Process(1)))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        for (&n, s) in window.iter().zip(slots) {
+            let back = err(m.get(s), "echo")?;
+            if back.len() != n || back.iter().any(|&b| b != (n % 251) as u8) {
+                wrong.push(n);
+            }
+        }
+    }
+    check(
+        "frames around the posted receive's 64 KiB, in order",
+        ensure(wrong.is_empty(), || {
+            format!("sizes {wrong:?} came back wrong")
+        }),
+    )?;
+
     // Several threads at once, mixing every kind of call.
     let bad: usize = std::thread::scope(|s| {
         let workers: Vec<_> = (0..4u64)

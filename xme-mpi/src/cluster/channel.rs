@@ -17,6 +17,18 @@ use crate::channel::{Corrupt, RecvChannel, SendChannel, Waited};
 /// them up (a peer that is gone never takes them).
 const SEND_DRAIN: Duration = Duration::from_secs(2);
 
+/// The largest frame sent as one message on its channel's tag, into the
+/// receive its reader keeps posted. A larger frame (or an empty one) goes
+/// as an empty message on that tag, then its bytes on [`big_tag`], which
+/// the reader probes for: a posted receive must be as large as any
+/// message it may match (a larger one is a fatal truncation error).
+const SMALL_FRAME: usize = 64 * 1024;
+
+/// The tag of the bytes of a channel's large frames.
+fn big_tag(tag: i32) -> i32 {
+    tag + 16
+}
+
 /// The world communicator, behind the one lock every MPI call of this
 /// process takes.
 pub(crate) struct World {
@@ -138,7 +150,7 @@ unsafe fn reclaim(buf: *mut [u8]) -> Vec<u8> {
 }
 
 /// Messages of one tag to one rank: non-blocking sends, at most `capacity`
-/// bytes in flight.
+/// bytes in flight (frames over [`SMALL_FRAME`] in two messages).
 pub(crate) struct RankSender {
     world: Arc<World>,
     rank: i32,
@@ -197,6 +209,25 @@ impl RankSender {
         }
     }
 
+    /// Starts a send of a copy of `frame` with `tag` (the caller holds the
+    /// world lock, `comm`).
+    fn send_locked(&mut self, comm: &SimpleCommunicator, frame: &[u8], tag: i32) {
+        let mut buf = self.spare.pop().unwrap_or_default();
+        buf.clear();
+        buf.extend_from_slice(frame);
+        let leaked: &'static mut [u8] = Box::leak(buf.into_boxed_slice());
+        let ptr: *mut [u8] = leaked;
+        // SAFETY: `ptr` is the leaked box just made; the shared borrow lent to
+        // MPI lives until the send completes, and the box is only taken back
+        // then (`reap`, `drop`).
+        let data: &'static [u8] = unsafe { &*ptr };
+        let request =
+            comm.process_at_rank(self.rank)
+                .immediate_send_with_tag(StaticScope, data, tag);
+        self.pending_bytes += frame.len();
+        self.pending.push_back(PendingSend { request, buf: ptr });
+    }
+
     fn has_room(&self, len: usize) -> bool {
         self.pending.is_empty() || self.pending_bytes + len <= self.capacity
     }
@@ -210,20 +241,14 @@ impl SendChannel for RankSender {
         if !self.has_room(frame.len()) {
             return false;
         }
-        let mut buf = self.spare.pop().unwrap_or_default();
-        buf.clear();
-        buf.extend_from_slice(frame);
-        let leaked: &'static mut [u8] = Box::leak(buf.into_boxed_slice());
-        let ptr: *mut [u8] = leaked;
-        // SAFETY: `ptr` is the leaked box just made; the shared borrow lent to
-        // MPI lives until the send completes, and the box is only taken back
-        // then (`reap`, `drop`).
-        let data: &'static [u8] = unsafe { &*ptr };
-        let request =
-            comm.process_at_rank(self.rank)
-                .immediate_send_with_tag(StaticScope, data, self.tag);
-        self.pending_bytes += frame.len();
-        self.pending.push_back(PendingSend { request, buf: ptr });
+        if frame.is_empty() || frame.len() > SMALL_FRAME {
+            // The announcement, then the bytes (in order: one sender per
+            // tag and rank, and MPI keeps the order of each tag).
+            self.send_locked(&comm, &[], self.tag);
+            self.send_locked(&comm, frame, big_tag(self.tag));
+        } else {
+            self.send_locked(&comm, frame, self.tag);
+        }
         true
     }
 
@@ -283,49 +308,120 @@ impl Drop for RankSender {
     }
 }
 
-/// Messages of one tag from one rank.
+/// Messages of one tag from one rank: a receive of up to [`SMALL_FRAME`]
+/// bytes stays posted (testing it is cheaper than probing, and a frame
+/// that arrives lands in place); a larger frame is announced there and
+/// probed for on [`big_tag`].
 pub(crate) struct RankReceiver {
     world: Arc<World>,
     rank: i32,
     tag: i32,
-    /// A message the last wait matched (`MPI_Improbe`), received by the next
-    /// `try_recv`: a wait that finds a frame does not probe for it again.
-    matched: Option<(mpi::point_to_point::Message, usize)>,
+    /// The posted receive and its buffer.
+    posted: Option<PostedReceive>,
+    /// The buffer of the last receive, while no receive is posted.
+    spare: Option<*mut [u8]>,
+    /// What the last wait found, taken by the next `try_recv`.
+    arrived: Option<Arrived>,
 }
 
-// SAFETY: the matched message handle is used only by the owner of this
-// receiver (`&mut self`), under the world lock (MPI_THREAD_SERIALIZED).
+/// A receive MPI may be writing into: its buffer is MPI's until it ends.
+struct PostedReceive {
+    request: Request<'static, [u8], StaticScope>,
+    /// The buffer `request` writes, leaked to give it a `'static` borrow;
+    /// taken back when the receive completes (or is cancelled).
+    buf: *mut [u8],
+}
+
+/// A frame found by a wait and not yet taken.
+enum Arrived {
+    /// In `spare`'s first `len` bytes.
+    Small(usize),
+    /// Announced: its bytes are on the big tag, not yet matched.
+    Announced,
+    /// Matched on the big tag (`MPI_Improbe`), received by the next `try_recv`.
+    Big(mpi::point_to_point::Message, usize),
+}
+
+// SAFETY: the request, the leaked buffers and the matched message are used
+// only by the owner of this receiver (`&mut self`), and every MPI call on
+// them holds the world lock (MPI_THREAD_SERIALIZED).
 unsafe impl Send for RankReceiver {}
 
 impl RankReceiver {
     pub(super) fn new(world: Arc<World>, rank: usize, tag: i32) -> RankReceiver {
+        let buf: *mut [u8] = Box::leak(vec![0u8; SMALL_FRAME].into_boxed_slice());
         RankReceiver {
             world,
             rank: rank as i32,
             tag,
-            matched: None,
+            posted: None,
+            spare: Some(buf),
+            arrived: None,
         }
     }
 
-    /// Matches the next frame from the rank, if one came (the caller holds
-    /// the world lock).
+    /// Looks for the next frame from the rank (the caller holds the world
+    /// lock, `comm`): whether one arrived.
     fn probe(&mut self, comm: &SimpleCommunicator) -> Result<bool, Corrupt> {
-        if self.matched.is_some() {
-            return Ok(true);
+        match self.arrived {
+            Some(Arrived::Small(_) | Arrived::Big(..)) => return Ok(true),
+            Some(Arrived::Announced) => return self.probe_big(comm),
+            None => {}
         }
+        if let Some(buf) = self.spare.take() {
+            // SAFETY: `buf` is the leaked box of `new`, not lent to MPI now
+            // (no receive is posted); the borrow lent to the receive lives
+            // until it completes or is cancelled, and only then is the
+            // buffer read again (`spare`) or taken back (`drop`).
+            let data: &'static mut [u8] = unsafe { &mut *buf };
+            let request = comm
+                .process_at_rank(self.rank)
+                .immediate_receive_into_with_tag(StaticScope, data, self.tag);
+            self.posted = Some(PostedReceive { request, buf });
+        }
+        let PostedReceive { request, buf } = self.posted.take().expect("posted above");
+        match request.test() {
+            Err(request) => {
+                self.posted = Some(PostedReceive { request, buf });
+                Ok(false)
+            }
+            Ok(status) => {
+                self.spare = Some(buf);
+                let len = status.count(u8::equivalent_datatype());
+                match usize::try_from(len) {
+                    Ok(0) => {
+                        self.arrived = Some(Arrived::Announced);
+                        self.probe_big(comm)
+                    }
+                    Ok(len) => {
+                        self.arrived = Some(Arrived::Small(len));
+                        Ok(true)
+                    }
+                    Err(_) => Err(Corrupt(format!(
+                        "a message of {len} bytes from rank {}",
+                        self.rank
+                    ))),
+                }
+            }
+        }
+    }
+
+    /// Matches the bytes of an announced large frame, if they came.
+    fn probe_big(&mut self, comm: &SimpleCommunicator) -> Result<bool, Corrupt> {
         let Some((message, status)) = comm
             .process_at_rank(self.rank)
-            .immediate_matched_probe_with_tag(self.tag)
+            .immediate_matched_probe_with_tag(big_tag(self.tag))
         else {
             return Ok(false);
         };
         let len = status.count(u8::equivalent_datatype());
         match usize::try_from(len) {
             Ok(len) => {
-                self.matched = Some((message, len));
+                self.arrived = Some(Arrived::Big(message, len));
                 Ok(true)
             }
             Err(_) => {
+                self.arrived = None;
                 message.matched_receive_into(&mut [0u8; 0][..]);
                 Err(Corrupt(format!(
                     "a message of {len} bytes from rank {}",
@@ -343,10 +439,24 @@ impl RecvChannel for RankReceiver {
         if !self.probe(&comm)? {
             return Ok(false);
         }
-        let (message, len) = self.matched.take().expect("probed");
-        out.clear();
-        out.resize(len, 0);
-        message.matched_receive_into(&mut out[..]);
+        match self.arrived.take().expect("probed") {
+            Arrived::Small(len) => {
+                let buf = self
+                    .spare
+                    .expect("a completed receive gives its buffer back");
+                // SAFETY: the receive into `buf` completed (`probe`), so MPI
+                // no longer writes it, and no receive is posted into it.
+                let bytes: &[u8] = unsafe { &*buf };
+                out.clear();
+                out.extend_from_slice(&bytes[..len]);
+            }
+            Arrived::Big(message, len) => {
+                out.clear();
+                out.resize(len, 0);
+                message.matched_receive_into(&mut out[..]);
+            }
+            Arrived::Announced => unreachable!("probe returns true only once matched"),
+        }
         Ok(true)
     }
 
@@ -361,10 +471,22 @@ impl RecvChannel for RankReceiver {
 
 impl Drop for RankReceiver {
     fn drop(&mut self) {
+        let _comm = self.world.lock();
         // A matched message must be received: take it (nobody reads it now).
-        if let Some((message, len)) = self.matched.take() {
-            let _comm = self.world.lock();
+        if let Some(Arrived::Big(message, len)) = self.arrived.take() {
             message.matched_receive_into(&mut vec![0u8; len][..]);
+        }
+        if let Some(PostedReceive { request, buf }) = self.posted.take() {
+            // Cancelled, or it completed meanwhile: either way it has ended
+            // once `wait` returns, and MPI no longer writes `buf`.
+            request.cancel();
+            request.wait();
+            self.spare = Some(buf);
+        }
+        if let Some(buf) = self.spare.take() {
+            // SAFETY: `buf` is the leaked box of `new`; no receive is posted
+            // into it (none, or the one above ended), so it is ours again.
+            drop(unsafe { Box::from_raw(buf) });
         }
     }
 }
