@@ -38,11 +38,8 @@ where
     match xme_core::process::catch_panic(|| f(args)) {
         Ok(r) => {
             let start = out.len();
-            match postcard::to_extend(&r, std::mem::take(out)) {
-                Ok(v) => {
-                    *out = v;
-                    Ran::Value
-                }
+            match crate::call_frame::encode_into(&r, out) {
+                Ok(()) => Ran::Value,
                 Err(e) => {
                     out.truncate(start);
                     Ran::Failed(format!("could not encode the result: {e}"))

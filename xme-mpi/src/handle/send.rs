@@ -37,7 +37,7 @@ pub(crate) struct BatchArgs<'a, A>(pub &'a [A]);
 impl<A: Serialize> Body for BatchArgs<'_, A> {
     fn append(&self, mut out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
         for a in self.0 {
-            call_frame::push_batch_call(&mut out, |v| postcard::to_extend(a, v))?;
+            call_frame::push_batch_call(&mut out, a)?;
         }
         Ok(out)
     }
