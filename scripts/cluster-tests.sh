@@ -105,6 +105,8 @@ expect_failure "a unit that never returns and a stopped rank, mpirun" 8 "hung-ra
   "${mpirun[@]}" -n 4 "$check" hung-rank 3
 expect_failure "every slot held by dropped calls on a stopped rank, mpirun" 8 "dropped-slots ok" \
   "${mpirun[@]}" -n 3 "$check" dropped-slots 3
+expect_failure "close of a rank whose direct call never returns, mpirun" 8 "close-direct ok" \
+  "${mpirun[@]}" -n 3 "$check" close-direct
 
 # ---- two hosts: network namespaces joined by a veth pair -------------------
 ns_a=xmeci-a-$$

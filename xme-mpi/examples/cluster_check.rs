@@ -18,6 +18,7 @@
 //! srun --mpi=pmix -n 3 cluster_check dead-rank SECS   # the last rank SIGKILLs itself at its call 50
 //! srun --mpi=pmix -n 4 cluster_check hung-rank SECS   # a unit that never returns; a stopped rank
 //! srun --mpi=pmix -n 3 cluster_check dies-at-start SECS   # the last rank dies before MPI_Init
+//! mpirun -n 3 cluster_check close-direct   # close a rank whose direct call never returns
 //! ```
 //!
 //! Rank 0 checks what it sees (the lost rank's calls fail with the typed
@@ -501,6 +502,49 @@ fn hung_rank(m: &MpiHandle<'_>, u: &Units, deadline: Duration) -> Result<String,
     ))
 }
 
+/// `close` of a rank while another thread's direct `block_acquire` (which
+/// holds the replies' lock for its whole call) runs a unit that never
+/// returns: `close` returns after its grace (it once waited for the call,
+/// for ever), the direct call fails as closed, and the other rank serves
+/// every call once with its own result. The rank lingers: `run` then ends
+/// the job.
+fn close_direct(m: &MpiHandle<'_>, u: &Units) -> Result<String, String> {
+    let procs = m.processes();
+    let (&hung, rest) = procs.split_last().ok_or("no logical process")?;
+    let survivor = *rest.first().ok_or("close-direct needs at least 3 ranks")?;
+    let (direct, took) = std::thread::scope(|s| {
+        let caller = s.spawn(|| m.block_acquire(&u.spin, &0, To::Process(hung)));
+        std::thread::sleep(Duration::from_millis(300));
+        let t = Instant::now();
+        let closed = m.close(To::Process(hung));
+        let took = t.elapsed();
+        (
+            caller.join().map_err(|_| "the caller panicked".to_string()),
+            (closed, took),
+        )
+    });
+    let (closed, took) = took;
+    err(closed, "close")?;
+    ensure(
+        took < xme_mpi::CLOSE_GRACE + Duration::from_millis(1500),
+        || format!("close took {took:?}"),
+    )?;
+    match direct? {
+        Err(MpiError::Closed { process, .. }) if process == hung => {}
+        other => return Err(format!("the direct call: {other:?}")),
+    }
+    for i in 0..200u64 {
+        let got = err(
+            m.block_acquire(&u.add, &(i, 2), To::Process(survivor)),
+            "survivor",
+        )?;
+        ensure(got == add((i, 2)), || format!("call {i} got {got}"))?;
+    }
+    Ok(format!(
+        "close returned after {took:?}; 200 calls to rank {survivor} served"
+    ))
+}
+
 fn units(mpi: &mut Mpi, mismatch: bool) -> Units {
     // In mismatch mode every rank but 0 registers `add` with other types.
     let add = if mismatch {
@@ -577,6 +621,7 @@ fn main() {
             "dead-rank" => dead_rank(m, &units, cluster),
             "hung-rank" => hung_rank(m, &units, deadline),
             "dropped-slots" => dropped_slots(m, &units),
+            "close-direct" => close_direct(m, &units),
             _ => return suite(m, &units, cluster).map(|n| format!("{n} passed, 0 failed")),
         };
         // Said here: once a rank is lost, `run` ends the job on return.

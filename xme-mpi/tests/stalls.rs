@@ -219,3 +219,63 @@ fn a_call_cut_by_close_is_reported_closed_not_died() {
 fn a_direct_call_cut_by_close_is_reported_closed_and_close_keeps_its_grace() {
     close_against_a_waiter(true);
 }
+
+/// `close` of a process that runs a unit for ever while another thread
+/// waits for room in its full request channel (holding the channel's send
+/// lock, which `close` needs to queue EXIT): `close` returns after its
+/// grace (it once waited for that room for ever), the waiting call is
+/// refused as closed, the calls queued before are failed as closed, and
+/// process 2 serves on.
+#[test]
+fn close_ends_a_process_behind_a_caller_waiting_for_room() {
+    clean(|| {
+        // 4 KiB channels: two 1,500-byte requests fill one.
+        let mut mpi = Mpi::new(3).unwrap().channel_bytes(4096);
+        let nap = mpi.register("nap", nap);
+        let echo = mpi.register("echo", |v: Vec<u8>| v.len() as u64);
+        let inc = mpi.register("inc", |x: u64| x + 1);
+        mpi.run(|m| {
+            let busy = m.acquire(&nap, &600_000, To::Process(1)).unwrap();
+            let (queued, refused, took) = bounded(
+                "close behind a full channel",
+                Duration::from_secs(20),
+                || {
+                    std::thread::scope(|sc| {
+                        let writer = sc.spawn(|| {
+                            let mut queued = Vec::new();
+                            loop {
+                                match m.acquire(&echo, &vec![7u8; 1500], To::Process(1)) {
+                                    Ok(s) => queued.push(s),
+                                    Err(e) => return (queued, e),
+                                }
+                            }
+                        });
+                        std::thread::sleep(Duration::from_millis(300));
+                        let t = Instant::now();
+                        m.close(To::Process(1)).unwrap();
+                        let took = t.elapsed();
+                        let (queued, refused) = writer.join().unwrap();
+                        (queued, refused, took)
+                    })
+                },
+            );
+            let limit = CLOSE_GRACE + Duration::from_millis(1500);
+            assert!(took < limit, "close took {took:?}");
+            assert!(
+                matches!(refused, MpiError::Closed { process: 1, .. }),
+                "{refused}"
+            );
+            assert!(!queued.is_empty(), "the channel never filled");
+            for s in std::iter::once(m.get(busy).map(|_| ()))
+                .chain(queued.into_iter().map(|s| m.get(s).map(|_| ())))
+            {
+                assert!(
+                    matches!(s, Err(MpiError::Closed { process: 1, .. })),
+                    "{s:?}"
+                );
+            }
+            survivors(m, &inc, To::Process(2), 0, 100);
+        })
+        .unwrap();
+    });
+}

@@ -69,25 +69,7 @@ impl<'r> MpiHandle<'r> {
             }
             let deadline = Instant::now() + CLOSE_GRACE;
             if !l.forked {
-                // A rank cannot be waited for or killed from here: read its
-                // replies until it acknowledges EXIT (all sent before it),
-                // while it lives and answers.
-                let mut rx = l.recv.lock();
-                while !l.exit_acked.load(Ordering::Acquire)
-                    && Instant::now() < deadline
-                    && self.check_alive(l, &mut rx)
-                {
-                    if self.pump(l, &mut rx) == 0 {
-                        rx.channel.wait_recv(Duration::from_millis(1));
-                    }
-                }
-                if l.exit_acked.load(Ordering::Acquire) {
-                    let _ = l.ended.set(Ended::Closed(CLOSED_BY_MAIN.to_string()));
-                } else if l.ended.get().is_none() {
-                    self.end(l, Ended::Lingered, &mut rx);
-                }
-                drop(rx);
-                self.fail_pending(l);
+                self.close_rank(l, deadline);
                 continue;
             }
             let fate = loop {
@@ -121,6 +103,48 @@ impl<'r> MpiHandle<'r> {
             self.fail_pending(l);
         }
         Ok(())
+    }
+}
+
+impl MpiHandle<'_> {
+    /// A rank cannot be waited for or killed from here: reads its replies
+    /// until it acknowledges EXIT (all sent before it), while it lives and
+    /// answers, until `deadline`; then it lingered. The replies' lock is
+    /// only tried: a direct call holds it for its whole call (a unit that
+    /// runs for ever, for ever), and reads the replies itself, the
+    /// acknowledgement too; it then fails at its next liveness check.
+    fn close_rank(&self, l: &Link<'_>, deadline: Instant) {
+        while !l.exit_acked.load(Ordering::Acquire) && l.ended.get().is_none() {
+            let past = Instant::now() >= deadline;
+            match l.recv.try_lock() {
+                Some(mut rx) => {
+                    if !self.check_alive(l, &mut rx) {
+                        break;
+                    }
+                    // Past the grace, one last look at what came.
+                    if self.pump(l, &mut rx) == 0 {
+                        if past {
+                            break;
+                        }
+                        rx.channel.wait_recv(Duration::from_millis(1));
+                    }
+                }
+                None if past => break,
+                None => std::thread::sleep(Duration::from_millis(1)),
+            }
+        }
+        if l.exit_acked.load(Ordering::Acquire) {
+            let _ = l.ended.set(Ended::Closed(CLOSED_BY_MAIN.to_string()));
+        } else if l.ended.get().is_none() {
+            match l.recv.try_lock() {
+                Some(mut rx) => self.end(l, Ended::Lingered, &mut rx),
+                // The holder notices at its next liveness check.
+                None => {
+                    let _ = l.ended.set(Ended::Lingered);
+                }
+            }
+        }
+        self.fail_pending(l);
     }
 }
 

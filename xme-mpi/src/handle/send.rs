@@ -112,6 +112,21 @@ impl<'r> MpiHandle<'r> {
             return Ok(true);
         }
         while !tx.channel.try_send(&tx.buf) {
+            // `close` waits for this lock to queue EXIT: a call not yet
+            // queued when it starts is refused, never waited for (the
+            // process may run a unit for ever, and take nothing more).
+            if link.closing.load(Ordering::Acquire) {
+                // Never below 0: `fail_pending` may have zeroed it.
+                let _ = link
+                    .load
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        Some(n.saturating_sub(1))
+                    });
+                return Err(MpiError::Closed {
+                    process: link.id,
+                    reason: CLOSED_WHILE_QUEUED.to_string(),
+                });
+            }
             // The process may itself wait for room for its replies: read
             // them before waiting, so that neither side waits on the other
             // (a thread that holds the replies' lock reads them itself; the
@@ -270,6 +285,11 @@ impl MpiHandle<'_> {
 pub(crate) fn direct_backstop(deadline: Duration) -> Duration {
     deadline.saturating_add((deadline / 2).max(Duration::from_millis(100)))
 }
+
+/// Why a call that waited for room in a closing process's request
+/// channel was refused.
+const CLOSED_WHILE_QUEUED: &str = "the main process closed it (MpiHandle::close) while this call waited for room in its \
+     request channel";
 
 /// The slot number of a direct call (`block_acquire` without a slot).
 pub(crate) const DIRECT_SLOT: u32 = u32::MAX;
