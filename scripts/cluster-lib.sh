@@ -24,7 +24,7 @@ none_left() {
 expect_ok() {
   local name=$1 text=$2 out
   shift 2
-  if out=$(timeout 120 "$@" 2>&1) && grep -q -- "$text" <<<"$out" && none_left; then
+  if out=$(timeout -k 10 120 "$@" 2>&1) && grep -q -- "$text" <<<"$out" && none_left; then
     ok "$name ($(grep -o -- "$text.*" <<<"$out" | head -1 | cut -c1-80))"
   else
     echo "$out" | tail -20
@@ -38,7 +38,7 @@ expect_failure() {
   local name=$1 limit=$2 text=$3 out rc start took
   shift 3
   start=$(now)
-  out=$(timeout 120 "$@" 2>&1) && rc=0 || rc=$?
+  out=$(timeout -k 10 120 "$@" 2>&1) && rc=0 || rc=$?
   took=$(secs_since "$start")
   if [ "$rc" -eq 0 ]; then
     echo "$out" | tail -20

@@ -27,7 +27,7 @@ fi
 # Open MPI refuses root unless told; more ranks than cores needs oversubscription.
 ompi() {
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1 \
-    timeout 120 mpirun.openmpi "$@"
+    timeout -k 10 120 mpirun.openmpi "$@"
 }
 
 # ---- builds ---------------------------------------------------------------
@@ -140,7 +140,7 @@ if ip netns add "$ns_a" && ip netns add "$ns_b" &&
   ip -n "$ns_a" link set lo up && ip -n "$ns_b" link set lo up; then
   expect_pass "Open MPI, two hosts (network namespaces), 3 ranks" \
     ip netns exec "$ns_a" env OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 \
-    timeout 120 mpirun.openmpi --host "$addr_a:2,$addr_b:1" --bind-to none \
+    timeout -k 10 120 mpirun.openmpi --host "$addr_a:2,$addr_b:1" --bind-to none \
     --mca plm_rsh_agent "$agent" --mca plm_rsh_no_tree_spawn 1 \
     --mca pml ob1 --mca btl tcp,self --mca btl_tcp_if_include 10.213.77.0/24 \
     --mca oob_tcp_if_include 10.213.77.0/24 -n 3 "$check" suite --hosts 2
@@ -149,7 +149,7 @@ else
 fi
 
 # ---- MPICH ------------------------------------------------------------------
-expect_pass "MPICH, shared memory, 3 ranks" timeout 120 mpiexec.mpich -n 3 target/mpich/release/examples/cluster_check
+expect_pass "MPICH, shared memory, 3 ranks" timeout -k 10 120 mpiexec.mpich -n 3 target/mpich/release/examples/cluster_check
 expect_failure "a rank SIGKILLed at its call 50, MPICH mpiexec" 8 "" \
   mpiexec.mpich -n 3 target/mpich/release/examples/cluster_check dead-rank 3
 expect_failure "a unit that never returns and a stopped rank, MPICH mpiexec" 8 "hung-rank ok" \
