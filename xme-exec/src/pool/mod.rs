@@ -291,6 +291,7 @@ impl PoolBuilder {
             zygote_pid: AtomicI32::new(0),
             call_ns: AtomicU64::new(0),
             owner: xme_core::process::current_pid(),
+            nudges: AtomicU64::new(0),
         });
         let handle = driver::start(shared.clone(), region, self.start)?;
         Ok(Pool {
