@@ -338,8 +338,13 @@ enum Arrived {
     Small(usize),
     /// Announced: its bytes are on the big tag, not yet matched.
     Announced,
-    /// Matched on the big tag (`MPI_Improbe`), received by the next `try_recv`.
-    Big(mpi::point_to_point::Message, usize),
+    /// Matched on the big tag and being received (`MPI_Imrecv`, never a
+    /// blocking receive: over TCP a large message moves only when its
+    /// sender next calls MPI, and a blocking receive would hold the world
+    /// lock, every other rank's traffic and the heartbeats, until then).
+    Receiving(PostedReceive),
+    /// Received whole: the buffer of `Receiving`, taken back.
+    Big(Vec<u8>),
 }
 
 // SAFETY: the request, the leaked buffers and the matched message are used
@@ -364,8 +369,9 @@ impl RankReceiver {
     /// lock, `comm`): whether one arrived.
     fn probe(&mut self, comm: &SimpleCommunicator) -> Result<bool, Corrupt> {
         match self.arrived {
-            Some(Arrived::Small(_) | Arrived::Big(..)) => return Ok(true),
+            Some(Arrived::Small(_) | Arrived::Big(_)) => return Ok(true),
             Some(Arrived::Announced) => return self.probe_big(comm),
+            Some(Arrived::Receiving(_)) => return Ok(self.test_big()),
             None => {}
         }
         if let Some(buf) = self.spare.take() {
@@ -417,8 +423,14 @@ impl RankReceiver {
         let len = status.count(u8::equivalent_datatype());
         match usize::try_from(len) {
             Ok(len) => {
-                self.arrived = Some(Arrived::Big(message, len));
-                Ok(true)
+                let buf: *mut [u8] = Box::leak(vec![0u8; len].into_boxed_slice());
+                // SAFETY: `buf` is the leaked box just made; the borrow lent
+                // to the receive lives until it completes (`test_big`) or
+                // is cancelled (`drop`), and only then is the box taken back.
+                let data: &'static mut [u8] = unsafe { &mut *buf };
+                let request = message.immediate_matched_receive_into(StaticScope, data);
+                self.arrived = Some(Arrived::Receiving(PostedReceive { request, buf }));
+                Ok(self.test_big())
             }
             Err(_) => {
                 self.arrived = None;
@@ -427,6 +439,36 @@ impl RankReceiver {
                     "a message of {len} bytes from rank {}",
                     self.rank
                 )))
+            }
+        }
+    }
+}
+
+impl RankReceiver {
+    /// [`test_big`](Self::test_big), taking the world lock.
+    fn test_big_locked(&mut self) -> bool {
+        let world = self.world.clone();
+        let _comm = world.lock();
+        self.test_big()
+    }
+
+    /// Whether the large frame being received has come whole (the caller
+    /// holds the world lock).
+    fn test_big(&mut self) -> bool {
+        let Some(Arrived::Receiving(PostedReceive { request, buf })) = self.arrived.take() else {
+            unreachable!("called while a large frame is being received");
+        };
+        match request.test() {
+            Ok(_) => {
+                // SAFETY: `buf` was leaked by `probe_big` for this receive,
+                // which just completed: MPI no longer writes it.
+                let bytes = unsafe { Box::from_raw(buf) }.into_vec();
+                self.arrived = Some(Arrived::Big(bytes));
+                true
+            }
+            Err(request) => {
+                self.arrived = Some(Arrived::Receiving(PostedReceive { request, buf }));
+                false
             }
         }
     }
@@ -450,12 +492,10 @@ impl RecvChannel for RankReceiver {
                 out.clear();
                 out.extend_from_slice(&bytes[..len]);
             }
-            Arrived::Big(message, len) => {
-                out.clear();
-                out.resize(len, 0);
-                message.matched_receive_into(&mut out[..]);
+            Arrived::Big(bytes) => *out = bytes,
+            Arrived::Announced | Arrived::Receiving(_) => {
+                unreachable!("probe returns true only once received")
             }
-            Arrived::Announced => unreachable!("probe returns true only once matched"),
         }
         Ok(true)
     }
@@ -471,11 +511,29 @@ impl RecvChannel for RankReceiver {
 
 impl Drop for RankReceiver {
     fn drop(&mut self) {
-        let _comm = self.world.lock();
-        // A matched message must be received: take it (nobody reads it now).
-        if let Some(Arrived::Big(message, len)) = self.arrived.take() {
-            message.matched_receive_into(&mut vec![0u8; len][..]);
+        // A large frame being received must end before its buffer goes (a
+        // matched receive cannot be cancelled): wait for it, as a sender's
+        // drop does, then give it up, its buffer leaked, if its rank never
+        // sends the rest.
+        let start = Instant::now();
+        while matches!(self.arrived, Some(Arrived::Receiving(_))) {
+            if !self.test_big_locked() {
+                if start.elapsed() >= SEND_DRAIN {
+                    if let Some(Arrived::Receiving(PostedReceive { request, .. })) =
+                        self.arrived.take()
+                    {
+                        // SAFETY: the request is left to MPI, never waited
+                        // on again; its buffer (leaked by `probe_big`) is
+                        // never taken back, so MPI may write it for as long
+                        // as the process lives.
+                        let _ = unsafe { request.into_raw() };
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
+        let _comm = self.world.lock();
         if let Some(PostedReceive { request, buf }) = self.posted.take() {
             // Cancelled, or it completed meanwhile: either way it has ended
             // once `wait` returns, and MPI no longer writes `buf`.
