@@ -107,6 +107,15 @@ expect_failure "every slot held by dropped calls on a stopped rank, mpirun" 8 "d
   "${mpirun[@]}" -n 3 "$check" dropped-slots 3
 expect_failure "close of a rank whose direct call never returns, mpirun" 8 "close-direct ok" \
   "${mpirun[@]}" -n 3 "$check" close-direct
+# Over TCP a large message moves only when its sender calls MPI: a rank
+# that replied 200 KB and went on into a 3 s unit must hold up no other.
+if out=$(timeout -k 10 120 "${mpirun[@]}" -n 3 --mca pml ob1 --mca btl tcp,self \
+  --mca btl_tcp_if_include lo "$check" big-reply 2>&1) && grep -q "big-reply ok" <<<"$out"; then
+  ok "a busy rank's large reply over TCP holds up no other rank ($(grep -o 'worst.*' <<<"$out" | head -1))"
+else
+  echo "$out" | tail -20
+  bad "a busy rank's large reply over TCP holds up no other rank"
+fi
 
 # ---- two hosts: network namespaces joined by a veth pair -------------------
 ns_a=xmeci-a-$$

@@ -19,6 +19,7 @@
 //! srun --mpi=pmix -n 4 cluster_check hung-rank SECS   # a unit that never returns; a stopped rank
 //! srun --mpi=pmix -n 3 cluster_check dies-at-start SECS   # the last rank dies before MPI_Init
 //! mpirun -n 3 cluster_check close-direct   # close a rank whose direct call never returns
+//! mpirun -n 3 cluster_check big-reply      # a busy rank's large reply holds up no other rank (TCP)
 //! ```
 //!
 //! Rank 0 checks what it sees (the lost rank's calls fail with the typed
@@ -53,6 +54,8 @@ struct Units {
     spin: Unit<u64, u64>,
     /// Stops its own process (SIGSTOP): it answers nothing more.
     stop: Unit<u64, u64>,
+    /// Sleeps this many milliseconds.
+    nap: Unit<u64, u64>,
 }
 
 fn add((a, b): (u64, u64)) -> u64 {
@@ -545,6 +548,46 @@ fn close_direct(m: &MpiHandle<'_>, u: &Units) -> Result<String, String> {
     ))
 }
 
+/// A rank sends a 200 KB reply, then runs a 3 s unit: over TCP the reply's
+/// bytes move only when that rank next calls MPI. Meanwhile every call to
+/// another rank must be served at once (rank 0 once finished the large
+/// frame with a blocking receive under its one MPI lock: each call to the
+/// other ranks then waited up to 2.3 s), and the reply must come whole.
+fn big_reply(m: &MpiHandle<'_>, u: &Units) -> Result<String, String> {
+    let procs = m.processes();
+    let (&busy, rest) = procs.split_first().ok_or("no logical process")?;
+    let other = *rest.first().ok_or("big-reply needs at least 3 ranks")?;
+    let big = vec![9u8; 200_000];
+    let reply = err(m.acquire(&u.echo, &big, To::Process(busy)), "echo")?;
+    let napping = err(m.acquire(&u.nap, &3000, To::Process(busy)), "nap")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let (back, worst) = std::thread::scope(|s| {
+        let waiter = s.spawn(|| m.get(reply));
+        let mut worst = Duration::ZERO;
+        let end = Instant::now() + Duration::from_millis(2000);
+        let mut i = 0u64;
+        while Instant::now() < end {
+            let t = Instant::now();
+            let got = m.block_acquire(&u.add, &(i, 1), To::Process(other));
+            worst = worst.max(t.elapsed());
+            if got.as_ref().ok() != Some(&add((i, 1))) {
+                return (Err(format!("call {i} to rank {other}: {got:?}")), worst);
+            }
+            i += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let back = waiter.join().map_err(|_| "the waiter panicked".to_string());
+        (back.and_then(|r| r.map_err(|e| e.to_string())), worst)
+    });
+    let back = back?;
+    ensure(back == big, || "the large reply came back wrong".into())?;
+    ensure(worst < Duration::from_millis(500), || {
+        format!("a call to rank {other} waited {worst:?} behind the large reply")
+    })?;
+    err(m.get(napping), "nap")?;
+    Ok(format!("worst call to rank {other} meanwhile {worst:?}"))
+}
+
 fn units(mpi: &mut Mpi, mismatch: bool) -> Units {
     // In mismatch mode every rank but 0 registers `add` with other types.
     let add = if mismatch {
@@ -567,6 +610,10 @@ fn units(mpi: &mut Mpi, mismatch: bool) -> Units {
                 std::thread::sleep(Duration::from_millis(50));
                 std::hint::black_box(x);
             }
+        }),
+        nap: mpi.register("nap", |ms: u64| {
+            std::thread::sleep(Duration::from_millis(ms));
+            ms
         }),
         stop: mpi.register("stop", |x: u64| {
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
@@ -622,6 +669,7 @@ fn main() {
             "hung-rank" => hung_rank(m, &units, deadline),
             "dropped-slots" => dropped_slots(m, &units),
             "close-direct" => close_direct(m, &units),
+            "big-reply" => big_reply(m, &units),
             _ => return suite(m, &units, cluster).map(|n| format!("{n} passed, 0 failed")),
         };
         // Said here: once a rank is lost, `run` ends the job on return.
