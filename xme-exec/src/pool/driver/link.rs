@@ -118,6 +118,9 @@ pub(super) struct WorkerLink {
     pub kill: Option<Kill>,
     /// The socket may have bytes (poll said so, or we have not looked).
     pub readable: bool,
+    /// The ring position of a large result whose bytes were not read yet
+    /// when its record was (the socket is then read once more at once).
+    pub big_retry: Option<u64>,
     /// The worker closed its socket.
     pub hup: bool,
     /// Its pidfd says it ended.
@@ -148,6 +151,7 @@ impl WorkerLink {
             stop_again: None,
             kill: None,
             readable: true,
+            big_retry: None,
             hup: false,
             ended: false,
             fate: None,
@@ -293,6 +297,7 @@ impl Driver {
             return;
         }
         let mut broken = None;
+        let mut big_unread = false;
         let tasks = &mut link.tasks;
         let bigs = &mut link.bigs;
         let mut current = tasks.iter().position(|s| !s.complete());
@@ -309,6 +314,7 @@ impl Driver {
                         ring::copy_payload(words, len, &mut sent.block.data);
                     } else {
                         let Some(big) = bigs.pop_front() else {
+                            big_unread = true;
                             return false; // still on its way: read the socket first
                         };
                         sent.block.data.extend_from_slice(&big);
@@ -339,6 +345,14 @@ impl Driver {
         });
         if drained.is_err() {
             broken = Some("a corrupt ring".to_string());
+        }
+        // The worker wrote the result's bytes before its record: they are
+        // in the socket, which the driver awake (spinning) did not poll.
+        // Read it at once, not after a spin and a poll; once per record, so
+        // a record with no bytes behind it cannot keep the driver busy.
+        if big_unread && link.big_retry != Some(link.head) {
+            link.big_retry = Some(link.head);
+            link.readable = true;
         }
         ring.release(link.head);
         slot.header.space.notify();

@@ -371,6 +371,21 @@ impl Driver {
         if in_flight > self.shared.pnum {
             return false;
         }
+        // The soonest task end, by the measured time of a call: one due
+        // later than the spin lasts is not caught by it, and a spin after
+        // each submission (short waits, so `spin_pays`) would cost its
+        // whole length per call of such a pool.
+        if let Some(call_ns) = self.call_ns {
+            let soonest = self
+                .workers
+                .iter()
+                .filter_map(|w| w.pending().next())
+                .map(|s| (s.task.calls as usize).saturating_sub(s.received()) as f64 * call_ns)
+                .fold(f64::INFINITY, f64::min);
+            if soonest.is_finite() && soonest > SPIN.as_nanos() as f64 {
+                return false;
+            }
+        }
         let nudges = self.shared.nudges.load(Ordering::Acquire);
         let until = std::time::Instant::now() + SPIN;
         loop {
@@ -403,7 +418,9 @@ impl Driver {
                 || (self.workers.len() < self.shared.pnum
                     && self.spawn_refused.is_none()
                     && self.spawning.is_none()));
-        if dispatchable || self.spin() {
+        // A socket to read now (a large result's bytes): no spin, no poll.
+        let readable = self.workers.iter().any(|w| w.readable && !w.hup);
+        if dispatchable || readable || self.spin() {
             return;
         }
         doorbell::prepare_sleep(&self.region.header().driver_sleeping);
