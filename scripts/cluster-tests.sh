@@ -105,8 +105,17 @@ expect_failure "a unit that never returns and a stopped rank, mpirun" 8 "hung-ra
   "${mpirun[@]}" -n 4 "$check" hung-rank 3
 expect_failure "every slot held by dropped calls on a stopped rank, mpirun" 8 "dropped-slots ok" \
   "${mpirun[@]}" -n 3 "$check" dropped-slots 3
-expect_failure "close of a rank whose direct call never returns, mpirun" 8 "close-direct ok" \
-  "${mpirun[@]}" -n 3 "$check" close-direct
+# What is checked here is close (its grace, the direct call's error, the
+# survivor), said by rank 0 before the job ends. The job then ends with
+# MPI_Abort, after which Open MPI 4.1.4's mpirun once hung until killed
+# (130 s; it also crashes in PMIx_server_finalize now and then): its exit
+# is not this check's subject, so it is given 30 s and not timed.
+if out=$(timeout -k 5 30 "${mpirun[@]}" -n 3 "$check" close-direct 2>&1); grep -q "close-direct ok" <<<"$out"; then
+  ok "close of a rank whose direct call never returns, mpirun ($(grep -o 'close returned after [0-9.]*s' <<<"$out" | head -1))"
+else
+  echo "$out" | tail -20
+  bad "close of a rank whose direct call never returns, mpirun"
+fi
 # Over TCP a large message moves only when its sender calls MPI: a rank
 # that replied 200 KB and went on into a 3 s unit must hold up no other.
 if out=$(timeout -k 10 120 "${mpirun[@]}" -n 3 --mca pml ob1 --mca btl tcp,self \
