@@ -37,9 +37,22 @@ expect_ok() {
 expect_failure() {
   local name=$1 limit=$2 text=$3 out rc start took
   shift 3
-  start=$(now)
-  out=$(timeout -k 10 120 "$@" 2>&1) && rc=0 || rc=$?
-  took=$(secs_since "$start")
+  local attempt
+  for attempt in 1 2; do
+    start=$(now)
+    out=$(timeout -k 10 120 "$@" 2>&1) && rc=0 || rc=$?
+    took=$(secs_since "$start")
+    # Open MPI 4.1.4's mpirun now and then hangs (or crashes in
+    # PMIx_server_finalize) after the job's MPI_Abort, with every rank
+    # gone: a launcher past the limit is given one more launch, said here.
+    if [ "$attempt" -eq 1 ] && [ "$rc" -ne 0 ] &&
+      awk -v t="$took" -v l="$limit" 'BEGIN { exit !(t > l) }'; then
+      echo "    $name: the launcher took ${took} s (limit ${limit} s); launched once more"
+      none_left >/dev/null 2>&1 || true
+      continue
+    fi
+    break
+  done
   if [ "$rc" -eq 0 ]; then
     echo "$out" | tail -20
     bad "$name: the launcher exited 0"
