@@ -120,42 +120,7 @@ pub(crate) fn push_batch_call<A: serde::Serialize + ?Sized>(
     Ok(())
 }
 
-/// Appends `value`, postcard-encoded, to `out`; on an error `out` may hold
-/// part of it (the caller truncates).
-///
-/// postcard's `to_extend` takes the vector by value and gives it back in
-/// a `Result`: for a batch of small calls, moving it in and out per call
-/// cost more than the encoding (a third of the main process's time in a
-/// `map` of trivial calls).
-pub(crate) fn encode_into<T: serde::Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), postcard::Error> {
-    postcard::serialize_with_flavor(value, VecTail(out))
-}
-
-/// A postcard output that appends to a borrowed vector.
-struct VecTail<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for VecTail<'_> {
-    type Output = ();
-
-    #[inline(always)]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    #[inline(always)]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
+pub(crate) use xme_core::result_frame::encode_into;
 
 /// Splits a batch request's body into its calls' arguments; `None` at a
 /// malformed entry.

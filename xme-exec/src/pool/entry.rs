@@ -69,44 +69,7 @@ where
     }
 }
 
-/// Appends `value`'s postcard bytes to `out`.
-pub(crate) fn encode_into<T: Serialize + ?Sized>(
-    value: &T,
-    out: &mut Vec<u8>,
-) -> Result<(), postcard::Error> {
-    postcard::serialize_with_flavor(value, AppendTo(out))
-}
-
-/// A postcard flavor that appends to a vector it borrows: one `push` per
-/// byte and a copy per longer slice (postcard's `io::Write` flavor makes a
-/// `write_all` call per byte, which showed in profiles of short calls).
-struct AppendTo<'a>(&'a mut Vec<u8>);
-
-impl postcard::ser_flavors::Flavor for AppendTo<'_> {
-    type Output = ();
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        if data.len() <= 16 {
-            for &b in data {
-                self.0.push(b);
-            }
-        } else {
-            self.0.extend_from_slice(data);
-        }
-        Ok(())
-    }
-
-    #[inline]
-    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
-        self.0.push(data);
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<()> {
-        Ok(())
-    }
-}
+pub(crate) use xme_core::result_frame::encode_into;
 
 /// The panic report of a `PANICKED` result.
 pub(crate) fn panic_report(bytes: &[u8]) -> PanicReport {
