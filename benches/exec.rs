@@ -4,7 +4,9 @@
 //! - floor/fork_pipe8: the same, the child writing 8 bytes to a pipe first.
 //! - floor/2forks_10frames: 2 forks, 10 frames of 8 bytes over their pipes,
 //!   2 reaps: the least any 2-process run of 10 calls can cost.
-//! - fun/10_trivial_pnum2: `Xme::fun` over 10 trivial calls with pnum = 2.
+//! - fun/10_trivial_pnum2: `Xme::fun` over 10 trivial calls with pnum = 2
+//!   (`Spawning::OnDemand`, the default: one worker is worth forking here);
+//!   fun/10_trivial_pnum2_eager: the same with both workers forked at once.
 //! - sum/*: a CPU-bound sum, split in 2 calls with pnum = 2, vs one process,
 //!   and vs the same two halves in two raw forked processes (the machine's ceiling).
 //! - result/*: one call returning 10 MiB of bytes already encoded by the task
@@ -23,7 +25,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, fork, pipe, read, write};
 use xme::exec::RawBytes;
-use xme::{Array, Xme};
+use xme::{Array, Spawning, Xme};
 
 /// Forks a child that writes `frames` 8-byte frames to a new pipe and exits.
 fn fork_writer(frames: usize) -> (nix::unistd::Pid, OwnedFd) {
@@ -88,13 +90,18 @@ fn floors(c: &mut Criterion) {
 }
 
 fn fun(c: &mut Criterion) {
-    let xme = Xme::new().pnum(2).print_in_screen(false);
-    c.bench_function("fun/10_trivial_pnum2", |b| {
-        b.iter(|| {
-            let out = xme.fun(|x: u64| x + 1, Array::new(0..10u64)).unwrap();
-            black_box(out.into_result().unwrap())
-        })
-    });
+    for (name, spawning) in [
+        ("fun/10_trivial_pnum2", Spawning::OnDemand),
+        ("fun/10_trivial_pnum2_eager", Spawning::Eager),
+    ] {
+        let xme = Xme::new().pnum(2).print_in_screen(false).spawning(spawning);
+        c.bench_function(name, |b| {
+            b.iter(|| {
+                let out = xme.fun(|x: u64| x + 1, Array::new(0..10u64)).unwrap();
+                black_box(out.into_result().unwrap())
+            })
+        });
+    }
 }
 
 /// One addition at a time (black_box: no closed form), from `lo` to `hi`.

@@ -63,7 +63,8 @@ pub use xme_shm as shm;
 pub use xme_array::{Array, Same};
 pub use xme_core::Operator;
 pub use xme_exec::{
-    Call, CallSet, Context, ExecError, Job, Outcomes, Pool, PoolJob, TaskError, TaskFailure, Xme,
+    Call, CallSet, Context, ExecError, Job, Outcomes, Pool, PoolJob, Spawning, TaskError,
+    TaskFailure, Xme,
 };
 pub use xme_log::Logger;
 

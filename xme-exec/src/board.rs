@@ -132,7 +132,13 @@ impl Board {
 
     /// True while some call has not been claimed yet.
     pub fn has_unclaimed(&self) -> bool {
-        (self.cursor().load(Ordering::Acquire) as usize) < self.calls
+        self.unclaimed() > 0
+    }
+
+    /// How many calls may still be free (calls from the cursor on).
+    pub fn unclaimed(&self) -> usize {
+        self.calls
+            .saturating_sub(self.cursor().load(Ordering::Acquire) as usize)
     }
 }
 

@@ -62,6 +62,8 @@ mod context;
 #[cfg(not(loom))]
 mod error;
 #[cfg(not(loom))]
+mod fanout;
+#[cfg(not(loom))]
 mod job;
 #[cfg(not(loom))]
 mod outcomes;
@@ -91,6 +93,8 @@ mod xme;
 pub use context::Context;
 #[cfg(not(loom))]
 pub use error::{ExecError, TaskError, TaskFailure};
+#[cfg(not(loom))]
+pub use fanout::Spawning;
 #[cfg(not(loom))]
 #[doc(hidden)]
 pub use job::ErasedJob;

@@ -12,6 +12,7 @@ use xme_core::result_frame::FrameReader;
 use xme_core::{Error, Fate, monotonic_ns};
 
 use crate::board::Board;
+use crate::fanout::{Decision, Fanout, Spawning};
 use crate::job::ErasedJob;
 use crate::worker::WorkerPlan;
 use crate::{ExecError, TaskFailure};
@@ -30,6 +31,7 @@ const BARREN_LIMIT: usize = 4;
 
 pub(crate) struct RunSpec<'a> {
     pub pnum: usize,
+    pub spawning: Spawning,
     pub default_timeout: Option<Duration>,
     pub logger: &'a xme_log::Logger,
     /// Stops the run when it returns true (`Xme::interrupt_when`).
@@ -143,7 +145,9 @@ pub(crate) fn run<D>(
     let mut serials = 1u32..;
     let mut live: Vec<Worker> = Vec::with_capacity(slots);
     let mut spawn_error = None;
-    for slot in 0..slots {
+    let mut fanout = Fanout::new(spec.spawning, slots, monotonic_ns());
+    for _ in 0..fanout.initial() {
+        let slot = fanout.open_slot().expect("initial() <= slots");
         let serial = serials.next().expect("unbounded range");
         match spawn(&mut ledger, &board, spec, data, slot, serial) {
             Ok(w) => live.push(w),
@@ -157,12 +161,19 @@ pub(crate) fn run<D>(
             spawn_error.expect("slots >= 1, so an empty pool means a spawn failed"),
         ));
     }
-    if let Some(e) = &spawn_error {
-        let _ = spec.logger.entry().msgtype("Warning").print(format!(
-            "only {} of {slots} worker processes started: {e}",
-            live.len()
-        ));
-    }
+    let mut warned_short = false;
+    let mut warn_if_short = |live: &[Worker], spawn_error: &Option<Error>| {
+        if let Some(e) = spawn_error
+            && !warned_short
+        {
+            warned_short = true;
+            let _ = spec.logger.entry().msgtype("Warning").print(format!(
+                "only {} of {slots} worker processes started: {e}",
+                live.len()
+            ));
+        }
+    };
+    warn_if_short(&live, &spawn_error);
 
     // Workers in a row that ended without taking a call, and how the last did.
     let mut barren = 0usize;
@@ -172,6 +183,19 @@ pub(crate) fn run<D>(
     let mut last_interrupt_check = Instant::now();
     while !live.is_empty() {
         let mut wait = next_deadline(&live, &board, &ledger, &timeouts).unwrap_or(TICK);
+        if let Some(look_again) = widen(
+            &mut fanout,
+            &mut live,
+            &mut ledger,
+            &board,
+            spec,
+            data,
+            &mut serials,
+            &mut spawn_error,
+        ) {
+            wait = wait.min(look_again);
+        }
+        warn_if_short(&live, &spawn_error);
         if spec.interrupt.is_some() {
             wait = wait.min(INTERRUPT_EVERY);
         }
@@ -306,6 +330,45 @@ pub(crate) fn run<D>(
         }
     }
     Ok(())
+}
+
+/// Forks the workers the fan-out asks for now; the time until it should be
+/// asked again, if it should.
+#[allow(clippy::too_many_arguments)]
+fn widen<D>(
+    fanout: &mut Fanout,
+    live: &mut Vec<Worker>,
+    ledger: &mut Ledger<'_, '_, D>,
+    board: &Board,
+    spec: &RunSpec<'_>,
+    data: &D,
+    serials: &mut std::ops::RangeFrom<u32>,
+    spawn_error: &mut Option<Error>,
+) -> Option<Duration> {
+    // A fork that failed is not retried here: the run goes on with the
+    // workers it has (a dead one is still replaced).
+    while spawn_error.is_none() {
+        let running = live
+            .iter()
+            .filter_map(|w| board.running(w.slot, w.serial))
+            .filter(|r| !ledger.done[r.call])
+            .map(|r| r.started_ns);
+        match fanout.decide(monotonic_ns(), board.unclaimed(), running) {
+            Decision::Idle => return None,
+            Decision::LookAgainIn(after) => return Some(after),
+            Decision::Fork => {
+                let slot = fanout
+                    .open_slot()
+                    .expect("decide forks only with a slot free");
+                let serial = serials.next().expect("unbounded range");
+                match spawn(ledger, board, spec, data, slot, serial) {
+                    Ok(w) => live.push(w),
+                    Err(e) => *spawn_error = Some(e),
+                }
+            }
+        }
+    }
+    None
 }
 
 /// How a worker process ended (`None`: reaped by the kernel, status
@@ -456,10 +519,9 @@ fn wait_readable<D>(
                 fds.push(PollFd::new(p, PollFlags::POLLIN));
             }
         }
-        // Round up so a deadline 0.4 ms away does not spin.
-        let ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
-        let timeout = PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX);
-        match poll(&mut fds, timeout) {
+        // ppoll, not poll: the fan-out's next look may be 0.1 ms away.
+        let timeout = nix::sys::time::TimeSpec::from_duration(wait);
+        match nix::poll::ppoll(&mut fds, Some(timeout), None) {
             Ok(_) => {}
             Err(nix::Error::EINTR) => signalled = true,
             Err(source) => {

@@ -9,6 +9,12 @@ pub(crate) fn count() -> usize {
 /// hazard, through the `log` crate (never on stdout).
 pub(crate) fn warn_if_threaded() {
     static ONCE: std::sync::Once = std::sync::Once::new();
+    // Counting reads /proc: not when the warning was given, or would go
+    // nowhere (no `log` backend takes warnings, as in the Python module,
+    // which warns through Python's `warnings` itself).
+    if ONCE.is_completed() || !log::log_enabled!(log::Level::Warn) {
+        return;
+    }
     let n = count();
     if n > 1 {
         ONCE.call_once(|| {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use xme_array::SplitArgs;
 use xme_log::Logger;
 
+use crate::fanout::Spawning;
 use crate::job::{JobTable, Plain, WithContext};
 use crate::runner::{self, RunSpec};
 use crate::{Context, ExecError, Job, Outcomes, Reply};
@@ -55,6 +56,7 @@ use crate::{Context, ExecError, Job, Outcomes, Reply};
 #[derive(Clone, Debug)]
 pub struct Xme {
     requested_pnum: Option<usize>,
+    spawning: Spawning,
     do_with_log: bool,
     show_version_info: bool,
     logger: Logger,
@@ -80,9 +82,21 @@ impl Default for Xme {
     }
 }
 
-/// Number of CPUs this process may run on.
+/// Number of CPUs this process may run on (its affinity and its cgroup's
+/// CPU quota), read at most once a second: reading it takes a dozen system
+/// calls, more than the rest of a small run's set-up.
 pub fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    static LAST: std::sync::Mutex<Option<(std::time::Instant, usize)>> =
+        std::sync::Mutex::new(None);
+    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
+    match *last {
+        Some((at, n)) if at.elapsed() < Duration::from_secs(1) => n,
+        _ => {
+            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+            *last = Some((std::time::Instant::now(), n));
+            n
+        }
+    }
 }
 
 impl Xme {
@@ -99,6 +113,7 @@ impl Xme {
     pub fn new() -> Xme {
         Xme {
             requested_pnum: None,
+            spawning: Spawning::OnDemand,
             do_with_log: true,
             show_version_info: false,
             logger: Logger::new(),
@@ -130,6 +145,33 @@ impl Xme {
     /// ```
     pub fn effective_pnum(&self) -> usize {
         self.requested_pnum.unwrap_or_else(cpus).clamp(1, cpus())
+    }
+
+    /// When workers are forked: by default one at first and more, up to
+    /// `pnum`, while the calls not yet taken would keep them busy for
+    /// longer than forking one takes ([`Spawning::OnDemand`]); or all at
+    /// the start ([`Spawning::Eager`]). Short calls then cost one fork
+    /// instead of `pnum`; long ones start on every worker within about
+    /// twice the time a worker takes to start (a few ms).
+    ///
+    /// ```
+    /// use std::collections::HashSet;
+    /// use std::time::Duration;
+    /// use xme_exec::{Array, Spawning, Xme};
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let slow = |_: u32| { std::thread::sleep(Duration::from_millis(300)); std::process::id() };
+    /// // Two calls of 300 ms: the first worker is joined by a second within a few ms.
+    /// let pids = Xme::new().pnum(2).fun(slow, Array::new(0..2u32))?.into_result()?;
+    /// assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 2.min(xme_exec::cpus()));
+    /// // Eager: both workers forked at once, whatever the calls.
+    /// let out = Xme::new().pnum(2).spawning(Spawning::Eager).fun(|x: u32| x + 1, Array::new(0..10u32))?;
+    /// assert_eq!(out.into_result()?, (1..=10).collect::<Vec<_>>());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn spawning(mut self, spawning: Spawning) -> Xme {
+        self.spawning = spawning;
+        self
     }
 
     /// Whether tasks log through the xme logger (`true`) or print plain lines
@@ -439,6 +481,7 @@ impl Xme {
         };
         let spec = RunSpec {
             pnum,
+            spawning: self.spawning,
             default_timeout: self.timeout,
             logger: &task_logger,
             interrupt: self.interrupt.as_ref().map(|c| &*c.0),
