@@ -9,7 +9,7 @@ use std::time::Duration;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyMemoryError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
-use xme_exec::{Array, ExecError, RawBytes, TaskFailure, Xme};
+use xme_exec::{Array, ExecError, RawBytes, Spawning, TaskFailure, Xme};
 
 use crate::XMEError;
 use crate::logputter::Logputter;
@@ -29,7 +29,7 @@ const WRAPPER_RAISED: u8 = b'R';
 /// every 50 ms: a pending exception (`KeyboardInterrupt` after Ctrl-C)
 /// stops the batch, kills and reaps every worker, and is raised.
 #[pyfunction]
-#[pyo3(signature = (calls, run_call, *, pnum, timeout=None, logger=None))]
+#[pyo3(signature = (calls, run_call, *, pnum, timeout=None, logger=None, eager=false))]
 pub(crate) fn run_batch(
     py: Python<'_>,
     calls: usize,
@@ -37,6 +37,7 @@ pub(crate) fn run_batch(
     pnum: usize,
     timeout: Option<f64>,
     logger: Option<PyRef<'_, Logputter>>,
+    eager: bool,
 ) -> PyResult<Vec<Py<PyAny>>> {
     check_calls_fit(calls)?;
     if pnum == 0 {
@@ -44,7 +45,11 @@ pub(crate) fn run_batch(
             "pnum must be at least 1 (the most worker processes at once)",
         ));
     }
-    let mut xme = Xme::new().pnum(pnum);
+    let mut xme = Xme::new().pnum(pnum).spawning(if eager {
+        Spawning::Eager
+    } else {
+        Spawning::OnDemand
+    });
     if let Some(logger) = logger {
         xme = xme.logger(logger.rust_logger());
     }
@@ -146,6 +151,8 @@ fn reply_object(
 /// Bytes of the parent's own bookkeeping per call (its index, claim word,
 /// outcome slot, settled flag, result tuple slot), rounded up generously.
 const BOOKKEEPING_PER_CALL: usize = 128;
+/// Bookkeeping small enough not to check against the memory limits.
+const SMALL_BOOKKEEPING: usize = 8 << 20;
 
 /// A batch whose bookkeeping alone would not fit in the memory this process
 /// may use is refused with a `ValueError`, before anything is allocated:
@@ -154,6 +161,11 @@ const BOOKKEEPING_PER_CALL: usize = 128;
 /// check are fallible too: a `MemoryError`, never an abort.)
 fn check_calls_fit(calls: usize) -> PyResult<()> {
     let need = calls.saturating_mul(BOOKKEEPING_PER_CALL);
+    // Asking the system takes a dozen calls; a few MiB fit anywhere (and
+    // would fail as a MemoryError, not an abort).
+    if need <= SMALL_BOOKKEEPING {
+        return Ok(());
+    }
     if let Some((memory, what)) = memory_limit()
         && need > memory
     {

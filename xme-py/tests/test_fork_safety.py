@@ -81,18 +81,57 @@ def test_workers_die_with_a_killed_parent(tmp_path):
 def test_cpythons_fork_protocol_runs_around_every_fork():
     # os.register_at_fork handlers run only through PyOS_BeforeFork /
     # PyOS_AfterFork_*: their traces prove the hooks called them.
-    code = r'''
-import os, XME
+    # Calls of 0.3 s: a second worker is forked while the first runs one
+    # (spawn="eager" forks both at once in any case).
+    for spawn in ("on_demand", "eager"):
+        code = r'''
+import os, time, XME
 say = lambda word: os.write(1, word.encode() + b"\n")  # one write(2) a line
 os.register_at_fork(before=lambda: say("before"), after_in_parent=lambda: say("parent"),
                     after_in_child=lambda: say("child"))
-print(XME.XME(lambda i: i, pnum=2).fun(XME.Array(range(2))), flush=True)
+slow = lambda i: time.sleep(0.3) or i
+print(XME.XME(slow, pnum=2, spawn=%r).fun(XME.Array(range(2))), flush=True)
+''' % spawn
+        out = run_script(code)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[-1] == "(0, 1)"
+        assert sorted(lines[:-1]) == sorted(["before", "parent", "child"] * 2), (spawn, lines)
+
+
+def test_short_calls_fork_one_worker_unless_spawn_is_eager():
+    code = r'''
+import os, XME
+say = lambda word: os.write(1, word.encode() + b"\n")
+os.register_at_fork(before=lambda: say("fork"))
+for spawn in ("on_demand", "eager"):
+    for _ in range(5):
+        say("batch " + spawn)
+        print(XME.XME(lambda i: i * i, pnum=2, spawn=spawn).fun(XME.Array(range(10))), flush=True)
 '''
     out = run_script(code)
     assert out.returncode == 0, out.stderr
-    lines = out.stdout.splitlines()
-    assert lines[-1] == "(0, 1)"
-    assert sorted(lines[:-1]) == sorted(["before", "parent", "child"] * 2), lines
+    forks = {"on_demand": [], "eager": []}
+    for line in out.stdout.splitlines():
+        if line.startswith("batch "):
+            current = forks[line.split()[1]]
+            current.append(0)
+        elif line == "fork":
+            current[-1] += 1
+        else:
+            assert line == str(tuple(i * i for i in range(10))), out.stdout
+    # Ten calls of a few microseconds: one fork (a second worker would
+    # arrive after the first had run them all), unless told otherwise. (A
+    # call held up past a fork's cost by a loaded machine forks a second.)
+    assert forks["eager"] == [2] * 5, forks
+    assert len(forks["on_demand"]) == 5 and 1 in forks["on_demand"], forks
+    assert max(forks["on_demand"]) <= 2, forks
+
+
+def test_spawn_is_checked():
+    import XME
+    with pytest.raises(ValueError, match="spawn must be"):
+        XME.XME(abs, spawn="lazy")
 
 
 def test_text_buffered_before_a_batch_is_written_once():

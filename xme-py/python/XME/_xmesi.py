@@ -14,7 +14,9 @@ import os
 import pickle
 import sys
 import traceback
+import types
 import warnings
+import weakref
 from bisect import bisect_right
 from collections.abc import Iterable
 
@@ -23,6 +25,9 @@ from ._errors import BatchError, CallFailure
 
 #: CPUs this process may use, read once (it reads cgroup files).
 _CPUS = _xme.cpu_count()
+
+#: ``_Parameters`` per function (see ``_Parameters.of``).
+_PARAMETERS = weakref.WeakKeyDictionary()
 
 #: The shortest and longest call timeouts (a nanosecond; about 31 years).
 _MIN_TIMEOUT, _MAX_TIMEOUT = 1e-9, 1e9
@@ -38,6 +43,22 @@ class _Parameters:
     """The parameter names of a function, as far as XME needs them."""
 
     __slots__ = ("names", "var_keyword")
+
+    @staticmethod
+    def of(f):
+        """``_Parameters(f)``, kept per plain function: ``inspect.signature``
+        takes longer than a whole small batch's own work right after a
+        fork (it touches many objects, each a page to copy). A kept entry
+        is used only while what the signature is read from is the same."""
+        if type(f) is not types.FunctionType:
+            return _Parameters(f)
+        key = (f.__code__, getattr(f, "__signature__", None), getattr(f, "__wrapped__", None))
+        kept = _PARAMETERS.get(f)
+        if kept is not None and all(a is b for a, b in zip(kept[0], key)):
+            return kept[1]
+        params = _Parameters(f)
+        _PARAMETERS[f] = (key, params)
+        return params
 
     def __init__(self, f):
         self.names = set()
@@ -196,7 +217,8 @@ class XME:
     processes.
 
     ``XME(fun1, fun2, ..., pnum=cpus, do_with_log=True, logfile=None,
-    show_version_info=False, print_in_screen=True, errors="log", timeout=None)``
+    show_version_info=False, print_in_screen=True, errors="log", timeout=None,
+    spawn="on_demand")``
 
     - ``pnum``: most worker processes at once (at least 1; more than the CPUs
       is clamped to the CPUs);
@@ -209,19 +231,26 @@ class XME:
       ``None`` and the log says which call failed and how) or ``"raise"``
       (a batch with a failed call raises ``XME.BatchError``, which carries
       every call's outcome);
-    - ``timeout``: seconds a call may run before its worker is killed.
+    - ``timeout``: seconds a call may run before its worker is killed;
+    - ``spawn``: ``"on_demand"`` (one worker first, and more, up to
+      ``pnum``, while the calls left would keep them busy longer than a
+      fork takes: short calls cost one fork, long ones reach every worker
+      within a few ms) or ``"eager"`` (``pnum`` workers forked at once, as
+      XME 4.2 does).
     """
 
     Array = Array
 
     def __init__(self, *fun, pnum=None, do_with_log=True, logfile=None,
                  show_version_info=False, print_in_screen=True, errors="log",
-                 timeout=None):
+                 timeout=None, spawn="on_demand"):
         for i, f in enumerate(fun):
             if not callable(f):
                 raise TypeError(f"XME.XME: function {i} is not callable: {f!r}")
         if errors not in ("log", "raise"):
             raise ValueError(f'errors must be "log" or "raise", not {errors!r}')
+        if spawn not in ("on_demand", "eager"):
+            raise ValueError(f'spawn must be "on_demand" or "eager", not {spawn!r}')
         cpus = _CPUS
         if pnum is None:
             pnum = cpus
@@ -241,9 +270,10 @@ class XME:
         self.functions = fun
         self.pnum = min(max(pnum, 1), cpus)
         self.errors = errors
+        self.spawn = spawn
         self.timeout = None if timeout is None else float(timeout)
         self.logobj = _xme.Logputter(logfile, show_version_info, print_in_screen) if do_with_log else None
-        self._parameters = [_Parameters(f) for f in fun]
+        self._parameters = [_Parameters.of(f) for f in fun]
 
     def fun(self, *targ, **args):
         """Calls the first (top) function of the table once per call of its
@@ -324,7 +354,8 @@ class XME:
                 return _run_call(jobs[j], g - offsets[j])
 
             replies = _xme.run_batch(total, run_call, pnum=self.pnum,
-                                     timeout=self.timeout, logger=self.logobj)
+                                     timeout=self.timeout, logger=self.logobj,
+                                     eager=self.spawn == "eager")
         results, outcomes, failures = [], [], []
         for job, first in zip(jobs, offsets):
             values, slots = [], []
