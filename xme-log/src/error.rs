@@ -6,7 +6,7 @@ use std::path::PathBuf;
 pub enum LogError {
     /// The log file could not be opened for appending.
     #[error(
-        "could not open log file {path:?} for appending: {source} (check the directory exists and is writable)"
+        "could not open log file {path:?} for appending (check the directory exists and is writable)"
     )]
     OpenLogfile {
         /// The file.

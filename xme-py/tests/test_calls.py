@@ -169,6 +169,8 @@ def test_funs_runs_the_table_and_checks_its_arguments():
         xme.funs(funum_array=[0], tagr_array=[[1]], args_array=[[1]])
     with pytest.raises(IndexError, match="not a function of this XME object"):
         xme.funs(funum_array=[2], tagr_array=[[1]], args_array=[{}])
+    with pytest.raises(TypeError, match="is not a function index"):
+        xme.funs(funum_array=["0"], tagr_array=[[1]], args_array=[{}])
     with pytest.raises(TypeError):
         XME.XME(lambda: 0, unknown_option=1)
     with pytest.raises(ValueError):

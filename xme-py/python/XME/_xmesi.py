@@ -312,7 +312,10 @@ class XME:
                                 f"not {args!r} (positional arguments go in tagr_array)")
         jobs = []
         for i, funum in enumerate(funum_array):
-            if isinstance(funum, bool) or not isinstance(funum, int) or not -n <= funum < n:
+            if isinstance(funum, bool) or not isinstance(funum, int):
+                raise TypeError(f"funs: funum_array[{i}] = {funum!r} is not a function index "
+                                f"(an int, 0 for the first function of the table)")
+            if not -n <= funum < n:
                 raise IndexError(f"funs: funum_array[{i}] = {funum!r} is not a function of "
                                  f"this XME object (it has {n})")
             jobs.append(self._job(i, funum % n, tagr_array[i], args_array[i]))
