@@ -5,9 +5,11 @@
 Run with the interpreter that has xme's XME installed. Workloads:
 
 - ``trivial``: 10 trivial calls at pnum 2, a whole batch as a user writes it
-  (``XME.XME(f, pnum=2).fun(xme.Array(range(10)))``): xme; XME 4.2.5; a
-  pure-Python ``os.fork`` loop doing the same work (2 children, 5 calls
-  each, results pickled back through pipes: the floor of fork per batch);
+  (``XME.XME(f, pnum=2).fun(xme.Array(range(10)))``): xme (which forks one
+  worker for calls this short), and with ``spawn="eager"`` (both forked);
+  XME 4.2.5; a pure-Python ``os.fork`` loop doing the same work (2
+  children, 5 calls each, results pickled back through pipes: the floor of
+  fork per batch), and the same loop with one child doing all 10;
   ``multiprocessing.Pool(2).map`` with the pool made per batch.
 - ``cpu``: the sum of 1..10^8 split into 2 calls: xme against
   ``multiprocessing.Pool(2).map`` (pool made per batch, as xme forks per
@@ -68,19 +70,26 @@ def run_pool_cpu():
         return sum(pool.map(partial_sum, CPU_SPLIT))
 
 
-def run_fork_loop():
+def run_xme_eager():
+    import XME
+    xme = XME.XME(trivial, pnum=PNUM, spawn="eager")
+    return xme.fun(xme.Array(range(TRIVIAL_CALLS)))
+
+
+def run_fork_loop(children_count=PNUM):
     """The floor: fork PNUM children, each runs its share of the calls and
     pickles its results back through a pipe; the parent reads and reaps.
     XME is imported (not used) so that the process forked is the same size
     as xme's: the comparison is of the work, not of what is loaded."""
     import XME  # noqa: F401
     children = []
-    for k in range(PNUM):
+    for k in range(children_count):
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             os.close(r)
-            out = pickle.dumps([(i, trivial(i)) for i in range(k, TRIVIAL_CALLS, PNUM)])
+            out = pickle.dumps([(i, trivial(i))
+                                for i in range(k, TRIVIAL_CALLS, children_count)])
             with os.fdopen(w, "wb") as f:
                 f.write(out)
             os._exit(0)
@@ -95,6 +104,12 @@ def run_fork_loop():
     return tuple(results)
 
 
+def run_fork_loop1():
+    """The same floor with one child running all the calls: what xme's
+    on-demand fan-out does for calls this short."""
+    return run_fork_loop(1)
+
+
 def run_xme425():
     import XME
     xme = XME.XME(trivial, pnum=PNUM)
@@ -103,15 +118,18 @@ def run_xme425():
 
 CONTENDERS = {
     "xme": run_xme,
+    "xme_eager": run_xme_eager,
     "xme425": run_xme425,
     "fork_loop": run_fork_loop,
+    "fork_loop1": run_fork_loop1,
     "pool": run_pool,
     "xme_cpu": run_xme_cpu,
     "pool_cpu": run_pool_cpu,
 }
 EXPECTED = {
-    "xme": tuple(range(1, 11)), "xme425": tuple(range(1, 11)),
-    "fork_loop": tuple(range(1, 11)), "pool": tuple(range(1, 11)),
+    "xme": tuple(range(1, 11)), "xme_eager": tuple(range(1, 11)),
+    "xme425": tuple(range(1, 11)), "fork_loop": tuple(range(1, 11)),
+    "fork_loop1": tuple(range(1, 11)), "pool": tuple(range(1, 11)),
     "xme_cpu": CPU_N * (CPU_N + 1) // 2, "pool_cpu": CPU_N * (CPU_N + 1) // 2,
 }
 
@@ -151,6 +169,7 @@ def main():
         return json.loads(out.stdout.strip().splitlines()[-1])
 
     trivial_contenders = [(sys.executable, "xme"), (sys.executable, "fork_loop"),
+                          (sys.executable, "xme_eager"), (sys.executable, "fork_loop1"),
                           (sys.executable, "pool")]
     if args.xme425:
         trivial_contenders.append((args.xme425, "xme425"))
@@ -168,6 +187,8 @@ def main():
     labels = {
         "xme": "xme: XME.XME(f, pnum=2).fun, 10 trivial calls",
         "fork_loop": "pure-Python os.fork loop, same work (the floor)",
+        "xme_eager": "xme, spawn=\"eager\" (both workers forked)",
+        "fork_loop1": "the os.fork loop with one child doing all 10",
         "pool": "multiprocessing.Pool(2).map, pool made per batch",
         "xme425": "XME 4.2.5: XME.XME(f, pnum=2).fun",
         "xme_cpu": "xme: sum of 1..10^8 in 2 calls",
@@ -177,6 +198,8 @@ def main():
         print(f"  {labels[name]:<52} {m * 1e3:9.2f} ms")
     print("ratios:")
     print(f"  xme / fork loop (target <= 1.5):      {med['xme'] / med['fork_loop']:.2f}")
+    print(f"  xme / one-child fork loop:             {med['xme'] / med['fork_loop1']:.2f}")
+    print(f"  xme eager / fork loop:                 {med['xme_eager'] / med['fork_loop']:.2f}")
     if "xme425" in med:
         print(f"  XME 4.2.5 / xme (target >= 10):        {med['xme425'] / med['xme']:.1f}")
     print(f"  xme / Pool(2).map, trivial:            {med['xme'] / med['pool']:.2f}")

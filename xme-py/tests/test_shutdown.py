@@ -88,3 +88,21 @@ print(res, flush=True)
 ''', timeout=60)
     assert out.returncode == 0, (out.returncode, out.stderr[-3000:])
     assert out.stdout == "(0, 1, 2)\n[(0, -1, -2)]\n", out.stdout
+
+
+def test_a_batch_started_while_the_interpreter_shuts_down_is_refused_clearly():
+    # A __del__ run by the interpreter's teardown starts a batch: one clear
+    # error (Python reports it as ignored), no call half-run, no worker left.
+    out = run_script(r'''
+import os, XME
+class Later:
+    def __del__(self):
+        x = XME.XME(lambda i: os.write(1, b"ran\n"), pnum=2)
+        x.fun(x.Array(range(3)))
+keep = Later()
+print("main done", flush=True)
+''', timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "main done\n", out.stdout
+    assert "the interpreter is shutting down, so XME cannot start a batch" in out.stderr, out.stderr
+    assert out.stderr.count("XMEError") == 1, out.stderr

@@ -335,8 +335,14 @@ class XME:
         return _Job(function, funum, self.functions[funum], self._parameters[funum],
                     targ, args, self.logobj)
 
-    def _batch(self, jobs):
-        """Runs every call of ``jobs``; one tuple of results per job."""
+    def _batch(self, jobs, _finalizing=sys.is_finalizing, _error=_xme.XMEError):
+        """Runs every call of ``jobs``; one tuple of results per job.
+        (The defaults outlive this module's globals, which an interpreter
+        that is shutting down clears.)"""
+        if _finalizing():
+            raise _error(
+                "the interpreter is shutting down, so XME cannot start a batch: run it "
+                "before the program ends (not from a __del__ or a finalizer that runs at exit)")
         offsets, total = [], 0
         for job in jobs:
             offsets.append(total)
