@@ -6,22 +6,27 @@
 //! faults on every page it touches), then 0.4 ms to exit. Ten trivial calls
 //! take a worker 0.2 ms in all, so a second worker arrives after the first
 //! has finished every call, and only costs its fork, its faults and its exit.
-//! [`Spawning::OnDemand`] forks one worker, measures how long it took to
-//! reach its first call (the cost of a worker), and forks another each time
-//! the calls not yet taken would keep one worker busy for more than twice
-//! that cost, judged by the oldest running call: `unclaimed × its time so
-//! far`, a lower bound on the work left when the calls are alike.
+//! [`Spawning::OnDemand`] forks every worker at once when there are no more
+//! calls than workers (one call each: the work was split for them), and
+//! otherwise one: it measures how long that one took from its fork to its
+//! first call (the cost of a worker) and forks another, one start at a
+//! time, each time the calls not yet taken would keep a worker busy for more
+//! than twice that cost, judged by the oldest running call: `unclaimed ×
+//! its time so far`, a lower bound on the work left when the calls are alike.
 
 use std::time::Duration;
 
 /// How a run forks its workers (see [`Xme::spawning`](crate::Xme::spawning)).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Spawning {
-    /// One worker at first; another, up to `pnum`, while the calls not yet
-    /// taken would keep the workers busy for longer than forking one takes
-    /// (twice the time the first worker took from its fork to its first
-    /// call). Calls that block each other still all run: a call waiting
-    /// for another one makes the run fork the worker that will take it.
+    /// Every worker at once when the run has no more calls than `pnum`;
+    /// otherwise one at first, and another, up to `pnum`, one start at a
+    /// time, while the calls not yet taken would keep the workers busy for
+    /// longer than forking one takes (twice the time the first worker took
+    /// from its fork to its first call, 0.1 to 5 ms). A call waiting for
+    /// another call makes the run fork the worker that will take it, as
+    /// long as a worker may still be forked (`pnum` is clamped to the CPUs,
+    /// and a run whose fork failed goes on with the workers it has).
     #[default]
     OnDemand,
     /// Every worker (`pnum`, or fewer when there are fewer calls) forked at
@@ -37,8 +42,9 @@ const MAX_COST_NS: u64 = 5_000_000;
 /// start-ups then overlap instead of adding up.
 const PATIENCE_NS: u64 = 5_000_000;
 /// How soon to look again when calls wait but no worker runs one (a worker
-/// between two calls, or one still starting).
-const RECHECK_NS: u64 = 50_000;
+/// between two calls), or while a worker is starting (nothing wakes the
+/// parent when it takes its first call).
+const RECHECK_NS: u64 = 250_000;
 
 /// What the run should do about its workers now.
 #[derive(Debug, PartialEq, Eq)]
@@ -56,6 +62,8 @@ pub(crate) struct Fanout {
     policy: Spawning,
     /// Most workers at once.
     slots: usize,
+    /// Calls of the run.
+    calls: usize,
     /// Slots given a worker so far (workers replacing dead ones reuse theirs).
     opened: usize,
     /// When the first worker was forked.
@@ -64,11 +72,26 @@ pub(crate) struct Fanout {
     cost_ns: Option<u64>,
 }
 
+/// What the run knows of its workers when the fan-out decides.
+pub(crate) struct Seen<I> {
+    pub now_ns: u64,
+    /// Calls not yet taken.
+    pub unclaimed: usize,
+    /// When the calls workers run now started.
+    pub running_since: I,
+    /// A worker forked has not taken a call yet.
+    pub starting: bool,
+    /// The earliest sign that a worker took a call: the start of a call
+    /// seen running, or when a reply was read.
+    pub first_progress_ns: Option<u64>,
+}
+
 impl Fanout {
-    pub fn new(policy: Spawning, slots: usize, now_ns: u64) -> Fanout {
+    pub fn new(policy: Spawning, slots: usize, calls: usize, now_ns: u64) -> Fanout {
         Fanout {
             policy,
             slots,
+            calls,
             opened: 0,
             first_fork_ns: now_ns,
             cost_ns: None,
@@ -78,8 +101,8 @@ impl Fanout {
     /// Workers to fork at the start of the run.
     pub fn initial(&self) -> usize {
         match self.policy {
-            Spawning::Eager => self.slots,
-            Spawning::OnDemand => self.slots.min(1),
+            Spawning::OnDemand if self.calls > self.slots => self.slots.min(1),
+            _ => self.slots,
         }
     }
 
@@ -92,44 +115,46 @@ impl Fanout {
         })
     }
 
-    /// Decides, at `now_ns`, with `unclaimed` calls not yet taken and the
-    /// start times of the calls workers run now.
-    pub fn decide(
-        &mut self,
-        now_ns: u64,
-        unclaimed: usize,
-        running_since: impl Iterator<Item = u64>,
-    ) -> Decision {
-        if self.opened >= self.slots || unclaimed == 0 {
+    /// Decides what to do now, from what the run has seen.
+    pub fn decide(&mut self, seen: Seen<impl Iterator<Item = u64>>) -> Decision {
+        if self.opened >= self.slots || seen.unclaimed == 0 {
             return Decision::Idle;
         }
-        let oldest = running_since.min();
-        let cost = match (self.cost_ns, oldest) {
+        let recheck = Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS));
+        let cost = match (self.cost_ns, seen.first_progress_ns) {
             (Some(cost), _) => cost,
-            (None, Some(first_call)) => {
-                let cost = first_call
+            (None, Some(first)) => {
+                let cost = first
                     .saturating_sub(self.first_fork_ns)
                     .clamp(MIN_COST_NS, MAX_COST_NS);
                 *self.cost_ns.get_or_insert(cost)
             }
             (None, None) => {
-                let waited = now_ns.saturating_sub(self.first_fork_ns);
+                // The rest start together when the first is this slow.
+                let waited = seen.now_ns.saturating_sub(self.first_fork_ns);
                 return if waited >= PATIENCE_NS {
                     Decision::Fork
                 } else {
-                    Decision::LookAgainIn(Duration::from_nanos(PATIENCE_NS - waited))
+                    Decision::LookAgainIn(Duration::from_nanos(
+                        (PATIENCE_NS - waited).min(RECHECK_NS),
+                    ))
                 };
             }
         };
-        let Some(oldest) = oldest else {
-            return Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS));
+        // One start at a time: the worker just forked will take calls
+        // (the decision would otherwise fork every free slot at once).
+        if seen.starting {
+            return recheck;
+        }
+        let Some(oldest) = seen.running_since.min() else {
+            return recheck;
         };
         // Fork once unclaimed × (now - oldest) >= 2 × cost.
-        let due = oldest.saturating_add(2 * cost / unclaimed as u64);
-        if now_ns >= due {
+        let due = oldest.saturating_add(2 * cost / seen.unclaimed as u64);
+        if seen.now_ns >= due {
             Decision::Fork
         } else {
-            Decision::LookAgainIn(Duration::from_nanos(due - now_ns))
+            Decision::LookAgainIn(Duration::from_nanos(due - seen.now_ns))
         }
     }
 }
@@ -140,88 +165,134 @@ mod tests {
 
     const US: u64 = 1_000;
 
-    fn on_demand(slots: usize) -> Fanout {
-        let mut f = Fanout::new(Spawning::OnDemand, slots, 0);
+    /// A run of `calls` calls, `slots` workers at most, its first worker
+    /// forked at 0 and started at 700 us.
+    fn on_demand(slots: usize, calls: usize) -> Fanout {
+        let mut f = Fanout::new(Spawning::OnDemand, slots, calls, 0);
         for _ in 0..f.initial() {
             f.open_slot();
         }
         f
     }
 
+    fn seen(now_us: u64, unclaimed: usize, running: &[u64]) -> Seen<std::vec::IntoIter<u64>> {
+        Seen {
+            now_ns: now_us * US,
+            unclaimed,
+            running_since: running
+                .iter()
+                .map(|r| r * US)
+                .collect::<Vec<_>>()
+                .into_iter(),
+            starting: false,
+            first_progress_ns: running.iter().min().map(|r| r * US),
+        }
+    }
+
     #[test]
     fn eager_forks_every_slot_at_once_and_never_more() {
-        let mut f = Fanout::new(Spawning::Eager, 3, 0);
+        let mut f = Fanout::new(Spawning::Eager, 3, 100, 0);
         assert_eq!(f.initial(), 3);
         assert_eq!(
             (f.open_slot(), f.open_slot(), f.open_slot()),
             (Some(0), Some(1), Some(2))
         );
         assert_eq!(f.open_slot(), None);
-        assert_eq!(f.decide(10_000 * US, 50, [0].into_iter()), Decision::Idle);
+        assert_eq!(f.decide(seen(10_000, 50, &[0])), Decision::Idle);
+    }
+
+    #[test]
+    fn a_call_for_each_worker_forks_them_all_at_once() {
+        assert_eq!(Fanout::new(Spawning::OnDemand, 2, 2, 0).initial(), 2);
+        assert_eq!(Fanout::new(Spawning::OnDemand, 4, 4, 0).initial(), 4);
+        assert_eq!(Fanout::new(Spawning::OnDemand, 2, 3, 0).initial(), 1);
     }
 
     #[test]
     fn short_calls_keep_one_worker() {
         // The first worker took its first call 700 us after its fork; nine
         // calls wait and the running one has run 40 us: 360 us of work left
-        // at least, less than twice the cost of a worker.
-        let mut f = on_demand(2);
+        // at least, less than twice the cost of a worker (look again when
+        // 9 x its time reaches 1.4 ms).
+        let mut f = on_demand(2, 10);
         assert_eq!(
-            f.decide(740 * US, 9, [700 * US].into_iter()),
+            f.decide(seen(740, 9, &[700])),
             Decision::LookAgainIn(Duration::from_nanos(855_555 - 740_000))
         );
     }
 
     #[test]
     fn a_long_call_with_calls_waiting_forks_another_worker() {
-        let mut f = on_demand(2);
+        let mut f = on_demand(2, 3);
         // Cost 700 us; one call waits: fork once the running call is 1.4 ms old.
         assert!(matches!(
-            f.decide(800 * US, 1, [700 * US].into_iter()),
+            f.decide(seen(800, 1, &[700])),
             Decision::LookAgainIn(_)
         ));
-        assert_eq!(
-            f.decide(2_100 * US, 1, [700 * US].into_iter()),
-            Decision::Fork
-        );
+        assert_eq!(f.decide(seen(2_100, 1, &[700])), Decision::Fork);
         assert_eq!(f.open_slot(), Some(1));
-        assert_eq!(
-            f.decide(3_000 * US, 1, [700 * US].into_iter()),
-            Decision::Idle
-        );
+        assert_eq!(f.decide(seen(3_000, 1, &[700])), Decision::Idle);
     }
 
     #[test]
-    fn many_calls_waiting_fork_at_once() {
-        let mut f = on_demand(4);
+    fn many_calls_waiting_fork_at_once_but_one_start_at_a_time() {
+        let mut f = on_demand(4, 10_000);
+        assert_eq!(f.decide(seen(701, 10_000, &[700])), Decision::Fork);
+        f.open_slot();
+        // The new worker has not taken a call: no second fork yet.
+        let mut s = seen(702, 9_990, &[700]);
+        s.starting = true;
         assert_eq!(
-            f.decide(701 * US, 10_000, [700 * US].into_iter()),
+            f.decide(s),
+            Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
+        );
+        assert_eq!(
+            f.decide(seen(1_500, 9_900, &[1_499, 1_400])),
             Decision::Fork
         );
     }
 
     #[test]
     fn nothing_waits_nothing_forks() {
-        let mut f = on_demand(2);
-        assert_eq!(f.decide(1_000_000 * US, 0, [0].into_iter()), Decision::Idle);
+        let mut f = on_demand(2, 10);
+        assert_eq!(f.decide(seen(1_000_000, 0, &[0])), Decision::Idle);
     }
 
     #[test]
-    fn a_worker_slow_to_start_makes_the_rest_start_too() {
-        let mut f = on_demand(3);
+    fn before_the_first_call_the_run_looks_often_and_forks_the_rest_after_5_ms() {
+        let mut f = on_demand(3, 5);
         assert_eq!(
-            f.decide(1_000 * US, 5, std::iter::empty()),
-            Decision::LookAgainIn(Duration::from_millis(4))
+            f.decide(seen(1_000, 5, &[])),
+            Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
         );
-        assert_eq!(f.decide(5_000 * US, 5, std::iter::empty()), Decision::Fork);
+        assert_eq!(
+            f.decide(seen(4_900, 5, &[])),
+            Decision::LookAgainIn(Duration::from_micros(100))
+        );
+        assert_eq!(f.decide(seen(5_000, 5, &[])), Decision::Fork);
+    }
+
+    #[test]
+    fn the_cost_is_measured_from_the_first_progress_seen() {
+        // A reply read at 900 us, though the call running now began at 4.5 ms.
+        let mut f = on_demand(2, 10);
+        let mut s = seen(4_600, 5, &[4_500]);
+        s.first_progress_ns = Some(900 * US);
+        // Cost 900 us: fork once 5 x (now - 4.5 ms) >= 1.8 ms, at 4.86 ms.
+        assert_eq!(
+            f.decide(s),
+            Decision::LookAgainIn(Duration::from_micros(260))
+        );
     }
 
     #[test]
     fn calls_waiting_between_two_calls_are_looked_at_again_soon() {
-        let mut f = on_demand(2);
-        f.decide(800 * US, 5, [700 * US].into_iter());
+        let mut f = on_demand(2, 10);
+        f.decide(seen(800, 5, &[700]));
+        let mut s = seen(900, 5, &[]);
+        s.first_progress_ns = Some(700 * US);
         assert_eq!(
-            f.decide(900 * US, 5, std::iter::empty()),
+            f.decide(s),
             Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
         );
     }

@@ -12,7 +12,7 @@ use xme_core::result_frame::FrameReader;
 use xme_core::{Error, Fate, monotonic_ns};
 
 use crate::board::Board;
-use crate::fanout::{Decision, Fanout, Spawning};
+use crate::fanout::{Decision, Fanout, Seen, Spawning};
 use crate::job::ErasedJob;
 use crate::worker::WorkerPlan;
 use crate::{ExecError, TaskFailure};
@@ -145,7 +145,7 @@ pub(crate) fn run<D>(
     let mut serials = 1u32..;
     let mut live: Vec<Worker> = Vec::with_capacity(slots);
     let mut spawn_error = None;
-    let mut fanout = Fanout::new(spec.spawning, slots, monotonic_ns());
+    let mut fanout = Fanout::new(spec.spawning, slots, total, monotonic_ns());
     for _ in 0..fanout.initial() {
         let slot = fanout.open_slot().expect("initial() <= slots");
         let serial = serials.next().expect("unbounded range");
@@ -175,6 +175,9 @@ pub(crate) fn run<D>(
     };
     warn_if_short(&live, &spawn_error);
 
+    // The earliest sign that a worker took a call (the fan-out's measure
+    // of what a worker's start costs).
+    let mut first_progress: Option<u64> = None;
     // Workers in a row that ended without taking a call, and how the last did.
     let mut barren = 0usize;
     let mut last_barren: Option<Option<Fate>> = None;
@@ -185,6 +188,7 @@ pub(crate) fn run<D>(
         let mut wait = next_deadline(&live, &board, &ledger, &timeouts).unwrap_or(TICK);
         if let Some(look_again) = widen(
             &mut fanout,
+            &mut first_progress,
             &mut live,
             &mut ledger,
             &board,
@@ -337,6 +341,7 @@ pub(crate) fn run<D>(
 #[allow(clippy::too_many_arguments)]
 fn widen<D>(
     fanout: &mut Fanout,
+    first_progress: &mut Option<u64>,
     live: &mut Vec<Worker>,
     ledger: &mut Ledger<'_, '_, D>,
     board: &Board,
@@ -348,12 +353,29 @@ fn widen<D>(
     // A fork that failed is not retried here: the run goes on with the
     // workers it has (a dead one is still replaced).
     while spawn_error.is_none() {
-        let running = live
+        let now = monotonic_ns();
+        let running: Vec<u64> = live
             .iter()
             .filter_map(|w| board.running(w.slot, w.serial))
             .filter(|r| !ledger.done[r.call])
-            .map(|r| r.started_ns);
-        match fanout.decide(monotonic_ns(), board.unclaimed(), running) {
+            .map(|r| r.started_ns)
+            .collect();
+        if first_progress.is_none() {
+            // A reply read since the last look: its call began before now.
+            let replied = live.iter().any(|w| w.replied).then_some(now);
+            *first_progress = running.iter().copied().chain(replied).min();
+        }
+        let starting = live
+            .iter()
+            .any(|w| !w.replied && board.running(w.slot, w.serial).is_none());
+        let seen = Seen {
+            now_ns: now,
+            unclaimed: board.unclaimed(),
+            running_since: running.into_iter(),
+            starting,
+            first_progress_ns: *first_progress,
+        };
+        match fanout.decide(seen) {
             Decision::Idle => return None,
             Decision::LookAgainIn(after) => return Some(after),
             Decision::Fork => {

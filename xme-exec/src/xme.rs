@@ -84,19 +84,24 @@ impl Default for Xme {
 
 /// Number of CPUs this process may run on (its affinity and its cgroup's
 /// CPU quota), read at most once a second: reading it takes a dozen system
-/// calls, more than the rest of a small run's set-up.
+/// calls, more than the rest of a small run's set-up. Kept in atomics, not
+/// behind a lock: a worker forked while another thread held such a lock
+/// would wait for it for ever.
 pub fn cpus() -> usize {
-    static LAST: std::sync::Mutex<Option<(std::time::Instant, usize)>> =
-        std::sync::Mutex::new(None);
-    let mut last = LAST.lock().unwrap_or_else(|p| p.into_inner());
-    match *last {
-        Some((at, n)) if at.elapsed() < Duration::from_secs(1) => n,
-        _ => {
-            let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-            *last = Some((std::time::Instant::now(), n));
-            n
-        }
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+    const FRESH_NS: u64 = 1_000_000_000;
+    static READ_AT_NS: AtomicU64 = AtomicU64::new(0);
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+    let now = xme_core::monotonic_ns();
+    let count = COUNT.load(Ordering::Acquire);
+    if count != 0 && now.saturating_sub(READ_AT_NS.load(Ordering::Relaxed)) < FRESH_NS {
+        return count;
     }
+    // Two threads may both read it: they store the same answer.
+    let count = std::thread::available_parallelism().map_or(1, |n| n.get());
+    READ_AT_NS.store(now, Ordering::Relaxed);
+    COUNT.store(count, Ordering::Release);
+    count
 }
 
 impl Xme {
@@ -147,12 +152,14 @@ impl Xme {
         self.requested_pnum.unwrap_or_else(cpus).clamp(1, cpus())
     }
 
-    /// When workers are forked: by default one at first and more, up to
-    /// `pnum`, while the calls not yet taken would keep them busy for
-    /// longer than forking one takes ([`Spawning::OnDemand`]); or all at
-    /// the start ([`Spawning::Eager`]). Short calls then cost one fork
-    /// instead of `pnum`; long ones start on every worker within about
-    /// twice the time a worker takes to start (a few ms).
+    /// When workers are forked ([`Spawning`]). By default
+    /// ([`Spawning::OnDemand`]) a run with no more calls than `pnum` forks a
+    /// worker for each at once; a longer run forks one, then more, one start
+    /// at a time and up to `pnum`, while the calls not yet taken would keep
+    /// the workers busy for longer than a fork takes. Short calls then cost
+    /// one fork instead of `pnum`; a second worker joins long calls after
+    /// about four worker starts (each 0.1 to 5 ms: about 4 ms here).
+    /// [`Spawning::Eager`] forks every worker at the start.
     ///
     /// ```
     /// use std::collections::HashSet;
@@ -160,8 +167,8 @@ impl Xme {
     /// use xme_exec::{Array, Spawning, Xme};
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let slow = |_: u32| { std::thread::sleep(Duration::from_millis(300)); std::process::id() };
-    /// // Two calls of 300 ms: the first worker is joined by a second within a few ms.
-    /// let pids = Xme::new().pnum(2).fun(slow, Array::new(0..2u32))?.into_result()?;
+    /// // Three calls of 300 ms on two workers: the second joins within a few ms.
+    /// let pids = Xme::new().pnum(2).fun(slow, Array::new(0..3u32))?.into_result()?;
     /// assert_eq!(pids.iter().collect::<HashSet<_>>().len(), 2.min(xme_exec::cpus()));
     /// // Eager: both workers forked at once, whatever the calls.
     /// let out = Xme::new().pnum(2).spawning(Spawning::Eager).fun(|x: u32| x + 1, Array::new(0..10u32))?;

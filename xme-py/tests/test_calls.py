@@ -288,3 +288,51 @@ def test_a_batch_error_survives_pickling():
     assert [(f.call, f.kind, f.exc_type) for f in back.failures] == [
         (0, "exception", "ZeroDivisionError")]
     assert str(back) == str(caught.value)
+
+
+def test_parameters_kept_per_function_follow_every_change_inspect_would_see():
+    # XME keeps each function's parameters between batches (reading them
+    # again costs more than a small batch right after a fork); what it
+    # keeps must always equal a fresh read, wrappers included.
+    import functools
+    import inspect
+
+    def kept(f):
+        return XME.XME(f, pnum=1)._parameters[0].names
+
+    def fresh(f):
+        return {n for n, p in inspect.signature(f).parameters.items()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+
+    def check(f, change):
+        assert kept(f) == fresh(f)
+        change()
+        assert kept(f) == fresh(f), change
+
+    def f1(a, print=None): return a
+    def g1(a, logobj=None): return a
+    check(f1, lambda: setattr(f1, "__code__", g1.__code__))
+    def f2(a): return a
+    check(f2, lambda: setattr(f2, "__signature__", inspect.signature(lambda b, print=None: 0)))
+    def inner3(a, print=None): return a
+    w3 = functools.wraps(inner3)(lambda *a, **k: inner3(*a, **k))
+    check(w3, lambda: setattr(inner3, "__code__", g1.__code__))
+    def inner4(a): return a
+    w4 = functools.wraps(inner4)(lambda *a, **k: inner4(*a, **k))
+    check(w4, lambda: setattr(inner4, "__signature__", inspect.signature(lambda a, print=None: 0)))
+    def inner5(a): return a
+    mid5 = functools.wraps(inner5)(lambda *a, **k: inner5(*a, **k))
+    w5 = functools.wraps(mid5)(lambda *a, **k: mid5(*a, **k))
+    check(w5, lambda: setattr(inner5, "__code__", f1.__code__))
+    def inner6(a, print=None): return a
+    w6 = functools.wraps(inner6)(lambda *a, **k: inner6(*a, **k))
+    check(w6, lambda: delattr(w6, "__wrapped__"))
+
+    # End to end: the wrapped function now takes logobj, not print.
+    def inner7(a, print=None): return ("print" if print is not None else "-", a)
+    w7 = functools.wraps(inner7)(lambda *a, **k: inner7(*a, **k))
+    assert XME.XME(w7, pnum=1, print_in_screen=False).fun(XME.Array([1])) == (("print", 1),)
+    def other7(a, logobj=None): return ("logobj" if logobj is not None else "-", a)
+    inner7.__code__ = other7.__code__
+    assert XME.XME(w7, pnum=1, print_in_screen=False, errors="raise").fun(XME.Array([1])) == (
+        ("logobj", 1),)

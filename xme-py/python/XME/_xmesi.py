@@ -49,12 +49,15 @@ class _Parameters:
         """``_Parameters(f)``, kept per plain function: ``inspect.signature``
         takes longer than a whole small batch's own work right after a
         fork (it touches many objects, each a page to copy). A kept entry
-        is used only while what the signature is read from is the same."""
-        if type(f) is not types.FunctionType:
+        is used only while everything the signature is read from is the
+        same object: each function's ``__code__`` and ``__signature__`` along
+        the ``__wrapped__`` chain ``inspect.signature`` follows."""
+        key = _signature_sources(f)
+        if key is None:
             return _Parameters(f)
-        key = (f.__code__, getattr(f, "__signature__", None), getattr(f, "__wrapped__", None))
         kept = _PARAMETERS.get(f)
-        if kept is not None and all(a is b for a, b in zip(kept[0], key)):
+        if kept is not None and len(kept[0]) == len(key) and all(
+                a is b for a, b in zip(kept[0], key)):
             return kept[1]
         params = _Parameters(f)
         _PARAMETERS[f] = (key, params)
@@ -72,6 +75,22 @@ class _Parameters:
                 self.names.add(p.name)
             elif p.kind == p.VAR_KEYWORD:
                 self.var_keyword = p.name
+
+
+def _signature_sources(f, depth=8):
+    """What ``inspect.signature(f)`` reads, as a tuple of objects, or None
+    when ``f`` is not a chain of plain functions (then nothing is kept)."""
+    sources = []
+    for _ in range(depth):
+        if type(f) is not types.FunctionType:
+            return None
+        signature = getattr(f, "__signature__", None)
+        sources += (f.__code__, signature)
+        wrapped = getattr(f, "__wrapped__", None)
+        if signature is not None or wrapped is None:
+            return tuple(sources)
+        f = wrapped
+    return None
 
 
 def _pick(arg, i):
@@ -232,11 +251,12 @@ class XME:
       (a batch with a failed call raises ``XME.BatchError``, which carries
       every call's outcome);
     - ``timeout``: seconds a call may run before its worker is killed;
-    - ``spawn``: ``"on_demand"`` (one worker first, and more, up to
+    - ``spawn``: ``"on_demand"`` (a worker for each call at once when there
+      are no more calls than ``pnum``; else one first, and more, up to
       ``pnum``, while the calls left would keep them busy longer than a
-      fork takes: short calls cost one fork, long ones reach every worker
-      within a few ms) or ``"eager"`` (``pnum`` workers forked at once, as
-      XME 4.2 does).
+      fork takes: short calls cost one fork, long ones reach a second
+      worker within a few ms) or ``"eager"`` (``pnum`` workers forked at
+      once, as XME 4.2 does).
     """
 
     Array = Array
