@@ -37,14 +37,18 @@ pub enum Spawning {
 /// The least and the most a worker's start is taken to cost.
 const MIN_COST_NS: u64 = 100_000;
 const MAX_COST_NS: u64 = 5_000_000;
-/// If no worker has taken a call this long after the first fork (a slow
-/// fork hook, a loaded machine), the rest are forked at once: their
-/// start-ups then overlap instead of adding up.
+/// If no worker has taken a call this long after the first fork returned
+/// (a slow fork hook, a loaded machine), or twice as long as that fork
+/// took if more, one more worker is forked per such wait: their start-ups
+/// then overlap instead of adding up. A worker still starting after it (or
+/// after four times the cost of a worker) no longer holds the next back.
 const PATIENCE_NS: u64 = 5_000_000;
 /// How soon to look again when calls wait but no worker runs one (a worker
 /// between two calls), or while a worker is starting (nothing wakes the
-/// parent when it takes its first call).
+/// parent when it takes its first call): at first; a start that lasts is
+/// looked at less often (a quarter of its age so far, at most 100 ms).
 const RECHECK_NS: u64 = 250_000;
+const MAX_RECHECK_NS: u64 = 100_000_000;
 
 /// What the run should do about its workers now.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,6 +72,9 @@ pub(crate) struct Fanout {
     opened: usize,
     /// When the first worker was forked.
     first_fork_ns: u64,
+    /// How long to wait for any progress before forking another worker
+    /// (see [`PATIENCE_NS`]), from when the first fork returned.
+    patience: Option<(u64, u64)>,
     /// What a worker's start costs, once the first one took a call.
     cost_ns: Option<u64>,
 }
@@ -79,8 +86,8 @@ pub(crate) struct Seen<I> {
     pub unclaimed: usize,
     /// When the calls workers run now started.
     pub running_since: I,
-    /// A worker forked has not taken a call yet.
-    pub starting: bool,
+    /// When the latest worker that has not taken a call yet was forked.
+    pub starting_since_ns: Option<u64>,
     /// The earliest sign that a worker took a call: the start of a call
     /// seen running, or when a reply was read.
     pub first_progress_ns: Option<u64>,
@@ -94,6 +101,7 @@ impl Fanout {
             calls,
             opened: 0,
             first_fork_ns: now_ns,
+            patience: None,
             cost_ns: None,
         }
     }
@@ -104,6 +112,12 @@ impl Fanout {
             Spawning::OnDemand if self.calls > self.slots => self.slots.min(1),
             _ => self.slots,
         }
+    }
+
+    /// Notes that the first workers were forked, at `now_ns`.
+    pub fn first_forks_done(&mut self, now_ns: u64) {
+        let fork_took = now_ns.saturating_sub(self.first_fork_ns);
+        self.patience = Some((now_ns, PATIENCE_NS.max(2 * fork_took)));
     }
 
     /// The slot for the next worker forked to widen the run (not one
@@ -130,21 +144,26 @@ impl Fanout {
                 *self.cost_ns.get_or_insert(cost)
             }
             (None, None) => {
-                // The rest start together when the first is this slow.
-                let waited = seen.now_ns.saturating_sub(self.first_fork_ns);
-                return if waited >= PATIENCE_NS {
+                // No progress yet: one more worker per patience interval.
+                let (from, patience) = self.patience.unwrap_or((self.first_fork_ns, PATIENCE_NS));
+                let waited = seen.now_ns.saturating_sub(from);
+                let due = patience.saturating_mul(self.opened as u64);
+                return if waited >= due {
                     Decision::Fork
                 } else {
-                    Decision::LookAgainIn(Duration::from_nanos(
-                        (PATIENCE_NS - waited).min(RECHECK_NS),
-                    ))
+                    Decision::LookAgainIn(look_again(waited, due - waited))
                 };
             }
         };
-        // One start at a time: the worker just forked will take calls
-        // (the decision would otherwise fork every free slot at once).
-        if seen.starting {
-            return recheck;
+        // One start at a time: the worker just forked will take calls (the
+        // decision would otherwise fork every free slot at once) unless its
+        // start takes far longer than a worker's cost.
+        if let Some(since) = seen.starting_since_ns {
+            let age = seen.now_ns.saturating_sub(since);
+            let hold = PATIENCE_NS.max(4 * cost);
+            if age < hold {
+                return Decision::LookAgainIn(look_again(age, hold - age));
+            }
         }
         let Some(oldest) = seen.running_since.min() else {
             return recheck;
@@ -157,6 +176,12 @@ impl Fanout {
             Decision::LookAgainIn(Duration::from_nanos(due - seen.now_ns))
         }
     }
+}
+
+/// When to look again at a start that has lasted `age`, at most `left`
+/// before something is due.
+fn look_again(age: u64, left: u64) -> Duration {
+    Duration::from_nanos((age / 4).clamp(RECHECK_NS, MAX_RECHECK_NS).min(left))
 }
 
 #[cfg(test)]
@@ -184,7 +209,7 @@ mod tests {
                 .map(|r| r * US)
                 .collect::<Vec<_>>()
                 .into_iter(),
-            starting: false,
+            starting_since_ns: None,
             first_progress_ns: running.iter().min().map(|r| r * US),
         }
     }
@@ -241,7 +266,7 @@ mod tests {
         f.open_slot();
         // The new worker has not taken a call: no second fork yet.
         let mut s = seen(702, 9_990, &[700]);
-        s.starting = true;
+        s.starting_since_ns = Some(701 * US);
         assert_eq!(
             f.decide(s),
             Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
@@ -259,17 +284,67 @@ mod tests {
     }
 
     #[test]
-    fn before_the_first_call_the_run_looks_often_and_forks_the_rest_after_5_ms() {
+    fn before_the_first_call_the_run_looks_often_and_forks_one_more_per_5_ms() {
         let mut f = on_demand(3, 5);
+        f.first_forks_done(300 * US);
         assert_eq!(
             f.decide(seen(1_000, 5, &[])),
             Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
         );
+        // 4.5 ms waited: a quarter of it (1.1 ms) is past the 0.5 ms left.
         assert_eq!(
-            f.decide(seen(4_900, 5, &[])),
-            Decision::LookAgainIn(Duration::from_micros(100))
+            f.decide(seen(4_800, 5, &[])),
+            Decision::LookAgainIn(Duration::from_micros(500))
         );
-        assert_eq!(f.decide(seen(5_000, 5, &[])), Decision::Fork);
+        assert_eq!(f.decide(seen(5_300, 5, &[])), Decision::Fork);
+        f.open_slot();
+        // Not every slot in one look: the next one 5 ms later.
+        assert!(matches!(
+            f.decide(seen(5_301, 5, &[])),
+            Decision::LookAgainIn(_)
+        ));
+        assert_eq!(f.decide(seen(10_300, 5, &[])), Decision::Fork);
+    }
+
+    #[test]
+    fn a_slow_first_fork_stretches_the_patience() {
+        // A 15 ms fork (a parent of a few GiB): no other fork before 30 ms.
+        let mut f = on_demand(64, 100);
+        f.first_forks_done(15_000 * US);
+        assert!(matches!(
+            f.decide(seen(40_000, 100, &[])),
+            Decision::LookAgainIn(_)
+        ));
+        assert_eq!(f.decide(seen(45_000, 100, &[])), Decision::Fork);
+    }
+
+    #[test]
+    fn a_start_that_never_ends_holds_the_next_fork_back_only_a_while() {
+        // Cost 700 us; a replacement forked at 2 ms never takes a call,
+        // 99 calls wait, none runs: after 5 ms the next worker is forked,
+        // and the looks in between grow apart.
+        let mut f = on_demand(3, 100);
+        let mut s = seen(2_000, 99, &[]);
+        s.first_progress_ns = Some(700 * US);
+        s.starting_since_ns = Some(2_000 * US);
+        assert_eq!(
+            f.decide(s),
+            Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
+        );
+        let mut s = seen(6_000, 99, &[]);
+        s.starting_since_ns = Some(2_000 * US);
+        assert_eq!(f.decide(s), Decision::LookAgainIn(Duration::from_millis(1)));
+        let mut s = seen(7_000, 99, &[]);
+        s.starting_since_ns = Some(2_000 * US);
+        // Past the hold, with calls waiting and none running: look again
+        // soon (a call may start), and fork once one has run long enough.
+        assert_eq!(
+            f.decide(s),
+            Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
+        );
+        let mut s = seen(7_000, 99, &[6_900]);
+        s.starting_since_ns = Some(2_000 * US);
+        assert_eq!(f.decide(s), Decision::Fork);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub(crate) struct RunSpec<'a> {
 struct Worker {
     slot: usize,
     serial: u32,
+    /// When it was forked (`monotonic_ns`).
+    forked_ns: u64,
     child: Child,
     pipe: Option<OwnedFd>,
     reader: FrameReader,
@@ -156,6 +158,7 @@ pub(crate) fn run<D>(
             }
         }
     }
+    fanout.first_forks_done(monotonic_ns());
     if live.is_empty() {
         return Err(ExecError::NoWorker(
             spawn_error.expect("slots >= 1, so an empty pool means a spawn failed"),
@@ -365,14 +368,16 @@ fn widen<D>(
             let replied = live.iter().any(|w| w.replied).then_some(now);
             *first_progress = running.iter().copied().chain(replied).min();
         }
-        let starting = live
+        let starting_since_ns = live
             .iter()
-            .any(|w| !w.replied && board.running(w.slot, w.serial).is_none());
+            .filter(|w| !w.replied && board.running(w.slot, w.serial).is_none())
+            .map(|w| w.forked_ns)
+            .max();
         let seen = Seen {
             now_ns: now,
             unclaimed: board.unclaimed(),
             running_since: running.into_iter(),
-            starting,
+            starting_since_ns,
             first_progress_ns: *first_progress,
         };
         match fanout.decide(seen) {
@@ -427,6 +432,7 @@ fn spawn<D>(
     };
     // The closure owns the write end: the child uses it, and in the parent it
     // is closed when fork_child drops the closure, so EOF means "worker gone".
+    let forked_ns = monotonic_ns();
     let child = match process::fork_child(move || plan.run(slot, serial, write)) {
         Ok(child) => child,
         Err(e) => {
@@ -439,6 +445,7 @@ fn spawn<D>(
     Ok(Worker {
         slot,
         serial,
+        forked_ns,
         child,
         pipe: Some(read),
         reader: FrameReader::new(u32::MAX as usize),

@@ -28,6 +28,8 @@ _CPUS = _xme.cpu_count()
 
 #: ``_Parameters`` per function (see ``_Parameters.of``).
 _PARAMETERS = weakref.WeakKeyDictionary()
+#: An attribute a function does not have (``None`` is a value).
+_ABSENT = object()
 
 #: The shortest and longest call timeouts (a nanosecond; about 31 years).
 _MIN_TIMEOUT, _MAX_TIMEOUT = 1e-9, 1e9
@@ -79,15 +81,19 @@ class _Parameters:
 
 def _signature_sources(f, depth=8):
     """What ``inspect.signature(f)`` reads, as a tuple of objects, or None
-    when ``f`` is not a chain of plain functions (then nothing is kept)."""
+    when ``f`` is not a chain of plain functions (then nothing is kept).
+    Like ``inspect``, it stops at a function that has a ``__signature__``
+    (even ``None``) and follows ``__wrapped__`` while there is one; an
+    attribute's absence is part of the key, told apart from ``None``."""
     sources = []
     for _ in range(depth):
         if type(f) is not types.FunctionType:
             return None
-        signature = getattr(f, "__signature__", None)
-        sources += (f.__code__, signature)
-        wrapped = getattr(f, "__wrapped__", None)
-        if signature is not None or wrapped is None:
+        attributes = f.__dict__
+        signature = attributes.get("__signature__", _ABSENT)
+        wrapped = attributes.get("__wrapped__", _ABSENT)
+        sources += (f.__code__, signature, wrapped)
+        if signature is not _ABSENT or wrapped is _ABSENT:
             return tuple(sources)
         f = wrapped
     return None
