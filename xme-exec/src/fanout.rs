@@ -158,14 +158,20 @@ impl Fanout {
         // One start at a time: the worker just forked will take calls (the
         // decision would otherwise fork every free slot at once) unless its
         // start takes far longer than a worker's cost.
+        let mut running_since = seen.running_since.peekable();
         if let Some(since) = seen.starting_since_ns {
             let age = seen.now_ns.saturating_sub(since);
             let hold = PATIENCE_NS.max(4 * cost);
             if age < hold {
                 return Decision::LookAgainIn(look_again(age, hold - age));
             }
+            // A start that late, and no call running: nothing else will
+            // take the calls that wait.
+            if running_since.peek().is_none() {
+                return Decision::Fork;
+            }
         }
-        let Some(oldest) = seen.running_since.min() else {
+        let Some(oldest) = running_since.min() else {
             return recheck;
         };
         // Fork once unclaimed × (now - oldest) >= 2 × cost.
@@ -334,14 +340,14 @@ mod tests {
         let mut s = seen(6_000, 99, &[]);
         s.starting_since_ns = Some(2_000 * US);
         assert_eq!(f.decide(s), Decision::LookAgainIn(Duration::from_millis(1)));
+        // Past the hold, with calls waiting and none running: fork.
         let mut s = seen(7_000, 99, &[]);
         s.starting_since_ns = Some(2_000 * US);
-        // Past the hold, with calls waiting and none running: look again
-        // soon (a call may start), and fork once one has run long enough.
-        assert_eq!(
-            f.decide(s),
-            Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS))
-        );
+        assert_eq!(f.decide(s), Decision::Fork);
+        // With a call running, fork once it has run long enough.
+        let mut s = seen(7_000, 99, &[6_990]);
+        s.starting_since_ns = Some(2_000 * US);
+        assert!(matches!(f.decide(s), Decision::LookAgainIn(_)));
         let mut s = seen(7_000, 99, &[6_900]);
         s.starting_since_ns = Some(2_000 * US);
         assert_eq!(f.decide(s), Decision::Fork);

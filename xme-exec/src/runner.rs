@@ -364,9 +364,10 @@ fn widen<D>(
             .map(|r| r.started_ns)
             .collect();
         if first_progress.is_none() {
-            // A reply read since the last look: its call began before now.
-            let replied = live.iter().any(|w| w.replied).then_some(now);
-            *first_progress = running.iter().copied().chain(replied).min();
+            // A call settled since the last look (a reply read, or a
+            // worker that died running it, reaped since): it began before now.
+            let settled = (ledger.remaining < ledger.done.len()).then_some(now);
+            *first_progress = running.iter().copied().chain(settled).min();
         }
         let starting_since_ns = live
             .iter()

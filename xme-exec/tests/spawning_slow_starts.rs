@@ -16,6 +16,8 @@ static FORK_NO: AtomicU64 = AtomicU64::new(0);
 static STALLED_FORK: AtomicU64 = AtomicU64::new(0);
 /// How long it stalls (`u64::MAX`: for ever).
 static STALL_MS: AtomicU64 = AtomicU64::new(0);
+/// How long the first fork's child takes to start (ms).
+static FIRST_START_MS: AtomicU64 = AtomicU64::new(0);
 static TURN: Mutex<()> = Mutex::new(());
 
 fn turn(stalled_fork: u64, stall_ms: u64) -> MutexGuard<'static, ()> {
@@ -27,6 +29,10 @@ fn turn(stalled_fork: u64, stall_ms: u64) -> MutexGuard<'static, ()> {
                     FORK_NO.fetch_add(1, Ordering::SeqCst);
                 })
                 .child(|| {
+                    if FORK_NO.load(Ordering::SeqCst) == 1 {
+                        let ms = FIRST_START_MS.load(Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(ms));
+                    }
                     if FORK_NO.load(Ordering::SeqCst) == STALLED_FORK.load(Ordering::SeqCst) {
                         let ms = STALL_MS.load(Ordering::SeqCst);
                         loop {
@@ -43,6 +49,7 @@ fn turn(stalled_fork: u64, stall_ms: u64) -> MutexGuard<'static, ()> {
     FORK_NO.store(0, Ordering::SeqCst);
     STALLED_FORK.store(stalled_fork, Ordering::SeqCst);
     STALL_MS.store(stall_ms, Ordering::SeqCst);
+    FIRST_START_MS.store(0, Ordering::SeqCst);
     guard
 }
 
@@ -55,14 +62,17 @@ fn thread_cpu_ms() -> f64 {
     ms(ru.ru_utime) + ms(ru.ru_stime)
 }
 
-/// Call 0 replies at once (the worker's cost is known), call 1 kills its
-/// worker before a second one was forked, and that worker's replacement
-/// (fork 2) stalls for `stall_ms`. Calls 2..6 wait for a worker.
+/// The first worker takes 3 ms to start (a worker's cost: 3 ms); call 0
+/// runs 0.5 ms, long enough for the parent to see it, too short to be
+/// worth a second worker (5 x 0.5 ms < 2 x 3 ms); call 1 kills the worker;
+/// its replacement (fork 2) stalls for `stall_ms`. Calls 2..6 wait, and
+/// no call runs.
 fn a_stalled_replacement(stall_ms: u64) {
     if xme_exec::cpus() < 2 {
         return; // one worker at most: nothing to fork instead
     }
     let _turn = turn(2, stall_ms);
+    FIRST_START_MS.store(3, Ordering::SeqCst);
     let region = SharedRegion::anonymous(8 * 12).unwrap();
     let words: &[AtomicU64] = region.slice(0, 12).unwrap();
     let (started, runs) = words.split_at(6);
@@ -77,6 +87,9 @@ fn a_stalled_replacement(stall_ms: u64) {
             |i: usize| {
                 runs[i].fetch_add(1, Ordering::SeqCst);
                 started[i].store(xme_core::monotonic_ns(), Ordering::SeqCst);
+                if i == 0 {
+                    std::thread::sleep(Duration::from_micros(500));
+                }
                 if i == 1 {
                     // SAFETY: raise has no memory-safety preconditions.
                     unsafe { libc::raise(libc::SIGKILL) };
@@ -100,8 +113,8 @@ fn a_stalled_replacement(stall_ms: u64) {
         }
         assert_eq!(runs[i].load(Ordering::SeqCst), 1, "call {i}");
     }
-    // The next worker comes once the stalled start passed its hold (5 ms
-    // here), not after the stall.
+    // The next worker comes once the stalled start passed its hold
+    // (5 ms here), not after the stall (1 s or for ever).
     let died = started[1].load(Ordering::SeqCst);
     let waited_ms = (started[2].load(Ordering::SeqCst) - died) as f64 / 1e6;
     assert!(
