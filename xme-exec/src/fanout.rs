@@ -73,7 +73,7 @@ pub(crate) struct Fanout {
     /// When the first worker was forked.
     first_fork_ns: u64,
     /// How long to wait for any progress before forking another worker
-    /// (see [`PATIENCE_NS`]), from when the first fork returned.
+    /// (see [`PATIENCE_NS`]), and since when: the latest fork's return.
     patience: Option<(u64, u64)>,
     /// What a worker's start costs, once the first one took a call.
     cost_ns: Option<u64>,
@@ -120,6 +120,15 @@ impl Fanout {
         self.patience = Some((now_ns, PATIENCE_NS.max(2 * fork_took)));
     }
 
+    /// Notes that a worker forked to widen the run was forked, at `now_ns`:
+    /// the patience for the next one runs from here, so a late look never
+    /// makes up for missed intervals with a burst.
+    pub fn forked(&mut self, now_ns: u64) {
+        if let Some((from, _)) = &mut self.patience {
+            *from = now_ns;
+        }
+    }
+
     /// The slot for the next worker forked to widen the run (not one
     /// replacing a dead worker), and counts it.
     pub fn open_slot(&mut self) -> Option<usize> {
@@ -147,7 +156,7 @@ impl Fanout {
                 // No progress yet: one more worker per patience interval.
                 let (from, patience) = self.patience.unwrap_or((self.first_fork_ns, PATIENCE_NS));
                 let waited = seen.now_ns.saturating_sub(from);
-                let due = patience.saturating_mul(self.opened as u64);
+                let due = patience;
                 return if waited >= due {
                     Decision::Fork
                 } else {
@@ -304,12 +313,27 @@ mod tests {
         );
         assert_eq!(f.decide(seen(5_300, 5, &[])), Decision::Fork);
         f.open_slot();
-        // Not every slot in one look: the next one 5 ms later.
+        f.forked(5_400 * US);
+        // Not every slot in one look: the next one 5 ms after that fork.
         assert!(matches!(
-            f.decide(seen(5_301, 5, &[])),
+            f.decide(seen(5_401, 5, &[])),
             Decision::LookAgainIn(_)
         ));
-        assert_eq!(f.decide(seen(10_300, 5, &[])), Decision::Fork);
+        assert_eq!(f.decide(seen(10_400, 5, &[])), Decision::Fork);
+    }
+
+    #[test]
+    fn a_late_look_forks_one_worker_not_every_missed_one() {
+        let mut f = on_demand(16, 100);
+        f.first_forks_done(100 * US);
+        // The parent looks 60 ms late: one fork, then 5 ms more to wait.
+        assert_eq!(f.decide(seen(60_000, 100, &[])), Decision::Fork);
+        f.open_slot();
+        f.forked(60_300 * US);
+        assert!(matches!(
+            f.decide(seen(60_301, 100, &[])),
+            Decision::LookAgainIn(_)
+        ));
     }
 
     #[test]

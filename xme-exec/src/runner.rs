@@ -38,6 +38,16 @@ pub(crate) struct RunSpec<'a> {
     pub interrupt: Option<&'a (dyn Fn() -> bool + Send + Sync)>,
 }
 
+/// Why a worker that never took a call was killed.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unstarted {
+    /// Every call was taken by others: it could only start to leave.
+    NotNeeded,
+    /// Its start outlasted the run's longest timeout (a fork hook that
+    /// does not return): it counts as barren and is replaced.
+    Stuck,
+}
+
 struct Worker {
     slot: usize,
     serial: u32,
@@ -55,6 +65,9 @@ struct Worker {
     leaving_since: Option<Instant>,
     /// It was killed for taking longer than the run's timeout to leave.
     killed_leaving: bool,
+    /// It was killed before it took any call: not needed (every call was
+    /// taken by others), or stuck in its start past the run's timeout.
+    killed_unstarted: Option<Unstarted>,
     /// Its pidfd reported the process ended.
     ended: bool,
     /// It sent at least one reply.
@@ -228,6 +241,7 @@ pub(crate) fn run<D>(
         }
         kill_overdue(&mut live, &board, &ledger, &timeouts);
         kill_slow_leavers(&mut live, &board, &timeouts, spec.logger);
+        kill_unstarted(&mut live, &board, &timeouts, spec.logger);
 
         // Reap workers whose process ended (pidfd), whose pipe closed, or that
         // were killed; check every worker once per tick as well (kernels
@@ -253,6 +267,7 @@ pub(crate) fn run<D>(
             // (that worker exits 0 once the board is empty).
             if running.is_none()
                 && !w.replied
+                && w.killed_unstarted != Some(Unstarted::NotNeeded)
                 && (!fate.is_some_and(|f| f.is_success()) || board.has_unclaimed())
             {
                 barren += 1;
@@ -393,6 +408,7 @@ fn widen<D>(
                     Ok(w) => live.push(w),
                     Err(e) => *spawn_error = Some(e),
                 }
+                fanout.forked(monotonic_ns());
             }
         }
     }
@@ -433,7 +449,6 @@ fn spawn<D>(
     };
     // The closure owns the write end: the child uses it, and in the parent it
     // is closed when fork_child drops the closure, so EOF means "worker gone".
-    let forked_ns = monotonic_ns();
     let child = match process::fork_child(move || plan.run(slot, serial, write)) {
         Ok(child) => child,
         Err(e) => {
@@ -446,7 +461,9 @@ fn spawn<D>(
     Ok(Worker {
         slot,
         serial,
-        forked_ns,
+        // After the fork returned: a slow fork (a big parent, a parent
+        // hook) is not the child's start.
+        forked_ns: monotonic_ns(),
         child,
         pipe: Some(read),
         reader: FrameReader::new(u32::MAX as usize),
@@ -454,6 +471,7 @@ fn spawn<D>(
         timed_out: None,
         leaving_since: None,
         killed_leaving: false,
+        killed_unstarted: None,
         ended: false,
         replied: false,
         channel_lost: false,
@@ -673,6 +691,51 @@ fn kill_slow_leavers(
                  waiting to leave (for a thread a task started and did not mark daemon)",
                 w.child.pid(),
                 limit.as_secs_f64()
+            ));
+        }
+    }
+}
+
+/// Kills workers that never took a call and will not be missed: once every
+/// call is taken (none can take one any more: the cursor is past the end),
+/// at once, rather than wait for their start and their exit; and, when the
+/// run has a timeout, one whose start has outlasted it (a fork hook that
+/// does not return), which is then replaced as a barren worker. (A stuck
+/// worker that takes a call in the instant it is killed fails that call
+/// as killed.)
+fn kill_unstarted(
+    live: &mut [Worker],
+    board: &Board,
+    timeouts: &[Option<Duration>],
+    logger: &xme_log::Logger,
+) {
+    let limit = timeouts.iter().flatten().max().copied();
+    let all_taken = !board.has_unclaimed();
+    let now = monotonic_ns();
+    for w in live.iter_mut() {
+        if w.killed_unstarted.is_some() || w.replied || w.ended {
+            continue;
+        }
+        let stuck =
+            limit.is_some_and(|l| Duration::from_nanos(now.saturating_sub(w.forked_ns)) >= l);
+        if !(all_taken || stuck)
+            || board.running(w.slot, w.serial).is_some()
+            || !board.claimed_by(w.serial).is_empty()
+        {
+            continue;
+        }
+        let why = if all_taken {
+            Unstarted::NotNeeded
+        } else {
+            Unstarted::Stuck
+        };
+        w.killed_unstarted = Some(why);
+        let _ = w.child.signal(Signal::SIGKILL);
+        if why == Unstarted::Stuck {
+            let _ = logger.entry().msgtype("Warning").print(format!(
+                "worker process {} was killed: {:.3} s after it was forked it had not taken                  a call (a fork hook that does not return?); another takes its place",
+                w.child.pid(),
+                limit.map_or(0.0, |l| l.as_secs_f64())
             ));
         }
     }

@@ -12,8 +12,10 @@ use xme_exec::{Array, Spawning, Xme};
 
 /// Forks made so far (the child sees its own number).
 static FORK_NO: AtomicU64 = AtomicU64::new(0);
-/// The fork whose child stalls in its hook (0: none).
+/// The fork whose child stalls in its hook (0: none), and the last one
+/// that does (forks `STALLED_FORK..=STALLED_UNTIL` stall).
 static STALLED_FORK: AtomicU64 = AtomicU64::new(0);
+static STALLED_UNTIL: AtomicU64 = AtomicU64::new(0);
 /// How long it stalls (`u64::MAX`: for ever).
 static STALL_MS: AtomicU64 = AtomicU64::new(0);
 /// How long the first fork's child takes to start (ms).
@@ -33,7 +35,10 @@ fn turn(stalled_fork: u64, stall_ms: u64) -> MutexGuard<'static, ()> {
                         let ms = FIRST_START_MS.load(Ordering::SeqCst);
                         std::thread::sleep(Duration::from_millis(ms));
                     }
-                    if FORK_NO.load(Ordering::SeqCst) == STALLED_FORK.load(Ordering::SeqCst) {
+                    let n = FORK_NO.load(Ordering::SeqCst);
+                    if n >= STALLED_FORK.load(Ordering::SeqCst)
+                        && n <= STALLED_UNTIL.load(Ordering::SeqCst)
+                    {
                         let ms = STALL_MS.load(Ordering::SeqCst);
                         loop {
                             std::thread::sleep(Duration::from_millis(ms.min(1000)));
@@ -48,6 +53,7 @@ fn turn(stalled_fork: u64, stall_ms: u64) -> MutexGuard<'static, ()> {
     let guard = TURN.lock().unwrap_or_else(|p| p.into_inner());
     FORK_NO.store(0, Ordering::SeqCst);
     STALLED_FORK.store(stalled_fork, Ordering::SeqCst);
+    STALLED_UNTIL.store(stalled_fork, Ordering::SeqCst);
     STALL_MS.store(stall_ms, Ordering::SeqCst);
     FIRST_START_MS.store(0, Ordering::SeqCst);
     guard
@@ -151,4 +157,86 @@ fn workers_slow_to_start_cost_the_parent_little() {
         cpu < 100.0,
         "the parent took {cpu:.1} ms of CPU while a worker started"
     );
+}
+
+#[test]
+fn a_worker_that_never_started_does_not_keep_a_finished_run_waiting() {
+    if xme_exec::cpus() < 2 {
+        return;
+    }
+    // Both workers forked at once; the second never gets past its fork
+    // hook, the first takes every call: the run ends without waiting for
+    // the second (no timeout is set: it would be waited for for ever).
+    let _turn = turn(2, u64::MAX);
+    let stop_at = Instant::now() + Duration::from_secs(20);
+    let t = Instant::now();
+    let out = Xme::new()
+        .pnum(2)
+        .print_in_screen(false)
+        .spawning(Spawning::Eager)
+        .interrupt_when(move || Instant::now() > stop_at)
+        .fun(|i: u32| i * 3, Array::new(0..10u32))
+        .expect("the run ends by itself, not by the 20 s guard");
+    assert_eq!(
+        out.into_result().unwrap(),
+        (0..10).map(|i| i * 3).collect::<Vec<_>>()
+    );
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(process::children_of(std::process::id() as i32).is_empty());
+}
+
+#[test]
+fn workers_stuck_in_their_start_are_replaced_when_the_run_has_a_timeout() {
+    if xme_exec::cpus() < 2 {
+        return;
+    }
+    // Fork 2 (the second worker) and fork 3 (the first one's replacement,
+    // after call 1 kills it) never get past their fork hooks: every slot
+    // holds a worker that will never take a call. The run's timeout (1 s)
+    // bounds their start too: they are killed and replaced.
+    let _turn = turn(2, u64::MAX);
+    STALLED_UNTIL.store(3, Ordering::SeqCst);
+    let region = SharedRegion::anonymous(8 * 10).unwrap();
+    let runs: &[AtomicU64] = region.slice(0, 10).unwrap();
+    let stop_at = Instant::now() + Duration::from_secs(20);
+    let t = Instant::now();
+    let out = Xme::new()
+        .pnum(2)
+        .print_in_screen(false)
+        .spawning(Spawning::Eager)
+        .timeout(Duration::from_secs(1))
+        .interrupt_when(move || Instant::now() > stop_at)
+        .fun(
+            |i: usize| {
+                runs[i].fetch_add(1, Ordering::SeqCst);
+                if i == 1 {
+                    // SAFETY: raise has no memory-safety preconditions.
+                    unsafe { libc::raise(libc::SIGKILL) };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                i
+            },
+            Array::new(0..10usize),
+        )
+        .expect("the run ends by itself, not by the 20 s guard");
+    for (i, r) in out.iter().enumerate() {
+        match i {
+            1 => assert!(
+                r.as_ref().unwrap_err().to_string().contains("SIGKILL"),
+                "{r:?}"
+            ),
+            _ => assert_eq!(*r.as_ref().unwrap(), i),
+        }
+        assert_eq!(runs[i].load(Ordering::SeqCst), 1, "call {i}");
+    }
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
+    assert!(process::children_of(std::process::id() as i32).is_empty());
 }
