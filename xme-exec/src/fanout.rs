@@ -74,18 +74,19 @@ pub(crate) struct Fanout {
     first_fork_ns: u64,
     /// How long to wait for any progress before forking another worker
     /// (see [`PATIENCE_NS`]), and since when: the latest fork's return.
-    patience: Option<(u64, u64)>,
+    patience_ns: u64,
+    patience_from_ns: u64,
     /// What a worker's start costs, once the first one took a call.
     cost_ns: Option<u64>,
 }
 
 /// What the run knows of its workers when the fan-out decides.
-pub(crate) struct Seen<I> {
+pub(crate) struct Seen<'a> {
     pub now_ns: u64,
     /// Calls not yet taken.
     pub unclaimed: usize,
     /// When the calls workers run now started.
-    pub running_since: I,
+    pub running_since: &'a [u64],
     /// When the latest worker that has not taken a call yet was forked.
     pub starting_since_ns: Option<u64>,
     /// The earliest sign that a worker took a call: the start of a call
@@ -101,7 +102,8 @@ impl Fanout {
             calls,
             opened: 0,
             first_fork_ns: now_ns,
-            patience: None,
+            patience_ns: PATIENCE_NS,
+            patience_from_ns: now_ns,
             cost_ns: None,
         }
     }
@@ -117,16 +119,15 @@ impl Fanout {
     /// Notes that the first workers were forked, at `now_ns`.
     pub fn first_forks_done(&mut self, now_ns: u64) {
         let fork_took = now_ns.saturating_sub(self.first_fork_ns);
-        self.patience = Some((now_ns, PATIENCE_NS.max(2 * fork_took)));
+        self.patience_ns = PATIENCE_NS.max(2 * fork_took);
+        self.patience_from_ns = now_ns;
     }
 
     /// Notes that a worker forked to widen the run was forked, at `now_ns`:
     /// the patience for the next one runs from here, so a late look never
     /// makes up for missed intervals with a burst.
     pub fn forked(&mut self, now_ns: u64) {
-        if let Some((from, _)) = &mut self.patience {
-            *from = now_ns;
-        }
+        self.patience_from_ns = now_ns;
     }
 
     /// The slot for the next worker forked to widen the run (not one
@@ -139,11 +140,10 @@ impl Fanout {
     }
 
     /// Decides what to do now, from what the run has seen.
-    pub fn decide(&mut self, seen: Seen<impl Iterator<Item = u64>>) -> Decision {
+    pub fn decide(&mut self, seen: Seen<'_>) -> Decision {
         if self.opened >= self.slots || seen.unclaimed == 0 {
             return Decision::Idle;
         }
-        let recheck = Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS));
         let cost = match (self.cost_ns, seen.first_progress_ns) {
             (Some(cost), _) => cost,
             (None, Some(first)) => {
@@ -154,20 +154,17 @@ impl Fanout {
             }
             (None, None) => {
                 // No progress yet: one more worker per patience interval.
-                let (from, patience) = self.patience.unwrap_or((self.first_fork_ns, PATIENCE_NS));
-                let waited = seen.now_ns.saturating_sub(from);
-                let due = patience;
-                return if waited >= due {
+                let waited = seen.now_ns.saturating_sub(self.patience_from_ns);
+                return if waited >= self.patience_ns {
                     Decision::Fork
                 } else {
-                    Decision::LookAgainIn(look_again(waited, due - waited))
+                    Decision::LookAgainIn(look_again(waited, self.patience_ns - waited))
                 };
             }
         };
         // One start at a time: the worker just forked will take calls (the
         // decision would otherwise fork every free slot at once) unless its
         // start takes far longer than a worker's cost.
-        let mut running_since = seen.running_since.peekable();
         if let Some(since) = seen.starting_since_ns {
             let age = seen.now_ns.saturating_sub(since);
             let hold = PATIENCE_NS.max(4 * cost);
@@ -176,12 +173,12 @@ impl Fanout {
             }
             // A start that late, and no call running: nothing else will
             // take the calls that wait.
-            if running_since.peek().is_none() {
+            if seen.running_since.is_empty() {
                 return Decision::Fork;
             }
         }
-        let Some(oldest) = running_since.min() else {
-            return recheck;
+        let Some(&oldest) = seen.running_since.iter().min() else {
+            return Decision::LookAgainIn(Duration::from_nanos(RECHECK_NS));
         };
         // Fork once unclaimed × (now - oldest) >= 2 × cost.
         let due = oldest.saturating_add(2 * cost / seen.unclaimed as u64);
@@ -215,15 +212,14 @@ mod tests {
         f
     }
 
-    fn seen(now_us: u64, unclaimed: usize, running: &[u64]) -> Seen<std::vec::IntoIter<u64>> {
+    /// What the run saw at `now_us`, calls running since `running` (us);
+    /// its first progress the oldest of them. (The small vector is leaked:
+    /// a test's few bytes.)
+    fn seen(now_us: u64, unclaimed: usize, running: &[u64]) -> Seen<'static> {
         Seen {
             now_ns: now_us * US,
             unclaimed,
-            running_since: running
-                .iter()
-                .map(|r| r * US)
-                .collect::<Vec<_>>()
-                .into_iter(),
+            running_since: running.iter().map(|r| r * US).collect::<Vec<_>>().leak(),
             starting_since_ns: None,
             first_progress_ns: running.iter().min().map(|r| r * US),
         }

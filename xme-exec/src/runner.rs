@@ -144,6 +144,8 @@ pub(crate) fn run<D>(
         .iter()
         .map(|j| j.timeout().or(spec.default_timeout))
         .collect();
+    // What bounds a worker's start and its leaving, when any call has one.
+    let longest_timeout = timeouts.iter().flatten().max().copied();
     // Workers' exit statuses are kept while the run lasts.
     let _statuses = crate::sigchld::ChildStatusesKept::new();
     let slots = spec.pnum.min(total).max(1);
@@ -240,8 +242,8 @@ pub(crate) fn run<D>(
             }
         }
         kill_overdue(&mut live, &board, &ledger, &timeouts);
-        kill_slow_leavers(&mut live, &board, &timeouts, spec.logger);
-        kill_unstarted(&mut live, &board, &timeouts, spec.logger);
+        kill_slow_leavers(&mut live, &board, longest_timeout, spec.logger);
+        kill_unstarted(&mut live, &board, longest_timeout, spec.logger);
 
         // Reap workers whose process ended (pidfd), whose pipe closed, or that
         // were killed; check every worker once per tick as well (kernels
@@ -372,27 +374,28 @@ fn widen<D>(
     // workers it has (a dead one is still replaced).
     while spawn_error.is_none() {
         let now = monotonic_ns();
-        let running: Vec<u64> = live
-            .iter()
-            .filter_map(|w| board.running(w.slot, w.serial))
-            .filter(|r| !ledger.done[r.call])
-            .map(|r| r.started_ns)
-            .collect();
+        // Calls running now (since when), and the latest worker forked
+        // that has taken none yet.
+        let mut running = Vec::with_capacity(live.len());
+        let mut starting_since_ns = None;
+        for w in live.iter() {
+            match board.running(w.slot, w.serial) {
+                Some(r) if !ledger.done[r.call] => running.push(r.started_ns),
+                Some(_) => {}
+                None if !w.replied => starting_since_ns = starting_since_ns.max(Some(w.forked_ns)),
+                None => {}
+            }
+        }
         if first_progress.is_none() {
             // A call settled since the last look (a reply read, or a
             // worker that died running it, reaped since): it began before now.
             let settled = (ledger.remaining < ledger.done.len()).then_some(now);
             *first_progress = running.iter().copied().chain(settled).min();
         }
-        let starting_since_ns = live
-            .iter()
-            .filter(|w| !w.replied && board.running(w.slot, w.serial).is_none())
-            .map(|w| w.forked_ns)
-            .max();
         let seen = Seen {
             now_ns: now,
             unclaimed: board.unclaimed(),
-            running_since: running.into_iter(),
+            running_since: &running,
             starting_since_ns,
             first_progress_ns: *first_progress,
         };
@@ -668,10 +671,10 @@ fn kill_overdue<D>(
 fn kill_slow_leavers(
     live: &mut [Worker],
     board: &Board,
-    timeouts: &[Option<Duration>],
+    longest_timeout: Option<Duration>,
     logger: &xme_log::Logger,
 ) {
-    let Some(limit) = timeouts.iter().flatten().max().copied() else {
+    let Some(limit) = longest_timeout else {
         return;
     };
     if board.has_unclaimed() {
@@ -706,10 +709,9 @@ fn kill_slow_leavers(
 fn kill_unstarted(
     live: &mut [Worker],
     board: &Board,
-    timeouts: &[Option<Duration>],
+    limit: Option<Duration>,
     logger: &xme_log::Logger,
 ) {
-    let limit = timeouts.iter().flatten().max().copied();
     let all_taken = !board.has_unclaimed();
     let now = monotonic_ns();
     for w in live.iter_mut() {

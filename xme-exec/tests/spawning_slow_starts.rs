@@ -59,6 +59,17 @@ fn turn(stalled_fork: u64, stall_ms: u64) -> MutexGuard<'static, ()> {
     guard
 }
 
+/// Two workers at most, quiet, and a 20 s guard: a run that would hang is
+/// stopped (`ExecError::Interrupted`), and the test says so.
+fn guarded(spawning: Spawning) -> Xme {
+    let stop_at = Instant::now() + Duration::from_secs(20);
+    Xme::new()
+        .pnum(2)
+        .print_in_screen(false)
+        .spawning(spawning)
+        .interrupt_when(move || Instant::now() > stop_at)
+}
+
 fn thread_cpu_ms() -> f64 {
     // SAFETY: getrusage fills the zeroed struct it is given.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -82,13 +93,9 @@ fn a_stalled_replacement(stall_ms: u64) {
     let region = SharedRegion::anonymous(8 * 12).unwrap();
     let words: &[AtomicU64] = region.slice(0, 12).unwrap();
     let (started, runs) = words.split_at(6);
-    let stop_at = Instant::now() + Duration::from_secs(20);
     let cpu0 = thread_cpu_ms();
-    let out = Xme::new()
-        .pnum(2)
-        .print_in_screen(false)
+    let out = guarded(Spawning::OnDemand)
         .timeout(Duration::from_secs(1))
-        .interrupt_when(move || Instant::now() > stop_at)
         .fun(
             |i: usize| {
                 runs[i].fetch_add(1, Ordering::SeqCst);
@@ -168,13 +175,8 @@ fn a_worker_that_never_started_does_not_keep_a_finished_run_waiting() {
     // hook, the first takes every call: the run ends without waiting for
     // the second (no timeout is set: it would be waited for for ever).
     let _turn = turn(2, u64::MAX);
-    let stop_at = Instant::now() + Duration::from_secs(20);
     let t = Instant::now();
-    let out = Xme::new()
-        .pnum(2)
-        .print_in_screen(false)
-        .spawning(Spawning::Eager)
-        .interrupt_when(move || Instant::now() > stop_at)
+    let out = guarded(Spawning::Eager)
         .fun(|i: u32| i * 3, Array::new(0..10u32))
         .expect("the run ends by itself, not by the 20 s guard");
     assert_eq!(
@@ -202,14 +204,9 @@ fn workers_stuck_in_their_start_are_replaced_when_the_run_has_a_timeout() {
     STALLED_UNTIL.store(3, Ordering::SeqCst);
     let region = SharedRegion::anonymous(8 * 10).unwrap();
     let runs: &[AtomicU64] = region.slice(0, 10).unwrap();
-    let stop_at = Instant::now() + Duration::from_secs(20);
     let t = Instant::now();
-    let out = Xme::new()
-        .pnum(2)
-        .print_in_screen(false)
-        .spawning(Spawning::Eager)
+    let out = guarded(Spawning::Eager)
         .timeout(Duration::from_secs(1))
-        .interrupt_when(move || Instant::now() > stop_at)
         .fun(
             |i: usize| {
                 runs[i].fetch_add(1, Ordering::SeqCst);
